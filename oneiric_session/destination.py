@@ -1,0 +1,82 @@
+"""Where events go and how hard to try: one MCP server, reached over stdio or Streamable HTTP.
+
+Shells with different settings share one spool; each spooled row names its
+destination so the delivery agent keeps one connection per destination.
+The token is never part of a destination (it is never written to disk).
+This module is imported by the shell side: standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+TransportName = Literal["stdio", "http"]
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """Retry, breaker and timeout figures for one destination (defaults fit the real Session-Buddy)."""
+
+    attempts: int = 3
+    wait_min_seconds: float = 0.5
+    wait_max_seconds: float = 30.0
+    multiplier: float = 2.0
+    breaker_threshold: int = 5
+    breaker_reset_seconds: float = 60.0
+    # The real server needs ~2.5 s to start and 5-7 s for its first call.
+    connect_seconds: float = 20.0
+    call_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
+class Destination:
+    """How to reach one server. `key` identifies it; `tuning` travels along but is not part of the key."""
+
+    transport: TransportName = "stdio"
+    command: str = ""
+    args: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    cwd: str | None = None
+    url: str | None = None
+    tuning: Tuning = field(default_factory=Tuning, compare=False)
+
+    @property
+    def key(self) -> str:
+        """A short stable identifier, equal for equal launch lines or URLs."""
+        ident = {
+            "transport": self.transport,
+            "command": self.command,
+            "args": list(self.args),
+            "env": dict(self.env),
+            "cwd": self.cwd,
+            "url": self.url,
+        }
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        """A one-line human description (no environment values: they may hold secrets)."""
+        if self.transport == "http":
+            return f"http {self.url}"
+        return " ".join([self.command, *self.args])
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["env"] = dict(self.env)
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> Destination:
+        data = json.loads(text)
+        known = Tuning.__dataclass_fields__
+        return cls(
+            transport=data.get("transport", "stdio"),
+            command=data.get("command", ""),
+            args=tuple(data.get("args", ())),
+            env=tuple(sorted(dict(data.get("env", {})).items())),
+            cwd=data.get("cwd"),
+            url=data.get("url"),
+            tuning=Tuning(**{k: v for k, v in dict(data.get("tuning", {})).items() if k in known}),
+        )

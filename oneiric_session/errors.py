@@ -1,0 +1,47 @@
+"""The project's own exception tree; foreign errors are mapped into it at each boundary."""
+
+from __future__ import annotations
+
+
+class OneiricSessionError(Exception):
+    """Base of every error this package raises on purpose."""
+
+
+class ConfigError(OneiricSessionError):
+    """The configuration cannot be used; the message names the file or variable and the setting."""
+
+
+class DeliveryError(OneiricSessionError):
+    """An event did not reach the server. `permanent` says whether sending it again can help."""
+
+    permanent: bool = False
+
+
+class TransientDeliveryError(DeliveryError):
+    """The server could not be reached or did not answer in time: retry later."""
+
+
+class ServerUnavailableError(TransientDeliveryError):
+    """The server process could not be started, died, or the connection failed."""
+
+
+class DeliveryTimeoutError(TransientDeliveryError):
+    """Connecting or a call took longer than its timeout."""
+
+
+class CircuitOpenError(TransientDeliveryError):
+    """The circuit breaker is open: the call was not attempted."""
+
+
+class RejectedError(DeliveryError):
+    """The server refused this event (status "error" or a validation error): never retried."""
+
+    permanent = True
+
+
+class AuthenticationError(RejectedError):
+    """The server refused the token: permanent until the token changes."""
+
+
+class SpoolError(OneiricSessionError):
+    """The spool cannot be used (after recovery was attempted)."""

@@ -1,0 +1,30 @@
+"""Per-user file locations (XDG), in one place."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+APP_NAME = "oneiric-session"
+
+
+def state_dir() -> Path:
+    """`$XDG_STATE_HOME/oneiric-session`: the spool and the agent's lock and socket."""
+    return Path(platformdirs.user_state_dir(APP_NAME, appauthor=False))
+
+
+def data_dir() -> Path:
+    """`$XDG_DATA_HOME/oneiric-session`: the bundled server's database."""
+    return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+
+
+def default_spool_path() -> Path:
+    return state_dir() / "spool.sqlite3"
+
+
+def default_server_db_path() -> Path:
+    """The bundled server's database: `$ONEIRIC_SESSION_DB`, else under the XDG data dir."""
+    env = os.environ.get("ONEIRIC_SESSION_DB")
+    return Path(env) if env else data_dir() / "sessions.sqlite3"

@@ -1,0 +1,1 @@
+"""Pytest plugin (entry point `pytest11`): swap the session tracker for `memory` or `noop` in tests."""
