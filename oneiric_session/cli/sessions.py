@@ -1,0 +1,70 @@
+"""`oneiric-session sessions`: what the bundled server recorded."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "sessions",
+        help="list the sessions the bundled server recorded",
+        description="List the sessions the bundled server recorded, in the order it recorded them.",
+    )
+    parser.add_argument(
+        "--db",
+        metavar="PATH",
+        default=None,
+        help="session database (default: $ONEIRIC_SESSION_DB, "
+        "else $XDG_DATA_HOME/oneiric-session/sessions.sqlite3)",
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON list of objects")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sqlite3
+
+    from oneiric_session.errors import ConfigError
+    from oneiric_session.paths import default_server_db_path
+    from oneiric_session.server.store import LISTED_COLUMNS, SessionStore
+
+    db_path = Path(args.db) if args.db else default_server_db_path()
+    sessions: list[dict[str, Any]] = []
+    if db_path.exists():  # listing must not create a database
+        try:
+            store = SessionStore(db_path)
+            try:
+                sessions = store.list_sessions()
+            finally:
+                store.close()
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot read the session database {db_path}: {exc}") from exc
+    if args.json:
+        print(json.dumps(sessions, ensure_ascii=False, indent=2))
+    elif not sessions:
+        print(f"no sessions recorded in {db_path}")
+    else:
+        print(_table(LISTED_COLUMNS, [[_cell(row[name]) for name in LISTED_COLUMNS] for row in sessions]))
+    return 0
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    # repr-free but single-line: a hostile shell_type must not forge table rows.
+    return str(value).replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _table(header: tuple[str, ...], rows: list[list[str]]) -> str:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    lines = [header, *rows]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )

@@ -1,0 +1,57 @@
+"""Assembles the bundled Session-Buddy-compatible MCP server on the SDK's `MCPServer`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver.tools import Tool
+
+from oneiric_session import __version__
+from oneiric_session.server.auth import TokenVerifier
+from oneiric_session.server.store import SessionStore
+from oneiric_session.server.tools import SessionTools
+
+SERVER_NAME = "oneiric-session"
+INSTRUCTIONS = (
+    "Session-Buddy-compatible session tracking: call track_session_start when an admin shell "
+    "starts and track_session_end with the returned session_id when it exits."
+)
+
+
+def strict_tool(fn: Callable[..., Any]) -> Tool:
+    """A tool whose unknown arguments are refused, as the real server's are (`additionalProperties: false`).
+
+    The argument model is renamed `call[<tool>]` so a refusal reads like the real server's
+    ("1 validation error for call[track_session_start]").
+    """
+    tool = Tool.from_function(fn)
+    loose = tool.fn_metadata.arg_model
+    strict = type(
+        f"call[{tool.name}]",
+        (loose,),
+        {"__module__": loose.__module__, "model_config": {**loose.model_config, "extra": "forbid"}},
+    )
+    tool.fn_metadata.arg_model = strict
+    tool.parameters = strict.model_json_schema(by_alias=True)
+    return tool
+
+
+def build_server(store: SessionStore, *, verifier: TokenVerifier | None = None) -> MCPServer:
+    tools = SessionTools(store, verifier)
+    return MCPServer(
+        SERVER_NAME,
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        log_level="WARNING",
+        tools=[
+            strict_tool(fn) for fn in (tools.track_session_start, tools.track_session_end, tools.health_check)
+        ],
+    )
+
+
+def create_server(db_path: Path, *, secret: str | None = None) -> MCPServer:
+    """The server over the store at `db_path`; with a secret, every tracking call needs a valid token."""
+    return build_server(SessionStore(db_path), verifier=TokenVerifier(secret) if secret else None)

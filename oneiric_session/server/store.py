@@ -1,0 +1,232 @@
+"""The bundled server's session store: SQLite in WAL mode, safe for several server processes.
+
+Standard library only, so `oneiric-session sessions` can read it without importing `mcp`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+# Long enough to sit out another server process's write burst, short enough that a wedged
+# database turns into a `status: "error"` answer before the client's own call timeout (30 s).
+BUSY_TIMEOUT_SECONDS = 10.0
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id       TEXT PRIMARY KEY,
+    event_id         TEXT NOT NULL UNIQUE,
+    component_name   TEXT NOT NULL,
+    shell_type       TEXT NOT NULL,
+    hostname         TEXT NOT NULL,
+    pid              INTEGER NOT NULL,
+    user             TEXT NOT NULL,
+    environment      TEXT NOT NULL,
+    started_at       TEXT NOT NULL,
+    ended_at         TEXT,
+    status           TEXT NOT NULL DEFAULT 'open',
+    exit_reason      TEXT,
+    duration_seconds REAL,
+    start_metadata   TEXT NOT NULL,
+    end_metadata     TEXT,
+    recorded_at      TEXT NOT NULL
+);
+"""
+
+# What `sessions` lists, in this order.
+LISTED_COLUMNS = (
+    "session_id",
+    "component_name",
+    "shell_type",
+    "started_at",
+    "ended_at",
+    "status",
+    "exit_reason",
+    "duration_seconds",
+)
+
+EndStatus = Literal["ended", "not_found"]
+
+
+@dataclass(frozen=True)
+class NewSession:
+    """A validated start event, as the store keeps it."""
+
+    event_id: str
+    base_session_id: str
+    component_name: str
+    shell_type: str
+    hostname: str
+    pid: int
+    user: dict[str, str]
+    environment: dict[str, str]
+    started_at: str
+    metadata: dict[str, Any]
+
+
+def parse_timestamp(value: str) -> datetime | None:
+    """An event timestamp as an aware datetime (naive means UTC), or None when it is not a real one."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _json(value: Any) -> str:
+    # default=str: metadata arrives as JSON, but never let an odd value lose the session.
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
+
+
+class SessionStore:
+    """Sessions recorded by the bundled server; every method is one short transaction."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        # The MCP server runs tools on worker threads; one connection behind a lock is plenty
+        # (SQLite serializes writers anyway) and keeps a single WAL reader/writer per process.
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(
+            path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
+        )
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: an acknowledged start or end must survive a power loss; the agent deletes its
+        # spooled copy as soon as we answer.
+        self._db.execute("PRAGMA synchronous=FULL")
+        with self._transaction():
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"{path} was written by a newer oneiric-session (schema {version} > {SCHEMA_VERSION})"
+                )
+            for statement in filter(str.strip, _SCHEMA.split(";")):
+                self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._db, self._lock)
+
+    def record_start(self, session: NewSession, *, now: datetime | None = None) -> str:
+        """Record a start and return its session id; a start already seen returns the id it got then."""
+        recorded_at = (now or datetime.now(UTC)).isoformat()
+        with self._transaction():
+            row = self._db.execute(
+                "SELECT session_id FROM sessions WHERE event_id = ?", (session.event_id,)
+            ).fetchone()
+            if row is not None:
+                return str(row["session_id"])
+            session_id = self._free_session_id(session.base_session_id)
+            self._db.execute(
+                "INSERT INTO sessions (session_id, event_id, component_name, shell_type, hostname, pid,"
+                " user, environment, started_at, start_metadata, recorded_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    session_id,
+                    session.event_id,
+                    session.component_name,
+                    session.shell_type,
+                    session.hostname,
+                    session.pid,
+                    _json(session.user),
+                    _json(session.environment),
+                    session.started_at,
+                    _json(session.metadata),
+                    recorded_at,
+                ),
+            )
+            return session_id
+
+    def _free_session_id(self, base: str) -> str:
+        """`base`, else `base-2`, `base-3`, ...: another event started in the same second."""
+        candidate, suffix = base, 1
+        while self._db.execute("SELECT 1 FROM sessions WHERE session_id = ?", (candidate,)).fetchone():
+            suffix += 1
+            candidate = f"{base}-{suffix}"
+        return candidate
+
+    def record_end(
+        self,
+        session_id: str,
+        *,
+        ended_at: str,
+        exit_reason: str | None,
+        duration_seconds: float | None,
+        metadata: dict[str, Any],
+    ) -> EndStatus:
+        """Close a session. An unknown id is `not_found`; a session already ended stays as it was."""
+        with self._transaction():
+            row = self._db.execute(
+                "SELECT status, started_at FROM sessions WHERE session_id = ?", (session_id,)
+            ).fetchone()
+            if row is None:
+                return "not_found"
+            if row["status"] == "ended":
+                return "ended"
+            if duration_seconds is None:
+                duration_seconds = _elapsed_seconds(row["started_at"], ended_at)
+            self._db.execute(
+                "UPDATE sessions SET status = 'ended', ended_at = ?, exit_reason = ?,"
+                " duration_seconds = ?, end_metadata = ? WHERE session_id = ?",
+                (ended_at, exit_reason, duration_seconds, _json(metadata), session_id),
+            )
+            return "ended"
+
+    def list_sessions(self) -> list[dict[str, Any]]:
+        """Every recorded session in the order they were recorded, with the listed columns."""
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT {', '.join(LISTED_COLUMNS)} FROM sessions ORDER BY rowid"
+            ).fetchall()
+        return [dict(row) for row in rows]
+
+    def count_sessions(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM sessions").fetchone()[0])
+
+    def close(self, *, wait_seconds: float | None = None) -> None:
+        """Close after any write in flight; with `wait_seconds`, give up waiting after that long."""
+        if not self._lock.acquire(timeout=-1 if wait_seconds is None else wait_seconds):
+            return  # leaving anyway: the unfinished transaction rolls back
+        try:
+            self._db.close()
+        finally:
+            self._lock.release()
+
+
+def _elapsed_seconds(started_at: str, ended_at: str) -> float | None:
+    start, end = parse_timestamp(started_at), parse_timestamp(ended_at)
+    if start is None or end is None:
+        return None
+    elapsed = (end - start).total_seconds()
+    return elapsed if elapsed >= 0 and math.isfinite(elapsed) else None
+
+
+class _Transaction:
+    """`BEGIN IMMEDIATE` ... `COMMIT` under the connection lock: the write lock is taken up front,
+    so two server processes never both pick the same free session id."""
+
+    def __init__(self, db: sqlite3.Connection, lock: threading.Lock) -> None:
+        self._db, self._lock = db, lock
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        try:
+            self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            self._lock.release()

@@ -1,0 +1,172 @@
+"""The three tools, with Session-Buddy 0.23.0's argument names, types and answer shapes.
+
+Answers are built here rather than by the SDK so they are byte-for-byte what the real server
+sends: the dict as `structuredContent` and the same compact JSON as one `TextContent`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sqlite3
+from datetime import datetime
+from typing import Annotated, Any
+
+from mcp.shared.exceptions import MCPError
+from mcp.types import INTERNAL_ERROR, CallToolResult, TextContent
+from pydantic import ValidationError
+
+from oneiric_session.server.auth import TokenVerifier
+from oneiric_session.server.models import EnvironmentInfo, SessionEndEvent, SessionStartEvent, UserInfo
+from oneiric_session.server.store import NewSession, SessionStore
+
+# Exit reasons are short words ("user_exit", "abnormal"); cap what a client can make us store.
+MAX_EXIT_REASON_CHARS = 200
+
+logger = logging.getLogger(__name__)
+
+# The SDK derives the output schema from this: an object, like the real server's.
+Answer = Annotated[CallToolResult, dict[str, Any]]
+
+
+def answer(payload: dict[str, Any]) -> CallToolResult:
+    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=payload)
+
+
+def refusal(message: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
+
+
+def storage_failure(exc: sqlite3.Error) -> MCPError:
+    # A JSON-RPC error, not `status: "error"`: a busy or broken database is the server's
+    # trouble, not the event's, so the client must keep the event and retry it later.
+    logger.error("session store failed: %s", exc)
+    return MCPError(INTERNAL_ERROR, f"session store unavailable: {exc}")
+
+
+def _exit_reason(metadata: dict[str, Any]) -> str | None:
+    value = metadata.get("exit_reason")
+    return value[:MAX_EXIT_REASON_CHARS] if isinstance(value, str) else None
+
+
+def _duration_seconds(metadata: dict[str, Any]) -> float | None:
+    value = metadata.get("duration_seconds")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value >= 0 else None
+
+
+class SessionTools:
+    """Tool bodies bound to one store and, when a secret is set, one token verifier."""
+
+    def __init__(self, store: SessionStore, verifier: TokenVerifier | None = None) -> None:
+        self._store = store
+        self._verifier = verifier
+
+    def _refused(self, token: str | None) -> CallToolResult | None:
+        if self._verifier is None:
+            return None
+        message = self._verifier.failure(token)
+        return None if message is None else refusal(message)
+
+    def track_session_start(
+        self,
+        event_version: str,
+        event_id: str,
+        event_type: str,
+        component_name: str,
+        shell_type: str,
+        timestamp: str,
+        pid: int,
+        user: dict[str, str],
+        hostname: str,
+        environment: dict[str, str],
+        metadata: dict[str, Any] | None = None,
+        token: str | None = None,
+    ) -> Answer:
+        """Record admin shell session start events with validation and auth."""
+        if (refused := self._refused(token)) is not None:
+            return refused
+        try:
+            event = SessionStartEvent(
+                event_version=event_version,
+                event_id=event_id,
+                event_type=event_type,
+                component_name=component_name,
+                shell_type=shell_type,
+                timestamp=timestamp,
+                pid=pid,
+                user=UserInfo(**user),
+                hostname=hostname,
+                environment=EnvironmentInfo(**environment),
+                metadata=metadata or {},
+            )
+        except ValidationError as exc:
+            return answer(
+                {"session_id": None, "status": "error", "error": f"Session start tracking failed: {exc}"}
+            )
+        try:
+            # The real server's id: the timestamp's own digits (no time-zone conversion).
+            second = datetime.fromisoformat(event.timestamp).strftime("%Y%m%d-%H%M%S")
+        except ValueError as exc:
+            return answer({"session_id": None, "status": "error", "error": f"Session start failed: {exc}"})
+        new = NewSession(
+            event_id=event.event_id,
+            base_session_id=f"{event.component_name}-{second}",
+            component_name=event.component_name,
+            shell_type=event.shell_type,
+            hostname=event.hostname,
+            pid=event.pid,
+            user=event.user.model_dump(),
+            environment=event.environment.model_dump(),
+            started_at=event.timestamp,
+            metadata=event.metadata,
+        )
+        try:
+            session_id = self._store.record_start(new)
+        except sqlite3.Error as exc:
+            raise storage_failure(exc) from exc
+        logger.info("session started: %s (%s)", session_id, event.shell_type)
+        return answer({"session_id": session_id, "status": "tracked", "error": None})
+
+    def track_session_end(
+        self,
+        session_id: str,
+        timestamp: str,
+        event_type: str = "session_end",
+        metadata: dict[str, Any] | None = None,
+        token: str | None = None,
+    ) -> Answer:
+        """Track admin shell session end event."""
+        if (refused := self._refused(token)) is not None:
+            return refused
+        try:
+            event = SessionEndEvent(
+                session_id=session_id, timestamp=timestamp, event_type=event_type, metadata=metadata or {}
+            )
+        except ValidationError as exc:
+            return answer(
+                {"session_id": session_id, "status": "error", "error": f"Session end tracking failed: {exc}"}
+            )
+        try:
+            status = self._store.record_end(
+                event.session_id,
+                ended_at=event.timestamp,
+                exit_reason=_exit_reason(event.metadata),
+                duration_seconds=_duration_seconds(event.metadata),
+                metadata=event.metadata,
+            )
+        except sqlite3.Error as exc:
+            raise storage_failure(exc) from exc
+        logger.info("session end: %r -> %s", event.session_id, status)
+        return answer({"session_id": session_id, "status": status, "error": None})
+
+    def health_check(self) -> str:
+        """Report that the server is up and its session store answers."""
+        try:
+            count = self._store.count_sessions()
+        except sqlite3.Error as exc:
+            raise storage_failure(exc) from exc
+        return f"✅ MCP server is operational and responding to requests.\nSessions recorded: {count}"

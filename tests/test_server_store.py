@@ -1,0 +1,117 @@
+"""The bundled server's SQLite store: ids, idempotency, ends, and several writers at once."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mcp import Client
+from mcp.shared.exceptions import MCPError
+from support.server_process import start_event
+
+from oneiric_session.server.app import build_server
+from oneiric_session.server.store import NewSession, SessionStore
+
+
+def new_session(event_id: str) -> NewSession:
+    return NewSession(
+        event_id=event_id,
+        base_session_id="shell-20260206-123456",
+        component_name="shell",
+        shell_type="Shell",
+        hostname="h",
+        pid=1,
+        user={"username": "u", "home": "/h"},
+        environment={"python_version": "3", "platform": "p", "cwd": "/c"},
+        started_at="2026-02-06T12:34:56Z",
+        metadata={"k": ["v", 1]},
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SessionStore]:
+    store = SessionStore(tmp_path / "nested" / "s.sqlite3")
+    yield store
+    store.close()
+
+
+def test_ids_are_suffixed_only_for_other_events(store: SessionStore) -> None:
+    assert store.record_start(new_session("a")) == "shell-20260206-123456"
+    assert store.record_start(new_session("b")) == "shell-20260206-123456-2"
+    assert store.record_start(new_session("a")) == "shell-20260206-123456"
+    assert store.record_start(new_session("c")) == "shell-20260206-123456-3"
+    assert store.count_sessions() == 3
+
+
+def test_ends(store: SessionStore) -> None:
+    session_id = store.record_start(new_session("a"))
+    assert (
+        store.record_end(
+            "nope", ended_at="2026-02-06T12:35:00Z", exit_reason=None, duration_seconds=None, metadata={}
+        )
+        == "not_found"
+    )
+    assert (
+        store.record_end(
+            session_id,
+            ended_at="2026-02-06T12:35:00+01:00",
+            exit_reason="eof",
+            duration_seconds=None,
+            metadata={},
+        )
+        == "ended"
+    )
+    assert (
+        store.record_end(
+            session_id,
+            ended_at="2026-02-07T00:00:00Z",
+            exit_reason="later",
+            duration_seconds=5.0,
+            metadata={},
+        )
+        == "ended"
+    )
+    [row] = store.list_sessions()
+    # +01:00 is an hour *before* 12:34:56Z: no negative durations are invented.
+    assert (row["status"], row["exit_reason"], row["duration_seconds"]) == ("ended", "eof", None)
+
+
+def test_wal_mode_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    SessionStore(path).close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        db.execute("PRAGMA user_version=99")
+    with pytest.raises(sqlite3.DatabaseError, match="newer oneiric-session"):
+        SessionStore(path)
+
+
+def test_separate_connections_writing_at_once_never_share_an_id(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    stores = [SessionStore(path) for _ in range(4)]
+    ids: list[str] = []
+
+    def write(index: int, store: SessionStore) -> None:
+        for n in range(25):
+            ids.append(store.record_start(new_session(f"{index}-{n}")))
+
+    threads = [threading.Thread(target=write, args=pair) for pair in enumerate(stores)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for store in stores:
+        store.close()
+    assert len(set(ids)) == 100
+
+
+async def test_a_storage_failure_is_a_json_rpc_error_not_a_refusal(tmp_path: Path) -> None:
+    """The event is not at fault, so no `status: "error"` (permanent): the client keeps it and retries."""
+    store = SessionStore(tmp_path / "s.sqlite3")
+    async with Client(build_server(store)) as client:
+        store.close()  # every later query fails with sqlite3.ProgrammingError
+        with pytest.raises(MCPError, match="session store unavailable"):
+            await client.call_tool("track_session_start", start_event())
