@@ -1,0 +1,930 @@
+"""The durable outbox: every start and end is written here before the shell moves on.
+
+One SQLite file in WAL mode, shared by every shell of the user (each in its own process)
+and read by the one delivery agent. Writers take the lock with BEGIN IMMEDIATE and hold it
+for one short transaction; each append is fsync'ed (synchronous=FULL) before it returns.
+
+Rows are delivered oldest first. A start's acknowledgement deletes its row and records the
+server's session id in the same transaction; an end is deliverable only once its session has
+that id, and follows its start into dead letters when the start is refused. The spool is
+bounded by rows, bytes and age: the oldest rows are dropped (a start together with its end)
+and counted by reason. A corrupt or foreign file is moved aside and a fresh spool started.
+The token is never written: a "token" key anywhere in an event is removed.
+
+Standard library only: this module is imported by every shell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal, NamedTuple, TypeVar
+
+from oneiric_session.destination import Destination
+from oneiric_session.errors import SpoolError
+
+__all__ = [
+    "DEAD_AUTH",
+    "DEAD_REJECTED",
+    "DEAD_START_REFUSED",
+    "DEFAULT_MAX_AGE_SECONDS",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_ROWS",
+    "DROP_MAX_AGE",
+    "DROP_MAX_BYTES",
+    "DROP_MAX_ROWS",
+    "DROP_NO_START",
+    "SCHEMA_VERSION",
+    "OpenSession",
+    "Spool",
+    "SpoolStats",
+    "SpooledEvent",
+]
+
+logger = logging.getLogger("oneiric_session.spool")
+
+SCHEMA_VERSION = 1
+DEFAULT_MAX_ROWS = 10_000
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_AGE_SECONDS = 30 * 86400.0
+# A writer waits this long for another process's transaction; every transaction is short.
+DEFAULT_BUSY_TIMEOUT_SECONDS = 5.0
+# last_error and dead reasons are server messages: keep them readable, not unbounded.
+_MAX_ERROR_CHARS = 2000
+
+# Dead-letter categories (requeue_dead selects by category).
+DEAD_REJECTED = "rejected"
+DEAD_AUTH = "auth"
+DEAD_START_REFUSED = "start refused"
+
+# Drop reasons.
+DROP_MAX_ROWS = "max_rows"
+DROP_MAX_BYTES = "max_bytes"
+DROP_MAX_AGE = "max_age"
+DROP_NO_START = "no_start"
+
+_SECRET_KEYS = frozenset({"token"})
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+_SCHEMA = """
+CREATE TABLE destinations (
+    key TEXT PRIMARY KEY,
+    json TEXT NOT NULL
+);
+CREATE TABLE sessions (
+    handle TEXT PRIMARY KEY,
+    destination_key TEXT NOT NULL,
+    server_session_id TEXT,
+    pid INTEGER,
+    pid_start_time INTEGER,
+    boot_id TEXT,
+    started_at REAL NOT NULL,
+    last_seen_alive REAL NOT NULL,
+    end_spooled INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL CHECK (kind IN ('start', 'end')),
+    handle TEXT NOT NULL,
+    destination_key TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT,
+    created_at REAL NOT NULL,
+    next_attempt_at REAL NOT NULL,
+    state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'dead')),
+    dead_category TEXT,
+    dead_reason TEXT
+);
+CREATE INDEX events_by_state ON events (state, id);
+CREATE INDEX events_by_handle ON events (handle, kind);
+CREATE INDEX events_by_age ON events (created_at);
+CREATE TABLE totals (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    rows INTEGER NOT NULL,
+    bytes INTEGER NOT NULL
+);
+INSERT INTO totals VALUES (1, 0, 0);
+-- Running totals keep the caps check O(1) on every append.
+CREATE TRIGGER events_counted AFTER INSERT ON events BEGIN
+    UPDATE totals SET rows = rows + 1, bytes = bytes + NEW.size WHERE id = 1;
+END;
+CREATE TRIGGER events_uncounted AFTER DELETE ON events BEGIN
+    UPDATE totals SET rows = rows - 1, bytes = bytes - OLD.size WHERE id = 1;
+END;
+CREATE TABLE drops (
+    reason TEXT PRIMARY KEY,
+    count INTEGER NOT NULL
+);
+CREATE TABLE meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+"""
+_TABLES = frozenset({"destinations", "sessions", "events", "totals", "drops", "meta"})
+
+_EVENT_COLUMNS = (
+    "e.id, e.event_id, e.kind, e.handle, e.destination_key, e.payload, e.attempts, e.last_error,"
+    " e.created_at, e.next_attempt_at, e.state, e.dead_category, e.dead_reason, s.server_session_id"
+)
+
+_T = TypeVar("_T")
+
+
+class _NeedsFreshSpool(Exception):
+    """The file is not a usable spool of this schema version."""
+
+
+# NamedTuples, not dataclasses: the shell imports this module, and they cost a tenth to define.
+class SpooledEvent(NamedTuple):
+    """One spooled row. `payload` is the sanitized wire arguments as appended."""
+
+    row_id: int
+    event_id: str
+    kind: Literal["start", "end"]
+    handle: str
+    destination_key: str
+    destination: Destination | None
+    payload: dict[str, Any]
+    attempts: int
+    last_error: str | None
+    created_at: float
+    next_attempt_at: float
+    state: Literal["pending", "dead"]
+    dead_category: str | None
+    dead_reason: str | None
+    server_session_id: str | None
+
+    def arguments(self) -> dict[str, Any]:
+        """The tool arguments to send (without token): an end carries the server's session id."""
+        args = dict(self.payload)
+        if self.kind == "end" and self.server_session_id is not None:
+            args["session_id"] = self.server_session_id
+        return args
+
+
+class OpenSession(NamedTuple):
+    """A session whose start is spooled or delivered and whose end is not spooled yet."""
+
+    handle: str
+    destination_key: str
+    server_session_id: str | None
+    pid: int | None
+    pid_start_time: int | None
+    boot_id: str | None
+    started_at: float
+    last_seen_alive: float
+
+
+class SpoolStats(NamedTuple):
+    """What `status` and `spool list` report."""
+
+    depth: int  # pending rows
+    oldest_pending_age_seconds: float | None
+    dead: int
+    rows: int  # pending + dead
+    bytes: int  # payload bytes, what max_bytes bounds
+    open_sessions: int
+    drops: dict[str, int]
+    moved_aside: str | None  # the last corrupt file moved aside, if any
+
+
+def _strip_secrets(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {
+            str(k): _strip_secrets(v)
+            for k, v in value.items()
+            if not (isinstance(k, str) and k.lower() in _SECRET_KEYS)
+        }
+    if isinstance(value, list | tuple):
+        return [_strip_secrets(v) for v in value]
+    return value
+
+
+def _encode(event: Mapping[str, Any]) -> str:
+    try:
+        return json.dumps(_strip_secrets(event), separators=(",", ":"), ensure_ascii=False, default=str)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise SpoolError(f"event cannot be spooled: {type(exc).__name__}") from None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"
+
+
+def _is_corruption(exc: BaseException) -> bool:
+    """Not a database, or a damaged one: the only errors that justify starting afresh."""
+    if isinstance(exc, _NeedsFreshSpool):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+
+
+class Spool:
+    """The durable outbox at `path`. Thread-safe; one instance per process (it reopens after fork).
+
+    Every public method raises only SpoolError (after recovery from corruption was tried).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_rows: int = DEFAULT_MAX_ROWS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        max_age_seconds: float = DEFAULT_MAX_AGE_SECONDS,
+        clock: Callable[[], float] = time.time,
+        busy_timeout_seconds: float = DEFAULT_BUSY_TIMEOUT_SECONDS,
+    ) -> None:
+        self.path = Path(path)
+        self.max_rows = max_rows
+        self.max_bytes = max_bytes
+        self.max_age_seconds = max_age_seconds
+        self._clock = clock
+        self._busy_timeout_seconds = busy_timeout_seconds
+        self._lock = threading.RLock()
+        self._conn: sqlite3.Connection | None = None
+        self._conn_pid = 0
+        self._file_id: tuple[int, int] | None = None
+        # A connection inherited across fork is kept referenced, never used nor closed by the child.
+        self._inherited: sqlite3.Connection | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    def open(self) -> None:
+        """Open (creating or recovering) the spool now; raises SpoolError if it cannot be used."""
+        self._read(lambda conn: None)
+
+    def close(self) -> None:
+        """Close the connection; idempotent. Any later call opens it again."""
+        with self._lock:
+            conn, self._conn = self._conn, None
+            if conn is not None and self._conn_pid != os.getpid():
+                self._inherited = conn
+            elif conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- shell side
+
+    def append_start(
+        self,
+        handle: str,
+        destination: Destination,
+        event: Mapping[str, Any],
+        *,
+        pid: int | None,
+        pid_start_time: int | None,
+        boot_id: str | None,
+    ) -> bool:
+        """Spool a session start durably. False if this event_id or handle was already spooled."""
+        payload = _encode(event)
+        event_id = str(event.get("event_id") or f"start:{handle}")
+
+        def write(conn: sqlite3.Connection) -> bool:
+            now = self._clock()
+            self._save_destination(conn, destination)
+            cur = conn.execute(
+                "INSERT OR IGNORE INTO sessions (handle, destination_key, pid, pid_start_time, boot_id,"
+                " started_at, last_seen_alive) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (handle, destination.key, pid, pid_start_time, boot_id, now, now),
+            )
+            if cur.rowcount == 0:
+                return False
+            if not self._insert_event(conn, event_id, "start", handle, destination.key, payload, now):
+                # This start is spooled already under another handle: no second session for it.
+                conn.execute("DELETE FROM sessions WHERE handle = ?", (handle,))
+                return False
+            self._enforce(conn, now)
+            return True
+
+        return self._write(write)
+
+    def append_end(self, handle: str, destination: Destination | None, event: Mapping[str, Any]) -> bool:
+        """Spool a session end durably; it goes where its start went (`destination` is a fallback).
+
+        False if the end was already spooled, or its start is unknown here (dropped, never
+        spooled): that loss is counted as "no_start".
+        """
+        payload = _encode(event)
+        # One end per session: a second end (the shell's and the agent's "abnormal") is ignored.
+        event_id = f"end:{handle}"
+
+        def write(conn: sqlite3.Connection) -> bool:
+            now = self._clock()
+            row = conn.execute(
+                "SELECT destination_key, end_spooled FROM sessions WHERE handle = ?", (handle,)
+            ).fetchone()
+            if row is None:
+                self._count_drop(conn, DROP_NO_START, 1)
+                return False
+            key, end_spooled = row
+            if end_spooled:
+                return False
+            if destination is not None and destination.key == key:
+                self._save_destination(conn, destination)
+            conn.execute("UPDATE sessions SET end_spooled = 1 WHERE handle = ?", (handle,))
+            written = self._insert_event(conn, event_id, "end", handle, key, payload, now)
+            refused = conn.execute(
+                "SELECT dead_reason FROM events WHERE handle = ? AND kind = 'start' AND state = 'dead'",
+                (handle,),
+            ).fetchone()
+            if refused is not None:
+                self._bury(
+                    conn,
+                    "kind = 'end' AND handle = ?",
+                    (handle,),
+                    DEAD_START_REFUSED,
+                    _clip(f"start refused: {refused[0]}"),
+                )
+            self._enforce(conn, now)
+            return written
+
+        return self._write(write)
+
+    # ----------------------------------------------------------------- agent side
+
+    def next_batch(
+        self, *, destination_key: str | None = None, limit: int = 100, now: float | None = None
+    ) -> list[SpooledEvent]:
+        """Deliverable pending rows, oldest first: due now, and ends only once their start is acknowledged."""
+        when = self._clock() if now is None else now
+        where = (
+            "e.state = 'pending' AND e.next_attempt_at <= ?"
+            " AND (e.kind = 'start' OR s.server_session_id IS NOT NULL)"
+        )
+        params: list[Any] = [when]
+        if destination_key is not None:
+            where += " AND e.destination_key = ?"
+            params.append(destination_key)
+        return self._select_events(where, params, limit)
+
+    def pending_destinations(self) -> list[Destination]:
+        """The destinations that have pending rows, in the order of their oldest row."""
+
+        def read(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT destination_key FROM events WHERE state = 'pending'"
+                " GROUP BY destination_key ORDER BY MIN(id)"
+            ).fetchall()
+            return [r[0] for r in rows]
+
+        keys = self._read(read)
+        found = (self.destination(k) for k in keys)
+        return [d for d in found if d is not None]
+
+    def destination(self, key: str) -> Destination | None:
+        """The destination stored under `key` (None if unknown or unreadable)."""
+        row = self._read(
+            lambda conn: conn.execute("SELECT json FROM destinations WHERE key = ?", (key,)).fetchone()
+        )
+        dest = None
+        if row is not None:
+            try:
+                dest = Destination.from_json(row[0])
+            except (ValueError, TypeError, AttributeError):
+                logger.warning("spool %s: destination %s cannot be read", self.path, key)
+        return dest
+
+    def ack_start(self, row: SpooledEvent, server_session_id: str) -> bool:
+        """The server accepted the start: delete the row and map its handle, in one transaction."""
+
+        def write(conn: sqlite3.Connection) -> bool:
+            deleted = conn.execute("DELETE FROM events WHERE id = ?", (row.row_id,)).rowcount
+            conn.execute(
+                "UPDATE sessions SET server_session_id = ? WHERE handle = ?", (server_session_id, row.handle)
+            )
+            return deleted > 0
+
+        return self._write(write)
+
+    def ack_end(self, row: SpooledEvent) -> bool:
+        """The server accepted the end: the row and its finished session are removed."""
+
+        def write(conn: sqlite3.Connection) -> bool:
+            deleted = conn.execute("DELETE FROM events WHERE id = ?", (row.row_id,)).rowcount
+            conn.execute("DELETE FROM sessions WHERE handle = ?", (row.handle,))
+            return deleted > 0
+
+        return self._write(write)
+
+    def record_failure(self, row: SpooledEvent, error: str, next_attempt_at: float) -> bool:
+        """A transient failure: count the attempt and wait until `next_attempt_at` (clock time)."""
+        return self._write(
+            lambda conn: (
+                conn.execute(
+                    "UPDATE events SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
+                    " WHERE id = ? AND state = 'pending'",
+                    (_clip(error), next_attempt_at, row.row_id),
+                ).rowcount
+                > 0
+            )
+        )
+
+    def dead_letter(self, row: SpooledEvent, reason: str, *, category: str = DEAD_REJECTED) -> bool:
+        """A permanent refusal: keep the row as a dead letter. A refused start takes its end along."""
+
+        def write(conn: sqlite3.Connection) -> bool:
+            conn.execute("UPDATE events SET attempts = attempts + 1 WHERE id = ?", (row.row_id,))
+            moved = self._bury(conn, "id = ?", (row.row_id,), category, _clip(reason))
+            if moved and row.kind == "start":
+                self._bury(
+                    conn,
+                    "kind = 'end' AND handle = ? AND state = 'pending'",
+                    (row.handle,),
+                    DEAD_START_REFUSED,
+                    _clip(f"start refused: {reason}"),
+                )
+            return moved > 0
+
+        return self._write(write)
+
+    def requeue_dead(self, category: str | None = None) -> int:
+        """Dead letters of `category` (all if None) become pending, due now; returns how many.
+
+        Ends that followed a refused start come back with their start (never before it).
+        """
+
+        def write(conn: sqlite3.Connection) -> int:
+            now = self._clock()
+            revive = (
+                "UPDATE events SET state = 'pending', dead_category = NULL, dead_reason = NULL,"
+                " attempts = 0, next_attempt_at = ? WHERE state = 'dead' AND "
+            )
+            count = 0
+            if category != DEAD_START_REFUSED:
+                cond, params = "dead_category IS NOT ?", [DEAD_START_REFUSED]
+                if category is not None:
+                    cond, params = "dead_category = ?", [category]
+                count += conn.execute(revive + cond, (now, *params)).rowcount
+            count += conn.execute(
+                revive + "dead_category = ? AND handle NOT IN"
+                " (SELECT handle FROM events WHERE kind = 'start' AND state = 'dead')",
+                (now, DEAD_START_REFUSED),
+            ).rowcount
+            return count
+
+        return self._write(write)
+
+    def retarget(self, old_key: str | None, destination: Destination) -> int:
+        """Send rows spooled for `old_key` (any destination if None) to `destination`; returns how many.
+
+        Moves starts, and ends whose start the old destination has not acknowledged (an
+        acknowledged session can only be ended where it was started). Pending rows become due now.
+        """
+
+        def write(conn: sqlite3.Connection) -> int:
+            now = self._clock()
+            self._save_destination(conn, destination)
+            cond, params = "destination_key != ?", [destination.key]
+            if old_key is not None:
+                cond, params = "destination_key = ? AND destination_key != ?", [old_key, destination.key]
+            moved = conn.execute(
+                "UPDATE events SET destination_key = ?,"
+                " next_attempt_at = CASE WHEN state = 'pending' THEN ? ELSE next_attempt_at END"
+                f" WHERE {cond} AND (kind = 'start' OR handle IN"
+                " (SELECT handle FROM sessions WHERE server_session_id IS NULL))",
+                (destination.key, now, *params),
+            ).rowcount
+            conn.execute(
+                f"UPDATE sessions SET destination_key = ? WHERE {cond} AND server_session_id IS NULL",
+                (destination.key, *params),
+            )
+            return moved
+
+        return self._write(write)
+
+    def open_sessions(self) -> list[OpenSession]:
+        """Sessions whose end is not spooled yet (for watching their pids), oldest first."""
+        rows = self._read(
+            lambda conn: conn.execute(
+                "SELECT handle, destination_key, server_session_id, pid, pid_start_time, boot_id,"
+                " started_at, last_seen_alive FROM sessions WHERE end_spooled = 0 ORDER BY started_at"
+            ).fetchall()
+        )
+        return [OpenSession(*r) for r in rows]
+
+    def mark_alive(self, handles: str | Iterable[str], now: float | None = None) -> int:
+        """Record that these sessions' processes were seen alive at `now` (clock time), in one
+        transaction; returns how many sessions were found. Never moves a sighting backwards."""
+        when = self._clock() if now is None else now
+        names = [handles] if isinstance(handles, str) else list(handles)
+        return self._write(
+            lambda conn: sum(
+                conn.execute(
+                    "UPDATE sessions SET last_seen_alive = MAX(last_seen_alive, ?) WHERE handle = ?",
+                    (when, handle),
+                ).rowcount
+                for handle in names
+            )
+        )
+
+    def enforce_limits(self) -> dict[str, int]:
+        """Apply the caps now (appends do it too); returns the rows dropped by reason."""
+        return self._write(lambda conn: self._enforce(conn, self._clock()))
+
+    def data_version(self) -> int:
+        """Changes when another connection commits (PRAGMA data_version): a cheap "anything new?" poll."""
+        return int(self._read(lambda conn: conn.execute("PRAGMA data_version").fetchone()[0]))
+
+    # ----------------------------------------------------------------- reporting
+
+    def stats(self) -> SpoolStats:
+        def read(conn: sqlite3.Connection) -> SpoolStats:
+            now = self._clock()
+            depth, oldest = conn.execute(
+                "SELECT COUNT(*), MIN(created_at) FROM events WHERE state = 'pending'"
+            ).fetchone()
+            dead = conn.execute("SELECT COUNT(*) FROM events WHERE state = 'dead'").fetchone()[0]
+            rows, size = conn.execute("SELECT rows, bytes FROM totals WHERE id = 1").fetchone()
+            opened = conn.execute("SELECT COUNT(*) FROM sessions WHERE end_spooled = 0").fetchone()[0]
+            drops = dict(conn.execute("SELECT reason, count FROM drops ORDER BY reason").fetchall())
+            aside = conn.execute("SELECT value FROM meta WHERE key = 'moved_aside'").fetchone()
+            return SpoolStats(
+                depth=depth,
+                oldest_pending_age_seconds=None if oldest is None else max(0.0, now - oldest),
+                dead=dead,
+                rows=rows,
+                bytes=size,
+                open_sessions=opened,
+                drops=drops,
+                moved_aside=None if aside is None else aside[0],
+            )
+
+        return self._read(read)
+
+    def list_pending(self, limit: int | None = None) -> list[SpooledEvent]:
+        return self._select_events("e.state = 'pending'", [], limit)
+
+    def list_dead(self, limit: int | None = None) -> list[SpooledEvent]:
+        return self._select_events("e.state = 'dead'", [], limit)
+
+    def meta_get(self, key: str) -> str | None:
+        row = self._read(lambda conn: conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone())
+        return None if row is None else row[0]
+
+    def meta_set(self, key: str, value: str | None) -> None:
+        """Store a small value (None deletes it), e.g. the agent's pid and breaker state."""
+
+        def write(conn: sqlite3.Connection) -> None:
+            if value is None:
+                conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (key, value),
+                )
+
+        self._write(write)
+
+    # ----------------------------------------------------------------- internals: rows
+
+    def _insert_event(
+        self,
+        conn: sqlite3.Connection,
+        event_id: str,
+        kind: str,
+        handle: str,
+        key: str,
+        payload: str,
+        now: float,
+    ) -> bool:
+        cur = conn.execute(
+            "INSERT OR IGNORE INTO events (event_id, kind, handle, destination_key, payload, size,"
+            " created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (event_id, kind, handle, key, payload, len(payload.encode()), now, now),
+        )
+        return cur.rowcount > 0
+
+    def _save_destination(self, conn: sqlite3.Connection, destination: Destination) -> None:
+        text = destination.to_json()
+        conn.execute(
+            "INSERT INTO destinations (key, json) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET json = excluded.json WHERE json != excluded.json",
+            (destination.key, text),
+        )
+
+    @staticmethod
+    def _bury(
+        conn: sqlite3.Connection, cond: str, params: tuple[Any, ...], category: str, reason: str
+    ) -> int:
+        return conn.execute(
+            f"UPDATE events SET state = 'dead', dead_category = ?, dead_reason = ? WHERE {cond}",
+            (category, reason, *params),
+        ).rowcount
+
+    @staticmethod
+    def _count_drop(conn: sqlite3.Connection, reason: str, count: int) -> None:
+        if count:
+            conn.execute(
+                "INSERT INTO drops (reason, count) VALUES (?, ?)"
+                " ON CONFLICT (reason) DO UPDATE SET count = count + excluded.count",
+                (reason, count),
+            )
+
+    def _enforce(self, conn: sqlite3.Connection, now: float) -> dict[str, int]:
+        dropped: dict[str, int] = {}
+        cutoff = now - self.max_age_seconds
+        aged = conn.execute("SELECT id FROM events WHERE created_at < ?", (cutoff,)).fetchall()
+        dropped[DROP_MAX_AGE] = self._drop(conn, [r[0] for r in aged], DROP_MAX_AGE)
+        rows, size = conn.execute("SELECT rows, bytes FROM totals WHERE id = 1").fetchone()
+        if rows > self.max_rows:
+            victims = conn.execute("SELECT id FROM events ORDER BY id LIMIT ?", (rows - self.max_rows,))
+            dropped[DROP_MAX_ROWS] = self._drop(conn, [r[0] for r in victims.fetchall()], DROP_MAX_ROWS)
+            size = conn.execute("SELECT bytes FROM totals WHERE id = 1").fetchone()[0]
+        if size > self.max_bytes:
+            victims, freed = [], 0
+            for row_id, row_size in conn.execute("SELECT id, size FROM events ORDER BY id"):
+                if freed >= size - self.max_bytes:
+                    break
+                victims.append(row_id)
+                freed += row_size
+            dropped[DROP_MAX_BYTES] = self._drop(conn, victims, DROP_MAX_BYTES)
+        return {reason: n for reason, n in dropped.items() if n}
+
+    def _drop(self, conn: sqlite3.Connection, row_ids: list[int], reason: str) -> int:
+        """Delete rows, a start together with its session's end (which could never be delivered)."""
+        if not row_ids:
+            return 0
+        conn.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (id INTEGER PRIMARY KEY)")
+        conn.execute("DELETE FROM temp.doomed")
+        conn.executemany("INSERT OR IGNORE INTO temp.doomed (id) VALUES (?)", ((i,) for i in row_ids))
+        conn.execute(
+            "INSERT OR IGNORE INTO temp.doomed (id) SELECT e.id FROM events e WHERE e.handle IN"
+            " (SELECT handle FROM events WHERE kind = 'start' AND id IN (SELECT id FROM temp.doomed))"
+        )
+        handles = [
+            r[0]
+            for r in conn.execute(
+                "SELECT DISTINCT handle FROM events WHERE id IN (SELECT id FROM temp.doomed)"
+            ).fetchall()
+        ]
+        count = conn.execute("DELETE FROM events WHERE id IN (SELECT id FROM temp.doomed)").rowcount
+        # A session with nothing left to deliver is forgotten unless the server knows it and its
+        # end is still to come (the agent may still end it).
+        conn.executemany(
+            "DELETE FROM sessions WHERE handle = ? AND NOT EXISTS (SELECT 1 FROM events WHERE handle = ?)"
+            " AND (server_session_id IS NULL OR end_spooled = 1)",
+            ((h, h) for h in handles),
+        )
+        self._count_drop(conn, reason, count)
+        return count
+
+    def _select_events(self, where: str, params: list[Any], limit: int | None) -> list[SpooledEvent]:
+        sql = (
+            f"SELECT {_EVENT_COLUMNS} FROM events e LEFT JOIN sessions s ON s.handle = e.handle"
+            f" WHERE {where} ORDER BY e.id"
+        )
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = [*params, limit]
+        rows = self._read(lambda conn: conn.execute(sql, params).fetchall())
+        found: dict[str, Destination | None] = {}
+        for r in rows:
+            if r[4] not in found:
+                found[r[4]] = self.destination(r[4])
+        return [self._event(r, found[r[4]]) for r in rows]
+
+    @staticmethod
+    def _event(r: tuple[Any, ...], destination: Destination | None) -> SpooledEvent:
+        (
+            row_id,
+            event_id,
+            kind,
+            handle,
+            key,
+            payload,
+            attempts,
+            last_error,
+            created,
+            next_at,
+            state,
+            category,
+            reason,
+            server_id,
+        ) = r
+        return SpooledEvent(
+            row_id=row_id,
+            event_id=event_id,
+            kind=kind,
+            handle=handle,
+            destination_key=key,
+            destination=destination,
+            payload=json.loads(payload),
+            attempts=attempts,
+            last_error=last_error,
+            created_at=created,
+            next_attempt_at=next_at,
+            state=state,
+            dead_category=category,
+            dead_reason=reason,
+            server_session_id=server_id,
+        )
+
+    # ----------------------------------------------------------------- internals: connection
+
+    def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run `fn` in one BEGIN IMMEDIATE transaction, recovering once from a corrupt file."""
+
+        def txn(conn: sqlite3.Connection) -> _T:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute("ROLLBACK")
+                raise
+            return result
+
+        return self._read(txn)
+
+    def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._lock:
+            try:
+                return fn(self._connection())
+            except (sqlite3.Error, _NeedsFreshSpool) as exc:
+                if not _is_corruption(exc):
+                    raise SpoolError(f"spool {self.path} cannot be used: {exc}") from exc
+                failure: BaseException = exc
+            except OSError as exc:
+                raise SpoolError(f"spool {self.path} cannot be used: {exc.strerror or exc}") from exc
+            try:
+                self._recover(failure)
+            except OSError as exc:
+                raise SpoolError(f"spool {self.path} is unusable and cannot be replaced: {exc}") from exc
+            try:
+                return fn(self._connection())
+            except (sqlite3.Error, _NeedsFreshSpool, OSError) as exc:
+                raise SpoolError(f"spool {self.path} cannot be used even when started afresh: {exc}") from exc
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is not None and self._conn_pid == os.getpid():
+            if self._still_in_place():
+                return self._conn
+            self.close()  # moved aside or deleted by another process: follow the path
+        if self._conn is not None:
+            self._inherited, self._conn = self._conn, None
+        self._make_parent()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            st = os.fstat(fd)
+            if st.st_size == 0:
+                os.fchmod(fd, 0o600)  # we may have created it: 0600 whatever the umask says
+        finally:
+            os.close(fd)
+        # The file this connection is about: recovery moves it aside only if it is still in place.
+        self._file_id = (st.st_dev, st.st_ino)
+        conn = sqlite3.connect(
+            self.path, timeout=self._busy_timeout_seconds, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_seconds * 1000)}")
+            if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+                raise SpoolError(f"spool {self.path}: WAL mode is not available here")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA temp_store = MEMORY")  # drops use a small temp table
+            self._check_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._conn_pid = conn, os.getpid()
+        return conn
+
+    def _still_in_place(self) -> bool:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) == self._file_id
+
+    @staticmethod
+    def _check_schema(conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables >= _TABLES:
+                raise _NeedsFreshSpool(f"schema version {version} without tables {sorted(_TABLES - tables)}")
+            return
+        if version != 0:
+            raise _NeedsFreshSpool(f"schema version {version}, expected {SCHEMA_VERSION}")
+        # Possibly new: create it under the write lock; another process may have just done so.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version == 0:
+                if conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
+                    raise _NeedsFreshSpool("a database that is not a spool")
+                for statement in _statements(_SCHEMA):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise
+        if version not in (0, SCHEMA_VERSION):
+            raise _NeedsFreshSpool(f"schema version {version}, expected {SCHEMA_VERSION}")
+
+    def _make_parent(self) -> None:
+        """Create the missing directories above the spool, each private to the user (0700)."""
+        missing = []
+        parent = self.path.parent
+        while not parent.is_dir() and parent != parent.parent:
+            missing.append(parent)
+            parent = parent.parent
+        try:
+            for directory in reversed(missing):
+                with contextlib.suppress(FileExistsError):
+                    directory.mkdir(mode=0o700)
+                    directory.chmod(0o700)  # whatever the umask says
+            if not self.path.parent.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, "a file is in the way")
+        except OSError as exc:
+            raise SpoolError(
+                f"spool directory {self.path.parent} cannot be created: {exc.strerror or exc}"
+            ) from exc
+
+    def _recover(self, exc: BaseException) -> None:
+        """Move the corrupt file (and its WAL) aside, once, so the next connection starts fresh."""
+        self.close()
+        with _recovery_lock(self.path):
+            try:
+                st = os.stat(self.path)
+            except FileNotFoundError:
+                return
+            if self._file_id is not None and (st.st_dev, st.st_ino) != self._file_id:
+                return  # another process already replaced it
+            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._clock()))
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+            n = 0
+            while aside.exists():
+                n += 1
+                aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
+            try:
+                os.replace(self.path, aside)
+                wal = Path(f"{self.path}-wal")
+                if wal.exists():
+                    os.replace(wal, Path(f"{aside}-wal"))
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"{self.path}-shm")
+            except OSError as err:
+                raise SpoolError(f"spool {self.path} is unusable and cannot be moved aside: {err}") from err
+        self._file_id = None
+        logger.warning(
+            "spool %s was unusable (%s); moved it aside to %s and started a fresh one",
+            self.path,
+            exc,
+            aside.name,
+        )
+        # The fresh spool remembers it, so `status` can say where the old events are.
+        try:
+            conn = self._connection()
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('moved_aside', ?)", (str(aside),))
+        except (sqlite3.Error, _NeedsFreshSpool, OSError) as err:
+            raise SpoolError(f"spool {self.path} cannot be started afresh: {err}") from err
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The statements of `script`, to run inside our own transaction (executescript would commit)."""
+    buf = ""
+    for line in script.strip().splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            yield buf
+            buf = ""
+
+
+@contextlib.contextmanager
+def _recovery_lock(path: Path) -> Iterator[None]:
+    """Serialize moving a corrupt spool aside between processes: a lock on its directory (POSIX)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: best effort
+        yield
+        return
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

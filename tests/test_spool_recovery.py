@@ -1,0 +1,227 @@
+"""A broken spool never breaks a shell: corrupt files are moved aside, the event is still written;
+files are private, and the token never reaches the disk."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from oneiric_session.destination import Destination
+from oneiric_session.errors import SpoolError
+from oneiric_session.spool import SCHEMA_VERSION, Spool
+
+DEST = Destination(command="srv")
+LOGGER = "oneiric_session.spool"
+
+
+def append(sp: Spool, handle: str, **extra: object) -> bool:
+    event = {"event_id": f"id-{handle}", "event_type": "session_start", **extra}
+    return sp.append_start(handle, DEST, event, pid=1, pid_start_time=2, boot_id="b")
+
+
+def filled_spool(path: Path, sessions: int) -> None:
+    with Spool(path) as sp:
+        for n in range(sessions):
+            append(sp, f"h{n}", metadata={"filler": "x" * 3000})
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    raw.close()
+
+
+def assert_recovered(path: Path, caplog: pytest.LogCaptureFixture, content: bytes | None) -> None:
+    """A fresh spool holds the new event, the old file sits beside it untouched, one warning said so."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    with Spool(path) as sp:
+        assert append(sp, "new")
+        assert [e.handle for e in sp.list_pending()] == ["new"]
+        moved_aside = sp.stats().moved_aside
+    warnings = [r for r in caplog.records if r.name == LOGGER]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+    aside = sorted(path.parent.glob(f"{path.name}.corrupt-*"))
+    assert [p for p in aside if not p.name.endswith("-wal")] == [Path(moved_aside or "")]
+    assert aside[0].name in warnings[0].getMessage()
+    if content is not None:
+        assert aside[0].read_bytes() == content
+    with Spool(path) as again:  # and it stays healthy
+        assert [e.handle for e in again.list_pending()] == ["new"]
+    assert len([r for r in caplog.records if r.name == LOGGER]) == 1
+
+
+def test_garbage_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "spool.sqlite3"
+    content = os.urandom(20_000)
+    path.write_bytes(content)
+    assert_recovered(path, caplog, content)
+
+
+def test_short_garbage_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "spool.sqlite3"
+    path.write_bytes(b"not a database\n")
+    assert_recovered(path, caplog, b"not a database\n")
+
+
+def test_truncated_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "spool.sqlite3"
+    filled_spool(path, 60)
+    content = path.read_bytes()[: path.stat().st_size // 2]
+    path.write_bytes(content)
+    assert_recovered(path, caplog, content)
+
+
+def test_truncated_inside_the_header(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "spool.sqlite3"
+    filled_spool(path, 3)
+    content = path.read_bytes()[:60]
+    path.write_bytes(content)
+    assert_recovered(path, caplog, content)
+
+
+def test_wrong_schema_version(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "spool.sqlite3"
+    filled_spool(path, 2)
+    raw = sqlite3.connect(path)
+    raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    raw.commit()
+    raw.close()
+    assert_recovered(path, caplog, None)
+
+
+def test_another_programs_database(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "spool.sqlite3"
+    raw = sqlite3.connect(path)
+    raw.execute("CREATE TABLE notes (body TEXT)")
+    raw.commit()
+    raw.close()
+    assert_recovered(path, caplog, None)
+
+
+def test_right_version_missing_tables(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "spool.sqlite3"
+    filled_spool(path, 1)
+    raw = sqlite3.connect(path)
+    raw.execute("DROP TABLE meta")
+    raw.commit()
+    raw.close()
+    assert_recovered(path, caplog, None)
+
+
+def test_zero_length_file_is_simply_a_new_spool(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An empty file holds nothing to save: it becomes the spool, without a warning."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    path = tmp_path / "spool.sqlite3"
+    path.write_bytes(b"")
+    with Spool(path) as sp:
+        assert append(sp, "new")
+        assert sp.stats().depth == 1 and sp.stats().moved_aside is None
+    assert not list(tmp_path.glob("*.corrupt-*"))
+    assert not [r for r in caplog.records if r.name == LOGGER]
+
+
+def test_corruption_met_by_two_connections_moves_aside_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two open spools (as two shells) meet one corrupt file: it is moved aside once, both use the new one."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    path = tmp_path / "spool.sqlite3"
+    first, second = Spool(path), Spool(path)
+    append(first, "a")
+    assert second.list_pending()[0].handle == "a"
+    first.close()
+    second.close()
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    raw.close()
+    # Both were opened on the file; now it is overwritten in place (same inode).
+    first.open()
+    second.open()
+    with path.open("r+b") as f:
+        f.write(os.urandom(path.stat().st_size))
+    assert append(first, "b")
+    assert append(second, "c")
+    assert sorted(e.handle for e in first.list_pending()) == ["b", "c"]
+    first.close()
+    second.close()
+    assert len([p for p in tmp_path.glob("*.corrupt-*") if not p.name.endswith("-wal")]) == 1
+    assert len([r for r in caplog.records if r.name == LOGGER]) == 1
+
+
+def test_spool_moved_away_under_an_open_connection(tmp_path: Path) -> None:
+    """When another process moves the file aside, the next append follows the path, not the old file."""
+    path = tmp_path / "spool.sqlite3"
+    sp = Spool(path)
+    append(sp, "a")
+    for suffix in ("", "-wal"):
+        os.replace(f"{path}{suffix}", f"{path}.corrupt-x{suffix}")
+    os.unlink(f"{path}-shm")
+    assert append(sp, "b")
+    assert [e.handle for e in sp.list_pending()] == ["b"]
+    sp.close()
+    with Spool(path) as fresh:
+        assert [e.handle for e in fresh.list_pending()] == ["b"]
+
+
+def test_directory_that_cannot_be_created(tmp_path: Path) -> None:
+    """A spool whose directory cannot exist is a SpoolError naming the directory."""
+    blocker = tmp_path / "state"
+    blocker.write_text("a file where a directory should be")
+    for path in (blocker / "spool.sqlite3", blocker / "deeper" / "spool.sqlite3"):
+        sp = Spool(path)
+        with pytest.raises(SpoolError, match=r"spool directory .*state.* cannot be created"):
+            append(sp, "a")
+    assert blocker.read_text() == "a file where a directory should be"
+
+
+def test_path_that_is_a_directory(tmp_path: Path) -> None:
+    """A spool path that is not a file is a SpoolError, not a crash."""
+    (tmp_path / "spool.sqlite3").mkdir()
+    with pytest.raises(SpoolError, match="spool"):
+        Spool(tmp_path / "spool.sqlite3").open()
+
+
+def test_files_and_directories_are_private(tmp_path: Path) -> None:
+    """New directories are 0700, the database and its WAL files 0600, whatever the umask."""
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "state" / "oneiric-session" / "spool.sqlite3"
+        with Spool(path) as sp:
+            append(sp, "a")
+            for f in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.parent.parent.stat().st_mode) == 0o700
+
+
+def test_token_never_reaches_the_disk(tmp_path: Path) -> None:
+    """A 'token' key anywhere in an event is removed before writing: not in the database, not in the WAL."""
+    secret = "eyJhbGciOiJIUzI1NiJ9.SECRET-TOKEN-4f9c2b7d1e"
+    path = tmp_path / "spool.sqlite3"
+    sp = Spool(path)
+    event = {
+        "event_id": "id-a",
+        "event_type": "session_start",
+        "token": secret,
+        "metadata": {"Token": secret, "nested": [{"token": secret, "kept": "yes"}]},
+    }
+    assert sp.append_start("a", DEST, event, pid=1, pid_start_time=None, boot_id=None)
+    assert sp.append_end("a", DEST, {"session_id": "a", "token": secret})
+    (row,) = sp.list_pending()[:1]
+    assert row.payload == {
+        "event_id": "id-a",
+        "event_type": "session_start",
+        "metadata": {"nested": [{"kept": "yes"}]},
+    }
+    files = [p for p in tmp_path.iterdir() if p.is_file()]
+    assert {p.name for p in files} >= {"spool.sqlite3", "spool.sqlite3-wal"}
+    assert any(b"kept" in p.read_bytes() for p in files)  # the event is there...
+    for p in files:
+        assert b"SECRET-TOKEN" not in p.read_bytes(), p  # ...its token is not
+    sp.close()
+    for p in tmp_path.iterdir():
+        assert b"SECRET-TOKEN" not in p.read_bytes(), p
