@@ -1,0 +1,100 @@
+"""`oneiric-session status [--json]`: the resolved provider and why, each effective setting and its source."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from oneiric_session.config.loader import LoadedConfig
+    from oneiric_session.registry import Registry
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "status", help="show the resolved provider and why, and every effective setting with its source"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    report = collect(args.settings)
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
+def collect(
+    settings_dir: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    registry: Registry | None = None,
+) -> dict[str, Any]:
+    """The status report as plain data; raises ConfigError."""
+    from oneiric_session.config.loader import load_config
+    from oneiric_session.registry import CATEGORY, DOMAIN, default_registry
+
+    config = load_config(settings_dir, environ=environ)
+    registry = registry or default_registry()
+    source = config.source_of("provider")
+    registry.resolve(config.provider, selection_source=source)  # unknown provider: ConfigError
+    values = config.values()
+    return {
+        "provider": {"name": config.provider, "source": source},
+        "ranking": {
+            "domain": DOMAIN,
+            "category": CATEGORY,
+            "candidates": [r.as_dict() for r in registry.explain(config.provider, selection_source=source)],
+        },
+        "settings_dir": str(config.settings_dir),
+        "files": [{"path": str(path), "present": present} for path, present in config.files],
+        "settings": {
+            name: {"value": values[name], "source": config.sources[name]} for name in sorted(values)
+        },
+        "token": token_section(config),
+        "delivery": delivery_section(config),
+    }
+
+
+def token_section(config: LoadedConfig) -> dict[str, Any]:
+    """Where the token would come from and whether one is there; never the token itself."""
+    settings = config.settings
+    return {
+        "env": settings.token_env,
+        "file": str(settings.token_file) if settings.token_file else None,
+        "available": config.token() is not None,
+    }
+
+
+def delivery_section(config: LoadedConfig) -> dict[str, Any]:
+    """Where events wait for delivery. The agent, breaker and spool depth join here with the spool."""
+    return {"spool_path": str(config.spool_path())}
+
+
+def render(report: Mapping[str, Any]) -> str:
+    provider = report["provider"]
+    ranking = report["ranking"]
+    lines = [
+        f"provider: {provider['name']}  ({provider['source']})",
+        f"settings directory: {report['settings_dir']}",
+        "files:",
+        *(f"  {'read  ' if f['present'] else 'absent'}  {f['path']}" for f in report["files"]),
+        f"ranking ({ranking['domain']}/{ranking['category']}, best first):",
+    ]
+    width = max((len(c["provider"]) for c in ranking["candidates"]), default=0)
+    for c in ranking["candidates"]:
+        mark = "*" if c["selected"] else " "
+        lines.append(f"  {mark} {c['provider']:<{width}}  {'; '.join(c['reasons'])}")
+    lines.append("settings:")
+    width = max((len(name) for name in report["settings"]), default=0)
+    for name, entry in report["settings"].items():
+        lines.append(f"  {name:<{width}}  {json.dumps(entry['value']):<24}  {entry['source']}")
+    token = report["token"]
+    where = f"${token['env']}" + (f" or {token['file']}" if token["file"] else "")
+    lines.append(f"token: {'available' if token['available'] else 'none'} (from {where})")
+    lines.append("delivery:")
+    lines += [f"  {key}: {value}" for key, value in report["delivery"].items()]
+    return "\n".join(lines)

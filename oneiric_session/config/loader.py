@@ -1,0 +1,169 @@
+"""Validate the merged layers into `LoadedConfig`; turn every failure into one `ConfigError`."""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from oneiric_session import paths
+from oneiric_session.config import sources
+from oneiric_session.config.models import SessionBuddySettings
+from oneiric_session.config.redact import redact
+from oneiric_session.destination import Destination, Tuning
+from oneiric_session.errors import ConfigError
+from oneiric_session.limits import Limits
+
+# Session-Buddy 0.23.0 has no stdio entry point; this is the launch line that serves stdio.
+SESSION_BUDDY_STDIO_CODE = "from session_buddy.mcp.server import mcp; mcp.run('stdio', show_banner=False)"
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    """Validated settings, the source of every effective value, and what derives from them."""
+
+    settings: SessionBuddySettings
+    sources: dict[str, str]
+    settings_dir: Path
+    files: tuple[tuple[Path, bool], ...] = ()
+    # Kept to read the token at send time; never shown (it may hold the token).
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ, repr=False)
+
+    @property
+    def provider(self) -> str:
+        return self.settings.provider
+
+    def source_of(self, name: str) -> str:
+        return sources.nearest_source(self.sources, name)
+
+    def values(self) -> dict[str, Any]:
+        """Every effective setting as dotted name -> JSON value, secrets redacted."""
+        flat = _flatten(self.settings.model_dump(mode="json"))
+        return {name: redact(name, value) for name, value in flat.items()}
+
+    def destination(self) -> Destination:
+        s = self.settings
+        tuning = Tuning(
+            attempts=s.retry.attempts,
+            wait_min_seconds=s.retry.wait_min_seconds,
+            wait_max_seconds=s.retry.wait_max_seconds,
+            multiplier=s.retry.multiplier,
+            breaker_threshold=s.breaker.threshold,
+            breaker_reset_seconds=s.breaker.reset_seconds,
+            connect_seconds=s.timeouts.connect_seconds,
+            call_seconds=s.timeouts.call_seconds,
+        )
+        if s.transport == "http":
+            return Destination(transport="http", url=s.url, tuning=tuning)
+        if s.server.command:
+            command, args = s.server.command, tuple(s.server.args)
+        elif s.session_buddy_path:
+            path = str(Path(s.session_buddy_path).expanduser())
+            command, args = "uv", ("--directory", path, "run", "python", "-c", SESSION_BUDDY_STDIO_CODE)
+        else:  # the bundled compatible server, so a fresh machine works with no configuration
+            command, args = sys.executable, ("-m", "oneiric_session", "serve")
+        return Destination(
+            command=command,
+            args=args,
+            env=tuple(sorted(s.server.env.items())),
+            cwd=s.server.cwd,
+            tuning=tuning,
+        )
+
+    def limits(self) -> Limits:
+        return Limits(**self.settings.limits.model_dump())
+
+    def spool_path(self) -> Path:
+        path = self.settings.spool.path
+        return path.expanduser() if path is not None else paths.default_spool_path()
+
+    def token(self) -> str | None:
+        """The token from $token_env, else token_file (owner-only). Never log or show it."""
+        value = self.environ.get(self.settings.token_env)
+        if value:
+            return value
+        path = self.settings.token_file
+        if path is None:
+            return None
+        path = path.expanduser()
+        origin = sources.describe(self.source_of("token_file"))
+        try:
+            mode = path.stat().st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise ConfigError(
+                    f"token_file {path} must be readable by its owner only (chmod 600), "
+                    f"its mode is {stat.S_IMODE(mode):o}; from {origin}"
+                )
+            return path.read_text(encoding="utf-8").strip() or None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(
+                f"token_file {path}: cannot read it ({type(exc).__name__}); from {origin}"
+            ) from None
+
+
+def load_config(
+    settings_dir: str | os.PathLike[str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> LoadedConfig:
+    """Read every layer and validate it. Raises ConfigError naming the file or variable and the setting."""
+    env = os.environ if environ is None else environ
+    return validate(sources.read(settings_dir, overrides=overrides, environ=env), environ=env)
+
+
+def validate(merged: sources.Merged, *, environ: Mapping[str, str]) -> LoadedConfig:
+    """Validate layers already merged (the registry reads them once for the selection)."""
+    try:
+        settings = SessionBuddySettings(**merged.values)
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_describe_error(error, merged) for error in exc.errors())) from None
+    _check_consistency(settings, merged)
+    names = _flatten(settings.model_dump(mode="json"))
+    return LoadedConfig(
+        settings=settings,
+        sources={name: merged.source_of(name) for name in names},
+        settings_dir=merged.settings_dir,
+        files=tuple(merged.files),
+        environ=environ,
+    )
+
+
+def _describe_error(error: Any, merged: sources.Merged) -> str:
+    name = ".".join(str(part) for part in error["loc"]) or "settings"
+    message = "unknown setting" if error["type"] == "extra_forbidden" else error["msg"]
+    value = error.get("input")
+    shown = redact(name, value)
+    got = f" (got {shown!r:.80})" if isinstance(value, str | int | float | bool) and shown is value else ""
+    return f"{name}: {message}{got}; from {sources.describe(merged.source_of(name))}"
+
+
+def _check_consistency(settings: SessionBuddySettings, merged: sources.Merged) -> None:
+    def origin(name: str) -> str:
+        return sources.describe(merged.source_of(name))
+
+    if settings.transport == "http" and not settings.url:
+        raise ConfigError(f"url: required when transport is 'http' (transport from {origin('transport')})")
+    if settings.retry.wait_min_seconds > settings.retry.wait_max_seconds:
+        raise ConfigError(
+            f"retry.wait_min_seconds ({settings.retry.wait_min_seconds}) is greater than "
+            f"retry.wait_max_seconds ({settings.retry.wait_max_seconds}); "
+            f"from {origin('retry.wait_min_seconds')} and {origin('retry.wait_max_seconds')}"
+        )
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,282 @@
+"""Where settings come from, lowest precedence first (standard library + PyYAML only).
+
+The shell reads its provider selection through this module without pydantic;
+full validation (`loader`) runs only when the selected provider needs settings.
+Every value keeps the label of the layer it came from: "default", "file:<path>",
+"env:<VAR>" or "argument".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from oneiric_session.errors import ConfigError
+
+CATEGORY = "session_tracker"
+DEFAULT_PROVIDER = "session-buddy"
+# The `provider_settings` entry that holds this project's settings.
+SETTINGS_PROVIDER = "session-buddy"
+
+SETTINGS_DIR_ENV = "ONEIRIC_SESSION_SETTINGS_DIR"
+ONEIRIC_CONFIG_ENV = "ONEIRIC_CONFIG"
+ONEIRIC_SELECTION_ENV = "ONEIRIC_ADAPTERS__SELECTIONS__SESSION_TRACKER"
+SESSION_BUDDY_PATH_ENV = "SESSION_BUDDY_PATH"
+ENV_PREFIX = "ONEIRIC_SESSION_"
+
+# Top-level setting names (the model's fields; a test keeps both equal). Other
+# ONEIRIC_SESSION_* variables (SETTINGS_DIR, DB) are not settings and are ignored.
+SETTING_NAMES = frozenset(
+    {
+        "provider", "transport", "url", "server", "session_buddy_path", "retry", "breaker",
+        "timeouts", "exit_wait_seconds", "spool", "agent", "limits", "token_env", "token_file",
+        "report_cwd",
+    }
+)  # fmt: skip
+# Settings whose environment values are JSON (lists, mappings, whole sections); a test keeps it honest.
+JSON_SETTINGS = frozenset(
+    {"server", "server.args", "server.env", "retry", "breaker", "timeouts", "spool", "agent", "limits"}
+)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One source's values, nested in the settings' own shape."""
+
+    source: str
+    values: dict[str, Any]
+
+
+@dataclass
+class Merged:
+    """All layers merged: the values, the source of each leaf, and the files considered."""
+
+    settings_dir: Path
+    values: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    files: list[tuple[Path, bool]] = field(default_factory=list)
+
+    def source_of(self, name: str) -> str:
+        return nearest_source(self.sources, name)
+
+    def selection(self) -> tuple[str, str]:
+        """The selected provider and its source, checked without pydantic."""
+        provider = self.values.get("provider", DEFAULT_PROVIDER)
+        if not isinstance(provider, str) or not provider.strip():
+            origin = describe(self.source_of("provider"))
+            raise ConfigError(f"provider: expected a provider name, got {provider!r}; from {origin}")
+        return provider.strip(), self.source_of("provider")
+
+
+def nearest_source(known: Mapping[str, str], name: str) -> str:
+    """The source of the dotted setting `name`, or of the nearest parent set as a whole."""
+    while name:
+        if name in known:
+            return known[name]
+        name = name.rpartition(".")[0]
+    return "default"
+
+
+def describe(source: str) -> str:
+    """A source label for people: "file /x/adapters.yml", "environment variable X"."""
+    kind, _, where = source.partition(":")
+    return {"file": f"file {where}", "env": f"environment variable {where}"}.get(kind, source)
+
+
+def read(
+    settings_dir: str | os.PathLike[str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Merged:
+    """Read and merge every layer of CONTRACT.md section 2, lowest precedence first."""
+    env = os.environ if environ is None else environ
+    merged = Merged(resolve_settings_dir(settings_dir, env))
+    for layer in _layers(merged, env, overrides or {}):
+        _merge(merged.values, merged.sources, layer.values, layer.source)
+    return merged
+
+
+def resolve_settings_dir(settings_dir: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
+    """The argument, else $ONEIRIC_SESSION_SETTINGS_DIR, else ./settings (which may be absent)."""
+    given = settings_dir if settings_dir is not None else environ.get(SETTINGS_DIR_ENV) or None
+    path = Path(given if given is not None else "settings").expanduser().absolute()
+    if given is not None and not path.is_dir():
+        origin = "--settings" if settings_dir is not None else f"environment variable {SETTINGS_DIR_ENV}"
+        raise ConfigError(f"settings directory {path} does not exist or is not a directory (from {origin})")
+    return path
+
+
+def _layers(merged: Merged, environ: Mapping[str, str], overrides: Mapping[str, Any]) -> Iterator[Layer]:
+    directory = merged.settings_dir
+    oneiric_files = [directory / "oneiric.yaml", directory / "oneiric.yml", directory / "local.yaml"]
+    config_file = environ.get(ONEIRIC_CONFIG_ENV)
+    if config_file:
+        # In Oneiric this variable names one file, never a directory.
+        path = Path(config_file).expanduser().absolute()
+        if path.is_dir():
+            raise ConfigError(
+                f"environment variable {ONEIRIC_CONFIG_ENV} names a directory ({path}); it must name a file"
+            )
+        oneiric_files.append(path)
+    for path in oneiric_files:
+        data = _read_optional(merged, path)
+        if data is not None:
+            section = _mapping(data.get("adapters"), path, "adapters")
+            yield Layer(f"file:{path}", _from_oneiric_section(section, path, "adapters."))
+    for path in (directory / "adapters.yml", directory / "adapters.yaml"):
+        data = _read_optional(merged, path)
+        if data is not None:
+            yield Layer(f"file:{path}", _from_adapters_file(data, path))
+    yield from _env_layers(environ)
+    if overrides:
+        yield Layer("argument", _expand_dotted(overrides))
+
+
+def _read_optional(merged: Merged, path: Path) -> dict[str, Any] | None:
+    exists = path.is_file()
+    merged.files.append((path, exists))
+    return _read_file(path) if exists else None
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the file ({exc})") from None
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"{path} line {exc.lineno}: invalid JSON: {exc.msg}") from None
+    elif path.suffix == ".toml":
+        import tomllib
+
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    else:
+        data = _parse_yaml(text, path)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, found {type(data).__name__}")
+    return data
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    import yaml  # only when a settings file exists: a shell without one pays nothing
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        # problem/context only: the snippet of the file that PyYAML appends is not repeated
+        reason = "; ".join(p for p in (exc.context, exc.problem) if p)
+        raise ConfigError(f"{path}{where}: invalid YAML: {reason}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+
+
+def _from_adapters_file(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    """settings/adapters.yml in its three shapes: flat, Oneiric's `adapters:`, or that section bare."""
+    if "adapters" in data:
+        return _from_oneiric_section(_mapping(data["adapters"], path, "adapters"), path, "adapters.")
+    if "selections" in data or "provider_settings" in data:
+        return _from_oneiric_section(data, path, "")
+    if CATEGORY not in data:  # flat {category: provider} for other categories only
+        return {}
+    return {"provider": _provider_name(data[CATEGORY], path, CATEGORY)}
+
+
+def _from_oneiric_section(section: dict[str, Any], path: Path, prefix: str) -> dict[str, Any]:
+    selections = _mapping(section.get("selections"), path, f"{prefix}selections")
+    provider_settings = _mapping(section.get("provider_settings"), path, f"{prefix}provider_settings")
+    values = dict(
+        _mapping(
+            provider_settings.get(SETTINGS_PROVIDER), path, f"{prefix}provider_settings.{SETTINGS_PROVIDER}"
+        )
+    )
+    if CATEGORY in selections:
+        values["provider"] = _provider_name(selections[CATEGORY], path, f"{prefix}selections.{CATEGORY}")
+    return values
+
+
+def _mapping(value: Any, path: Path, key: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: {key} must be a mapping, found {type(value).__name__}")
+    return value
+
+
+def _provider_name(value: Any, path: Path, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{path}: {key} must be a provider name, found {value!r}")
+    return value
+
+
+def _env_layers(environ: Mapping[str, str]) -> Iterator[Layer]:
+    """Oneiric's variables, then ONEIRIC_SESSION_* (sorted, so RETRY__ATTEMPTS beats RETRY)."""
+    for var, name in ((ONEIRIC_SELECTION_ENV, "provider"), (SESSION_BUDDY_PATH_ENV, "session_buddy_path")):
+        if environ.get(var):
+            yield Layer(f"env:{var}", {name: environ[var]})
+    for var in sorted(environ):
+        if not var.startswith(ENV_PREFIX) or not environ[var]:
+            continue
+        parts = var[len(ENV_PREFIX) :].split("__")
+        if parts[0].lower() not in SETTING_NAMES or not all(parts):
+            continue
+        # Setting names are case-insensitive; deeper keys (names inside server.env) are kept as written.
+        parts = [p.lower() for p in parts[:2]] + parts[2:]
+        value: Any = environ[var]
+        if ".".join(parts) in JSON_SETTINGS:
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(
+                    f"{'.'.join(parts)}: expected JSON ({exc.msg} at character {exc.pos}); "
+                    f"from environment variable {var}"
+                ) from None
+        yield Layer(f"env:{var}", _nest(parts, value))
+
+
+def _expand_dotted(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, value in overrides.items():
+        _merge(values, {}, _nest(key.split("."), value), "argument")
+    return values
+
+
+def _nest(parts: list[str], value: Any) -> dict[str, Any]:
+    for part in reversed(parts):
+        value = {part: value}
+    return value
+
+
+def _merge(
+    target: dict[str, Any], sources: dict[str, str], values: Mapping[str, Any], label: str, prefix: str = ""
+) -> None:
+    """Deep-merge `values` into `target`, recording `label` as the source of every leaf written."""
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            if not isinstance(target.get(key), dict):
+                target[key] = {}
+                _forget(sources, name)
+            _merge(target[key], sources, value, label, f"{name}.")
+        else:
+            target[key] = value
+            _forget(sources, name)
+            sources[name] = label
+
+
+def _forget(sources: dict[str, str], name: str) -> None:
+    for key in [k for k in sources if k == name or k.startswith(f"{name}.")]:
+        del sources[key]

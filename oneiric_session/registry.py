@@ -1,0 +1,237 @@
+"""Oneiric-style resolver for the `session_tracker` category (standard library only).
+
+Candidates are ranked like Oneiric's resolver: the explicitly selected provider
+first, then higher priority, then higher stack_level, then the last registered.
+The configuration always selects a provider (default `session-buddy`), so an
+installed third-party provider never takes over silently: it must be selected.
+Third-party providers register through the entry-point group
+`oneiric_session.providers`: each entry point loads a `Candidate`, a list of them,
+or a callable returning either. Built-in names are reserved, so selecting a
+built-in never scans entry points (~100 ms in a large environment).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from oneiric_session.config import sources
+from oneiric_session.errors import ConfigError
+
+if TYPE_CHECKING:
+    from oneiric_session.config.loader import LoadedConfig
+    from oneiric_session.tracker import Tracker
+
+DOMAIN = "adapter"
+CATEGORY = sources.CATEGORY
+ENTRY_POINT_GROUP = "oneiric_session.providers"
+
+logger = logging.getLogger("oneiric_session")
+
+Factory = Callable[["LoadedConfig | None"], "Tracker"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One provider that can serve the category. `factory` may be "module:attribute", imported on use."""
+
+    provider: str
+    factory: Factory | str
+    description: str = ""
+    priority: int = 0
+    stack_level: int = 0
+    # False: the factory takes None and the shell never imports pydantic for it.
+    needs_config: bool = True
+    domain: str = DOMAIN
+    category: str = CATEGORY
+    origin: str = "manual"
+
+    def create(self, config: LoadedConfig | None) -> Tracker:
+        factory = self.factory
+        if isinstance(factory, str):
+            module, _, attribute = factory.partition(":")
+            factory = getattr(importlib.import_module(module), attribute)
+        return factory(config)
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """A candidate's place in the ranking and why."""
+
+    candidate: Candidate
+    selected: bool
+    reasons: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        c = self.candidate
+        return {
+            "provider": c.provider,
+            "selected": self.selected,
+            "priority": c.priority,
+            "stack_level": c.stack_level,
+            "origin": c.origin,
+            "description": c.description,
+            "reasons": list(self.reasons),
+        }
+
+
+BUILTINS = (
+    Candidate(
+        "session-buddy",
+        "oneiric_session.providers.session_buddy:create",
+        "Spools events on disk; a per-user agent delivers them to a Session-Buddy MCP server.",
+        stack_level=10,
+        origin="builtin",
+    ),
+    Candidate(
+        "noop",
+        "oneiric_session.providers.noop:create",
+        "Tracking off: records nothing, imports nothing heavy.",
+        needs_config=False,
+        origin="builtin",
+    ),
+    Candidate(
+        "memory",
+        "oneiric_session.providers.memory:create",
+        "Records sessions in this process, for tests.",
+        needs_config=False,
+        origin="builtin",
+    ),
+)
+
+
+class Registry:
+    """The candidates for one category, in registration order."""
+
+    def __init__(self, candidates: Iterable[Candidate] = ()) -> None:
+        self._candidates: list[Candidate] = []
+        for candidate in candidates:
+            self.register(candidate)
+
+    def register(self, candidate: Candidate) -> None:
+        if not isinstance(candidate, Candidate):
+            raise TypeError(f"expected a Candidate, got {type(candidate).__name__}")
+        if (candidate.domain, candidate.category) != (DOMAIN, CATEGORY):
+            where = f"{candidate.domain}/{candidate.category}"
+            raise ValueError(f"candidate {candidate.provider!r} is for {where}, not {DOMAIN}/{CATEGORY}")
+        self._candidates.append(candidate)
+
+    def providers(self) -> list[str]:
+        return sorted({c.provider for c in self._candidates})
+
+    def explain(self, selection: str | None = None, *, selection_source: str = "argument") -> list[Ranked]:
+        """All candidates, best first, each with its reasons; the first is selected if it may be."""
+        scored = []
+        for sequence, candidate in enumerate(self._candidates, start=1):
+            matches = selection is not None and candidate.provider == selection
+            reasons = []
+            if selection is not None:
+                where = sources.describe(selection_source)
+                reasons.append(f"selected: provider = {selection!r} ({where})" if matches else "not selected")
+            reasons += [
+                f"priority {candidate.priority}",
+                f"stack_level {candidate.stack_level}",
+                f"registered #{sequence} ({candidate.origin})",
+            ]
+            score = (matches, candidate.priority, candidate.stack_level, sequence)
+            scored.append((score, candidate, tuple(reasons)))
+        scored.sort(key=lambda item: item[0], reverse=True)
+        return [
+            Ranked(candidate, selected=index == 0 and (selection is None or score[0]), reasons=reasons)
+            for index, (score, candidate, reasons) in enumerate(scored)
+        ]
+
+    def resolve(self, selection: str | None = None, *, selection_source: str = "argument") -> Candidate:
+        """The winning candidate; ConfigError if the selection names no registered provider."""
+        ranking = self.explain(selection, selection_source=selection_source)
+        if not ranking or not ranking[0].selected:
+            what = f"unknown session tracker provider {selection!r}" if selection else "no provider"
+            raise ConfigError(
+                f"{what} (from {sources.describe(selection_source)}); "
+                f"registered providers: {', '.join(self.providers()) or 'none'}"
+            )
+        return ranking[0].candidate
+
+
+BUILTIN_NAMES = frozenset(c.provider for c in BUILTINS)
+_defaults: dict[bool, Registry] = {}
+
+
+def default_registry(*, entry_points: bool = True) -> Registry:
+    """The built-ins, then (unless told not to) installed entry points; each built once per process."""
+    if entry_points not in _defaults:
+        _defaults[entry_points] = Registry([*BUILTINS, *(_entry_point_candidates() if entry_points else ())])
+    return _defaults[entry_points]
+
+
+def _entry_point_candidates() -> list[Candidate]:
+    from importlib.metadata import entry_points
+
+    found: list[Candidate] = []
+    for entry_point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+        try:
+            loaded = entry_point.load()
+            if callable(loaded) and not isinstance(loaded, Candidate):
+                loaded = loaded()
+            items = [loaded] if isinstance(loaded, Candidate) else list(loaded)
+            if not all(isinstance(item, Candidate) for item in items):
+                raise TypeError("expected a Candidate, a list of Candidates, or a callable returning one")
+            if reserved := sorted(BUILTIN_NAMES & {item.provider for item in items}):
+                raise ValueError(f"provider names {reserved} are built in")
+            Registry(items)  # same checks as register(), before any is kept
+        except Exception as exc:  # a broken plugin must not break tracking for everyone
+            logger.warning(
+                "ignoring session tracker entry point %r: %s: %s", entry_point.name, type(exc).__name__, exc
+            )
+            continue
+        found += [replace(item, origin=f"entry point {entry_point.name}") for item in items]
+    return found
+
+
+def build_tracker(
+    settings_dir: str | os.PathLike[str] | None = None,
+    *,
+    provider: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    registry: Registry | None = None,
+) -> Tracker:
+    """The configured tracker. Raises ConfigError (for the CLI); the shell uses resolve_tracker()."""
+    if provider is not None:
+        overrides = {**(overrides or {}), "provider": provider}
+    env = os.environ if environ is None else environ
+    merged = sources.read(settings_dir, overrides=overrides, environ=env)
+    selection, source = merged.selection()
+    registry = registry or default_registry(entry_points=selection not in BUILTIN_NAMES)
+    candidate = registry.resolve(selection, selection_source=source)
+    config = None
+    if candidate.needs_config:
+        from oneiric_session.config.loader import validate  # pydantic: only for providers that need settings
+
+        config = validate(merged, environ=env)
+    return candidate.create(config)
+
+
+def resolve_tracker(
+    settings_dir: str | os.PathLike[str] | None = None,
+    *,
+    provider: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    registry: Registry | None = None,
+) -> Tracker:
+    """The configured tracker; never raises: on any failure, one log line and the noop tracker."""
+    try:
+        return build_tracker(
+            settings_dir, provider=provider, overrides=overrides, environ=environ, registry=registry
+        )
+    except Exception as exc:  # a tracking problem must never stop the shell
+        kind = "configuration error" if isinstance(exc, ConfigError) else type(exc).__name__
+        logger.warning("session tracking is off (provider noop): %s: %s", kind, exc)
+        from oneiric_session.providers.noop import NoopTracker
+
+        return NoopTracker()

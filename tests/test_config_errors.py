@@ -1,0 +1,158 @@
+"""Configuration errors a person can act on: file and line, variable and setting, never a secret."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from oneiric_session.config.loader import load_config
+from oneiric_session.errors import ConfigError
+from oneiric_session.registry import build_tracker
+
+
+def settings_dir(tmp_path: Path, **files: str) -> Path:
+    directory = tmp_path / "settings"
+    directory.mkdir(exist_ok=True)
+    for name, text in files.items():
+        (directory / name.replace("_", ".", 1)).write_text(text)
+    return directory
+
+
+def error_of(directory: Path, env: dict[str, str] | None = None, **kwargs) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(directory, environ=env or {}, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message  # one line: the shell logs it as one line
+    return message
+
+
+@pytest.mark.parametrize("name", ["adapters.yml", "oneiric.yaml", "local.yaml"])
+def test_bad_yaml_names_file_and_line(tmp_path: Path, name: str) -> None:
+    directory = tmp_path / "settings"
+    directory.mkdir()
+    (directory / name).write_text("adapters:\n  selections:\n    session_tracker: [noop\n  other: 1\n")
+    message = error_of(directory)
+    assert str(directory / name) in message
+    assert "line 4" in message
+    assert "invalid YAML" in message
+
+
+def test_bad_yaml_in_oneiric_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "mine.yaml"
+    path.write_text("adapters: {selections: {session_tracker: noop}\n")
+    message = error_of(settings_dir(tmp_path), {"ONEIRIC_CONFIG": str(path)})
+    assert str(path) in message and "line 2" in message
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    message = error_of(settings_dir(tmp_path, adapters_yml="- noop\n- memory\n"))
+    assert "adapters.yml" in message and "mapping" in message
+
+
+def test_provider_settings_must_be_a_mapping(tmp_path: Path) -> None:
+    directory = settings_dir(tmp_path, adapters_yml="provider_settings:\n  session-buddy: 3\n")
+    assert "provider_settings.session-buddy must be a mapping" in error_of(directory)
+
+
+def test_flat_selection_must_be_a_name(tmp_path: Path) -> None:
+    message = error_of(settings_dir(tmp_path, adapters_yml="session_tracker: {provider: noop}\n"))
+    assert "session_tracker must be a provider name" in message
+
+
+def test_unknown_provider_is_named_with_the_registered_ones(tmp_path: Path) -> None:
+    directory = settings_dir(tmp_path, adapters_yml="session_tracker: sesion-buddy\n")
+    with pytest.raises(ConfigError) as info:
+        build_tracker(directory, environ={})
+    message = str(info.value)
+    assert "'sesion-buddy'" in message
+    assert "memory, noop, session-buddy" in message
+    assert str(directory / "adapters.yml") in message
+
+
+def test_wrong_type_from_env_names_the_variable(tmp_path: Path) -> None:
+    message = error_of(settings_dir(tmp_path), {"ONEIRIC_SESSION_RETRY__ATTEMPTS": "many"})
+    assert message.startswith("retry.attempts: ")
+    assert "valid integer" in message and "'many'" in message
+    assert "environment variable ONEIRIC_SESSION_RETRY__ATTEMPTS" in message
+
+
+def test_out_of_range_from_file_names_the_file(tmp_path: Path) -> None:
+    directory = settings_dir(
+        tmp_path, adapters_yml="provider_settings:\n  session-buddy:\n    breaker: {threshold: 0}\n"
+    )
+    message = error_of(directory)
+    assert message.startswith("breaker.threshold: Input should be greater than or equal to 1")
+    assert f"file {directory / 'adapters.yml'}" in message
+
+
+def test_wrong_type_from_oneiric_yaml(tmp_path: Path) -> None:
+    text = "adapters:\n  provider_settings:\n    session-buddy:\n      transport: carrier-pigeon\n"
+    directory = settings_dir(tmp_path, oneiric_yaml=text)
+    message = error_of(directory)
+    assert "transport:" in message and "'stdio' or 'http'" in message
+    assert str(directory / "oneiric.yaml") in message
+
+
+def test_unknown_setting_is_named(tmp_path: Path) -> None:
+    """A typo is caught, not silently ignored."""
+    directory = settings_dir(
+        tmp_path, adapters_yml="provider_settings:\n  session-buddy:\n    retry: {atempts: 3}\n"
+    )
+    message = error_of(directory)
+    assert message.startswith("retry.atempts: unknown setting") and "from file " in message
+
+
+def test_invalid_json_in_env(tmp_path: Path) -> None:
+    message = error_of(settings_dir(tmp_path), {"ONEIRIC_SESSION_SERVER__ARGS": "[-m x]"})
+    assert "server.args: expected JSON" in message and "ONEIRIC_SESSION_SERVER__ARGS" in message
+
+
+def test_argument_errors_say_argument(tmp_path: Path) -> None:
+    message = error_of(settings_dir(tmp_path), overrides={"exit_wait_seconds": 61})
+    assert message.startswith("exit_wait_seconds: Input should be less than or equal to 60")
+    assert message.endswith("from argument")
+
+
+def test_several_errors_in_one_line(tmp_path: Path) -> None:
+    env = {"ONEIRIC_SESSION_RETRY__ATTEMPTS": "0", "ONEIRIC_SESSION_AGENT__IDLE_EXIT_SECONDS": "0"}
+    message = error_of(settings_dir(tmp_path), env)
+    assert "retry.attempts" in message and "agent.idle_exit_seconds" in message
+
+
+def test_http_needs_url(tmp_path: Path) -> None:
+    message = error_of(settings_dir(tmp_path), {"ONEIRIC_SESSION_TRANSPORT": "http"})
+    assert "url: required when transport is 'http'" in message
+    assert "ONEIRIC_SESSION_TRANSPORT" in message
+
+
+def test_wait_min_above_wait_max(tmp_path: Path) -> None:
+    env = {"ONEIRIC_SESSION_RETRY__WAIT_MIN_SECONDS": "40"}
+    message = error_of(settings_dir(tmp_path), env)
+    assert "retry.wait_min_seconds (40.0) is greater than retry.wait_max_seconds (30.0)" in message
+
+
+def test_secret_server_env_values_never_appear(tmp_path: Path) -> None:
+    """A wrong value under a secret-looking server.env name is not echoed."""
+    env = {"ONEIRIC_SESSION_SERVER__ENV": '{"API_TOKEN": 918273645}'}
+    message = error_of(settings_dir(tmp_path), env)
+    assert "server.env.API_TOKEN" in message and "918273645" not in message
+
+
+def test_token_file_must_be_owner_only(tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cr3t-token-value\n")
+    os.chmod(token_file, 0o644)
+    config = load_config(settings_dir(tmp_path), environ={"ONEIRIC_SESSION_TOKEN_FILE": str(token_file)})
+    with pytest.raises(ConfigError) as info:
+        config.token()
+    message = str(info.value)
+    assert "chmod 600" in message and "644" in message and "ONEIRIC_SESSION_TOKEN_FILE" in message
+    assert "s3cr3t" not in message
+
+
+def test_missing_token_file(tmp_path: Path) -> None:
+    config = load_config(settings_dir(tmp_path), overrides={"token_file": str(tmp_path / "none")}, environ={})
+    with pytest.raises(ConfigError, match="cannot read it"):
+        config.token()
