@@ -27,6 +27,8 @@ ONEIRIC_CONFIG_ENV = "ONEIRIC_CONFIG"
 ONEIRIC_SELECTION_ENV = "ONEIRIC_ADAPTERS__SELECTIONS__SESSION_TRACKER"
 SESSION_BUDDY_PATH_ENV = "SESSION_BUDDY_PATH"
 ENV_PREFIX = "ONEIRIC_SESSION_"
+# Oneiric's own variables that set a setting; the ONEIRIC_SESSION_* variables beat them.
+ONEIRIC_ENV_SETTINGS = {ONEIRIC_SELECTION_ENV: "provider", SESSION_BUDDY_PATH_ENV: "session_buddy_path"}
 
 # Top-level setting names (the model's fields; a test keeps both equal). Other
 # ONEIRIC_SESSION_* variables (SETTINGS_DIR, DB) are not settings and are ignored.
@@ -222,9 +224,15 @@ def _provider_name(value: Any, path: Path, key: str) -> str:
     return value
 
 
+def env_var(name: str) -> str:
+    """The ONEIRIC_SESSION_* variable that sets the dotted setting `name` (the inverse of `_env_layers`)."""
+    parts = name.split(".")
+    return ENV_PREFIX + "__".join([p.upper() for p in parts[:2]] + parts[2:])
+
+
 def _env_layers(environ: Mapping[str, str]) -> Iterator[Layer]:
     """Oneiric's variables, then ONEIRIC_SESSION_* (sorted, so RETRY__ATTEMPTS beats RETRY)."""
-    for var, name in ((ONEIRIC_SELECTION_ENV, "provider"), (SESSION_BUDDY_PATH_ENV, "session_buddy_path")):
+    for var, name in ONEIRIC_ENV_SETTINGS.items():
         if environ.get(var):
             yield Layer(f"env:{var}", {name: environ[var]})
     for var in sorted(environ):
