@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "ConfigError": "oneiric_session.errors",
+    "SessionEventEmitter": "oneiric_session.emitter",
     "Tracker": "oneiric_session.tracker",
 }
 
