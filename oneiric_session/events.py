@@ -1,0 +1,316 @@
+"""Build and sanitize the `track_session_start` / `track_session_end` arguments (CONTRACT.md section 1).
+
+Runs inside the shell's process, so standard library only and cheap: hostile
+input (huge strings, control bytes, odd objects, deep nesting) is cut *before*
+any expensive work, and the result is always JSON-safe and within `Limits`.
+The token is never part of an event: the transport adds it at send time.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import getpass
+import itertools
+import json
+import math
+import os
+import re
+import socket
+import sys
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from oneiric_session.limits import Limits
+
+__all__ = [
+    "EVENT_VERSION",
+    "build_end_event",
+    "build_start_event",
+    "sanitize_component_name",
+    "sanitize_metadata",
+    "sanitize_text",
+]
+
+EVENT_VERSION = "1.0"
+
+# Field caps the real server enforces (CONTRACT.md); independent of the configurable Limits.
+_MAX_USERNAME_CHARS = 100
+_MAX_PATH_CHARS = 500
+_MAX_PID = 4194304
+
+# ANSI escape sequences (CSI, OSC, and two-byte escapes), removed whole before single controls.
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")
+# Line breaks and tabs become one space, so text stays readable on one log line.
+_BREAKS = re.compile(r"[\t\n\r\v\f\u0085\u2028\u2029]+")
+# Other C0/C1 controls, DEL, and bidi overrides (they can disguise a log line) are dropped.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Any surrogate code point in a str cannot be encoded as UTF-8: replace it.
+_SURROGATES = re.compile(r"[\ud800-\udfff]")
+_COMPONENT_BAD = re.compile(r"[^A-Za-z0-9_-]+")
+# Extra characters kept before cleaning, so removed escapes do not shorten the text below its cap.
+_CLEAN_MARGIN = 64
+_ELLIPSIS = "…"
+_TRUNCATED_KEY = "_truncated"
+_DEPTH_MARKER = "<nested too deep>"
+# Room each container keeps for its truncation marker (`, "_truncated": true`).
+_MARKER_BYTES = 20
+_NO_ROOM = object()
+
+
+def sanitize_text(value: str, max_chars: int) -> str:
+    """One safe line: escapes and controls removed, surrogates replaced, at most `max_chars` characters."""
+    text = value[: max_chars + _CLEAN_MARGIN]
+    text = _ANSI.sub("", text)
+    text = _BREAKS.sub(" ", text)
+    text = _CONTROLS.sub("", text)
+    text = _SURROGATES.sub("\ufffd", text)
+    if len(text) > max_chars or len(value) > max_chars + _CLEAN_MARGIN:
+        text = text[: max(max_chars - 1, 0)] + _ELLIPSIS if max_chars > 0 else ""
+    return text
+
+
+def sanitize_component_name(value: object, max_chars: int) -> str:
+    """Force a component name into `[A-Za-z0-9_-]+` (what the server's regex accepts), non-empty."""
+    raw = value if isinstance(value, str) else str(value)
+    name = _COMPONENT_BAD.sub("_", raw[: max_chars * 4]).strip("_")[:max_chars]
+    return name or "shell"
+
+
+def _timestamp(now: _dt.datetime | None) -> str:
+    """UTC ISO 8601 with a `Z`, as the contract's pattern wants (naive datetimes are taken as UTC)."""
+    moment = now or _dt.datetime.now(_dt.UTC)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=_dt.UTC)
+    return moment.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class _Budget:
+    """Makes metadata JSON-safe while counting its serialized size, so no value is ever dumped whole.
+
+    Sizes are counted conservatively (every separator is counted), and each
+    container keeps room for its own truncation marker, so the result never
+    exceeds `max_metadata_bytes`.
+    """
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.remaining = limits.max_metadata_bytes
+
+    @staticmethod
+    def _size(value: Any) -> int:
+        # Scalars only, already capped: cheap to measure exactly.
+        return len(json.dumps(value, ensure_ascii=False).encode("utf-8"))
+
+    def scalar(self, value: Any) -> Any:
+        if value is None or isinstance(value, bool):
+            return value
+        if isinstance(value, int):
+            # Huge ints: str() refuses past 4300 digits, and peers choke past 64 bits.
+            return int(value) if value.bit_length() <= 63 else f"<int of {value.bit_length()} bits>"
+        if isinstance(value, float):
+            if math.isfinite(value):
+                return float(value)
+            return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+        cap = self.limits.max_string_chars
+        if isinstance(value, str):
+            return sanitize_text(value, cap)
+        if isinstance(value, bytes | bytearray | memoryview):
+            return sanitize_text(bytes(value[: cap * 4]).decode("utf-8", "replace"), cap)
+        if isinstance(value, _dt.datetime | _dt.date | _dt.time):
+            return value.isoformat()
+        if isinstance(value, os.PathLike | uuid.UUID):
+            return sanitize_text(str(value), cap)
+        try:
+            text = repr(value)
+        except Exception:  # a hostile __repr__ must not break the event
+            text = f"<{type(value).__name__} object>"
+        return sanitize_text(text, cap)
+
+    def value(self, value: Any, depth: int) -> Any:
+        is_container = isinstance(value, Mapping | list | tuple | set | frozenset)
+        if not is_container:
+            return self.scalar(value)
+        if depth >= self.limits.max_metadata_depth or self.remaining < 2 + _MARKER_BYTES:
+            return _DEPTH_MARKER if depth >= self.limits.max_metadata_depth else _ELLIPSIS
+        if isinstance(value, Mapping):
+            return self.mapping(value.items(), depth)
+        return self.sequence(value, depth)
+
+    def _entry(self, item: Any, depth: int, overhead: int) -> Any:
+        """Convert one entry and charge it, or return `_NO_ROOM` (charging this container's marker)."""
+        before = self.remaining
+        if before - overhead < _MARKER_BYTES:
+            self.remaining = before - _MARKER_BYTES
+            return _NO_ROOM
+        # A nested container charges itself as it is built, inside what is left
+        # after this entry's overhead and this container's own marker.
+        self.remaining = before - overhead - _MARKER_BYTES
+        converted = self.value(item, depth + 1)
+        self.remaining += _MARKER_BYTES
+        if not isinstance(converted, dict | list):
+            self.remaining -= self._size(converted)
+        if self.remaining < _MARKER_BYTES:
+            self.remaining = before - _MARKER_BYTES
+            return _NO_ROOM
+        return converted
+
+    def mapping(self, pairs: Iterable[tuple[Any, Any]], depth: int) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        self.remaining -= 2  # {}
+        try:
+            for key, item in pairs:
+                name = self.scalar(key)
+                name = name if isinstance(name, str) else json.dumps(name)
+                if name in out:  # two keys that sanitize alike: keep the first
+                    continue
+                converted = self._entry(item, depth, self._size(name) + 4)
+                if converted is _NO_ROOM:
+                    out[_TRUNCATED_KEY] = True
+                    break
+                out[name] = converted
+        except Exception:  # a mapping whose iteration raises: keep what was read
+            self.remaining -= _MARKER_BYTES
+            out[_TRUNCATED_KEY] = True
+        return out
+
+    def sequence(self, items: Iterable[Any], depth: int) -> list[Any]:
+        out: list[Any] = []
+        self.remaining -= 2  # []
+        try:
+            for item in items:
+                converted = self._entry(item, depth, 2)
+                if converted is _NO_ROOM:
+                    out.append(_ELLIPSIS)
+                    break
+                out.append(converted)
+        except Exception:
+            self.remaining -= _MARKER_BYTES
+            out.append(_ELLIPSIS)
+        return out
+
+
+def sanitize_metadata(
+    metadata: Any, limits: Limits, *, first: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A JSON-safe dict within the depth and size limits (a non-mapping is wrapped as `{"value": ...}`).
+
+    `first` holds the library's own keys: they come first (so truncation never
+    drops them) and win over caller keys of the same name.
+    """
+    ours = dict(first or {})
+    if metadata is None:
+        theirs: Iterable[tuple[Any, Any]] = ()
+    elif isinstance(metadata, Mapping):
+        theirs = metadata.items()
+    else:
+        theirs = (("value", metadata),)
+    pairs = itertools.chain(ours.items(), ((k, v) for k, v in theirs if k not in ours))
+    result = _Budget(limits).mapping(pairs, 0)
+    # The accounting is conservative by construction; this guard keeps the promise if it ever is not.
+    if len(json.dumps(result, ensure_ascii=False).encode("utf-8")) > limits.max_metadata_bytes:
+        return {_TRUNCATED_KEY: True}
+    return result
+
+
+def _username() -> str:
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):  # no login name and no passwd entry (containers)
+        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+
+
+def _platform() -> str:
+    # os.uname is a syscall; platform.platform() would read the interpreter binary.
+    if hasattr(os, "uname"):
+        u = os.uname()
+        return f"{u.sysname}-{u.release}-{u.machine}"
+    return sys.platform
+
+
+def _real_cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # the directory was removed under the shell
+        return None
+
+
+def build_start_event(
+    *,
+    component_name: str,
+    shell_type: str,
+    metadata: Mapping[str, Any] | None,
+    limits: Limits,
+    report_cwd: str | None = None,
+    now: _dt.datetime | None = None,
+    pid: int | None = None,
+) -> dict[str, Any]:
+    """The `track_session_start` arguments for this process (no token).
+
+    `report_cwd` replaces `environment.cwd` (a remote server needs a path it has);
+    the shell's real cwd is then kept in `metadata["shell_cwd"]`. A real cwd the
+    server could never accept (too long, control characters, gone) is reported as
+    the home directory, likewise keeping the real one in metadata.
+    """
+    home = os.path.expanduser("~")
+    safe_home = sanitize_text(home, _MAX_PATH_CHARS)
+    real = _real_cwd()
+    extra: dict[str, Any] = {}
+    if report_cwd is not None:
+        cwd = sanitize_text(report_cwd, _MAX_PATH_CHARS)
+        extra["shell_cwd"] = real
+    elif real is not None and sanitize_text(real, _MAX_PATH_CHARS) == real:
+        cwd = real
+    else:
+        cwd = safe_home
+        extra["shell_cwd"] = real
+    process_id = pid if pid is not None else os.getpid()
+    if not 1 <= process_id <= _MAX_PID:
+        process_id = os.getpid()
+    version = sys.version_info
+    return {
+        "event_version": EVENT_VERSION,
+        "event_id": str(uuid.uuid4()),
+        "event_type": "session_start",
+        "component_name": sanitize_component_name(component_name, limits.max_component_chars),
+        "shell_type": sanitize_text(str(shell_type), limits.max_string_chars) or "unknown",
+        "timestamp": _timestamp(now),
+        "pid": process_id,
+        "user": {"username": sanitize_text(_username(), _MAX_USERNAME_CHARS), "home": safe_home},
+        "hostname": sanitize_text(socket.gethostname(), limits.max_string_chars),
+        "environment": {
+            "python_version": f"{version.major}.{version.minor}.{version.micro}",
+            "platform": _platform(),
+            "cwd": cwd,
+        },
+        "metadata": sanitize_metadata(metadata, limits, first=extra),
+    }
+
+
+def _duration(value: float | None) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        return None
+    return round(seconds, 3) if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def build_end_event(
+    *,
+    session_id: str,
+    exit_reason: str,
+    duration_seconds: float | None,
+    metadata: Mapping[str, Any] | None,
+    limits: Limits,
+    now: _dt.datetime | None = None,
+) -> dict[str, Any]:
+    """The `track_session_end` arguments (no token); exit reason and duration travel in metadata."""
+    ours = {"exit_reason": str(exit_reason), "duration_seconds": _duration(duration_seconds)}
+    return {
+        "session_id": sanitize_text(str(session_id), limits.max_string_chars),
+        "timestamp": _timestamp(now),
+        "event_type": "session_end",
+        "metadata": sanitize_metadata(metadata, limits, first=ours),
+    }

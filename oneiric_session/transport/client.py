@@ -1,0 +1,120 @@
+"""SessionBuddyClient: deliver start/end events to one server, with retry, breaker and reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from oneiric_session.destination import Destination
+from oneiric_session.errors import ServerUnavailableError, TransientDeliveryError
+from oneiric_session.resilience import BreakerState, CircuitBreaker, retrying
+from oneiric_session.transport.answers import read_end_answer, read_start_answer
+from oneiric_session.transport.connection import Connection
+
+__all__ = ["SessionBuddyClient"]
+
+T = TypeVar("T")
+
+
+class SessionBuddyClient:
+    """Keeps one MCP session to `destination` for all calls and reconnects after a failure.
+
+    Every method raises `oneiric_session.errors` types only: RejectedError /
+    AuthenticationError (permanent, never retried), TransientDeliveryError
+    subclasses after the configured attempts, CircuitOpenError at once while
+    the breaker is open. Use it from one event loop.
+    """
+
+    def __init__(
+        self,
+        destination: Destination,
+        *,
+        token: Callable[[], str | None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.destination = destination
+        self._token = token
+        self._sleep = sleep
+        tuning = destination.tuning
+        self._breaker = CircuitBreaker(
+            threshold=tuning.breaker_threshold, reset_seconds=tuning.breaker_reset_seconds, clock=clock
+        )
+        self._connection: Connection | None = None
+        self._connect_lock = asyncio.Lock()
+        self._closed = False
+
+    @property
+    def breaker_state(self) -> BreakerState:
+        return self._breaker.state
+
+    @property
+    def connected(self) -> bool:
+        """True while a session is open and its server has not been seen to exit."""
+        return self._connection is not None and self._connection.alive
+
+    @property
+    def server_pid(self) -> int | None:
+        """The current stdio server's process group id, if connected (for diagnostics and tests)."""
+        return None if self._connection is None else self._connection.server_pid
+
+    async def start_session(self, event: Mapping[str, Any]) -> str:
+        """Send `track_session_start`; the server's session id."""
+        return await self._deliver("track_session_start", event, read_start_answer)
+
+    async def end_session(self, event: Mapping[str, Any]) -> str:
+        """Send `track_session_end`; "ended" or "not_found"."""
+        return await self._deliver("track_session_end", event, read_end_answer)
+
+    async def aclose(self) -> None:
+        """Close the session and stop a stdio server; idempotent."""
+        self._closed = True
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await connection.close()
+
+    async def __aenter__(self) -> SessionBuddyClient:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.aclose()
+
+    async def _deliver(self, tool: str, event: Mapping[str, Any], read: Callable[..., str]) -> str:
+        async for attempt in retrying(self.destination.tuning, sleep=self._sleep):
+            with attempt:
+                return await self._breaker.call(lambda: self._attempt(tool, event, read))
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def _attempt(self, tool: str, event: Mapping[str, Any], read: Callable[..., str]) -> str:
+        if self._closed:
+            raise ServerUnavailableError("the client is closed")
+        connection = await self._connected()
+        arguments = {key: value for key, value in event.items() if key != "token"}
+        token = self._token()  # read at send time: a rotated token is picked up at once
+        if token:
+            arguments["token"] = token
+        try:
+            answer = await connection.call(tool, arguments, token=token)
+        except TransientDeliveryError:
+            await self._drop(connection)
+            raise
+        return read(answer, token=token)
+
+    async def _connected(self) -> Connection:
+        async with self._connect_lock:
+            current = self._connection
+            if current is not None and current.alive:
+                return current
+            if current is not None:  # the server died since the last call: reconnect now
+                await self._drop(current)
+            connection = Connection(self.destination)
+            await connection.open()
+            self._connection = connection
+            return connection
+
+    async def _drop(self, connection: Connection) -> None:
+        if self._connection is connection:
+            self._connection = None
+        await connection.close(abort=True)

@@ -1,0 +1,205 @@
+"""One MCP session to one destination, with connect/call timeouts and errors mapped at this boundary.
+
+The session is entered and left by one background task that owns it: anyio
+task groups and cancel scopes must exit in the task that entered them, while
+calls come from whichever task delivers an event. MCP, anyio, httpx and OS
+errors become `oneiric_session.errors` types here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+from pydantic import ValidationError
+
+from oneiric_session import __version__
+from oneiric_session.destination import Destination
+from oneiric_session.errors import (
+    DeliveryError,
+    DeliveryTimeoutError,
+    RejectedError,
+    ServerUnavailableError,
+)
+from oneiric_session.transport.answers import server_text
+from oneiric_session.transport.stdio import ServerProcess, child_environment
+
+__all__ = ["Connection"]
+
+logger = logging.getLogger(__name__)
+
+_CLIENT_INFO = mcp_types.Implementation(name="oneiric-session", version=__version__)
+# JSON-RPC errors a server answers for a call it will never accept (unknown tool, bad params).
+_PERMANENT_CODES = frozenset(
+    {mcp_types.METHOD_NOT_FOUND, mcp_types.INVALID_PARAMS, mcp_types.INVALID_REQUEST}
+)
+# Bound on tearing a session down; the stdio shutdown inside is itself bounded.
+_CLOSE_SECONDS = 10.0
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first real error inside (nested) exception groups raised by task groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+class Connection:
+    """Connect once, call many times, close once. Not reusable after close: make a new one."""
+
+    def __init__(self, destination: Destination) -> None:
+        self.destination = destination
+        self._server: ServerProcess | None = None
+        self._client: Client | None = None
+        self._owner: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
+
+    @property
+    def alive(self) -> bool:
+        """False once the server process exited or the session ended (the next call must reconnect)."""
+        if self._client is None or self._owner is None or self._owner.done():
+            return False
+        return self._server is None or not self._server.exited
+
+    @property
+    def server_pid(self) -> int | None:
+        """The launcher's pid, which is also the server's process group id (stdio only)."""
+        return None if self._server is None else self._server.pid
+
+    def _transport(self) -> Any:
+        if self.destination.transport == "http":
+            if not self.destination.url:
+                raise ServerUnavailableError("transport is http but no url is configured")
+            return streamable_http_client(self.destination.url)
+        command = self.destination.command
+        env = child_environment(dict(self.destination.env))
+        resolved = command
+        if os.sep not in command:
+            resolved = shutil.which(command, path=env.get("PATH")) or ""
+        elif self.destination.cwd and not os.path.isabs(command):
+            resolved = os.path.join(self.destination.cwd, command)
+        if not resolved or not os.access(resolved, os.X_OK):
+            raise ServerUnavailableError(f"server command not found: {server_text(command)}")
+        self._server = ServerProcess([command, *self.destination.args], env=env, cwd=self.destination.cwd)
+        return self._server.transport()
+
+    async def open(self) -> None:
+        """Start the server (stdio) or reach it (http) and complete the MCP handshake."""
+        transport = self._transport()
+        ready: asyncio.Future[Client] = asyncio.get_running_loop().create_future()
+        self._owner = asyncio.create_task(self._own(transport, ready), name="oneiric-session-mcp")
+        try:
+            async with asyncio.timeout(self.destination.tuning.connect_seconds):
+                self._client = await asyncio.shield(ready)
+        except TimeoutError as exc:
+            await self.close(abort=True)
+            raise DeliveryTimeoutError(
+                f"no MCP handshake within {self.destination.tuning.connect_seconds:g} s"
+                f" from {server_text(self.destination.describe())}{self._tail()}"
+            ) from exc
+        except BaseException as exc:
+            await self.close(abort=True)
+            if isinstance(exc, Exception):
+                raise self._map(exc, "connecting") from exc
+            raise
+
+    async def _own(self, transport: Any, ready: asyncio.Future[Client]) -> None:
+        # mode="legacy": the initialize handshake every server speaks; the 2.x `server/discover`
+        # probe costs a round trip and some servers answer it by failing.
+        try:
+            async with Client(transport, mode="legacy", cache=None, client_info=_CLIENT_INFO) as client:
+                if not ready.done():
+                    ready.set_result(client)
+                await self._closing.wait()
+        except asyncio.CancelledError:
+            if not ready.done():
+                ready.cancel()
+        except BaseException as exc:  # handed to the caller of open(), or seen as a dead connection
+            if not ready.done():
+                ready.set_exception(_leaf(exc) if isinstance(_leaf(exc), Exception) else exc)
+            else:
+                logger.debug("MCP session ended: %s", type(_leaf(exc)).__name__)
+
+    async def call(self, tool: str, arguments: dict[str, Any], *, token: str | None = None) -> Any:
+        """One `tools/call`; returns the CallToolResult. Raises DeliveryError types only."""
+        if self._client is None or not self.alive:
+            raise ServerUnavailableError(f"connection to the server is closed{self._tail()}")
+        params = mcp_types.CallToolRequestParams(name=tool, arguments=arguments)
+        request = mcp_types.CallToolRequest(params=params)
+        seconds = self.destination.tuning.call_seconds
+        try:
+            async with asyncio.timeout(seconds):
+                # send_request, not call_tool: call_tool lists the tools first (an extra round
+                # trip) and validates against an output schema; the answer is read in answers.py.
+                return await self._client.session.send_request(request, mcp_types.CallToolResult)
+        except TimeoutError as exc:
+            raise DeliveryTimeoutError(f"{tool}: no answer within {seconds:g} s{self._tail()}") from exc
+        except Exception as exc:
+            raise self._map(exc, tool, token) from exc
+
+    async def close(self, *, abort: bool = False) -> None:
+        """End the session; `abort` kills a stdio server at once instead of giving it the grace."""
+        if abort and self._server is not None:
+            self._server.abort()
+        self._closing.set()
+        owner, self._owner = self._owner, None
+        self._client = None
+        if owner is None:
+            return
+        if abort:
+            owner.cancel()
+        with (
+            anyio.CancelScope(shield=True),
+            anyio.move_on_after(_CLOSE_SECONDS),
+            contextlib.suppress(BaseException),
+        ):
+            await owner
+
+    def _tail(self) -> str:
+        if self._server is None:
+            return ""
+        parts = []
+        if self._server.failure:
+            parts.append(self._server.failure)
+        if self._server.returncode is not None:
+            parts.append(f"server exited with status {self._server.returncode}")
+        tail = self._server.stderr_tail()
+        if tail:
+            parts.append(f"stderr: {tail}")
+        return f" ({'; '.join(parts)})" if parts else ""
+
+    def _map(self, exc: BaseException, doing: str, token: str | None = None) -> DeliveryError:
+        """Translate a foreign error into the project's tree (never with the token in the message)."""
+        exc = _leaf(exc)
+        if isinstance(exc, DeliveryError):
+            return exc
+        if isinstance(exc, MCPError):
+            message = server_text(exc.message, token)
+            if exc.code == mcp_types.REQUEST_TIMEOUT:
+                return DeliveryTimeoutError(f"{doing}: {message}{self._tail()}")
+            if exc.code == mcp_types.CONNECTION_CLOSED:
+                return ServerUnavailableError(f"{doing}: the server closed the connection{self._tail()}")
+            if exc.code in _PERMANENT_CODES and doing != "connecting":
+                return RejectedError(f"{doing}: server error {exc.code}: {message}")
+            return ServerUnavailableError(f"{doing}: server error {exc.code}: {message}{self._tail()}")
+        if isinstance(exc, httpx2.TimeoutException):
+            return DeliveryTimeoutError(f"{doing}: HTTP timeout: {type(exc).__name__}")
+        if isinstance(exc, httpx2.HTTPError | OSError):
+            detail = server_text(str(exc) or type(exc).__name__)
+            return ServerUnavailableError(f"{doing}: {detail}{self._tail()}")
+        if isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError | anyio.EndOfStream):
+            return ServerUnavailableError(f"{doing}: the connection broke{self._tail()}")
+        if isinstance(exc, ValidationError):
+            return ServerUnavailableError(f"{doing}: the server sent a malformed answer{self._tail()}")
+        logger.warning("unexpected error while %s", doing, exc_info=exc)
+        return ServerUnavailableError(f"{doing}: unexpected {type(exc).__name__}{self._tail()}")
