@@ -1,0 +1,511 @@
+"""The delivery agent: one process per spool that sends spooled events to their servers.
+
+Shells only append to the spool and wake the agent (see `wakeup`). The agent holds
+the spool's lock, keeps one `SessionBuddyClient` per destination warm across
+shells, and per destination delivers the oldest due row first: a start's answer
+maps the local handle to the server's session id (`Spool.ack_start`), an end is
+sent only once its start is mapped, carrying the server's id. A row leaves the
+spool only after the server answered, so a kill -9 at any moment loses nothing;
+a crash between the answer and the acknowledgement re-sends the row, and the
+server's idempotency on `event_id` keeps that from making a second session.
+
+Transient failures back off (per destination, capped exponential, beyond the
+transport's own retries); refusals become dead letters with the server's message;
+an authentication failure is a dead letter of category "auth", requeued when a
+different token for that destination arrives. Tokens live in this process's
+memory only: from the spawning shell's environment, then from each wake-up.
+
+It also watches the pids of open sessions: a shell that died without an end
+(kill -9, a crash, a reboot) gets one, with exit_reason "abnormal" and the
+duration up to the last moment it was seen alive.
+
+Idle exit: an open session being watched counts as something to do (so a shell
+killed at any time gets its end promptly), while the server connection is closed
+after `idle_exit_seconds` without deliveries; the agent itself exits once nothing
+is pending and no session is open for `idle_exit_seconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from oneiric_session import events, procinfo
+from oneiric_session.delivery_status import META_DESTINATIONS, META_PID
+from oneiric_session.destination import Destination
+from oneiric_session.errors import AuthenticationError, CircuitOpenError, DeliveryError, SpoolError
+from oneiric_session.limits import Limits
+from oneiric_session.spool import DEAD_AUTH, OpenSession, Spool, SpooledEvent
+from oneiric_session.wakeup import AgentLock, WakeupListener
+
+__all__ = [
+    "ABNORMAL_EXIT_REASON",
+    "META_DESTINATIONS",
+    "META_PID",
+    "DeliveryAgent",
+    "ReplayResult",
+    "uncapped_spool",
+]
+
+logger = logging.getLogger("oneiric_session.agent")
+
+ABNORMAL_EXIT_REASON = "abnormal"
+# Fallback poll when no wake-up arrives (a shell that could not reach the socket, a dead pid).
+POLL_SECONDS = 1.0
+# How often "still alive" is written to the spool; the agent keeps the exact moment in memory,
+# so this only bounds what is lost to an agent crash followed by the shell's death.
+ALIVE_WRITE_SECONDS = 10.0
+# Rows fetched per query; a batch is re-read after it is done (ends become due after their start).
+BATCH_ROWS = 50
+# Test-only: "start" or "end" makes the agent SIGKILL itself right after the server answered such
+# a row, before the spool acknowledgement (the crash window that exactly-once must survive).
+KILL_AFTER_ANSWER_ENV = "ONEIRIC_SESSION_TEST_KILL_AFTER_ANSWER"
+
+
+class Client(Protocol):
+    """What the agent needs of `transport.SessionBuddyClient`."""
+
+    @property
+    def breaker_state(self) -> str: ...
+
+    async def start_session(self, event: Mapping[str, Any]) -> str: ...
+
+    async def end_session(self, event: Mapping[str, Any]) -> str: ...
+
+    async def aclose(self) -> None: ...
+
+
+ClientFactory = Callable[[Destination, Callable[[], str | None]], Client]
+
+
+def _default_client(destination: Destination, token: Callable[[], str | None]) -> Client:
+    from oneiric_session.transport import SessionBuddyClient  # imports mcp: only here, in the agent
+
+    return SessionBuddyClient(destination, token=token)
+
+
+def _digest(token: str) -> str:
+    """What the agent remembers of a refused token (never the token itself)."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def uncapped_spool(path: os.PathLike[str] | str) -> Spool:
+    """The agent's view of a spool: caps are the shells' job (each append enforces its own settings)."""
+    return Spool(path, max_rows=2**62, max_bytes=2**62, max_age_seconds=float("inf"))
+
+
+@dataclass
+class _DestinationState:
+    """Per-destination delivery state, in memory; its visible part is mirrored to the spool meta."""
+
+    describe: str
+    client: Client | None = None
+    failures: int = 0  # consecutive transient failures
+    retry_at: float = 0.0  # monotonic: no attempt before this
+    last_error: str | None = None
+    failing_since: float | None = None  # wall clock
+    last_used: float = 0.0  # monotonic
+    worker: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def visible(self) -> dict[str, Any]:
+        return {
+            "target": self.describe,
+            "breaker": self.client.breaker_state if self.client is not None else "closed",
+            "last_error": self.last_error,
+            "failing_since": self.failing_since,
+            "consecutive_failures": self.failures,
+        }
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    delivered: int
+    remaining: int
+    dead_lettered: int
+
+
+class DeliveryAgent:
+    """Delivers one spool. `serve()` is the long-running agent; `replay()` drains once in the foreground."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        *,
+        tokens: Mapping[str, str] | None = None,
+        default_token: str | None = None,
+        client_factory: ClientFactory = _default_client,
+        idle_exit_seconds: float = 300.0,
+        poll_seconds: float = POLL_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        self.spool = spool
+        self._tokens: dict[str, str] = {}
+        self._refused: collections.defaultdict[str, set[str]] = collections.defaultdict(set)  # digests
+        self._initial_tokens = dict(tokens or {})
+        self._default_token = default_token
+        self._client_factory = client_factory
+        self.idle_exit_seconds = idle_exit_seconds
+        self.poll_seconds = poll_seconds
+        self._mono = monotonic
+        self._wall = wall
+        self._progress = progress
+        self._destinations: dict[str, _DestinationState] = {}
+        self._seen_alive: dict[str, float] = {}  # handle -> wall time last seen alive
+        self._alive_written: dict[str, float] = {}  # handle -> wall time last written
+        self._published: str | None = None
+        self._changed = asyncio.Event()
+        self._stopping = False
+        self._replaying = False
+        self._kill_after_answer = os.environ.get(KILL_AFTER_ANSWER_ENV)
+        self.delivered = 0
+        self.dead_lettered = 0
+
+    # -- tokens ---------------------------------------------------------------
+
+    def token_for(self, key: str) -> str | None:
+        return self._tokens.get(key) or self._default_token
+
+    def update_tokens(self, tokens: Mapping[str, str]) -> int:
+        """Take tokens (at start, then from each wake-up); a new one requeues the auth dead letters.
+
+        A token the server refused never replaces another: a shell still holding an old token
+        must not undo the new one a later shell brought. Returns how many were requeued.
+        """
+        fresh = {
+            key: token
+            for key, token in tokens.items()
+            if token and self._tokens.get(key) != token and _digest(token) not in self._refused[key]
+        }
+        self._tokens.update(fresh)
+        if not fresh:
+            return 0
+        try:
+            requeued = self.spool.requeue_dead(DEAD_AUTH)
+        except SpoolError as exc:
+            logger.warning("could not requeue authentication dead letters: %s", exc)
+            return 0
+        if requeued:
+            logger.info("a new token arrived: %d authentication dead letter(s) requeued", requeued)
+            self._changed.set()
+        return requeued
+
+    # -- one row --------------------------------------------------------------
+
+    def _state(self, key: str, destination: Destination) -> _DestinationState:
+        state = self._destinations.get(key)
+        if state is None:
+            state = self._destinations[key] = _DestinationState(describe=destination.describe())
+        if state.client is None:
+            state.client = self._client_factory(destination, lambda: self.token_for(key))
+        return state
+
+    def _answered(self, row: SpooledEvent) -> None:
+        if self._kill_after_answer == row.kind:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    async def _deliver(self, row: SpooledEvent, state: _DestinationState) -> bool:
+        """Send one row; False when the destination must back off (transient failure)."""
+        assert state.client is not None
+        state.last_used = self._mono()
+        try:
+            if row.kind == "start":
+                server_id = await state.client.start_session(row.arguments())
+                self._answered(row)
+                self.spool.ack_start(row, server_id)
+            else:
+                await state.client.end_session(row.arguments())
+                self._answered(row)
+                self.spool.ack_end(row)
+        except AuthenticationError as exc:
+            token = self.token_for(row.destination_key)
+            if token:
+                self._refused[row.destination_key].add(_digest(token))
+            self._dead(row, str(exc), DEAD_AUTH)
+        except DeliveryError as exc:
+            if exc.permanent:
+                self._dead(row, str(exc))
+            else:
+                self._failed(row, state, exc)
+                return False
+        except SpoolError:
+            raise
+        except Exception as exc:  # a bug below us must not stop delivery: back off and say so
+            logger.exception("unexpected error delivering %s %s", row.kind, row.handle)
+            self._failed(row, state, exc)
+            return False
+        else:
+            self.delivered += 1
+            if state.failures or state.last_error:
+                logger.info("delivering to %s again", state.describe)
+            state.failures, state.last_error, state.failing_since = 0, None, None
+            if self._progress is not None:
+                self._progress(self.delivered)
+        self._publish()
+        return True
+
+    def _dead(self, row: SpooledEvent, reason: str, category: str = "rejected") -> None:
+        logger.warning(
+            "%s of %s refused, kept as a dead letter (%s): %s", row.kind, row.handle, category, reason
+        )
+        self.spool.dead_letter(row, reason, category=category)
+        self.dead_lettered += 1
+
+    def _failed(self, row: SpooledEvent, state: _DestinationState, exc: BaseException) -> None:
+        tuning = row.destination.tuning if row.destination is not None else Destination().tuning
+        state.failures += 1
+        delay = min(
+            tuning.wait_max_seconds,
+            max(tuning.wait_min_seconds, 0.5) * tuning.multiplier ** (state.failures - 1),
+        )
+        if isinstance(exc, CircuitOpenError):
+            delay = max(delay, min(tuning.breaker_reset_seconds, tuning.wait_max_seconds))
+        state.retry_at = self._mono() + delay
+        message = str(exc) or type(exc).__name__
+        if state.last_error is None:
+            logger.warning("cannot deliver to %s (will retry): %s", state.describe, message)
+        state.last_error = message
+        if state.failing_since is None:
+            state.failing_since = self._wall()
+        self.spool.record_failure(row, message, self._wall() + delay)
+        self._publish()
+
+    # -- one destination ------------------------------------------------------
+
+    async def _drain_destination(self, key: str) -> None:
+        """Deliver this destination's due rows oldest first until none is left or it must back off."""
+        # A replay sends rows still waiting out a back-off too: that is what it is for.
+        due = float("inf") if self._replaying else None
+        while not self._stopping:
+            rows = self.spool.next_batch(destination_key=key, limit=BATCH_ROWS, now=due)
+            if not rows:
+                return
+            for row in rows:
+                if row.destination is None:
+                    self._dead(row, f"destination {key} is unknown to the spool")
+                    continue
+                state = self._state(key, row.destination)
+                if not await self._deliver(row, state):
+                    return
+
+    def _worker_done(self, key: str, task: asyncio.Task[None]) -> None:
+        state = self._destinations.get(key)
+        if state is not None and state.worker is task:
+            state.worker = None
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("delivery to %s stopped: %s", key, task.exception())
+            if state is not None:
+                state.retry_at = self._mono() + self.poll_seconds
+        self._changed.set()
+
+    def _schedule(self) -> int:
+        """Start a worker for each destination with pending rows that is not busy or backing off."""
+        started = 0
+        now = self._mono()
+        for destination in self.spool.pending_destinations():
+            key = destination.key
+            state = self._destinations.setdefault(key, _DestinationState(describe=destination.describe()))
+            if state.worker is not None or state.retry_at > now:
+                continue
+            task = asyncio.create_task(self._drain_destination(key), name=f"deliver-{key}")
+            state.worker = task
+            task.add_done_callback(lambda t, k=key: self._worker_done(k, t))
+            started += 1
+        return started
+
+    def _workers(self) -> list[asyncio.Task[None]]:
+        return [s.worker for s in self._destinations.values() if s.worker is not None]
+
+    async def _close_idle_clients(self, *, force: bool = False) -> None:
+        now = self._mono()
+        for state in self._destinations.values():
+            if state.client is None or state.worker is not None:
+                continue
+            if force or now - state.last_used >= self.idle_exit_seconds:
+                client, state.client = state.client, None
+                with contextlib.suppress(Exception):
+                    await client.aclose()
+
+    def _publish(self) -> None:
+        """Mirror breaker state and last errors to the spool meta (only when they change)."""
+        visible = {key: s.visible() for key, s in sorted(self._destinations.items())}
+        text = json.dumps(visible, sort_keys=True)
+        if text != self._published:
+            self.spool.meta_set(META_DESTINATIONS, text)
+            self._published = text
+
+    # -- abnormal ends --------------------------------------------------------
+
+    def watch_sessions(self) -> list[OpenSession]:
+        """Check the pid of every open session; end the dead ones as "abnormal". The ones still open."""
+        now = self._wall()
+        still_open = []
+        for session in self.spool.open_sessions():
+            if session.pid is None:
+                still_open.append(session)  # nothing to watch: only its own end closes it
+                continue
+            if procinfo.is_alive(session.pid, session.pid_start_time, session.boot_id):
+                self._seen_alive[session.handle] = now
+                if (
+                    now - self._alive_written.get(session.handle, session.last_seen_alive)
+                    >= ALIVE_WRITE_SECONDS
+                ):
+                    self.spool.mark_alive(session.handle, now)
+                    self._alive_written[session.handle] = now
+                still_open.append(session)
+                continue
+            self._end_abnormally(session)
+        return still_open
+
+    def _end_abnormally(self, session: OpenSession) -> None:
+        last_seen = max(session.last_seen_alive, self._seen_alive.pop(session.handle, 0.0))
+        self._alive_written.pop(session.handle, None)
+        event = events.build_end_event(
+            session_id=session.handle,
+            exit_reason=ABNORMAL_EXIT_REASON,
+            duration_seconds=max(0.0, last_seen - session.started_at),
+            metadata={"detected_by": "delivery agent", "pid": session.pid},
+            limits=Limits(),
+            now=dt.datetime.fromtimestamp(last_seen, dt.UTC),
+        )
+        if self.spool.append_end(session.handle, None, event):
+            logger.info(
+                "session %s (pid %s) ended without an end: recorded as abnormal", session.handle, session.pid
+            )
+            self._changed.set()
+
+    # -- the long-running agent -----------------------------------------------
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._changed.set()
+
+    async def serve(self, lock: AgentLock, listener: WakeupListener | None = None) -> None:
+        """Deliver until idle for `idle_exit_seconds` (or stop()). The caller holds `lock`."""
+        loop = asyncio.get_running_loop()
+        listening = listener is not None and listener.open()
+        if listener is not None and listening:
+            loop.add_reader(listener.fileno(), self._changed.set)
+        self.spool.meta_set(META_PID, str(os.getpid()))
+        self.update_tokens(self._initial_tokens)
+        idle_since: float | None = None
+        try:
+            while not self._stopping:
+                if listener is not None and listening:
+                    wakeup = listener.drain()
+                    self.update_tokens(wakeup.tokens)
+                    if wakeup.handover:
+                        logger.info("stepping aside for a foreground replay")
+                        return
+                self._changed.clear()
+                open_sessions = self.watch_sessions()
+                self._schedule()
+                await self._close_idle_clients()
+                busy = bool(self._workers() or open_sessions or self.spool.pending_destinations())
+                now = self._mono()
+                if busy:
+                    idle_since = None
+                elif idle_since is None:
+                    idle_since = now
+                elif now - idle_since >= self.idle_exit_seconds:
+                    if listener is not None and listening:
+                        loop.remove_reader(listener.fileno())
+                    listening = False
+                    if self._hand_over(lock, listener):
+                        return
+                    listening = listener is not None and listener.open()
+                    if listener is not None and listening:
+                        loop.add_reader(listener.fileno(), self._changed.set)
+                    idle_since = None
+                    continue
+                await self._wait(self._next_timeout(idle_since))
+        finally:
+            if listener is not None and listening:
+                with contextlib.suppress(Exception):
+                    loop.remove_reader(listener.fileno())
+            await self._shutdown()
+            with contextlib.suppress(SpoolError):
+                if lock.held:
+                    self.spool.meta_set(META_PID, None)
+            if listener is not None:
+                listener.close()
+
+    def _hand_over(self, lock: AgentLock, listener: WakeupListener | None) -> bool:
+        """Idle exit without a gap: unbind, unlock, then look once more. True when this agent may exit.
+
+        A shell that appended just before we unbound finds its row in the last look; one that
+        appended after sees nobody listening and spawns an agent that can take the lock.
+        """
+        if listener is not None:
+            listener.close()
+        with contextlib.suppress(SpoolError):
+            self.spool.meta_set(META_PID, None)
+        lock.release()
+        try:
+            work = bool(self.spool.pending_destinations() or self.spool.open_sessions())
+        except SpoolError:
+            work = False
+        if work and lock.acquire():
+            self.spool.meta_set(META_PID, str(os.getpid()))
+            return False
+        return True
+
+    def _next_timeout(self, idle_since: float | None) -> float:
+        now = self._mono()
+        timeout = self.poll_seconds
+        for state in self._destinations.values():
+            if state.worker is None and state.retry_at > now:
+                timeout = min(timeout, state.retry_at - now)
+        if idle_since is not None:
+            timeout = min(timeout, max(0.0, idle_since + self.idle_exit_seconds - now))
+        return max(timeout, 0.001)
+
+    async def _wait(self, timeout: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._changed.wait()
+
+    async def _shutdown(self) -> None:
+        for task in self._workers():
+            task.cancel()
+        for task in self._workers():
+            with contextlib.suppress(BaseException):
+                await task
+        await self._close_idle_clients(force=True)
+
+    # -- the foreground replay ------------------------------------------------
+
+    async def replay(self) -> ReplayResult:
+        """Deliver every pending row now, without waiting out back-offs. The caller holds the lock."""
+        self._replaying = True
+        self.update_tokens(self._initial_tokens)
+        try:
+            while not self._stopping:
+                self.watch_sessions()
+                if not self._schedule():
+                    break
+                await asyncio.gather(*self._workers(), return_exceptions=True)
+            remaining = self.spool.stats().depth
+        finally:
+            await self._shutdown()
+        return ReplayResult(delivered=self.delivered, remaining=remaining, dead_lettered=self.dead_lettered)
+
+
+async def run_agent(agent: DeliveryAgent, lock: AgentLock, listener: WakeupListener | None) -> None:
+    """Serve with SIGTERM/SIGINT/SIGHUP turned into a clean stop."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        loop.add_signal_handler(signum, agent.stop)
+    await agent.serve(lock, listener)

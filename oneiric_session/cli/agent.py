@@ -1,0 +1,135 @@
+"""`oneiric-session agent`: the per-user delivery agent (started on demand by shells; rarely by hand)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from oneiric_session.config.loader import LoadedConfig
+
+# The agent's log, next to the spool: small, rotated once (it holds no token, only messages).
+LOG_MAX_BYTES = 256 * 1024
+DEFAULT_IDLE_EXIT_SECONDS = 300.0
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "agent",
+        help="run the delivery agent (shells start it on demand)",
+        description="The per-user delivery agent: sends spooled events to their servers. Without "
+        "--foreground it is started detached (if none runs for this spool) and the command returns.",
+    )
+    parser.add_argument("--foreground", action="store_true", help="run in this process until idle")
+    parser.add_argument("--spool", metavar="PATH", default=None, help="spool database (default: configured)")
+    parser.add_argument(
+        "--idle-exit-seconds",
+        type=float,
+        default=None,
+        help="exit after this long with nothing to do (default: the agent.idle_exit_seconds setting)",
+    )
+    parser.add_argument("--log-file", metavar="PATH", default=None, help="log here instead of stderr")
+    parser.set_defaults(func=run)
+
+
+def load_config_quietly(settings_dir: str | None) -> LoadedConfig | None:
+    """The configuration if it loads; an agent serving a given spool does not need it to."""
+    from oneiric_session.config.loader import load_config
+    from oneiric_session.errors import ConfigError
+
+    try:
+        return load_config(settings_dir)
+    except ConfigError as exc:
+        logging.getLogger("oneiric_session.agent").warning("configuration not used: %s", exc)
+        return None
+
+
+def config_token(config: LoadedConfig | None) -> str | None:
+    from oneiric_session.errors import ConfigError
+
+    if config is None:
+        return None
+    try:
+        return config.token()
+    except ConfigError as exc:
+        logging.getLogger("oneiric_session.agent").warning("token not used: %s", exc)
+        return None
+
+
+def _setup_logging(log_file: str | None) -> None:
+    handler: logging.Handler = logging.StreamHandler(sys.stderr)
+    if log_file:
+        try:
+            Path(log_file).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=LOG_MAX_BYTES, backupCount=1)
+        except OSError as exc:
+            print(f"oneiric-session agent: cannot log to {log_file}: {exc}", file=sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s agent[%(process)d] %(levelname)s %(message)s"))
+    root = logging.getLogger("oneiric_session")
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def run(args: argparse.Namespace) -> int:
+    from oneiric_session import wakeup
+    from oneiric_session.errors import ConfigError
+
+    if args.foreground:
+        _setup_logging(args.log_file)
+    if args.spool:
+        spool_path = Path(args.spool).expanduser()
+        config = load_config_quietly(args.settings)
+    else:
+        from oneiric_session.config.loader import load_config
+
+        config = load_config(args.settings)  # ConfigError: exit 2, the spool is unknown
+        spool_path = config.spool_path()
+    if not args.foreground:
+        token = config_token(config)
+        tokens = {config.destination().key: token} if config is not None and token else None
+        result = wakeup.wake_or_spawn(spool_path, tokens=tokens)
+        print(f"delivery agent for {spool_path}: {'already running' if result == 'woken' else result}")
+        return 0 if result != "failed" else 1
+    idle = args.idle_exit_seconds
+    if idle is None:
+        idle = config.settings.agent.idle_exit_seconds if config is not None else DEFAULT_IDLE_EXIT_SECONDS
+    if idle <= 0:
+        raise ConfigError(f"--idle-exit-seconds {idle}: must be positive")
+    return serve(spool_path, idle_exit_seconds=idle, default_token=config_token(config))
+
+
+def serve(spool_path: Path, *, idle_exit_seconds: float, default_token: str | None) -> int:
+    """Run the agent here until idle; a second agent for the same spool exits at once."""
+    import asyncio
+    import os
+
+    from oneiric_session import wakeup
+    from oneiric_session.agent import DeliveryAgent, run_agent, uncapped_spool
+
+    log = logging.getLogger("oneiric_session.agent")
+    tokens = wakeup.tokens_from_environment()  # always removed, even by an agent that exits now
+    lock = wakeup.AgentLock(spool_path)
+    try:
+        acquired = lock.acquire()
+    except OSError as exc:
+        log.error("cannot take the agent lock %s: %s", lock.path, exc)
+        return 1
+    if not acquired:
+        log.info("another agent is delivering %s; exiting", spool_path)
+        return 0
+    spool = uncapped_spool(spool_path)
+    agent = DeliveryAgent(
+        spool, tokens=tokens, default_token=default_token, idle_exit_seconds=idle_exit_seconds
+    )
+    log.info("agent %d serving %s", os.getpid(), spool_path)
+    try:
+        asyncio.run(run_agent(agent, lock, wakeup.WakeupListener(spool_path)))
+    finally:
+        log.info("agent %d stopped (delivered %d)", os.getpid(), agent.delivered)
+        lock.release()
+        spool.close()
+    return 0

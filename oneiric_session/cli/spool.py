@@ -1,0 +1,182 @@
+"""`oneiric-session spool list|replay`: what waits on disk, and delivering it now in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from oneiric_session.spool import Spool, SpooledEvent
+
+# How long `replay` waits for a running agent to step aside (it finishes the call in flight).
+HANDOVER_SECONDS = 15.0
+_HANDOVER_POLL_SECONDS = 0.05
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "spool",
+        help="list the events waiting on disk, or deliver them now",
+        description="The spool holds every event until its server answered.",
+    )
+    actions = parser.add_subparsers(dest="spool_action", metavar="ACTION", required=True)
+    listing = actions.add_parser("list", help="events waiting for delivery, and dead letters with reasons")
+    replay = actions.add_parser(
+        "replay",
+        help="deliver now, in the foreground, to the destination configured now",
+        description="Deliver every waiting event now to the destination configured now (events "
+        "spooled under an older configuration are retargeted). Exit 0 when all were delivered.",
+    )
+    replay.add_argument("--dead", action="store_true", help="also retry the dead letters")
+    for sub in (listing, replay):
+        sub.add_argument("--json", action="store_true", help="print one JSON object")
+        sub.add_argument("--spool", metavar="PATH", default=None, help="spool database (default: configured)")
+    listing.set_defaults(func=run_list)
+    replay.set_defaults(func=run_replay)
+
+
+def _spool_path(args: argparse.Namespace) -> Path:
+    if args.spool:
+        return Path(args.spool).expanduser()
+    from oneiric_session.config.loader import load_config
+
+    return load_config(args.settings).spool_path()
+
+
+def _row(event: SpooledEvent, now: float) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "kind": event.kind,
+        "handle": event.handle,
+        "event_id": event.event_id,
+        "component_name": event.payload.get("component_name"),
+        "server_session_id": event.server_session_id,
+        "destination": event.destination.describe() if event.destination else event.destination_key,
+        "age_seconds": round(max(0.0, now - event.created_at), 1),
+        "attempts": event.attempts,
+        "last_error": event.last_error,
+    }
+    if event.state == "dead":
+        row["dead_category"] = event.dead_category
+        row["dead_reason"] = event.dead_reason
+    return row
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from oneiric_session.spool import Spool
+
+    path = _spool_path(args)
+    report: dict[str, Any] = {"spool_path": str(path), "pending": [], "dead": [], "drops": {}}
+    if path.exists():  # listing must not create a spool
+        now = time.time()
+        with Spool(path) as spool:
+            report["pending"] = [_row(e, now) for e in spool.list_pending()]
+            report["dead"] = [_row(e, now) for e in spool.list_dead()]
+            report["drops"] = spool.stats().drops
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+        return 0
+    print(f"spool {path}: {len(report['pending'])} waiting, {len(report['dead'])} dead letter(s)")
+    for row in report["pending"]:
+        error = f"  last error: {row['last_error']}" if row["last_error"] else ""
+        print(
+            f"  waiting {row['kind']:5} {row['handle']} {row['component_name'] or ''} "
+            f"age {row['age_seconds']}s attempts {row['attempts']} -> {row['destination']}{error}"
+        )
+    for row in report["dead"]:
+        print(f"  dead    {row['kind']:5} {row['handle']} ({row['dead_category']}): {row['dead_reason']}")
+    for reason, count in sorted(report["drops"].items()):
+        print(f"  dropped {count} ({reason})")
+    return 0
+
+
+def _take_lock(path: Path, tokens: dict[str, str] | None) -> Any:
+    """The agent lock, asking a running agent to step aside first; None if it would not."""
+    from oneiric_session import wakeup
+
+    lock = wakeup.AgentLock(path)
+    if lock.acquire():
+        return lock
+    wakeup.wake(path, tokens=tokens, handover=True)
+    deadline = time.monotonic() + HANDOVER_SECONDS
+    while time.monotonic() < deadline:
+        time.sleep(_HANDOVER_POLL_SECONDS)  # sleep-ok: bounded wait for another process to let go
+        if lock.acquire():
+            return lock
+    return None
+
+
+def run_replay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from oneiric_session import wakeup
+    from oneiric_session.agent import DeliveryAgent, uncapped_spool
+    from oneiric_session.cli.agent import config_token
+    from oneiric_session.config.loader import load_config
+
+    config = load_config(args.settings)
+    path = Path(args.spool).expanduser() if args.spool else config.spool_path()
+    destination = config.destination()
+    token = config_token(config)
+    tokens = {destination.key: token} if token else None
+    if not path.exists():
+        return _replay_report(args, destination.describe(), 0, 0, 0)
+    lock = _take_lock(path, tokens)
+    if lock is None:
+        print(
+            f"oneiric-session: the delivery agent of {path} did not step aside within "
+            f"{HANDOVER_SECONDS:g} s; try again",
+            file=sys.stderr,
+        )
+        return 1
+    spool = uncapped_spool(path)
+    try:
+        if args.dead:
+            spool.requeue_dead()
+        spool.retarget(None, destination)
+        total = spool.stats().depth
+        agent = DeliveryAgent(spool, tokens=tokens, progress=_progress(total))
+        result = asyncio.run(agent.replay())
+        if total:
+            print(file=sys.stderr)
+        left_over = _needs_agent(spool)
+    finally:
+        lock.release()
+        spool.close()
+    if left_over:  # rows still waiting, or open sessions to watch: the background agent takes over
+        wakeup.wake_or_spawn(path, tokens=tokens)
+    return _replay_report(
+        args, destination.describe(), result.delivered, result.remaining, result.dead_lettered
+    )
+
+
+def _needs_agent(spool: Spool) -> bool:
+    stats = spool.stats()
+    return bool(stats.depth or stats.open_sessions)
+
+
+def _progress(total: int) -> Any:
+    def show(delivered: int) -> None:
+        print(f"\rreplay: {delivered}/{total} delivered", end="", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _replay_report(args: argparse.Namespace, target: str, delivered: int, remaining: int, dead: int) -> int:
+    if args.json:
+        report = {
+            "destination": target,
+            "delivered": delivered,
+            "remaining": remaining,
+            "dead_lettered": dead,
+        }
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"delivered {delivered} event(s) to {target}; "
+            f"{remaining} still waiting; {dead} new dead letter(s)"
+        )
+    return 0 if remaining == 0 and dead == 0 else 1

@@ -1,0 +1,84 @@
+"""What `status` shows about delivery: the agent, the breaker, the spool (standard library only).
+
+Read from the spool file and the agent's lock; never creates a spool, never shows a token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from oneiric_session.errors import SpoolError
+from oneiric_session.spool import Spool
+from oneiric_session.wakeup import agent_holds_lock
+
+__all__ = ["META_DESTINATIONS", "META_PID", "delivery_status", "failing_destination"]
+
+# Written by the agent (oneiric_session.agent uses the same names).
+META_PID = "agent.pid"
+META_DESTINATIONS = "agent.destinations"
+
+
+def _destinations(spool: Spool) -> dict[str, dict[str, Any]]:
+    try:
+        value = json.loads(spool.meta_get(META_DESTINATIONS) or "{}")
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def failing_destination(spool: Spool, key: str) -> tuple[int, str | None]:
+    """Events waiting in the spool, and the agent's last error for destination `key` (None if fine)."""
+    state = _destinations(spool).get(key) or {}
+    return spool.stats().depth, state.get("last_error")
+
+
+def delivery_status(
+    spool_path: str | os.PathLike[str], *, destination_key: str | None = None
+) -> dict[str, Any]:
+    """The delivery section of `status`: flat, JSON-ready; `destination_key` picks whose breaker to show."""
+    path = Path(spool_path)
+    running = agent_holds_lock(path)
+    report: dict[str, Any] = {
+        "spool_path": str(path),
+        "agent_running": running,
+        "agent_pid": None,
+        "breaker": "closed",
+        "last_error": None,
+        "depth": 0,
+        "oldest_event_age_seconds": None,
+        "dead_letters": 0,
+        "drops": {},
+        "open_sessions": 0,
+    }
+    if not path.exists():
+        return report
+    spool = Spool(path)
+    try:
+        stats = spool.stats()
+        pid = spool.meta_get(META_PID)
+        destinations = _destinations(spool)
+    except SpoolError as exc:
+        report["error"] = str(exc)
+        return report
+    finally:
+        spool.close()
+    if running and pid and pid.isdigit():
+        report["agent_pid"] = int(pid)
+    state = destinations.get(destination_key or "") or {}
+    report.update(
+        breaker=state.get("breaker", "closed"),
+        last_error=state.get("last_error"),
+        depth=stats.depth,
+        oldest_event_age_seconds=(
+            None if stats.oldest_pending_age_seconds is None else round(stats.oldest_pending_age_seconds, 1)
+        ),
+        dead_letters=stats.dead,
+        drops=stats.drops,
+        open_sessions=stats.open_sessions,
+    )
+    if stats.moved_aside:
+        report["moved_aside"] = stats.moved_aside
+    return report

@@ -1,0 +1,213 @@
+"""The `session-buddy` provider, shell side: write each event to the spool and wake the delivery agent.
+
+The shell's process never speaks MCP (see DESIGN.md): start() and end() build and
+sanitize the event, append it durably (~1 ms), send one non-blocking datagram to
+the agent (or spawn it, ~0.5 ms) and return. Nothing here waits for a server or
+raises into the shell: a spool failure is one log line and a counted loss.
+The token travels to the agent in memory only (the wake-up datagram or the
+spawned agent's environment), never through the spool.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from oneiric_session import events, procinfo, wakeup
+from oneiric_session.errors import ConfigError
+from oneiric_session.spool import Spool
+
+if TYPE_CHECKING:
+    from oneiric_session.config.loader import LoadedConfig
+
+__all__ = ["HANDLE_PREFIX", "SessionBuddyTracker", "create"]
+
+logger = logging.getLogger("oneiric_session")
+
+HANDLE_PREFIX = "local-"
+# What environment.cwd carries on http when report_cwd is unset: a directory any server host has.
+HTTP_REPORT_CWD = "/tmp"
+# Loss reasons (counted in `losses`).
+LOSS_SPOOL = "spool_error"
+LOSS_NO_START = "no_start"
+
+Waker = Callable[..., wakeup.WakeResult]
+
+
+class SessionBuddyTracker:
+    """Spools sessions for the delivery agent. Thread-safe; never raises."""
+
+    provider = "session-buddy"
+
+    def __init__(
+        self,
+        config: LoadedConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        waker: Waker = wakeup.wake_or_spawn,
+    ) -> None:
+        settings = config.settings
+        self._config = config
+        self.destination = config.destination()
+        self.limits = config.limits()
+        self.spool_path = Path(config.spool_path())
+        self.exit_wait_seconds = float(settings.exit_wait_seconds)
+        self._report_cwd = settings.report_cwd
+        if self._report_cwd is None and settings.transport == "http":
+            self._report_cwd = HTTP_REPORT_CWD
+        self._spool = Spool(
+            self.spool_path,
+            max_rows=settings.spool.max_rows,
+            max_bytes=settings.spool.max_bytes,
+            max_age_seconds=settings.spool.max_age_days * 86400.0,
+        )
+        self._clock = clock
+        self._waker = waker
+        self._lock = threading.Lock()
+        self._started: dict[str, float] = {}  # handle -> clock() at start
+        self._ended: set[str] = set()
+        self._token_warned = False
+        self.losses: collections.Counter[str] = collections.Counter()
+
+    # -- Tracker --------------------------------------------------------------
+
+    def start(
+        self, *, component_name: str, shell_type: str, metadata: Mapping[str, Any] | None = None
+    ) -> str | None:
+        """Spool a session start and wake the agent; the local handle, or None if nothing was recorded."""
+        try:
+            event = events.build_start_event(
+                component_name=component_name,
+                shell_type=shell_type,
+                metadata=metadata,
+                limits=self.limits,
+                report_cwd=self._report_cwd,
+            )
+            handle = HANDLE_PREFIX + uuid.uuid4().hex
+            me = procinfo.identify()
+            started = self._clock()
+            self._spool.append_start(
+                handle,
+                self.destination,
+                event,
+                pid=me.pid,
+                pid_start_time=me.start_time,
+                boot_id=me.boot_id,
+            )
+        except Exception as exc:  # SpoolError, or anything else: never into the shell
+            self._lost(LOSS_SPOOL, "session start", exc)
+            return None
+        with self._lock:
+            self._started[handle] = started
+        self._wake()
+        return handle
+
+    def end(
+        self,
+        handle: str,
+        *,
+        exit_reason: str = "user_exit",
+        duration_seconds: float | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> bool:
+        """Spool the end of `handle` and wake the agent; True once the end is on disk."""
+        with self._lock:
+            if handle in self._ended:
+                return True
+            started = self._started.get(handle)
+        if duration_seconds is None and started is not None:
+            duration_seconds = max(0.0, self._clock() - started)
+        try:
+            event = events.build_end_event(
+                session_id=handle,
+                exit_reason=exit_reason,
+                duration_seconds=duration_seconds,
+                metadata=metadata,
+                limits=self.limits,
+            )
+            written = self._spool.append_end(handle, self.destination, event)
+        except Exception as exc:  # SpoolError, or anything else: never into the shell
+            self._lost(LOSS_SPOOL, "session end", exc)
+            return False
+        if not written:
+            # The start is unknown to the spool (dropped by a cap) or its end is already there.
+            self.losses[LOSS_NO_START] += 1
+            return False
+        with self._lock:
+            self._ended.add(handle)
+            self._started.pop(handle, None)
+        self._wake()
+        return True
+
+    def health(self) -> bool:
+        """True when the spool can take events (not: the server is up)."""
+        try:
+            self._spool.open()
+        except Exception:
+            return False
+        return os.access(self.spool_path, os.W_OK) and os.access(self.spool_path.parent, os.W_OK | os.X_OK)
+
+    def close(self) -> None:
+        """Release the spool connection; idempotent (a later call opens it again)."""
+        notice = self.pending_notice()
+        if notice:
+            print(notice, file=sys.stderr)
+        self._spool.close()
+
+    # -- reporting ------------------------------------------------------------
+
+    def pending_notice(self) -> str | None:
+        """One line for stderr when this shell's events still wait because the server was unreachable."""
+        if not self._started and not self._ended:
+            return None
+        try:
+            from oneiric_session.delivery_status import failing_destination
+
+            depth, reason = failing_destination(self._spool, self.destination.key)
+        except Exception:
+            return None
+        if not depth or reason is None:
+            return None
+        return (
+            f"oneiric-session: {depth} event(s) waiting for the server ({reason}); "
+            "they will be delivered later (see `oneiric-session status`)"
+        )
+
+    # -- internals ------------------------------------------------------------
+
+    def _token(self) -> str | None:
+        try:
+            return self._config.token()
+        except ConfigError as exc:
+            if not self._token_warned:
+                self._token_warned = True
+                logger.warning("oneiric-session: the token cannot be read: %s", exc)
+            return None
+
+    def _wake(self) -> None:
+        try:
+            token = self._token()
+            self._waker(self.spool_path, tokens={self.destination.key: token} if token else None)
+        except Exception as exc:  # the event is on disk: the agent's poll or the next shell finds it
+            logger.warning("oneiric-session: could not wake the delivery agent: %s", exc)
+
+    def _lost(self, reason: str, what: str, exc: BaseException) -> None:
+        self.losses[reason] += 1
+        logger.warning("oneiric-session: %s not recorded: %s", what, exc)
+
+
+def create(config: LoadedConfig | None) -> SessionBuddyTracker:
+    """The registry's factory for `session-buddy` (the config is always loaded for this provider)."""
+    if config is None:
+        from oneiric_session.config import load_config
+
+        config = load_config()
+    return SessionBuddyTracker(config)

@@ -1,0 +1,287 @@
+"""How a shell wakes the delivery agent, and starts it when none runs (standard library only).
+
+The agent listens on a Unix datagram socket kept in a private per-user directory
+(mode 0700, like ssh-agent's and gpg-agent's), named after a hash of the spool's
+path: one agent per spool, and a short path whatever the spool's path is. A wake-up
+is one non-blocking datagram that may carry tokens (destination key -> token) so
+the agent holds them in memory only, or ask it to step aside for `spool replay`;
+the directory being private is what keeps another user from receiving them.
+When nobody listens, the shell spawns the agent detached and never waits for it.
+A lock file next to the spool decides which agent runs: only the lock holder
+binds the socket, a second agent exits at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Literal
+
+# The child reads the tokens from this variable and removes it from its environment.
+TOKENS_ENV = "ONEIRIC_SESSION_AGENT_TOKENS"
+# sun_path holds 108 bytes including the terminating NUL.
+_MAX_SOCKET_PATH_BYTES = 107
+# A wake-up with tokens is small; anything larger is not ours.
+MAX_DATAGRAM_BYTES = 65536
+
+WakeResult = Literal["woken", "spawned", "failed"]
+
+# Agents this process spawned: polled on the next spawn so none stays a zombie.
+_spawned: list[subprocess.Popen[bytes]] = []
+
+
+def lock_path(spool_path: Path) -> Path:
+    """The lock file whose holder is the one agent delivering this spool."""
+    return spool_path.with_name(spool_path.name + ".lock")
+
+
+def agent_log_path(spool_path: Path) -> Path:
+    """Where a spawned agent logs (its stdio goes to /dev/null)."""
+    return spool_path.with_name(spool_path.name + ".agent.log")
+
+
+def _private_dir(path: Path) -> Path | None:
+    """`path`, created 0700 if missing; None unless it is a real directory owned by us and private."""
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    except OSError:
+        return None
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return None
+    return path
+
+
+def _runtime_dirs() -> list[Path]:
+    """Candidate private directories for the socket, best first."""
+    dirs = []
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        dirs.append(Path(runtime) / "oneiric-session")
+    dirs.append(Path(tempfile.gettempdir()) / f"oneiric-session-{os.getuid()}")
+    if tempfile.gettempdir() != "/tmp":
+        dirs.append(Path(f"/tmp/oneiric-session-{os.getuid()}"))
+    return dirs
+
+
+def socket_path(spool_path: Path) -> Path | None:
+    """The agent's socket for this spool, in a private directory; None when no usable one exists."""
+    name = hashlib.sha256(os.path.realpath(spool_path).encode()).hexdigest()[:20] + ".sock"
+    for candidate in _runtime_dirs():
+        if len(os.fsencode(candidate / name)) > _MAX_SOCKET_PATH_BYTES:
+            continue
+        directory = _private_dir(candidate)
+        if directory is not None:
+            return directory / name
+    return None
+
+
+@dataclass(frozen=True)
+class Wakeup:
+    """What the datagrams read at once asked for: the newest token per destination key, and
+    whether a foreground `spool replay` wants this agent to step aside."""
+
+    count: int = 0
+    tokens: dict[str, str] = field(default_factory=dict)
+    handover: bool = False
+
+
+def encode_wakeup(tokens: Mapping[str, str] | None = None, *, handover: bool = False) -> bytes:
+    """The datagram: empty for a plain wake-up, else JSON {"tokens": {key: token}, "handover": bool}."""
+    if not tokens and not handover:
+        return b""
+    return json.dumps({"tokens": dict(tokens or {}), "handover": handover}).encode()
+
+
+def decode_wakeup(data: bytes) -> Wakeup:
+    """One datagram read (a plain or malformed one is a plain wake-up)."""
+    try:
+        value = json.loads(data) if data else {}
+    except ValueError:
+        value = {}
+    if not isinstance(value, dict):
+        value = {}
+    tokens = value.get("tokens")
+    tokens = tokens if isinstance(tokens, dict) else {}
+    return Wakeup(
+        count=1,
+        tokens={k: v for k, v in tokens.items() if isinstance(k, str) and isinstance(v, str) and v},
+        handover=value.get("handover") is True,
+    )
+
+
+def wake(spool_path: Path, *, tokens: Mapping[str, str] | None = None, handover: bool = False) -> bool:
+    """Send one wake-up without blocking; True when an agent is listening."""
+    path = socket_path(spool_path)
+    if path is None:
+        return False
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
+            sock.sendto(encode_wakeup(tokens, handover=handover), os.fsencode(path))
+    except BlockingIOError:
+        return True  # its queue is full: it is alive and has wake-ups to read
+    except OSError:
+        return False  # no socket, or a stale one nobody reads
+    return True
+
+
+def spawn_agent(spool_path: Path, *, tokens: Mapping[str, str] | None = None) -> bool:
+    """Start an agent for this spool, detached; never waits for it. The tokens go in its environment only."""
+    for child in list(_spawned):
+        if child.poll() is not None:
+            _spawned.remove(child)
+    env = dict(os.environ)
+    env.pop(TOKENS_ENV, None)
+    if tokens:
+        env[TOKENS_ENV] = json.dumps(dict(tokens))
+    argv = [sys.executable, "-m", "oneiric_session", "agent", "--foreground", "--spool", str(spool_path)]
+    argv += ["--log-file", str(agent_log_path(spool_path))]
+    try:
+        child = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
+        )
+    except OSError:
+        return False
+    _spawned.append(child)
+    return True
+
+
+def wake_or_spawn(spool_path: Path, *, tokens: Mapping[str, str] | None = None) -> WakeResult:
+    """Wake the agent of this spool, or start one when none listens."""
+    if wake(spool_path, tokens=tokens):
+        return "woken"
+    return "spawned" if spawn_agent(spool_path, tokens=tokens) else "failed"
+
+
+def tokens_from_environment() -> dict[str, str]:
+    """The tokens the spawning shell passed (and remove them from this process's environment)."""
+    try:
+        value = json.loads(os.environ.pop(TOKENS_ENV, "") or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str) and v}
+
+
+class AgentLock:
+    """The exclusive, non-blocking lock that makes one agent per spool; released by the kernel on death."""
+
+    def __init__(self, spool_path: Path) -> None:
+        self.path = lock_path(spool_path)
+        self._file: IO[bytes] | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None
+
+    def acquire(self) -> bool:
+        """True when this process now holds the lock; False when another agent holds it."""
+        if self._file is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(self.path, "ab")  # noqa: SIM115 - kept open as long as the lock is held
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            file.close()
+            return False
+        self._file = file
+        return True
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the descriptor drops the flock
+            self._file = None
+
+
+def agent_holds_lock(spool_path: Path) -> bool:
+    """True when some process holds the agent lock of this spool (an agent is running)."""
+    path = lock_path(spool_path)
+    try:
+        with open(path, "rb") as file:
+            try:
+                fcntl.flock(file.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return True
+            return False
+    except OSError:
+        return False
+
+
+class WakeupListener:
+    """The agent's end: a bound, non-blocking datagram socket (bind only while holding the lock)."""
+
+    def __init__(self, spool_path: Path) -> None:
+        self.path = socket_path(spool_path)
+        self._sock: socket.socket | None = None
+
+    def open(self) -> bool:
+        """Bind the socket (replacing a stale file); False when no private directory is usable."""
+        if self.path is None:
+            return False
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(os.fsencode(self.path))
+            os.chmod(self.path, 0o600)
+        except OSError:
+            sock.close()
+            return False
+        sock.setblocking(False)
+        self._sock = sock
+        return True
+
+    def fileno(self) -> int:
+        if self._sock is None:
+            raise ValueError("listener is not open")
+        return self._sock.fileno()
+
+    def drain(self) -> Wakeup:
+        """Read every waiting wake-up, merged: how many, the newest token per key, any handover."""
+        count, handover = 0, False
+        tokens: dict[str, str] = {}
+        while self._sock is not None:
+            try:
+                data = self._sock.recv(MAX_DATAGRAM_BYTES)
+            except OSError:  # BlockingIOError: nothing more to read
+                break
+            one = decode_wakeup(data)
+            count += 1
+            tokens.update(one.tokens)
+            handover = handover or one.handover
+        return Wakeup(count=count, tokens=tokens, handover=handover)
+
+    def close(self) -> None:
+        """Unbind: from now on a shell sees nobody listening and spawns an agent. Idempotent."""
+        if self._sock is None:
+            return
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+        self._sock.close()
+        self._sock = None

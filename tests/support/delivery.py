@@ -1,0 +1,194 @@
+"""Real shells, agents and the bundled server as subprocesses, all isolated under a test's tmp dir."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from oneiric_session.spool import Spool
+
+CLI = [sys.executable, "-m", "oneiric_session"]
+# Every wait on another process is bounded by this (CI machines are slow, 2 cores).
+WAIT_SECONDS = 60.0
+_POLL_SECONDS = 0.05
+
+# A shell: starts `count` sessions through the drop-in emitter, ends them, or (with --hold)
+# prints their handles and waits on stdin (so a test can kill it mid-session).
+SHELL = textwrap.dedent(
+    """
+    import asyncio, sys
+    from oneiric_session import SessionEventEmitter
+    count, hold = int(sys.argv[1]), sys.argv[2] == "hold"
+    emitter = SessionEventEmitter(component_name=sys.argv[3])
+    async def main():
+        handles = [await emitter.emit_session_start("TestShell", {"n": i}) for i in range(count)]
+        print(" ".join(str(h) for h in handles), flush=True)
+        if hold:
+            sys.stdin.read()
+        for handle in handles:
+            assert await emitter.emit_session_end(handle, {"duration_seconds": None})
+        print("mcp" in sys.modules, flush=True)
+    asyncio.run(main())
+    """
+)
+
+
+class Scene:
+    """One isolated user: its HOME/XDG dirs, settings via environment, the bundled server's database."""
+
+    def __init__(self, tmp_path: Path, **settings: Any) -> None:
+        self.root = tmp_path
+        self.db = tmp_path / "server.sqlite3"
+        self.spool_path = tmp_path / "state" / "oneiric-session" / "spool.sqlite3"
+        run = tmp_path / "run"
+        run.mkdir(mode=0o700, exist_ok=True)
+        (tmp_path / "settings").mkdir(exist_ok=True)
+        self.env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(tmp_path / "home"),
+            "XDG_STATE_HOME": str(tmp_path / "state"),
+            "XDG_DATA_HOME": str(tmp_path / "data"),
+            "XDG_CONFIG_HOME": str(tmp_path / "config"),
+            "XDG_RUNTIME_DIR": str(run),
+            "ONEIRIC_SESSION_SETTINGS_DIR": str(tmp_path / "settings"),
+            # Explicit: the default would follow this (test) process's XDG dirs, not this env's.
+            "ONEIRIC_SESSION_SPOOL__PATH": str(self.spool_path),
+            "ONEIRIC_SESSION_RETRY__ATTEMPTS": "1",
+            "ONEIRIC_SESSION_RETRY__WAIT_MIN_SECONDS": "0.1",
+            "ONEIRIC_SESSION_RETRY__WAIT_MAX_SECONDS": "0.5",
+            "ONEIRIC_SESSION_AGENT__IDLE_EXIT_SECONDS": "2",
+        }
+        self.use_bundled_server()
+        self.configure(**settings)
+
+    def configure(self, **settings: Any) -> None:
+        """ONEIRIC_SESSION_<NAME> for each setting (`server__env={...}` -> JSON)."""
+        for name, value in settings.items():
+            key = "ONEIRIC_SESSION_" + name.upper()
+            self.env[key] = value if isinstance(value, str) else json.dumps(value)
+
+    def use_bundled_server(self) -> None:
+        self.configure(
+            server__command=sys.executable,
+            server__args=["-m", "oneiric_session", "serve", "--db", str(self.db)],
+        )
+
+    def run(
+        self, *args: str, env: Mapping[str, str] | None = None, timeout: float = WAIT_SECONDS
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*CLI, *args],
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.root,
+        )
+
+    def shell(
+        self,
+        count: int = 1,
+        *,
+        hold: bool = False,
+        component: str = "demo",
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-c", SHELL, str(count), "hold" if hold else "go", component],
+            env={**self.env, **(env or {})},
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.root,
+        )
+
+    def run_shell(self, count: int = 1, **kwargs: Any) -> list[str]:
+        """Run a shell to completion; its handles. Fails if it imported mcp or printed a traceback."""
+        proc = self.shell(count, **kwargs)
+        out, err = proc.communicate(timeout=WAIT_SECONDS)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err, err
+        handles, imported_mcp = out.split("\n")[:2]
+        assert imported_mcp == "False"
+        return handles.split()
+
+    def agent(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [*CLI, "agent", "--foreground", "--spool", str(self.spool_path), *args],
+            env={**self.env, **(env or {})},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.root,
+        )
+
+    def sessions(self) -> list[dict[str, Any]]:
+        result = self.run("sessions", "--json", "--db", str(self.db))
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def spool(self) -> Spool:
+        return Spool(self.spool_path)
+
+    def depth(self) -> int:
+        if not self.spool_path.exists():
+            return 0
+        with self.spool() as spool:
+            return spool.stats().depth
+
+    def dead(self) -> int:
+        if not self.spool_path.exists():
+            return 0
+        with self.spool() as spool:
+            return spool.stats().dead
+
+    def agent_pid(self) -> int | None:
+        if not self.spool_path.exists():
+            return None
+        with self.spool() as spool:
+            pid = spool.meta_get("agent.pid")
+        return int(pid) if pid else None
+
+    def stop_agents(self) -> None:
+        """SIGTERM the agent of this spool (if any) and wait until the lock is free."""
+        from oneiric_session.wakeup import agent_holds_lock
+
+        deadline = time.monotonic() + WAIT_SECONDS
+        while agent_holds_lock(self.spool_path) and time.monotonic() < deadline:
+            pid = self.agent_pid()
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+            time.sleep(_POLL_SECONDS)  # sleep-ok: bounded wait for a real process to exit
+
+
+def wait_until(
+    predicate: Callable[[], Any], *, timeout: float = WAIT_SECONDS, what: str = "condition"
+) -> Any:
+    """Poll `predicate` until it is truthy (bounded); its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(_POLL_SECONDS)  # sleep-ok: bounded polling of real processes
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, IndexError):
+        return True
+    return state in ("Z", "X")

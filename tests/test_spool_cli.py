@@ -1,0 +1,85 @@
+"""`oneiric-session spool list|replay` against the bundled server, with real shells and agents."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.delivery import Scene, wait_until
+from tests.support.faults import FAULT_SERVER
+
+
+@pytest.fixture
+def scene(tmp_path: Path) -> Iterator[Scene]:
+    scene = Scene(tmp_path)
+    yield scene
+    scene.stop_agents()
+
+
+def test_events_spooled_under_a_broken_server_arrive_once_after_replay(scene: Scene) -> None:
+    """Four shells while the server cannot start: eight events wait; replay delivers four sessions once."""
+    scene.configure(server__command=str(scene.root / "no-such-server"), server__args=[])
+    handles = [h for n in range(4) for h in scene.run_shell(1, component=f"shell{n}")]
+    assert len(set(handles)) == 4
+
+    listing = scene.run("spool", "list", "--json")
+    assert listing.returncode == 0, listing.stderr
+    report = json.loads(listing.stdout)
+    assert len(report["pending"]) == 8
+    assert {r["handle"] for r in report["pending"]} == set(handles)
+    assert sorted(r["kind"] for r in report["pending"]) == ["end"] * 4 + ["start"] * 4
+    assert report["dead"] == []
+
+    scene.use_bundled_server()  # the configuration is fixed
+    replay = scene.run("spool", "replay")
+    assert replay.returncode == 0, replay.stderr
+    assert "delivered 8 event(s)" in replay.stdout
+    assert "8/8 delivered" in replay.stderr
+
+    sessions = scene.sessions()
+    assert sorted(s["component_name"] for s in sessions) == ["shell0", "shell1", "shell2", "shell3"]
+    assert all(s["status"] == "ended" and s["exit_reason"] == "user_exit" for s in sessions)
+    assert scene.depth() == 0
+
+    again = scene.run("spool", "replay", "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["delivered"] == 0
+    assert len(scene.sessions()) == 4
+
+
+def test_refusals_are_listed_as_dead_letters_and_replay_retries_them_on_request(scene: Scene) -> None:
+    """A server that refuses starts: the start and its end are dead letters with the server's reason."""
+    scene.configure(
+        server__command=sys.executable,
+        server__args=[FAULT_SERVER],
+        server__env={"FAULT_MODE": "status_error"},
+    )
+    scene.run_shell(1)
+    wait_until(lambda: scene.dead() == 2, what="two dead letters")
+
+    report = json.loads(scene.run("spool", "list", "--json").stdout)
+    assert report["pending"] == []
+    reasons = {row["kind"]: (row["dead_category"], row["dead_reason"]) for row in report["dead"]}
+    assert reasons["start"][0] == "rejected"
+    assert "Path does not exist" in reasons["start"][1]
+    assert reasons["end"][0] == "start refused"
+    text = scene.run("spool", "list").stdout
+    assert "0 waiting, 2 dead letter(s)" in text and "Path does not exist" in text
+
+    plain = scene.run("spool", "replay", "--json")
+    assert (plain.returncode, json.loads(plain.stdout)["delivered"]) == (0, 0)
+    retried = scene.run("spool", "replay", "--dead", "--json")
+    assert retried.returncode == 1
+    assert json.loads(retried.stdout)["dead_lettered"] == 1
+    assert scene.dead() == 2
+
+
+def test_listing_a_missing_spool_creates_nothing(scene: Scene) -> None:
+    result = scene.run("spool", "list")
+    assert result.returncode == 0
+    assert "0 waiting" in result.stdout
+    assert not scene.spool_path.exists()
