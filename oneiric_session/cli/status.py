@@ -70,8 +70,10 @@ def token_section(config: LoadedConfig) -> dict[str, Any]:
 
 
 def delivery_section(config: LoadedConfig) -> dict[str, Any]:
-    """Where events wait for delivery. The agent, breaker and spool depth join here with the spool."""
-    return {"spool_path": str(config.spool_path())}
+    """The agent (running, pid), the breaker, the spool's depth, oldest event, dead letters and drops."""
+    from oneiric_session.delivery_status import delivery_status
+
+    return delivery_status(config.spool_path(), destination_key=config.destination().key)
 
 
 def render(report: Mapping[str, Any]) -> str:
