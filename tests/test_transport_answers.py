@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from oneiric_session.errors import AuthenticationError, RejectedError
-from oneiric_session.transport.answers import read_end_answer, read_start_answer
+from oneiric_session.transport.answers import USER_ID_DEFECT_EXPLAINED, read_end_answer, read_start_answer
 
 TOKEN = "tok-9c1d-secret"
 AUTH = "Authentication failed: invalid or expired token"
@@ -68,6 +68,24 @@ def test_end_statuses(shape: Any, status: str) -> None:
 def test_authentication_failure_in_every_form(shape: Any) -> None:
     with pytest.raises(AuthenticationError):
         read_start_answer(shape, token=TOKEN)
+
+
+@pytest.mark.parametrize("tool", ["track_session_start", "track_session_end"])
+def test_the_0_23_0_user_id_defect_is_a_permanent_auth_failure_that_says_what_to_do(tool: str) -> None:
+    """Auth on, valid token: 0.23.0's decorator injects `user_id` and the tool call fails (CONTRACT.md)."""
+    defect = answer(
+        f"Error calling tool '{tool}': register_admin_shell_tracking_tools.<locals>.{tool}() "
+        "got an unexpected keyword argument 'user_id'",
+        is_error=True,
+    )
+    read = read_start_answer if tool == "track_session_start" else read_end_answer
+    with pytest.raises(AuthenticationError) as caught:
+        read(defect, token=TOKEN)
+    assert caught.value.permanent
+    message = str(caught.value)
+    assert message.startswith(f"{tool}: {USER_ID_DEFECT_EXPLAINED} (server said: Error calling tool")
+    assert "without SESSION_BUDDY_SECRET" in message
+    assert TOKEN not in message
 
 
 @pytest.mark.parametrize(

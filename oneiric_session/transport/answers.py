@@ -15,9 +15,16 @@ from typing import Any, Protocol
 from oneiric_session.errors import AuthenticationError, RejectedError
 from oneiric_session.events import sanitize_text
 
-__all__ = ["read_end_answer", "read_start_answer", "server_text"]
+__all__ = ["USER_ID_DEFECT_EXPLAINED", "read_end_answer", "read_start_answer", "server_text"]
 
 _AUTH_MARKER = "authentication failed"
+# Session-Buddy 0.23.0 with auth on: a valid token passes, then its auth decorator passes the
+# tool a `user_id` argument the tool does not take, so every authenticated call fails.
+_USER_ID_DEFECT = "unexpected keyword argument 'user_id'"
+USER_ID_DEFECT_EXPLAINED = (
+    "Session-Buddy 0.23.0 rejects authenticated calls (known defect: its auth decorator injects "
+    "user_id); run it without SESSION_BUDDY_SECRET or upgrade"
+)
 # Older servers answer a start with the bare session id as text.
 _BARE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
 _MAX_MESSAGE_CHARS = 300
@@ -65,6 +72,8 @@ def _payload(answer: ToolAnswer) -> dict[str, Any] | str | None:
 
 def _refuse(tool: str, message: str, token: str | None) -> RejectedError:
     clean = server_text(message, token)
+    if _USER_ID_DEFECT in message:
+        return AuthenticationError(f"{tool}: {USER_ID_DEFECT_EXPLAINED} (server said: {clean})")
     if _AUTH_MARKER in message.lower():
         return AuthenticationError(f"{tool}: the server refused the token: {clean}")
     return RejectedError(f"{tool}: the server refused the event: {clean}")
