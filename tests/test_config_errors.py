@@ -104,6 +104,15 @@ def test_unknown_setting_is_named(tmp_path: Path) -> None:
     assert message.startswith("retry.atempts: unknown setting") and "from file " in message
 
 
+def test_unknown_section_names_the_file(tmp_path: Path) -> None:
+    """A misspelled section is traced to the file that holds it, not to the defaults."""
+    yaml_text = "provider_settings:\n  session-buddy:\n    retri: {attempts: 3}\n"
+    directory = settings_dir(tmp_path, adapters_yml=yaml_text)
+    message = error_of(directory)
+    assert message.startswith("retri: unknown setting")
+    assert f"from file {directory / 'adapters.yml'}" in message
+
+
 def test_invalid_json_in_env(tmp_path: Path) -> None:
     message = error_of(settings_dir(tmp_path), {"ONEIRIC_SESSION_SERVER__ARGS": "[-m x]"})
     assert "server.args: expected JSON" in message and "ONEIRIC_SESSION_SERVER__ARGS" in message

@@ -75,7 +75,11 @@ class Merged:
 
 
 def nearest_source(known: Mapping[str, str], name: str) -> str:
-    """The source of the dotted setting `name`, or of the nearest parent set as a whole."""
+    """The source of the dotted setting `name`, of a value set inside it, or of the nearest parent."""
+    # An unknown section (a typo such as `retri:`) is known only through the leaves set inside it.
+    inside = sorted(key for key in known if key.startswith(f"{name}."))
+    if name not in known and inside:
+        return known[inside[0]]
     while name:
         if name in known:
             return known[name]
