@@ -114,6 +114,7 @@ class _DestinationState:
     failures: int = 0  # consecutive transient failures
     retry_at: float = 0.0  # monotonic: no attempt before this
     last_error: str | None = None
+    auth_error: str | None = None  # the server refused the token; cleared by a new token or a delivery
     failing_since: float | None = None  # wall clock
     last_used: float = 0.0  # monotonic
     worker: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -123,6 +124,7 @@ class _DestinationState:
             "target": self.describe,
             "breaker": self.client.breaker_state if self.client is not None else "closed",
             "last_error": self.last_error,
+            "auth_error": self.auth_error,
             "failing_since": self.failing_since,
             "consecutive_failures": self.failures,
         }
@@ -192,6 +194,11 @@ class DeliveryAgent:
         self._tokens.update(fresh)
         if not fresh:
             return 0
+        for key in fresh:
+            state = self._destinations.get(key)
+            if state is not None and state.auth_error:
+                state.auth_error = None
+                self._publish()
         try:
             requeued = self.spool.requeue_dead(DEAD_AUTH)
         except SpoolError as exc:
@@ -230,10 +237,7 @@ class DeliveryAgent:
                 self._answered(row)
                 self.spool.ack_end(row)
         except AuthenticationError as exc:
-            token = self.token_for(row.destination_key)
-            if token:
-                self._refused[row.destination_key].add(_digest(token))
-            self._dead(row, str(exc), DEAD_AUTH)
+            self._auth_failed(row, state, exc)
         except DeliveryError as exc:
             if exc.permanent:
                 self._dead(row, str(exc))
@@ -251,17 +255,30 @@ class DeliveryAgent:
             if state.failures or state.last_error:
                 logger.info("delivering to %s again", state.describe)
             state.failures, state.last_error, state.failing_since = 0, None, None
+            state.auth_error = None
             if self._progress is not None:
                 self._progress(self.delivered)
         self._publish()
         return True
 
-    def _dead(self, row: SpooledEvent, reason: str, category: str = "rejected") -> None:
-        logger.warning(
-            "%s of %s refused, kept as a dead letter (%s): %s", row.kind, row.handle, category, reason
-        )
+    def _dead(self, row: SpooledEvent, reason: str, category: str = "rejected", *, log: bool = True) -> None:
+        if log:
+            logger.warning(
+                "%s of %s refused, kept as a dead letter (%s): %s", row.kind, row.handle, category, reason
+            )
         self.spool.dead_letter(row, reason, category=category)
         self.dead_lettered += 1
+
+    def _auth_failed(self, row: SpooledEvent, state: _DestinationState, exc: AuthenticationError) -> None:
+        """Park the row until a new token arrives; say so once per refused token, not once per event."""
+        token = self.token_for(row.destination_key)
+        digest = _digest(token) if token else ""  # "": no token at all (never a token's digest)
+        first = digest not in self._refused[row.destination_key]
+        self._refused[row.destination_key].add(digest)
+        state.auth_error = f"{exc} (events kept as dead letters until a new token arrives)"
+        if first:
+            logger.warning("authentication failed at %s: %s", state.describe, state.auth_error)
+        self._dead(row, str(exc), DEAD_AUTH, log=False)
 
     def _failed(self, row: SpooledEvent, state: _DestinationState, exc: BaseException) -> None:
         tuning = row.destination.tuning if row.destination is not None else Destination().tuning

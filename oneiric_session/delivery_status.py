@@ -47,6 +47,7 @@ def delivery_status(
         "agent_pid": None,
         "breaker": "closed",
         "last_error": None,
+        "auth_error": None,
         "depth": 0,
         "oldest_event_age_seconds": None,
         "dead_letters": 0,
@@ -71,6 +72,7 @@ def delivery_status(
     report.update(
         breaker=state.get("breaker", "closed"),
         last_error=state.get("last_error"),
+        auth_error=state.get("auth_error"),
         depth=stats.depth,
         oldest_event_age_seconds=(
             None if stats.oldest_pending_age_seconds is None else round(stats.oldest_pending_age_seconds, 1)

@@ -90,17 +90,24 @@ class SessionBuddyClient:
     async def _attempt(self, tool: str, event: Mapping[str, Any], read: Callable[..., str]) -> str:
         if self._closed:
             raise ServerUnavailableError("the client is closed")
-        connection = await self._connected()
         arguments = {key: value for key, value in event.items() if key != "token"}
         token = self._token()  # read at send time: a rotated token is picked up at once
         if token:
             arguments["token"] = token
-        try:
-            answer = await connection.call(tool, arguments, token=token)
-        except TransientDeliveryError:
-            await self._drop(connection)
-            raise
-        return read(answer, token=token)
+        resent = False
+        while True:
+            connection = await self._connected()
+            try:
+                answer = await connection.call(tool, arguments, token=token)
+            except TransientDeliveryError:
+                await self._drop(connection)
+                # The HTTP server forgot our session (it restarted): it never ran the call, so open
+                # a new session and send it once more now, costing no retry and no breaker failure.
+                if connection.session_lost and not resent:
+                    resent = True
+                    continue
+                raise
+            return read(answer, token=token)
 
     async def _connected(self) -> Connection:
         async with self._connect_lock:

@@ -45,6 +45,10 @@ _PERMANENT_CODES = frozenset(
 )
 # Bound on tearing a session down; the stdio shutdown inside is itself bounded.
 _CLOSE_SECONDS = 10.0
+# What a call with an MCP session id the HTTP server does not know (it restarted, or expired the
+# session) raises: the SDK client's stand-in for a bare 404, or the SDK server's own error body.
+# INVALID_REQUEST would read as permanent; the call was never run, so it is sent again on a new session.
+_SESSION_LOST_MESSAGES = frozenset({"session terminated", "session not found"})
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -63,11 +67,12 @@ class Connection:
         self._client: Client | None = None
         self._owner: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
+        self.session_lost = False  # the HTTP server forgot this session: a new one is needed
 
     @property
     def alive(self) -> bool:
         """False once the server process exited or the session ended (the next call must reconnect)."""
-        if self._client is None or self._owner is None or self._owner.done():
+        if self._client is None or self._owner is None or self._owner.done() or self.session_lost:
             return False
         return self._server is None or not self._server.exited
 
@@ -189,6 +194,13 @@ class Connection:
                 return DeliveryTimeoutError(f"{doing}: {message}{self._tail()}")
             if exc.code == mcp_types.CONNECTION_CLOSED:
                 return ServerUnavailableError(f"{doing}: the server closed the connection{self._tail()}")
+            if (
+                self.destination.transport == "http"
+                and exc.code == mcp_types.INVALID_REQUEST
+                and exc.message.strip().lower() in _SESSION_LOST_MESSAGES
+            ):
+                self.session_lost = True
+                return ServerUnavailableError(f"{doing}: the server no longer knows this session ({message})")
             if exc.code in _PERMANENT_CODES and doing != "connecting":
                 return RejectedError(f"{doing}: server error {exc.code}: {message}")
             return ServerUnavailableError(f"{doing}: server error {exc.code}: {message}{self._tail()}")
