@@ -57,9 +57,9 @@ class Destination:
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
 
     def describe(self) -> str:
-        """A one-line human description (no environment values: they may hold secrets)."""
+        """A one-line human description (no environment values, no URL credentials: they are secrets)."""
         if self.transport == "http":
-            return f"http {self.url}"
+            return f"http {_without_credentials(self.url or '')}"
         return " ".join([self.command, *self.args])
 
     def to_json(self) -> str:
@@ -80,3 +80,12 @@ class Destination:
             url=data.get("url"),
             tuning=Tuning(**{k: v for k, v in dict(data.get("tuning", {})).items() if k in known}),
         )
+
+
+def _without_credentials(url: str) -> str:
+    """`http://user:secret@host/mcp` -> `http://***@host/mcp`."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, hostpart = rest.partition("@")
+    if not sep or not at or "/" in userinfo:
+        return url
+    return f"{scheme}://***@{hostpart}"

@@ -1,0 +1,30 @@
+"""Destination: identity, serialization, and descriptions that never show secrets."""
+
+from __future__ import annotations
+
+from oneiric_session.destination import Destination, Tuning
+
+
+def test_key_ignores_tuning_and_follows_the_launch_line() -> None:
+    a = Destination(command="python", args=("-m", "x"), tuning=Tuning(attempts=1))
+    b = Destination(command="python", args=("-m", "x"), tuning=Tuning(attempts=9))
+    c = Destination(command="python", args=("-m", "y"))
+    assert a.key == b.key != c.key
+
+
+def test_json_round_trip_keeps_everything() -> None:
+    d = Destination(
+        transport="http", url="http://127.0.0.1:1/mcp", env=(("A", "1"),), tuning=Tuning(call_seconds=3.5)
+    )
+    back = Destination.from_json(d.to_json())
+    assert back == d and back.tuning == d.tuning
+
+
+def test_describe_hides_url_credentials_and_env() -> None:
+    d = Destination(transport="http", url="http://bob:hunter2@fleet.example:8678/mcp")
+    assert d.describe() == "http http://***@fleet.example:8678/mcp"
+    assert "hunter2" not in d.describe()
+    stdio = Destination(command="sb", args=("--x",), env=(("SESSION_BUDDY_SECRET", "s3cret"),))
+    assert stdio.describe() == "sb --x" and "s3cret" not in stdio.describe()
+    plain = Destination(transport="http", url="http://127.0.0.1:8678/mcp?a=b@c")
+    assert plain.describe() == "http http://127.0.0.1:8678/mcp?a=b@c"
