@@ -6,8 +6,9 @@ shells, and per destination delivers the oldest due row first: a start's answer
 maps the local handle to the server's session id (`Spool.ack_start`), an end is
 sent only once its start is mapped, carrying the server's id. A row leaves the
 spool only after the server answered, so a kill -9 at any moment loses nothing;
-a crash between the answer and the acknowledgement re-sends the row, and the
-server's idempotency on `event_id` keeps that from making a second session.
+a crash between the answer and the acknowledgement re-sends the row. The bundled
+server is idempotent on `event_id`, so that makes no second session; the real
+Session-Buddy 0.23.0 is not (docs/architecture.md).
 
 Transient failures back off (per destination, capped exponential, beyond the
 transport's own retries); refusals become dead letters with the server's message;
