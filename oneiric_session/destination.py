@@ -8,10 +8,11 @@ This module is imported by the shell side: standard library only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Literal
+
+from oneiric_session.digest import sha256_hex
 
 TransportName = Literal["stdio", "http"]
 
@@ -54,7 +55,7 @@ class Destination:
             "cwd": self.cwd,
             "url": self.url,
         }
-        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]
+        return sha256_hex(json.dumps(ident, sort_keys=True).encode())[:16]
 
     def describe(self) -> str:
         """A one-line human description (no environment values, no URL credentials: they are secrets)."""

@@ -9,7 +9,6 @@ The token is never part of an event: the transport adds it at send time.
 from __future__ import annotations
 
 import datetime as _dt
-import getpass
 import itertools
 import json
 import math
@@ -17,7 +16,6 @@ import os
 import re
 import socket
 import sys
-import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -39,15 +37,17 @@ _MAX_USERNAME_CHARS = 100
 _MAX_PATH_CHARS = 500
 _MAX_PID = 4194304
 
+# Patterns are compiled on first use (re caches them): compiling all at import costs ~1 ms of the
+# shell's start-up, and the usual text (printable, plain names) never needs them.
 # ANSI escape sequences (CSI, OSC, and two-byte escapes), removed whole before single controls.
-_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]")
+_ANSI = r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]"
 # Line breaks and tabs become one space, so text stays readable on one log line.
-_BREAKS = re.compile(r"[\t\n\r\v\f\u0085\u2028\u2029]+")
+_BREAKS = r"[\t\n\r\v\f\u0085\u2028\u2029]+"
 # Other C0/C1 controls, DEL, and bidi overrides (they can disguise a log line) are dropped.
-_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROLS = r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]"
 # Any surrogate code point in a str cannot be encoded as UTF-8: replace it.
-_SURROGATES = re.compile(r"[\ud800-\udfff]")
-_COMPONENT_BAD = re.compile(r"[^A-Za-z0-9_-]+")
+_SURROGATES = r"[\ud800-\udfff]"
+_COMPONENT_BAD = r"[^A-Za-z0-9_-]+"
 # Extra characters kept before cleaning, so removed escapes do not shorten the text below its cap.
 _CLEAN_MARGIN = 64
 _ELLIPSIS = "…"
@@ -61,10 +61,12 @@ _NO_ROOM = object()
 def sanitize_text(value: str, max_chars: int) -> str:
     """One safe line: escapes and controls removed, surrogates replaced, at most `max_chars` characters."""
     text = value[: max_chars + _CLEAN_MARGIN]
-    text = _ANSI.sub("", text)
-    text = _BREAKS.sub(" ", text)
-    text = _CONTROLS.sub("", text)
-    text = _SURROGATES.sub("\ufffd", text)
+    # Printable text holds no escape, break, control, bidi override nor surrogate: nothing to remove.
+    if not text.isprintable():
+        text = re.sub(_ANSI, "", text)
+        text = re.sub(_BREAKS, " ", text)
+        text = re.sub(_CONTROLS, "", text)
+        text = re.sub(_SURROGATES, "\ufffd", text)
     if len(text) > max_chars or len(value) > max_chars + _CLEAN_MARGIN:
         text = text[: max(max_chars - 1, 0)] + _ELLIPSIS if max_chars > 0 else ""
     return text
@@ -73,7 +75,10 @@ def sanitize_text(value: str, max_chars: int) -> str:
 def sanitize_component_name(value: object, max_chars: int) -> str:
     """Force a component name into `[A-Za-z0-9_-]+` (what the server's regex accepts), non-empty."""
     raw = value if isinstance(value, str) else str(value)
-    name = _COMPONENT_BAD.sub("_", raw[: max_chars * 4]).strip("_")[:max_chars]
+    name = raw[: max_chars * 4]
+    if not (name.isascii() and name.replace("_", "").replace("-", "").isalnum()):
+        name = re.sub(_COMPONENT_BAD, "_", name)
+    name = name.strip("_")[:max_chars]
     return name or "shell"
 
 
@@ -119,7 +124,7 @@ class _Budget:
             return sanitize_text(bytes(value[: cap * 4]).decode("utf-8", "replace"), cap)
         if isinstance(value, _dt.datetime | _dt.date | _dt.time):
             return value.isoformat()
-        if isinstance(value, os.PathLike | uuid.UUID):
+        if isinstance(value, os.PathLike) or _is_uuid(value):
             return sanitize_text(str(value), cap)
         try:
             text = repr(value)
@@ -213,10 +218,31 @@ def sanitize_metadata(
     return result
 
 
+def _is_uuid(value: Any) -> bool:
+    # A UUID exists only once its module is loaded: the shell does not import it (~2 ms) to ask.
+    uuid = sys.modules.get("uuid")
+    return uuid is not None and isinstance(value, uuid.UUID)
+
+
+def _uuid4() -> str:
+    """A random (version 4) UUID string, as str(uuid.uuid4()) gives."""
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4
+    raw[8] = (raw[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def _username() -> str:
+    # getpass.getuser()'s order, without importing getpass (and termios) into the shell.
+    for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
+        if user := os.environ.get(name):
+            return user
     try:
-        return getpass.getuser()
-    except (OSError, KeyError):  # no login name and no passwd entry (containers)
+        import pwd
+
+        return pwd.getpwuid(os.getuid()).pw_name
+    except (ImportError, OSError, KeyError):  # no passwd entry (containers), or not POSIX
         return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
 
 
@@ -270,7 +296,7 @@ def build_start_event(
     version = sys.version_info
     return {
         "event_version": EVENT_VERSION,
-        "event_id": str(uuid.uuid4()),
+        "event_id": _uuid4(),
         "event_type": "session_start",
         "component_name": sanitize_component_name(component_name, limits.max_component_chars),
         "shell_type": sanitize_text(str(shell_type), limits.max_string_chars) or "unknown",

@@ -19,11 +19,12 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from oneiric_session.config import sources
+from oneiric_session.config import shell_view, sources
 from oneiric_session.errors import ConfigError
 
 if TYPE_CHECKING:
     from oneiric_session.config.loader import LoadedConfig
+    from oneiric_session.config.shell_view import ShellView
     from oneiric_session.tracker import Tracker
 
 DOMAIN = "adapter"
@@ -32,7 +33,7 @@ ENTRY_POINT_GROUP = "oneiric_session.providers"
 
 logger = logging.getLogger("oneiric_session")
 
-Factory = Callable[["LoadedConfig | None"], "Tracker"]
+Factory = Callable[["LoadedConfig | ShellView | None"], "Tracker"]
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,14 @@ class Candidate:
     stack_level: int = 0
     # False: the factory takes None and the shell never imports pydantic for it.
     needs_config: bool = True
+    # True: the factory also takes a `ShellView` (validated settings, cached), so a shell
+    # whose settings did not change since they were last validated never imports pydantic.
+    takes_view: bool = False
     domain: str = DOMAIN
     category: str = CATEGORY
     origin: str = "manual"
 
-    def create(self, config: LoadedConfig | None) -> Tracker:
+    def create(self, config: LoadedConfig | ShellView | None) -> Tracker:
         factory = self.factory
         if isinstance(factory, str):
             module, _, attribute = factory.partition(":")
@@ -85,6 +89,7 @@ BUILTINS = (
         "oneiric_session.providers.session_buddy:create",
         "Spools events on disk; a per-user agent delivers them to a Session-Buddy MCP server.",
         stack_level=10,
+        takes_view=True,
         origin="builtin",
     ),
     Candidate(
@@ -204,16 +209,28 @@ def build_tracker(
     if provider is not None:
         overrides = {**(overrides or {}), "provider": provider}
     env = os.environ if environ is None else environ
+    view, key = shell_view.cached_view(settings_dir, overrides=overrides, environ=env)
+    if view is not None:  # these settings were validated before: no YAML, no pydantic
+        candidate = _resolve(registry, view.provider, view.provider_source)
+        if candidate.takes_view:
+            return candidate.create(view)
     merged = sources.read(settings_dir, overrides=overrides, environ=env)
-    selection, source = merged.selection()
-    registry = registry or default_registry(entry_points=selection not in BUILTIN_NAMES)
-    candidate = registry.resolve(selection, selection_source=source)
-    config = None
-    if candidate.needs_config:
-        from oneiric_session.config.loader import validate  # pydantic: only for providers that need settings
+    candidate = _resolve(registry, *merged.selection())
+    if not candidate.needs_config:
+        return candidate.create(None)
+    from oneiric_session.config.loader import validate  # pydantic: only for providers that need settings
 
-        config = validate(merged, environ=env)
-    return candidate.create(config)
+    config = validate(merged, environ=env)
+    if not candidate.takes_view:
+        return candidate.create(config)
+    view = shell_view.ShellView.from_config(config)
+    shell_view.store(view, key, settings_dir, overrides=overrides, environ=env)
+    return candidate.create(view)
+
+
+def _resolve(registry: Registry | None, selection: str, source: str) -> Candidate:
+    registry = registry or default_registry(entry_points=selection not in BUILTIN_NAMES)
+    return registry.resolve(selection, selection_source=source)
 
 
 def resolve_tracker(

@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import socket
 import stat
-import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from types import MappingProxyType
+from typing import IO, TYPE_CHECKING, Literal, NamedTuple
+
+from oneiric_session.digest import sha256_hex
+
+if TYPE_CHECKING:
+    import subprocess
 
 # The child reads the tokens from this variable and removes it from its environment.
 TOKENS_ENV = "ONEIRIC_SESSION_AGENT_TOKENS"
@@ -69,20 +71,21 @@ def _private_dir(path: Path) -> Path | None:
 
 
 def _runtime_dirs() -> list[Path]:
-    """Candidate private directories for the socket, best first."""
+    """Candidate private directories for the socket, best first: $XDG_RUNTIME_DIR, then the
+    temporary directory as tempfile.gettempdir() looks for it (importing tempfile costs a shell ~1 ms)."""
     dirs = []
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         dirs.append(Path(runtime) / "oneiric-session")
-    dirs.append(Path(tempfile.gettempdir()) / f"oneiric-session-{os.getuid()}")
-    if tempfile.gettempdir() != "/tmp":
-        dirs.append(Path(f"/tmp/oneiric-session-{os.getuid()}"))
+    temporary = [os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP")]
+    for base in dict.fromkeys([*(os.path.abspath(t) for t in temporary if t), "/tmp"]):
+        dirs.append(Path(base) / f"oneiric-session-{os.getuid()}")
     return dirs
 
 
 def socket_path(spool_path: Path) -> Path | None:
     """The agent's socket for this spool, in a private directory; None when no usable one exists."""
-    name = hashlib.sha256(os.path.realpath(spool_path).encode()).hexdigest()[:20] + ".sock"
+    name = sha256_hex(os.path.realpath(spool_path).encode())[:20] + ".sock"
     for candidate in _runtime_dirs():
         if len(os.fsencode(candidate / name)) > _MAX_SOCKET_PATH_BYTES:
             continue
@@ -92,14 +95,19 @@ def socket_path(spool_path: Path) -> Path | None:
     return None
 
 
-@dataclass(frozen=True)
-class Wakeup:
+class Wakeup(NamedTuple):
     """What the datagrams read at once asked for: the newest token per destination key, and
-    whether a foreground `spool replay` wants this agent to step aside."""
+    whether a foreground `spool replay` wants this agent to step aside.
+
+    A NamedTuple, not a dataclass: every shell imports this module, and it costs a fifth to define.
+    """
 
     count: int = 0
-    tokens: dict[str, str] = field(default_factory=dict)
+    tokens: Mapping[str, str] = MappingProxyType({})
     handover: bool = False
+
+    def __repr__(self) -> str:  # the tokens are secrets: only their keys are shown
+        return f"Wakeup(count={self.count}, token_keys={sorted(self.tokens)}, handover={self.handover})"
 
 
 def encode_wakeup(tokens: Mapping[str, str] | None = None, *, handover: bool = False) -> bytes:
@@ -144,6 +152,8 @@ def wake(spool_path: Path, *, tokens: Mapping[str, str] | None = None, handover:
 
 def spawn_agent(spool_path: Path, *, tokens: Mapping[str, str] | None = None) -> bool:
     """Start an agent for this spool, detached; never waits for it. The tokens go in its environment only."""
+    import subprocess  # only when no agent listens: a shell that wakes one never pays for it
+
     for child in list(_spawned):
         if child.poll() is not None:
             _spawned.remove(child)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import stat
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from oneiric_session import paths
 from oneiric_session.config import sources
 from oneiric_session.config.models import SessionBuddySettings
 from oneiric_session.config.redact import redact
+from oneiric_session.config.shell_view import read_token
 from oneiric_session.destination import Destination, Tuning
 from oneiric_session.errors import ConfigError
 from oneiric_session.limits import Limits
@@ -85,26 +85,8 @@ class LoadedConfig:
 
     def token(self) -> str | None:
         """The token from $token_env, else token_file (owner-only). Never log or show it."""
-        value = self.environ.get(self.settings.token_env)
-        if value:
-            return value
-        path = self.settings.token_file
-        if path is None:
-            return None
-        path = path.expanduser()
-        origin = sources.describe(self.source_of("token_file"))
-        try:
-            mode = path.stat().st_mode
-            if mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise ConfigError(
-                    f"token_file {path} must be readable by its owner only (chmod 600), "
-                    f"its mode is {stat.S_IMODE(mode):o}; from {origin}"
-                )
-            return path.read_text(encoding="utf-8").strip() or None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(
-                f"token_file {path}: cannot read it ({type(exc).__name__}); from {origin}"
-            ) from None
+        s = self.settings
+        return read_token(self.environ, s.token_env, s.token_file, self.source_of("token_file"))
 
 
 def load_config(

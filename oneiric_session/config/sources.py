@@ -117,9 +117,9 @@ def resolve_settings_dir(settings_dir: str | os.PathLike[str] | None, environ: M
     return path
 
 
-def _layers(merged: Merged, environ: Mapping[str, str], overrides: Mapping[str, Any]) -> Iterator[Layer]:
-    directory = merged.settings_dir
-    oneiric_files = [directory / "oneiric.yaml", directory / "oneiric.yml", directory / "local.yaml"]
+def oneiric_files(directory: Path, environ: Mapping[str, str]) -> list[Path]:
+    """Oneiric's own settings files, lowest precedence first (each may be absent)."""
+    files = [directory / "oneiric.yaml", directory / "oneiric.yml", directory / "local.yaml"]
     config_file = environ.get(ONEIRIC_CONFIG_ENV)
     if config_file:
         # In Oneiric this variable names one file, never a directory.
@@ -128,13 +128,44 @@ def _layers(merged: Merged, environ: Mapping[str, str], overrides: Mapping[str, 
             raise ConfigError(
                 f"environment variable {ONEIRIC_CONFIG_ENV} names a directory ({path}); it must name a file"
             )
-        oneiric_files.append(path)
-    for path in oneiric_files:
+        files.append(path)
+    return files
+
+
+def adapters_files(directory: Path) -> list[Path]:
+    """This project's settings files, lowest precedence first (each may be absent)."""
+    return [directory / "adapters.yml", directory / "adapters.yaml"]
+
+
+def settings_files(directory: Path, environ: Mapping[str, str]) -> list[Path]:
+    """Every file `read` considers, in its order."""
+    return oneiric_files(directory, environ) + adapters_files(directory)
+
+
+def relevant_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables `read` consults and nothing else (so no token is among them), e.g. for cache keys."""
+    names = {SETTINGS_DIR_ENV, ONEIRIC_CONFIG_ENV, *ONEIRIC_ENV_SETTINGS}
+    return {var: value for var, value in environ.items() if var in names or _setting_parts(var)}
+
+
+def _setting_parts(var: str) -> list[str] | None:
+    """The setting path an ONEIRIC_SESSION_* variable sets, as written; None if it sets none."""
+    if not var.startswith(ENV_PREFIX):
+        return None
+    parts = var[len(ENV_PREFIX) :].split("__")
+    if parts[0].lower() not in SETTING_NAMES or not all(parts):
+        return None
+    return parts
+
+
+def _layers(merged: Merged, environ: Mapping[str, str], overrides: Mapping[str, Any]) -> Iterator[Layer]:
+    directory = merged.settings_dir
+    for path in oneiric_files(directory, environ):
         data = _read_optional(merged, path)
         if data is not None:
             section = _mapping(data.get("adapters"), path, "adapters")
             yield Layer(f"file:{path}", _from_oneiric_section(section, path, "adapters."))
-    for path in (directory / "adapters.yml", directory / "adapters.yaml"):
+    for path in adapters_files(directory):
         data = _read_optional(merged, path)
         if data is not None:
             yield Layer(f"file:{path}", _from_adapters_file(data, path))
@@ -240,10 +271,8 @@ def _env_layers(environ: Mapping[str, str]) -> Iterator[Layer]:
         if environ.get(var):
             yield Layer(f"env:{var}", {name: environ[var]})
     for var in sorted(environ):
-        if not var.startswith(ENV_PREFIX) or not environ[var]:
-            continue
-        parts = var[len(ENV_PREFIX) :].split("__")
-        if parts[0].lower() not in SETTING_NAMES or not all(parts):
+        parts = _setting_parts(var)
+        if parts is None or not environ[var]:
             continue
         # Setting names are case-insensitive; deeper keys (names inside server.env) are kept as written.
         parts = [p.lower() for p in parts[:2]] + parts[2:]

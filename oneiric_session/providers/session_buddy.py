@@ -16,12 +16,12 @@ import os
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from oneiric_session import events, procinfo, wakeup
+from oneiric_session.config.shell_view import ShellView
 from oneiric_session.errors import ConfigError
 from oneiric_session.spool import Spool
 
@@ -49,25 +49,27 @@ class SessionBuddyTracker:
 
     def __init__(
         self,
-        config: LoadedConfig,
+        config: ShellView | LoadedConfig,
         *,
         clock: Callable[[], float] = time.monotonic,
         waker: Waker = wakeup.wake_or_spawn,
     ) -> None:
-        settings = config.settings
-        self._config = config
-        self.destination = config.destination()
-        self.limits = config.limits()
-        self.spool_path = Path(config.spool_path())
-        self.exit_wait_seconds = float(settings.exit_wait_seconds)
-        self._report_cwd = settings.report_cwd
-        if self._report_cwd is None and settings.transport == "http":
+        view = config if isinstance(config, ShellView) else ShellView.from_config(config)
+        self._view = view
+        self.destination = view.destination
+        self.limits = view.limits
+        self.spool_path = Path(view.spool_path)
+        self.exit_wait_seconds = view.exit_wait_seconds
+        self._report_cwd = view.report_cwd
+        if self._report_cwd is None and view.transport == "http":
             self._report_cwd = HTTP_REPORT_CWD
         self._spool = Spool(
             self.spool_path,
-            max_rows=settings.spool.max_rows,
-            max_bytes=settings.spool.max_bytes,
-            max_age_seconds=settings.spool.max_age_days * 86400.0,
+            max_rows=view.spool_max_rows,
+            max_bytes=view.spool_max_bytes,
+            max_age_seconds=view.spool_max_age_seconds,
+            # The agent holds the spool open and checkpoints it: a shell's exit never waits for that.
+            checkpoint_on_close=False,
         )
         self._clock = clock
         self._waker = waker
@@ -91,7 +93,7 @@ class SessionBuddyTracker:
                 limits=self.limits,
                 report_cwd=self._report_cwd,
             )
-            handle = HANDLE_PREFIX + uuid.uuid4().hex
+            handle = HANDLE_PREFIX + os.urandom(16).hex()  # random like uuid4().hex; `uuid` costs ~2 ms
             me = procinfo.identify()
             started = self._clock()
             self._spool.append_start(
@@ -185,7 +187,7 @@ class SessionBuddyTracker:
 
     def _token(self) -> str | None:
         try:
-            return self._config.token()
+            return self._view.token()
         except ConfigError as exc:
             if not self._token_warned:
                 self._token_warned = True
@@ -204,10 +206,10 @@ class SessionBuddyTracker:
         logger.warning("oneiric-session: %s not recorded: %s", what, exc)
 
 
-def create(config: LoadedConfig | None) -> SessionBuddyTracker:
-    """The registry's factory for `session-buddy` (the config is always loaded for this provider)."""
+def create(config: ShellView | LoadedConfig | None) -> SessionBuddyTracker:
+    """The registry's factory for `session-buddy`: the validated settings, cached (`ShellView`) or not."""
     if config is None:
-        from oneiric_session.config import load_config
+        from oneiric_session.config.shell_view import load_shell_view
 
-        config = load_config()
+        config = load_shell_view()
     return SessionBuddyTracker(config)

@@ -1,0 +1,338 @@
+"""What the shell side needs from the settings, cached once validated (standard library only on a hit).
+
+Validating the settings imports pydantic and pydantic-settings (~140 ms), far over
+the shell's start-up budget (issue 5: +5 ms). So the shell asks `cached_view()`
+first: its key is a SHA-256 over everything the loader would read (the bytes of
+every settings file it considers, the variables it reads, the overrides), plus
+what derived values depend on (HOME, XDG_STATE_HOME for the default spool path,
+the interpreter for the bundled server's launch line) and the code that
+validates (package version and the loader's source files). A hit is a small
+JSON file; a miss runs the full `load_config` and `store()` writes the result,
+so every value is validated by the pydantic models once per change of any of
+these. Errors are not cached: a broken configuration is validated (and
+reported) on every start until it is fixed.
+
+Entries live in `<state dir>/config-cache/`, owner-only, written atomically;
+at most `MAX_ENTRIES` are kept. A corrupt or foreign entry is ignored (and
+replaced by the next store). The token is never part of an entry or its key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import stat
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import oneiric_session
+from oneiric_session.config import sources
+from oneiric_session.digest import sha256_hex
+from oneiric_session.errors import ConfigError
+
+if TYPE_CHECKING:
+    from oneiric_session.config.loader import LoadedConfig
+    from oneiric_session.destination import Destination
+    from oneiric_session.limits import Limits
+
+__all__ = [
+    "CACHE_DIR_NAME",
+    "MAX_ENTRIES",
+    "ShellView",
+    "cache_dir",
+    "cached_view",
+    "load_shell_view",
+    "read_token",
+    "store",
+]
+
+CACHE_DIR_NAME = "config-cache"
+# Bumped when the entry's shape changes (old entries then never match).
+CACHE_FORMAT = 1
+# Distinct configurations remembered (settings dirs x environments); the oldest go first.
+MAX_ENTRIES = 16
+# Variables read outside the settings layers: `~` expansion and the default spool path.
+_DERIVED_ENV = ("HOME", "XDG_STATE_HOME")
+# The code that turns settings into a view: editing it (an editable install) invalidates entries.
+_PACKAGE_DIR = Path(__file__).parent.parent
+_CODE_FILES = (
+    "config/models.py",
+    "config/loader.py",
+    "config/sources.py",
+    "config/shell_view.py",
+    "destination.py",
+    "limits.py",
+    "paths.py",
+)
+
+
+class ShellView(NamedTuple):
+    """The validated settings the shell-side tracker uses (a NamedTuple: ~0.2 ms to define, not ~0.9)."""
+
+    provider: str
+    provider_source: str
+    destination: Destination
+    limits: Limits
+    spool_path: Path
+    spool_max_rows: int
+    spool_max_bytes: int
+    spool_max_age_seconds: float
+    exit_wait_seconds: float
+    transport: str
+    report_cwd: str | None
+    token_env: str
+    token_file: Path | None
+    token_file_source: str
+    # Where the token variable is read at send time; never stored, never shown.
+    environ: Mapping[str, str] = os.environ
+
+    def __repr__(self) -> str:
+        return f"ShellView(provider={self.provider!r}, destination={self.destination.describe()!r})"
+
+    @classmethod
+    def from_config(cls, config: LoadedConfig) -> ShellView:
+        s = config.settings
+        return cls(
+            provider=s.provider.strip(),  # as the registry selects it
+            provider_source=config.source_of("provider"),
+            destination=config.destination(),
+            limits=config.limits(),
+            spool_path=Path(config.spool_path()),
+            spool_max_rows=s.spool.max_rows,
+            spool_max_bytes=s.spool.max_bytes,
+            spool_max_age_seconds=s.spool.max_age_days * 86400.0,
+            exit_wait_seconds=float(s.exit_wait_seconds),
+            transport=s.transport,
+            report_cwd=s.report_cwd,
+            token_env=s.token_env,
+            token_file=s.token_file,
+            token_file_source=config.source_of("token_file"),
+            environ=config.environ,
+        )
+
+    def token(self) -> str | None:
+        """The token from $token_env, else token_file (owner-only). Never log or show it."""
+        return read_token(self.environ, self.token_env, self.token_file, self.token_file_source)
+
+    def to_json(self) -> dict[str, Any]:
+        data = self._asdict()
+        del data["environ"]
+        data["destination"] = json.loads(self.destination.to_json())
+        data["limits"] = dataclasses.asdict(self.limits)
+        data["spool_path"] = str(self.spool_path)
+        data["token_file"] = None if self.token_file is None else str(self.token_file)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], environ: Mapping[str, str]) -> ShellView:
+        # Imported here: a shell whose provider needs no settings (noop) never loads them.
+        from oneiric_session.destination import Destination
+        from oneiric_session.limits import Limits
+
+        fields = dict(data)
+        fields["destination"] = Destination.from_json(json.dumps(fields["destination"]))
+        fields["limits"] = Limits(**fields["limits"])
+        fields["spool_path"] = Path(fields["spool_path"])
+        fields["token_file"] = None if fields["token_file"] is None else Path(fields["token_file"])
+        return cls(**fields, environ=environ)
+
+
+def read_token(
+    environ: Mapping[str, str], token_env: str, token_file: Path | None, token_file_source: str
+) -> str | None:
+    """The token from the variable `token_env`, else `token_file` (mode 0600); ConfigError if unreadable."""
+    value = environ.get(token_env)
+    if value:
+        return value
+    if token_file is None:
+        return None
+    path = token_file.expanduser()
+    origin = sources.describe(token_file_source)
+    try:
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"token_file {path} must be readable by its owner only (chmod 600), "
+                f"its mode is {stat.S_IMODE(mode):o}; from {origin}"
+            )
+        return path.read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = type(exc).__name__
+        raise ConfigError(f"token_file {path}: cannot read it ({reason}); from {origin}") from None
+
+
+def load_shell_view(
+    settings_dir: str | os.PathLike[str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> ShellView:
+    """The view from the cache, else from a full validation (then cached). Raises ConfigError."""
+    env = os.environ if environ is None else environ
+    key = cache_key(settings_dir, overrides=overrides, environ=env)
+    view = _read_entry(key, env) if key is not None else None
+    if view is not None:
+        return view
+    from oneiric_session.config.loader import load_config
+
+    view = ShellView.from_config(load_config(settings_dir, overrides=overrides, environ=env))
+    store(view, key, settings_dir, overrides=overrides, environ=env)
+    return view
+
+
+def cached_view(
+    settings_dir: str | os.PathLike[str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[ShellView | None, str | None]:
+    """(the cached view or None, the key to store under or None when this configuration cannot be cached)."""
+    env = os.environ if environ is None else environ
+    key = cache_key(settings_dir, overrides=overrides, environ=env)
+    return (_read_entry(key, env) if key is not None else None), key
+
+
+def store(
+    view: ShellView,
+    key: str | None,
+    settings_dir: str | os.PathLike[str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    """Remember `view` under `key`, unless the inputs changed while it was validated. Never raises."""
+    if key is None:
+        return
+    env = os.environ if environ is None else environ
+    if cache_key(settings_dir, overrides=overrides, environ=env) != key:
+        return  # a file or variable changed during validation: the view may be of neither version
+    # The cache is an optimisation: when it cannot be written, the next start validates again.
+    with contextlib.suppress(OSError, TypeError, ValueError):
+        _write_entry(key, view)
+
+
+def cache_dir() -> Path:
+    """`<state dir>/config-cache`. On Linux computed as platformdirs does (importing it costs ~2 ms)."""
+    if sys.platform.startswith("linux"):
+        base = os.environ.get("XDG_STATE_HOME", "")
+        if not os.path.isabs(base):
+            home = os.environ.get("HOME", "")
+            base = os.path.join(home, ".local", "state") if os.path.isabs(home) else ""
+        if base:
+            return Path(base) / "oneiric-session" / CACHE_DIR_NAME
+    from oneiric_session import paths
+
+    return paths.state_dir() / CACHE_DIR_NAME
+
+
+def cache_key(
+    settings_dir: str | os.PathLike[str] | None,
+    *,
+    overrides: Mapping[str, Any] | None,
+    environ: Mapping[str, str],
+) -> str | None:
+    """SHA-256 over everything the view depends on; None when it cannot be known (never cached)."""
+    try:
+        directory = sources.resolve_settings_dir(settings_dir, environ)
+        files = sources.settings_files(directory, environ)
+        parts: list[Any] = [
+            CACHE_FORMAT,
+            oneiric_session.__version__,
+            sys.executable,
+            os.getuid() if hasattr(os, "getuid") else None,
+            str(directory),
+            [_code_stamp(name) for name in _CODE_FILES],
+            [[str(path), _file_digest(path)] for path in files],
+            sorted(sources.relevant_environ(environ).items()),
+            [[name, os.environ.get(name)] for name in _DERIVED_ENV],
+            sorted((str(k), v) for k, v in (overrides or {}).items()),
+        ]
+        material = json.dumps(parts, default=repr, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    except (ConfigError, OSError, TypeError, ValueError):
+        return None
+    return sha256_hex(material)
+
+
+def _code_stamp(name: str) -> list[int]:
+    st = os.stat(_PACKAGE_DIR / name)
+    return [st.st_mtime_ns, st.st_size]
+
+
+def _file_digest(path: Path) -> str | None:
+    """The SHA-256 of the file's bytes, or None when it is absent."""
+    try:
+        with open(path, "rb") as file:
+            return sha256_hex(file.read())
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except IsADirectoryError:
+        raise ValueError(f"{path} is a directory") from None  # the loader reports it: never cached
+
+
+def _entry_path(key: str) -> Path:
+    return cache_dir() / f"{key}.json"
+
+
+def _read_entry(key: str, environ: Mapping[str, str]) -> ShellView | None:
+    path = _entry_path(key)
+    try:
+        with open(path, "rb") as file:
+            # An entry names the server command the agent runs: trust only our own, in our own directory.
+            if not (_ours(os.fstat(file.fileno())) and _ours(os.stat(path.parent))):
+                return None
+            entry = json.loads(file.read())
+        if entry.get("format") != CACHE_FORMAT or entry.get("key") != key:
+            return None
+        return ShellView.from_json(entry["view"], environ)
+    except Exception:  # absent, unreadable, corrupt or foreign: validate again
+        return None
+
+
+def _ours(st: os.stat_result) -> bool:
+    """Owned by this user and writable by nobody else."""
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def _write_entry(key: str, view: ShellView) -> None:
+    directory = cache_dir()
+    missing = []
+    parent = directory
+    while not parent.is_dir() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    for path in reversed(missing):  # each private (0700) whatever the umask says, as the spool's are
+        with contextlib.suppress(FileExistsError):
+            path.mkdir(mode=0o700)
+            path.chmod(0o700)
+    text = json.dumps({"format": CACHE_FORMAT, "key": key, "view": view.to_json()}, sort_keys=True)
+    target = directory / f"{key}.json"
+    temporary = directory / f".{key}.{os.getpid()}.tmp"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with open(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    _prune(directory, keep=target)
+
+
+def _prune(directory: Path, *, keep: Path) -> None:
+    """Keep the newest MAX_ENTRIES entries; drop temporary files a crashed writer left (a minute old)."""
+    try:
+        found = [(entry.stat().st_mtime, entry) for entry in directory.iterdir()]
+    except OSError:
+        return
+    entries = sorted(item for item in found if item[1].suffix == ".json")
+    stale = [entry for mtime, entry in found if entry.suffix == ".tmp" and mtime < time.time() - 60]
+    for entry in [entry for _, entry in entries[: max(0, len(entries) - MAX_ENTRIES)]] + stale:
+        if entry != keep:
+            with contextlib.suppress(OSError):
+                entry.unlink()
