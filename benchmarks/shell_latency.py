@@ -13,7 +13,7 @@ all of them alike. Each has its own state directory, so its own spool and delive
 - missing  session-buddy, a server command that does not exist.
 A scenario is a name and a function that returns environment variables: add one to SCENARIOS.
 Targets (issue 5): at most +5 ms to the first prompt and +10 ms to exit, vs noop.
-Agents left behind exit after their idle time (set short here).
+Agents still running at the end are stopped (SIGTERM) before their directories go.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from common import reap  # also puts tests/ on the path, for support.*
 from support.pty_driver import PtyProcess
 
 PROMPT = {"stdlib": r">>> ", "ipython": r"In \[1\]: "}
@@ -107,6 +107,30 @@ def one_run(argv: list[str], env: dict[str, str], cwd: Path, prompt: str) -> tup
     return to_prompt, to_exit
 
 
+def measure(
+    names: list[str], *, runs: int, warmup: int, repl: str, root: Path
+) -> dict[str, dict[str, list[float]]]:
+    """Interleaved runs of each scenario (homes under `root`): name -> {"prompt": [ms], "exit": [ms]}.
+
+    Sample i of every scenario comes from the same round, so samples pair up for differences.
+    """
+    argv = [sys.executable, "-m", "oneiric_session", "shell", "--repl", repl]
+    prompt = PROMPT[repl]
+    results: dict[str, dict[str, list[float]]] = {n: {"prompt": [], "exit": []} for n in names}
+    envs = {}
+    for name in names:
+        home = root / name
+        home.mkdir()
+        envs[name] = environment(home, SCENARIOS[name](home))
+    for run in range(warmup + runs):
+        for name in names:
+            to_prompt, to_exit = one_run(argv, envs[name], root, prompt)
+            if run >= warmup:
+                results[name]["prompt"].append(to_prompt * 1000)
+                results[name]["exit"].append(to_exit * 1000)
+    return results
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15, help="runs per scenario (default 15)")
@@ -120,21 +144,11 @@ def main() -> int:
     if unknown or "noop" not in names:
         parser.error(f"scenarios must include noop and come from {sorted(SCENARIOS)}; unknown: {unknown}")
 
-    argv = [sys.executable, "-m", "oneiric_session", "shell", "--repl", args.repl]
-    prompt = PROMPT[args.repl]
-    results: dict[str, dict[str, list[float]]] = {n: {"prompt": [], "exit": []} for n in names}
     with tempfile.TemporaryDirectory(prefix="shell-latency-") as tmp:
-        envs = {}
-        for name in names:
-            home = Path(tmp) / name
-            home.mkdir()
-            envs[name] = environment(home, SCENARIOS[name](home))
-        for run in range(args.warmup + args.runs):
-            for name in names:
-                to_prompt, to_exit = one_run(argv, envs[name], Path(tmp), prompt)
-                if run >= args.warmup:
-                    results[name]["prompt"].append(to_prompt * 1000)
-                    results[name]["exit"].append(to_exit * 1000)
+        try:
+            results = measure(names, runs=args.runs, warmup=args.warmup, repl=args.repl, root=Path(tmp))
+        finally:
+            reap(Path(tmp))  # the agents (and their servers) still running, before their files go
 
     summary = {
         name: {kind: round(statistics.median(values), 2) for kind, values in r.items()}

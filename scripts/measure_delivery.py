@@ -20,6 +20,11 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from oneiric_session.spool import Spool
+    from oneiric_session.tracker import Tracker
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -29,6 +34,40 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _ms(values: list[float]) -> str:
     return f"median {statistics.median(values) * 1000:.2f} ms, p99 {_percentile(values, 0.99) * 1000:.2f} ms"
+
+
+def delivered(spool: Spool, handle: str) -> bool:
+    """True once the agent mapped `handle` to the server's session id (right after the answer)."""
+    return any(s.handle == handle and s.server_session_id for s in spool.open_sessions())
+
+
+def append_to_answer(
+    tracker: Tracker, spool: Spool, component: str = "measure", poll_seconds: float = 0.0002
+) -> float:
+    """Seconds from just before `start()` to the server's answer being acknowledged in the spool."""
+    began = time.perf_counter()
+    handle = tracker.start(component_name=component, shell_type="MeasureShell")
+    assert handle is not None
+    while not delivered(spool, handle):
+        time.sleep(poll_seconds)
+        if time.perf_counter() - began > 60:
+            raise SystemExit("no delivery within 60 s")
+    took = time.perf_counter() - began
+    tracker.end(handle)
+    return took
+
+
+def call_costs(tracker: Tracker, calls: int, component: str = "measure") -> tuple[list[float], list[float]]:
+    """Seconds each `start()` and each `end()` takes in the calling (shell) process."""
+    starts, ends = [], []
+    for _ in range(calls):
+        began = time.perf_counter()
+        handle = tracker.start(component_name=component, shell_type="MeasureShell")
+        starts.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        tracker.end(handle or "")
+        ends.append(time.perf_counter() - began)
+    return starts, ends
 
 
 def main() -> int:
@@ -60,31 +99,9 @@ def main() -> int:
     tracker = resolve_tracker()
     spool = Spool(root / "state" / "spool.sqlite3")
 
-    def delivered(handle: str) -> bool:
-        return any(s.handle == handle and s.server_session_id for s in spool.open_sessions())
-
-    def latency() -> float:
-        began = time.perf_counter()
-        handle = tracker.start(component_name="measure", shell_type="MeasureShell")
-        assert handle is not None
-        while not delivered(handle):
-            time.sleep(0.0002)
-            if time.perf_counter() - began > 60:
-                raise SystemExit("no delivery within 60 s")
-        took = time.perf_counter() - began
-        tracker.end(handle)
-        return took
-
-    cold = latency()
-    warm = [latency() for _ in range(args.warm)]
-    starts, ends = [], []
-    for _ in range(args.calls):
-        began = time.perf_counter()
-        handle = tracker.start(component_name="measure", shell_type="MeasureShell")
-        starts.append(time.perf_counter() - began)
-        began = time.perf_counter()
-        tracker.end(handle or "")
-        ends.append(time.perf_counter() - began)
+    cold = append_to_answer(tracker, spool)
+    warm = [append_to_answer(tracker, spool) for _ in range(args.warm)]
+    starts, ends = call_costs(tracker, args.calls)
     print(f"cold append-to-answer: {cold * 1000:.0f} ms (agent spawn + server start + handshake + call)")
     print(f"warm append-to-answer ({args.warm}): {_ms(warm)}")
     print(f"start() in the shell ({args.calls}): {_ms(starts)}")
