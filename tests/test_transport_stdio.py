@@ -168,6 +168,18 @@ async def test_crash_mid_session_reconnects_on_the_next_attempt(tmp_path: Path) 
     assert len(server_pids(tmp_path)) == 2
 
 
+async def test_server_stderr_never_repeats_the_token(tmp_path: Path) -> None:
+    """A server that echoes the token on stderr and dies: the error quotes its stderr, minus the token."""
+    token = "SECRET-TOKEN-abc123"
+    destination = fault_destination(tmp_path, "echo_token")
+    async with SessionBuddyClient(destination, token=lambda: token, sleep=no_sleep) as client:
+        with pytest.raises(ServerUnavailableError) as info:
+            await client.start_session(start_event())
+    message = str(info.value)
+    assert "auth check token=[token]" in message
+    assert token not in message
+
+
 async def test_dead_server_is_noticed_before_the_next_call(tmp_path: Path) -> None:
     """A server killed between calls is replaced without spending an attempt (attempts=1)."""
     async with SessionBuddyClient(fault_destination(tmp_path)) as client:

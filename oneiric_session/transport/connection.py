@@ -68,6 +68,9 @@ class Connection:
         self._owner: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self.session_lost = False  # the HTTP server forgot this session: a new one is needed
+        # Tokens sent on this connection: scrubbed from every server-supplied text we repeat
+        # (a server may echo one on stderr). Memory only.
+        self._tokens: set[str] = set()
 
     @property
     def alive(self) -> bool:
@@ -137,6 +140,8 @@ class Connection:
 
     async def call(self, tool: str, arguments: dict[str, Any], *, token: str | None = None) -> Any:
         """One `tools/call`; returns the CallToolResult. Raises DeliveryError types only."""
+        if token:
+            self._tokens.add(token)
         if self._client is None or not self.alive:
             raise ServerUnavailableError(f"connection to the server is closed{self._tail()}")
         params = mcp_types.CallToolRequestParams(name=tool, arguments=arguments)
@@ -150,7 +155,7 @@ class Connection:
         except TimeoutError as exc:
             raise DeliveryTimeoutError(f"{tool}: no answer within {seconds:g} s{self._tail()}") from exc
         except Exception as exc:
-            raise self._map(exc, tool, token) from exc
+            raise self._map(exc, tool) from exc
 
     async def close(self, *, abort: bool = False) -> None:
         """End the session; `abort` kills a stdio server at once instead of giving it the grace."""
@@ -180,16 +185,22 @@ class Connection:
             parts.append(f"server exited with status {self._server.returncode}")
         tail = self._server.stderr_tail()
         if tail:
-            parts.append(f"stderr: {tail}")
+            parts.append(f"stderr: {self._scrub(tail)}")
         return f" ({'; '.join(parts)})" if parts else ""
 
-    def _map(self, exc: BaseException, doing: str, token: str | None = None) -> DeliveryError:
+    def _scrub(self, text: str) -> str:
+        """Server-supplied text made safe to repeat: one line, capped, no token sent on this connection."""
+        for token in self._tokens:
+            text = text.replace(token, "[token]")
+        return server_text(text)
+
+    def _map(self, exc: BaseException, doing: str) -> DeliveryError:
         """Translate a foreign error into the project's tree (never with the token in the message)."""
         exc = _leaf(exc)
         if isinstance(exc, DeliveryError):
             return exc
         if isinstance(exc, MCPError):
-            message = server_text(exc.message, token)
+            message = self._scrub(exc.message)
             if exc.code == mcp_types.REQUEST_TIMEOUT:
                 return DeliveryTimeoutError(f"{doing}: {message}{self._tail()}")
             if exc.code == mcp_types.CONNECTION_CLOSED:
@@ -207,7 +218,7 @@ class Connection:
         if isinstance(exc, httpx2.TimeoutException):
             return DeliveryTimeoutError(f"{doing}: HTTP timeout: {type(exc).__name__}")
         if isinstance(exc, httpx2.HTTPError | OSError):
-            detail = server_text(str(exc) or type(exc).__name__)
+            detail = self._scrub(str(exc) or type(exc).__name__)
             return ServerUnavailableError(f"{doing}: {detail}{self._tail()}")
         if isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError | anyio.EndOfStream):
             return ServerUnavailableError(f"{doing}: the connection broke{self._tail()}")

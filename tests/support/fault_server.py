@@ -19,6 +19,7 @@ FAULT_MODE: comma-separated faults, any of
   json_text         answer only as JSON text (no structuredContent)
   bare_id           answer a start with the bare session id as text
   not_found         answer an end with status "not_found"
+  echo_token        on a tool call, print the call's token on stderr and exit (status 5)
   linger            ignore SIGTERM and keep running after stdin closes (only SIGKILL ends it)
 FAULT_REFUSE_FILE: while this file exists, behave as `refuse_start` (lets a test heal a server).
 FAULT_RECORD: a file that gets one JSON line per received request (tool calls recorded by the tools)
@@ -150,6 +151,9 @@ def build_server() -> MCPServer:
         token: str | None = None,
     ) -> types.CallToolResult:
         record_call("track_session_start", locals())
+        if "echo_token" in MODES:
+            print(f"auth check token={token}", file=sys.stderr, flush=True)
+            os._exit(5)
         digits = "".join(ch for ch in (timestamp or "")[:19] if ch.isdigit())
         session_id = f"{component_name}-{digits[:8]}-{digits[8:14]}"
         return await answer(
