@@ -27,7 +27,7 @@ def test_events_spooled_under_a_broken_server_arrive_once_after_replay(scene: Sc
     assert len(set(handles)) == 4
 
     listing = scene.run("spool", "list", "--json")
-    assert listing.returncode == 0, listing.stderr
+    assert listing.returncode == 1, listing.stderr  # 1: events remain
     report = json.loads(listing.stdout)
     assert len(report["pending"]) == 8
     assert {r["handle"] for r in report["pending"]} == set(handles)
@@ -67,8 +67,9 @@ def test_refusals_are_listed_as_dead_letters_and_replay_retries_them_on_request(
     assert reasons["start"][0] == "rejected"
     assert "Path does not exist" in reasons["start"][1]
     assert reasons["end"][0] == "start refused"
-    text = scene.run("spool", "list").stdout
-    assert "0 waiting, 2 dead letter(s)" in text and "Path does not exist" in text
+    listed = scene.run("spool", "list")
+    assert listed.returncode == 1
+    assert "0 waiting, 2 dead letter(s)" in listed.stdout and "Path does not exist" in listed.stdout
 
     plain = scene.run("spool", "replay", "--json")
     assert (plain.returncode, json.loads(plain.stdout)["delivered"]) == (0, 0)

@@ -9,15 +9,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
 
-from oneiric_session.errors import ConfigError
+from oneiric_session.errors import ConfigError, OneiricSessionError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+
+
+_SETTINGS_HELP = "settings directory (default: $ONEIRIC_SESSION_SETTINGS_DIR, else ./settings)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,19 +29,26 @@ def build_parser() -> argparse.ArgumentParser:
         prog="oneiric-session",
         description="Session-Buddy session tracking for Oneiric admin shells.",
     )
-    parser.add_argument(
-        "--settings",
-        metavar="DIR",
-        default=None,
-        help="settings directory (default: $ONEIRIC_SESSION_SETTINGS_DIR, else ./settings)",
-    )
+    parser.add_argument("--settings", metavar="DIR", default=None, help=_SETTINGS_HELP)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if module_info.name.startswith("_"):
             continue
         module = importlib.import_module(f"{__name__}.{module_info.name}")
         module.register(subparsers)
+    _accept_settings_anywhere(subparsers)
     return parser
+
+
+def _accept_settings_anywhere(subparsers: argparse._SubParsersAction) -> None:
+    """`--settings DIR` also after a (sub-)command: `spool replay --settings DIR`, as users write it."""
+    for command in subparsers.choices.values():
+        if not any("--settings" in action.option_strings for action in command._actions):
+            # SUPPRESS: absent here, the value given before the command (or None) stays.
+            command.add_argument("--settings", metavar="DIR", default=argparse.SUPPRESS, help=_SETTINGS_HELP)
+        for action in command._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _accept_settings_anywhere(action)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -51,5 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"oneiric-session: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except OneiricSessionError as exc:  # e.g. a spool that cannot be opened: one line, no traceback
+        print(f"oneiric-session: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # `oneiric-session status | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED

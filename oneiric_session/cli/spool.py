@@ -76,9 +76,11 @@ def run_list(args: argparse.Namespace) -> int:
             report["pending"] = [_row(e, now) for e in spool.list_pending()]
             report["dead"] = [_row(e, now) for e in spool.list_dead()]
             report["drops"] = spool.stats().drops
+    # CONTRACT.md: 0 when nothing remains, 1 if some events wait or are dead letters (scriptable).
+    status = 1 if report["pending"] or report["dead"] else 0
     if args.json:
         print(json.dumps(report, indent=2, ensure_ascii=False))
-        return 0
+        return status
     print(f"spool {path}: {len(report['pending'])} waiting, {len(report['dead'])} dead letter(s)")
     for row in report["pending"]:
         error = f"  last error: {row['last_error']}" if row["last_error"] else ""
@@ -90,7 +92,7 @@ def run_list(args: argparse.Namespace) -> int:
         print(f"  dead    {row['kind']:5} {row['handle']} ({row['dead_category']}): {row['dead_reason']}")
     for reason, count in sorted(report["drops"].items()):
         print(f"  dropped {count} ({reason})")
-    return 0
+    return status
 
 
 def _take_lock(path: Path, tokens: dict[str, str] | None) -> Any:
