@@ -41,6 +41,7 @@ class ExitSignals:
         self._previous_wakeup_fd = -1
 
     def install(self) -> None:
+        self._handled = False  # the instance may be installed again (a second shell on one object)
         for signum in REASONS:
             try:
                 previous = signal.getsignal(signum)

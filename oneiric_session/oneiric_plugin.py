@@ -43,13 +43,17 @@ def create_session_buddy() -> Tracker:
 
 
 def create_noop() -> Tracker:
-    """Oneiric's factory for `noop`: tracking off."""
-    return _build("noop")
+    """Oneiric's factory for `noop`: tracking off. Reads no settings, so a broken file cannot stop it."""
+    from oneiric_session.providers.noop import create
+
+    return create()
 
 
 def create_memory() -> Tracker:
-    """Oneiric's factory for `memory`: sessions recorded in this process, for tests."""
-    return _build("memory")
+    """Oneiric's factory for `memory`: sessions recorded in this process, for tests. Reads no settings."""
+    from oneiric_session.providers.memory import create
+
+    return create()
 
 
 # provider, factory, stack_level (higher wins when nothing is selected, as in our resolver).

@@ -182,6 +182,16 @@ def test_factories_build_the_provider_oneiric_chose_over_our_selection(settings_
     assert isinstance(oneiric_plugin.create_noop(), NoopTracker)
 
 
+def test_noop_and_memory_factories_survive_a_broken_settings_file(settings_dir: Path) -> None:
+    # Turning tracking off must work even when our settings file is what is broken.
+    settings_dir.mkdir(parents=True)
+    (settings_dir / "adapters.yml").write_text("adapters: [unclosed\n")
+    with pytest.raises(ConfigError):
+        oneiric_plugin.create_session_buddy()
+    assert isinstance(oneiric_plugin.create_noop(), NoopTracker)
+    assert isinstance(oneiric_plugin.create_memory(), MemoryTracker)
+
+
 def test_session_buddy_factory_reads_settings_dir_from_environment(
     settings_dir: Path, tmp_path: Path
 ) -> None:
