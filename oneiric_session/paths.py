@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import platformdirs
@@ -24,7 +25,7 @@ def default_spool_path() -> Path:
     return state_dir() / "spool.sqlite3"
 
 
-def default_server_db_path() -> Path:
+def default_server_db_path(environ: Mapping[str, str] | None = None) -> Path:
     """The bundled server's database: `$ONEIRIC_SESSION_DB`, else under the XDG data dir."""
-    env = os.environ.get("ONEIRIC_SESSION_DB")
-    return Path(env) if env else data_dir() / "sessions.sqlite3"
+    env = (os.environ if environ is None else environ).get("ONEIRIC_SESSION_DB")
+    return Path(env).expanduser() if env else data_dir() / "sessions.sqlite3"

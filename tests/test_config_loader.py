@@ -44,7 +44,7 @@ RANGES = [
     ("limits.max_string_chars", 1024, 16, 65536, False),
     ("limits.max_metadata_bytes", 16384, 256, 1048576, False),
     ("limits.max_metadata_depth", 8, 1, 64, False),
-    ("limits.max_component_chars", 64, 1, 255, False),
+    ("limits.max_component_chars", 64, 1, 64, False),
 ]
 
 
@@ -123,10 +123,24 @@ def test_example_settings_file_loads(tmp_path: Path) -> None:
 
 
 def test_destination_defaults_to_the_bundled_server(tmp_path: Path) -> None:
-    destination = load(tmp_path).destination()
+    destination = load(tmp_path, {"ONEIRIC_SESSION_DB": str(tmp_path / "s.sqlite3")}).destination()
     assert (destination.transport, destination.command) == ("stdio", sys.executable)
-    assert destination.args == ("-m", "oneiric_session", "serve")
+    assert destination.args == ("-m", "oneiric_session", "serve", "--db", str(tmp_path / "s.sqlite3"))
     assert destination.tuning == Tuning()
+
+
+def test_bundled_server_database_is_part_of_the_destination(tmp_path: Path) -> None:
+    """Shells with different ONEIRIC_SESSION_DB are different destinations (never one shared server)."""
+    one = load(tmp_path, {"ONEIRIC_SESSION_DB": str(tmp_path / "one.sqlite3")}).destination()
+    two = load(tmp_path, {"ONEIRIC_SESSION_DB": str(tmp_path / "two.sqlite3")}).destination()
+    assert one.key != two.key and one.args[-1] == str(tmp_path / "one.sqlite3")
+
+
+def test_explicit_session_buddy_path_outranks_a_configured_command(tmp_path: Path) -> None:
+    env = {"ONEIRIC_SESSION_SERVER__COMMAND": "sb-serve"}
+    assert load(tmp_path, env).destination().command == "sb-serve"
+    explicit = load(tmp_path, env, session_buddy_path="/opt/sb").destination()
+    assert (explicit.command, explicit.args[:2]) == ("uv", ("--directory", "/opt/sb"))
 
 
 def test_destination_from_session_buddy_path(tmp_path: Path) -> None:

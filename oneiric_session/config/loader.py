@@ -61,13 +61,20 @@ class LoadedConfig:
         )
         if s.transport == "http":
             return Destination(transport="http", url=s.url, tuning=tuning)
-        if s.server.command:
+        # An explicit session_buddy_path argument (the emitter's) outranks a configured command.
+        path_is_explicit = (
+            self.source_of("session_buddy_path") == "argument" != self.source_of("server.command")
+        )
+        if s.server.command and not (s.session_buddy_path and path_is_explicit):
             command, args = s.server.command, tuple(s.server.args)
         elif s.session_buddy_path:
             path = str(Path(s.session_buddy_path).expanduser())
             command, args = "uv", ("--directory", path, "run", "python", "-c", SESSION_BUDDY_STDIO_CODE)
         else:  # the bundled compatible server, so a fresh machine works with no configuration
-            command, args = sys.executable, ("-m", "oneiric_session", "serve")
+            # Its database is resolved here, from the shell's environment, so that it is part of
+            # the destination: the agent (spawned by whichever shell came first) never guesses it.
+            db = paths.default_server_db_path(self.environ)
+            command, args = sys.executable, ("-m", "oneiric_session", "serve", "--db", str(db))
         return Destination(
             command=command,
             args=args,

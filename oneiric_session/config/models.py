@@ -106,7 +106,7 @@ class LimitSettings(_Section):
         Limits.max_metadata_depth, ge=1, le=64, description="Deepest metadata nesting."
     )
     max_component_chars: int = Field(
-        Limits.max_component_chars, ge=1, le=255, description="Longest component name."
+        Limits.max_component_chars, ge=1, le=64, description="Longest component name."
     )
 
 
