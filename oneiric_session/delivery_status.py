@@ -14,7 +14,13 @@ from oneiric_session.errors import SpoolError
 from oneiric_session.spool import Spool
 from oneiric_session.wakeup import agent_holds_lock
 
-__all__ = ["META_DESTINATIONS", "META_PID", "delivery_status", "failing_destination"]
+__all__ = [
+    "META_DESTINATIONS",
+    "META_PID",
+    "answering_destinations",
+    "delivery_status",
+    "failing_destination",
+]
 
 # Written by the agent (oneiric_session.agent uses the same names).
 META_PID = "agent.pid"
@@ -27,6 +33,18 @@ def _destinations(spool: Spool) -> dict[str, dict[str, Any]]:
     except ValueError:
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def answering_destinations(spool: Spool) -> set[str]:
+    """Keys of destinations the agent is delivering to without trouble (no error, no failures)."""
+    return {
+        key
+        for key, state in _destinations(spool).items()
+        if isinstance(state, dict)
+        and not state.get("last_error")
+        and not state.get("auth_error")
+        and not state.get("consecutive_failures")
+    }
 
 
 def failing_destination(spool: Spool, key: str) -> tuple[int, str | None]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from oneiric_session.destination import Destination
     from oneiric_session.spool import Spool, SpooledEvent
 
 # How long `replay` waits for a running agent to step aside (it finishes the call in flight).
@@ -28,10 +29,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     replay = actions.add_parser(
         "replay",
         help="deliver now, in the foreground, to the destination configured now",
-        description="Deliver every waiting event now to the destination configured now (events "
-        "spooled under an older configuration are retargeted). Exit 0 when all were delivered.",
+        description="Deliver the waiting events now to the destination configured now: events "
+        "spooled for a destination that fails or has not answered yet are moved to it; events for "
+        "another destination that is answering (another project's server) stay with it. "
+        "Exit 0 when all were delivered.",
     )
     replay.add_argument("--dead", action="store_true", help="also retry the dead letters")
+    replay.add_argument(
+        "--all", action="store_true", help="move every waiting event, even those of an answering destination"
+    )
     for sub in (listing, replay):
         sub.add_argument("--json", action="store_true", help="print one JSON object")
         sub.add_argument("--spool", metavar="PATH", default=None, help="spool database (default: configured)")
@@ -138,7 +144,7 @@ def run_replay(args: argparse.Namespace) -> int:
     try:
         if args.dead:
             spool.requeue_dead()
-        spool.retarget(None, destination)
+        _retarget(spool, destination, everything=args.all)
         total = spool.stats().depth
         agent = DeliveryAgent(spool, tokens=tokens, progress=_progress(total))
         result = asyncio.run(agent.replay())
@@ -153,6 +159,23 @@ def run_replay(args: argparse.Namespace) -> int:
     return _replay_report(
         args, destination.describe(), result.delivered, result.remaining, result.dead_lettered
     )
+
+
+def _retarget(spool: Spool, destination: Destination, *, everything: bool) -> None:
+    """Move waiting events to `destination`, except those of another destination that is answering.
+
+    The spool is shared by every settings directory of the user: replay in one project must not
+    take a healthy fleet server's events from another project.
+    """
+    from oneiric_session.delivery_status import answering_destinations
+
+    if everything:
+        spool.retarget(None, destination)
+        return
+    answering = answering_destinations(spool)
+    for old in spool.pending_destinations():
+        if old.key != destination.key and old.key not in answering:
+            spool.retarget(old.key, destination)
 
 
 def _needs_agent(spool: Spool) -> bool:
