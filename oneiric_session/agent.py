@@ -102,8 +102,14 @@ def _digest(token: str) -> str:
 
 
 def uncapped_spool(path: os.PathLike[str] | str) -> Spool:
-    """The agent's view of a spool: caps are the shells' job (each append enforces its own settings)."""
-    return Spool(path, max_rows=2**62, max_bytes=2**62, max_age_seconds=float("inf"))
+    """The agent's view of a spool: caps are the shells' job (each append enforces its own settings).
+
+    Not durable against power loss (no fsync per commit): what such a loss can undo is an
+    acknowledgement, a failure count or a dead letter, and the row is then sent again (to a
+    server idempotent on event_id, no second session) or refused again. An "abnormal" end it
+    appends is appended again: the dead shell's pid is still seen dead after a reboot.
+    """
+    return Spool(path, max_rows=2**62, max_bytes=2**62, max_age_seconds=float("inf"), durable=False)
 
 
 @dataclass

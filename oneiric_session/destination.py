@@ -9,16 +9,15 @@ This module is imported by the shell side: standard library only.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from oneiric_session.digest import sha256_hex
 
 TransportName = Literal["stdio", "http"]
 
 
-@dataclass(frozen=True)
-class Tuning:
+# NamedTuples, not dataclasses: every shell imports this, and `dataclasses` alone costs a shell ~6 ms.
+class Tuning(NamedTuple):
     """Retry, breaker and timeout figures for one destination (defaults fit the real Session-Buddy)."""
 
     attempts: int = 3
@@ -32,8 +31,7 @@ class Tuning:
     call_seconds: float = 30.0
 
 
-@dataclass(frozen=True)
-class Destination:
+class Destination(NamedTuple):
     """How to reach one server. `key` identifies it; `tuning` travels along but is not part of the key."""
 
     transport: TransportName = "stdio"
@@ -42,7 +40,7 @@ class Destination:
     env: tuple[tuple[str, str], ...] = ()
     cwd: str | None = None
     url: str | None = None
-    tuning: Tuning = field(default_factory=Tuning, compare=False)
+    tuning: Tuning = Tuning()
 
     @property
     def key(self) -> str:
@@ -64,14 +62,16 @@ class Destination:
         return " ".join([self.command, *self.args])
 
     def to_json(self) -> str:
-        data = asdict(self)
+        data = self._asdict()
+        data["args"] = list(self.args)
         data["env"] = dict(self.env)
+        data["tuning"] = self.tuning._asdict()
         return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> Destination:
         data = json.loads(text)
-        known = Tuning.__dataclass_fields__
+        known = Tuning._fields
         return cls(
             transport=data.get("transport", "stdio"),
             command=data.get("command", ""),

@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import socket
 import sys
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -246,6 +245,15 @@ def _username() -> str:
         return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
 
 
+def _hostname() -> str:
+    # What socket.gethostname() answers (uname's nodename), without importing socket (~2 ms).
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket
+
+    return socket.gethostname()
+
+
 def _platform() -> str:
     # os.uname is a syscall; platform.platform() would read the interpreter binary.
     if hasattr(os, "uname"):
@@ -303,7 +311,7 @@ def build_start_event(
         "timestamp": _timestamp(now),
         "pid": process_id,
         "user": {"username": sanitize_text(_username(), _MAX_USERNAME_CHARS), "home": safe_home},
-        "hostname": sanitize_text(socket.gethostname(), limits.max_string_chars),
+        "hostname": sanitize_text(_hostname(), limits.max_string_chars),
         "environment": {
             "python_version": f"{version.major}.{version.minor}.{version.micro}",
             "platform": _platform(),

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Limits:
+# A NamedTuple, not a dataclass: every shell imports this, and `dataclasses` alone costs a shell ~6 ms.
+class Limits(NamedTuple):
     """Caps that keep hostile input from breaking a call or bloating the spool."""
 
     max_string_chars: int = 1024

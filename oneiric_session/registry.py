@@ -16,8 +16,7 @@ import importlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from oneiric_session.config import shell_view, sources
 from oneiric_session.errors import ConfigError
@@ -36,8 +35,9 @@ logger = logging.getLogger("oneiric_session")
 Factory = Callable[["LoadedConfig | ShellView | None"], "Tracker"]
 
 
-@dataclass(frozen=True)
-class Candidate:
+# NamedTuples, not dataclasses: every shell resolves its tracker here, and importing `dataclasses`
+# alone (inspect, ast, dis) costs it ~6 ms and ~1 MB.
+class Candidate(NamedTuple):
     """One provider that can serve the category. `factory` may be "module:attribute", imported on use."""
 
     provider: str
@@ -62,8 +62,7 @@ class Candidate:
         return factory(config)
 
 
-@dataclass(frozen=True)
-class Ranked:
+class Ranked(NamedTuple):
     """A candidate's place in the ranking and why."""
 
     candidate: Candidate
@@ -193,7 +192,7 @@ def _entry_point_candidates() -> list[Candidate]:
                 "ignoring session tracker entry point %r: %s: %s", entry_point.name, type(exc).__name__, exc
             )
             continue
-        found += [replace(item, origin=f"entry point {entry_point.name}") for item in items]
+        found += [item._replace(origin=f"entry point {entry_point.name}") for item in items]
     return found
 
 

@@ -3,6 +3,11 @@
 One SQLite file in WAL mode, shared by every shell of the user (each in its own process)
 and read by the one delivery agent. Writers take the lock with BEGIN IMMEDIATE and hold it
 for one short transaction; each append is fsync'ed (synchronous=FULL) before it returns.
+The agent's connection may commit with synchronous=NORMAL (`durable=False`): in WAL mode a
+commit then survives the process's crash but not a power loss, and what such a loss undoes
+is only the agent's bookkeeping (an acknowledgement, a failure count, a dead letter), so the
+row is sent again and the server's idempotence on event_id absorbs it. A shell's later FULL
+commit syncs the whole log, the agent's earlier commits included.
 
 Rows are delivered oldest first. A start's acknowledgement deletes its row and records the
 server's session id in the same transaction; an end is deliverable only once its session has
@@ -247,8 +252,11 @@ class Spool:
         clock: Callable[[], float] = time.time,
         busy_timeout_seconds: float = DEFAULT_BUSY_TIMEOUT_SECONDS,
         checkpoint_on_close: bool = True,
+        durable: bool = True,
     ) -> None:
         self.path = Path(path)
+        # False (the agent): commits skip the fsync (synchronous=NORMAL), see the module doc.
+        self._synchronous = "FULL" if durable else "NORMAL"
         # False (a shell): closing never checkpoints the WAL, where SQLite can be told so (Python 3.12+).
         # Every append is already durable in the WAL; the agent's connection checkpoints it.
         self._checkpoint_on_close = checkpoint_on_close
@@ -805,7 +813,7 @@ class Spool:
             conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_seconds * 1000)}")
             if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
                 raise SpoolError(f"spool {self.path}: WAL mode is not available here")
-            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA temp_store = MEMORY")  # drops use a small temp table
             if not self._checkpoint_on_close and hasattr(sqlite3, "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE"):
                 # Closing the last connection would checkpoint the WAL (~10-30 ms of fsyncs).

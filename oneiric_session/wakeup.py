@@ -9,6 +9,16 @@ the directory being private is what keeps another user from receiving them.
 When nobody listens, the shell spawns the agent detached and never waits for it.
 A lock file next to the spool decides which agent runs: only the lock holder
 binds the socket, a second agent exits at once.
+
+Many shells starting at once must not each spawn an agent (each costs a Python start
+on a machine busy starting shells). A shell that finds nobody listening spawns only
+when no agent holds the lock and no other spawn is under way: a marker file, created
+exclusively by the spawning shell and removed by the spawned agent just before it
+reaches for the lock. Why a shell that skips the spawn still gets its row delivered:
+it appended before it looked, and an agent holding the lock, or one whose marker is
+still there, takes (or re-takes) the lock after that look and then scans the spool
+(it binds its socket first, then reads every pending row; an idle agent handing over
+looks once more after releasing the lock).
 """
 
 from __future__ import annotations
@@ -17,9 +27,9 @@ import contextlib
 import fcntl
 import json
 import os
-import socket
 import stat
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
@@ -28,6 +38,7 @@ from typing import IO, TYPE_CHECKING, Literal, NamedTuple
 from oneiric_session.digest import sha256_hex
 
 if TYPE_CHECKING:
+    import socket
     import subprocess
 
 # The child reads the tokens from this variable and removes it from its environment.
@@ -37,7 +48,12 @@ _MAX_SOCKET_PATH_BYTES = 107
 # A wake-up with tokens is small; anything larger is not ours.
 MAX_DATAGRAM_BYTES = 65536
 
-WakeResult = Literal["woken", "spawned", "failed"]
+# Past this age a spawn marker is stale (its shell or agent died before the agent reached for the
+# lock): the next shell spawns. Long enough for an agent's Python to start on a loaded 2-core machine.
+SPAWN_STALE_SECONDS = 5.0
+
+# "starting": nobody listens yet, but an agent holds the lock or is being spawned; it reads the spool.
+WakeResult = Literal["woken", "starting", "spawned", "failed"]
 
 # Agents this process spawned: polled on the next spawn so none stays a zombie.
 _spawned: list[subprocess.Popen[bytes]] = []
@@ -46,6 +62,11 @@ _spawned: list[subprocess.Popen[bytes]] = []
 def lock_path(spool_path: Path) -> Path:
     """The lock file whose holder is the one agent delivering this spool."""
     return spool_path.with_name(spool_path.name + ".lock")
+
+
+def spawn_marker_path(spool_path: Path) -> Path:
+    """Present while a shell's spawned agent has not yet reached for the lock (holds the agent's pid)."""
+    return spool_path.with_name(spool_path.name + ".spawning")
 
 
 def agent_log_path(spool_path: Path) -> Path:
@@ -140,9 +161,16 @@ def wake(spool_path: Path, *, tokens: Mapping[str, str] | None = None, handover:
     if path is None:
         return False
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        # `_socket`, the C module `socket` wraps: importing `socket` itself (its enums, selectors)
+        # costs a shell ~2 ms before its prompt, for one datagram.
+        import _socket
+
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+        try:
             sock.setblocking(False)
             sock.sendto(encode_wakeup(tokens, handover=handover), os.fsencode(path))
+        finally:
+            sock.close()
     except BlockingIOError:
         return True  # its queue is full: it is alive and has wake-ups to read
     except OSError:
@@ -150,8 +178,11 @@ def wake(spool_path: Path, *, tokens: Mapping[str, str] | None = None, handover:
     return True
 
 
-def spawn_agent(spool_path: Path, *, tokens: Mapping[str, str] | None = None) -> bool:
-    """Start an agent for this spool, detached; never waits for it. The tokens go in its environment only."""
+def spawn_agent(spool_path: Path, *, tokens: Mapping[str, str] | None = None) -> int | None:
+    """Start an agent for this spool, detached; its pid, or None. Never waits for it.
+
+    The tokens go in its environment only.
+    """
     import subprocess  # only when no agent listens: a shell that wakes one never pays for it
 
     for child in list(_spawned):
@@ -174,16 +205,80 @@ def spawn_agent(spool_path: Path, *, tokens: Mapping[str, str] | None = None) ->
             env=env,
         )
     except OSError:
-        return False
+        return None
     _spawned.append(child)
-    return True
+    return child.pid
+
+
+def _marker_is_stale(marker: Path) -> bool:
+    """True when the marker is too old, or names an agent that is gone."""
+    try:
+        with open(marker, "rb") as file:
+            age = time.time() - os.fstat(file.fileno()).st_mtime
+            text = file.read(32)
+    except FileNotFoundError:
+        return True
+    if not -SPAWN_STALE_SECONDS < age < SPAWN_STALE_SECONDS:
+        return True
+    if not text.strip().isdigit():
+        return False  # its shell is between creating it and spawning: fresh enough
+    try:
+        os.kill(int(text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive (PermissionError: not ours, yet a live pid)
+    return False
+
+
+def _claim_spawn(marker: Path) -> int | None:
+    """Create the marker exclusively: its descriptor, or None when another spawn is under way.
+
+    A stale marker is replaced (two shells replacing one at once may both spawn: harmless).
+    Raises OSError when the marker cannot be created at all.
+    """
+    for _ in range(2):
+        try:
+            return os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            if not _marker_is_stale(marker):
+                return None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(marker)
+    return None
+
+
+def clear_spawn_marker(spool_path: Path) -> None:
+    """The spawned agent's first act, just before it reaches for the lock (see the module doc)."""
+    with contextlib.suppress(OSError):
+        os.unlink(spawn_marker_path(spool_path))
 
 
 def wake_or_spawn(spool_path: Path, *, tokens: Mapping[str, str] | None = None) -> WakeResult:
-    """Wake the agent of this spool, or start one when none listens."""
+    """Wake the agent of this spool; else leave it to one starting; else start one.
+
+    The caller's row must already be in the spool (see the module doc for why).
+    """
     if wake(spool_path, tokens=tokens):
         return "woken"
-    return "spawned" if spawn_agent(spool_path, tokens=tokens) else "failed"
+    if agent_holds_lock(spool_path):
+        return "starting"  # binding its socket, or handing over: it reads the spool after that
+    marker = spawn_marker_path(spool_path)
+    try:
+        fd = _claim_spawn(marker)
+    except OSError:
+        fd = -1  # no marker possible: spawn anyway (a second agent exits at once)
+    if fd is None:
+        return "starting"
+    pid = spawn_agent(spool_path, tokens=tokens)
+    if fd >= 0:
+        with contextlib.suppress(OSError):
+            if pid is None:
+                os.unlink(marker)
+            else:
+                os.write(fd, str(pid).encode())
+        os.close(fd)
+    return "spawned" if pid is not None else "failed"
 
 
 def tokens_from_environment() -> dict[str, str]:
@@ -255,6 +350,8 @@ class WakeupListener:
             return False
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        import socket  # the agent's side: not the shell's
+
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             sock.bind(os.fsencode(self.path))

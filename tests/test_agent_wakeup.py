@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -132,3 +133,145 @@ def test_the_lock_admits_one_agent_across_processes(tmp_path: Path) -> None:
         if holder.poll() is None:
             holder.kill()
             holder.wait(timeout=10)
+
+
+# -- one spawn for many shells ------------------------------------------------------------
+
+
+@pytest.fixture
+def spawns(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """spawn_agent replaced by a recorder that "starts" a live process (this one)."""
+    calls: list[Path] = []
+
+    def fake_spawn(spool_path: Path, *, tokens: object = None) -> int:
+        calls.append(spool_path)
+        return os.getpid()
+
+    monkeypatch.setattr(wakeup, "spawn_agent", fake_spawn)
+    return calls
+
+
+def test_shells_finding_nobody_listening_spawn_once_while_the_agent_starts(
+    tmp_path: Path, runtime_dir: Path, spawns: list[Path]
+) -> None:
+    """The first shell spawns and leaves a marker; the others leave the start to that agent."""
+    spool = tmp_path / "spool.sqlite3"
+    results = [wakeup.wake_or_spawn(spool) for _ in range(20)]
+    assert results == ["spawned"] + ["starting"] * 19
+    assert len(spawns) == 1
+    marker = wakeup.spawn_marker_path(spool)
+    assert marker.read_text() == str(os.getpid())  # the spawned agent's pid
+
+    wakeup.clear_spawn_marker(spool)  # the agent reached for the lock: a later shell spawns again
+    assert wakeup.wake_or_spawn(spool) == "spawned"
+    assert len(spawns) == 2
+
+
+def test_no_spawn_while_an_agent_holds_the_lock(
+    tmp_path: Path, runtime_dir: Path, spawns: list[Path]
+) -> None:
+    """An agent holding the lock but not yet listening (or handing over) reads the spool itself."""
+    spool = tmp_path / "spool.sqlite3"
+    lock = wakeup.AgentLock(spool)
+    assert lock.acquire()
+    try:
+        assert wakeup.wake_or_spawn(spool) == "starting"
+        assert spawns == []
+        assert not wakeup.spawn_marker_path(spool).exists()
+    finally:
+        lock.release()
+    assert wakeup.wake_or_spawn(spool) == "spawned"
+
+
+def test_a_stale_or_orphaned_spawn_marker_does_not_stop_the_next_spawn(
+    tmp_path: Path, runtime_dir: Path, spawns: list[Path]
+) -> None:
+    """A marker older than SPAWN_STALE_SECONDS, or naming a dead agent, is replaced by a new spawn."""
+    spool = tmp_path / "spool.sqlite3"
+    marker = wakeup.spawn_marker_path(spool)
+    marker.write_text("")  # a shell between creating it and spawning: fresh, respected
+    assert wakeup.wake_or_spawn(spool) == "starting"
+    old = marker.stat().st_mtime - wakeup.SPAWN_STALE_SECONDS - 1
+    os.utime(marker, (old, old))
+    assert wakeup.wake_or_spawn(spool) == "spawned"
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(timeout=30)
+    marker.write_text(str(dead.pid))  # a fresh marker whose agent died before reaching the lock
+    assert wakeup.wake_or_spawn(spool) == "spawned"
+    assert len(spawns) == 2
+
+
+def test_a_failed_spawn_leaves_no_marker(
+    tmp_path: Path, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = tmp_path / "spool.sqlite3"
+    monkeypatch.setattr(wakeup, "spawn_agent", lambda spool_path, *, tokens=None: None)
+    assert wakeup.wake_or_spawn(spool) == "failed"
+    assert not wakeup.spawn_marker_path(spool).exists()
+
+
+# Each process loads what a shell loads, waits for the release, then does what a shell does
+# before its prompt (resolve + start) and at its exit (end).
+CROWD_SHELL = textwrap.dedent(
+    """
+    import sys
+    import oneiric_session.shell
+    print("ready", flush=True)
+    sys.stdin.readline()
+    from oneiric_session.registry import resolve_tracker
+    tracker = resolve_tracker()
+    handle = tracker.start(component_name=sys.argv[1], shell_type="CrowdShell")
+    assert handle is not None and tracker.end(handle)
+    tracker.close()
+    """
+)
+
+
+def test_many_shells_released_at_once_start_at_most_two_agents(tmp_path: Path) -> None:
+    """Sixteen shells find no agent at the same moment: one or two agents start, every session once."""
+    from tests.support.delivery import WAIT_SECONDS, Scene, wait_until
+
+    scene = Scene(tmp_path)
+    scene.run_shell(1, component="first")  # the config cache and spool exist, as after any first shell
+    log = wakeup.agent_log_path(scene.spool_path)
+
+    def first_agent_gone() -> bool:
+        return log.exists() and "stopped" in log.read_text() and not wakeup.agent_holds_lock(scene.spool_path)
+
+    wait_until(first_agent_gone, what="the first agent's idle exit")
+    before = set(re.findall(r"agent\[(\d+)\]", log.read_text()))
+    count = 16
+    shells = [
+        subprocess.Popen(
+            [sys.executable, "-c", CROWD_SHELL, f"crowd{n}"],
+            env=scene.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=scene.root,
+        )
+        for n in range(count)
+    ]
+    try:
+        for shell in shells:
+            assert shell.stdout is not None and shell.stdout.readline().strip() == "ready"
+        for shell in shells:
+            assert shell.stdin is not None
+            shell.stdin.write("\n")
+            shell.stdin.flush()
+        for shell in shells:
+            _, err = shell.communicate(timeout=WAIT_SECONDS)
+            assert shell.returncode == 0, err
+        wait_until(lambda: scene.depth() == 0, what="the spool to drain")
+        started = set(re.findall(r"agent\[(\d+)\]", log.read_text())) - before
+        assert 1 <= len(started) <= 2, started
+        crowd = [s for s in scene.sessions() if str(s["component_name"]).startswith("crowd")]
+        assert sorted(s["component_name"] for s in crowd) == sorted(f"crowd{n}" for n in range(count))
+        assert all(s["status"] == "ended" for s in crowd)
+    finally:
+        for shell in shells:
+            if shell.poll() is None:
+                shell.kill()
+        scene.stop_agents()

@@ -359,3 +359,18 @@ def test_import_is_light() -> None:
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_shell_appends_are_fsynced_and_the_agents_bookkeeping_is_not(tmp_path: Path) -> None:
+    """Shells commit with synchronous=FULL; the agent's view (acks, dead letters) with NORMAL."""
+    from oneiric_session.agent import uncapped_spool
+
+    path = tmp_path / "spool.sqlite3"
+
+    def synchronous(spool: Spool) -> int:
+        return spool._read(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
+
+    with Spool(path) as shell, uncapped_spool(path) as agent:
+        assert synchronous(shell) == 2  # FULL
+        assert synchronous(agent) == 1  # NORMAL
+        assert agent._read(lambda conn: conn.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"

@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import logging.handlers
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from oneiric_session.config.loader import LoadedConfig
+    from oneiric_session.wakeup import AgentLock
 
 # The agent's log, next to the spool: small, rotated once (it holds no token, only messages).
 LOG_MAX_BYTES = 256 * 1024
 DEFAULT_IDLE_EXIT_SECONDS = 300.0
+# The agent, and the server it starts (a child inherits it), run below the shells: on a 2-core
+# machine a delivery competes for the CPU with the start-up and exit of the very shells it
+# serves, and a shell waiting for its prompt comes first; a delivery need only happen soon.
+AGENT_NICENESS = 10
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -76,42 +83,37 @@ def _setup_logging(log_file: str | None) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from oneiric_session import wakeup
-    from oneiric_session.errors import ConfigError
 
-    if args.foreground:
-        _setup_logging(args.log_file)
-    if args.spool:
-        spool_path = Path(args.spool).expanduser()
-        config = load_config_quietly(args.settings)
-    else:
-        from oneiric_session.config.loader import load_config
-
-        config = load_config(args.settings)  # ConfigError: exit 2, the spool is unknown
-        spool_path = config.spool_path()
     if not args.foreground:
+        if args.spool:
+            spool_path = Path(args.spool).expanduser()
+            config = load_config_quietly(args.settings)
+        else:
+            config = _load_config(args.settings)  # ConfigError: exit 2, the spool is unknown
+            spool_path = config.spool_path()
         token = config_token(config)
         tokens = {config.destination().key: token} if config is not None and token else None
         result = wakeup.wake_or_spawn(spool_path, tokens=tokens)
         print(f"delivery agent for {spool_path}: {'already running' if result == 'woken' else result}")
         return 0 if result != "failed" else 1
-    idle = args.idle_exit_seconds
-    if idle is None:
-        idle = config.settings.agent.idle_exit_seconds if config is not None else DEFAULT_IDLE_EXIT_SECONDS
-    if idle <= 0:
-        raise ConfigError(f"--idle-exit-seconds {idle}: must be positive")
-    return serve(spool_path, idle_exit_seconds=idle, default_token=config_token(config))
+    with contextlib.suppress(OSError):  # a priority we cannot lower is no reason not to deliver
+        os.nice(AGENT_NICENESS)
+    _setup_logging(args.log_file)
+    if args.idle_exit_seconds is not None and args.idle_exit_seconds <= 0:
+        from oneiric_session.errors import ConfigError
 
-
-def serve(spool_path: Path, *, idle_exit_seconds: float, default_token: str | None) -> int:
-    """Run the agent here until idle; a second agent for the same spool exits at once."""
-    import asyncio
-    import os
-
-    from oneiric_session import wakeup
-    from oneiric_session.agent import DeliveryAgent, run_agent, uncapped_spool
-
+        raise ConfigError(f"--idle-exit-seconds {args.idle_exit_seconds}: must be positive")
+    config: LoadedConfig | None = None
+    if args.spool:
+        spool_path = Path(args.spool).expanduser()
+    else:
+        config = _load_config(args.settings)
+        spool_path = config.spool_path()
+    # The lock comes before the configuration (pydantic) and the delivery code: of many agents
+    # spawned at once, the losers exit after a bare Python start.
     log = logging.getLogger("oneiric_session.agent")
     tokens = wakeup.tokens_from_environment()  # always removed, even by an agent that exits now
+    wakeup.clear_spawn_marker(spool_path)  # before the lock: see wakeup's module doc
     lock = wakeup.AgentLock(spool_path)
     try:
         acquired = lock.acquire()
@@ -121,6 +123,39 @@ def serve(spool_path: Path, *, idle_exit_seconds: float, default_token: str | No
     if not acquired:
         log.info("another agent is delivering %s; exiting", spool_path)
         return 0
+    try:
+        if config is None:
+            config = load_config_quietly(args.settings)
+        idle = args.idle_exit_seconds
+        if idle is None:
+            idle = DEFAULT_IDLE_EXIT_SECONDS if config is None else config.settings.agent.idle_exit_seconds
+        token = config_token(config)
+        return serve(spool_path, lock, tokens=tokens, idle_exit_seconds=idle, default_token=token)
+    finally:
+        lock.release()
+
+
+def _load_config(settings_dir: str | None) -> LoadedConfig:
+    from oneiric_session.config.loader import load_config
+
+    return load_config(settings_dir)  # ConfigError: exit 2
+
+
+def serve(
+    spool_path: Path,
+    lock: AgentLock,
+    *,
+    tokens: dict[str, str],
+    idle_exit_seconds: float,
+    default_token: str | None,
+) -> int:
+    """Run the agent here, holding `lock`, until idle."""
+    import asyncio
+
+    from oneiric_session import wakeup
+    from oneiric_session.agent import DeliveryAgent, run_agent, uncapped_spool
+
+    log = logging.getLogger("oneiric_session.agent")
     spool = uncapped_spool(spool_path)
     agent = DeliveryAgent(
         spool, tokens=tokens, default_token=default_token, idle_exit_seconds=idle_exit_seconds
@@ -130,6 +165,5 @@ def serve(spool_path: Path, *, idle_exit_seconds: float, default_token: str | No
         asyncio.run(run_agent(agent, lock, wakeup.WakeupListener(spool_path)))
     finally:
         log.info("agent %d stopped (delivered %d)", os.getpid(), agent.delivered)
-        lock.release()
         spool.close()
     return 0

@@ -8,7 +8,6 @@ configuration error (raised as ConfigError, turned into 2 by the dispatcher).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -70,14 +69,13 @@ async def _round_trip(config: Any, timeout: float | None) -> dict[str, Any]:
     from oneiric_session.transport import SessionBuddyClient
 
     destination = config.destination()
-    tuning = dataclasses.replace(destination.tuning, attempts=1)
+    tuning = destination.tuning._replace(attempts=1)
     if timeout is not None:
-        tuning = dataclasses.replace(
-            tuning,
+        tuning = tuning._replace(
             connect_seconds=min(tuning.connect_seconds, timeout),
             call_seconds=min(tuning.call_seconds, timeout),
         )
-    destination = dataclasses.replace(destination, tuning=tuning)
+    destination = destination._replace(tuning=tuning)
     report_cwd = config.settings.report_cwd
     if report_cwd is None and destination.transport == "http":
         report_cwd = HTTP_REPORT_CWD

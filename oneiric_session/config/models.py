@@ -18,6 +18,10 @@ from oneiric_session.config.sources import DEFAULT_PROVIDER
 from oneiric_session.destination import Tuning
 from oneiric_session.limits import Limits
 
+# The defaults live in the shell-side value types; read them from instances (NamedTuple fields).
+_TUNING = Tuning()
+_LIMITS = Limits()
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
@@ -40,26 +44,28 @@ class ServerSettings(_Section):
 
 class RetrySettings(_Section):
     attempts: int = Field(
-        Tuning.attempts, ge=1, le=20, description="Tries per delivery before it waits in the spool."
+        _TUNING.attempts, ge=1, le=20, description="Tries per delivery before it waits in the spool."
     )
-    wait_min_seconds: float = Field(Tuning.wait_min_seconds, ge=0, le=300, description="First back-off wait.")
+    wait_min_seconds: float = Field(
+        _TUNING.wait_min_seconds, ge=0, le=300, description="First back-off wait."
+    )
     wait_max_seconds: float = Field(
-        Tuning.wait_max_seconds, ge=0, le=3600, description="Longest back-off wait."
+        _TUNING.wait_max_seconds, ge=0, le=3600, description="Longest back-off wait."
     )
     multiplier: float = Field(
-        Tuning.multiplier, ge=1, le=10, description="Growth of the back-off between tries."
+        _TUNING.multiplier, ge=1, le=10, description="Growth of the back-off between tries."
     )
 
 
 class BreakerSettings(_Section):
     threshold: int = Field(
-        Tuning.breaker_threshold,
+        _TUNING.breaker_threshold,
         ge=1,
         le=1000,
         description="Consecutive failures that open the circuit breaker.",
     )
     reset_seconds: float = Field(
-        Tuning.breaker_reset_seconds,
+        _TUNING.breaker_reset_seconds,
         ge=0,
         le=86400,
         description="How long the breaker stays open before a probe.",
@@ -69,9 +75,9 @@ class BreakerSettings(_Section):
 class TimeoutSettings(_Section):
     # The real Session-Buddy needs ~2.5 s to start and 5-7 s for its first call.
     connect_seconds: float = Field(
-        Tuning.connect_seconds, gt=0, le=600, description="Limit for starting/connecting to the server."
+        _TUNING.connect_seconds, gt=0, le=600, description="Limit for starting/connecting to the server."
     )
-    call_seconds: float = Field(Tuning.call_seconds, gt=0, le=600, description="Limit for one tool call.")
+    call_seconds: float = Field(_TUNING.call_seconds, gt=0, le=600, description="Limit for one tool call.")
 
 
 class SpoolSettings(_Section):
@@ -97,16 +103,16 @@ class AgentSettings(_Section):
 
 class LimitSettings(_Section):
     max_string_chars: int = Field(
-        Limits.max_string_chars, ge=16, le=65536, description="Longest string in an event."
+        _LIMITS.max_string_chars, ge=16, le=65536, description="Longest string in an event."
     )
     max_metadata_bytes: int = Field(
-        Limits.max_metadata_bytes, ge=256, le=1048576, description="Largest metadata, as JSON bytes."
+        _LIMITS.max_metadata_bytes, ge=256, le=1048576, description="Largest metadata, as JSON bytes."
     )
     max_metadata_depth: int = Field(
-        Limits.max_metadata_depth, ge=1, le=64, description="Deepest metadata nesting."
+        _LIMITS.max_metadata_depth, ge=1, le=64, description="Deepest metadata nesting."
     )
     max_component_chars: int = Field(
-        Limits.max_component_chars, ge=1, le=64, description="Longest component name."
+        _LIMITS.max_component_chars, ge=1, le=64, description="Longest component name."
     )
 
 

@@ -20,7 +20,6 @@ replaced by the next store). The token is never part of an entry or its key.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import stat
@@ -123,7 +122,7 @@ class ShellView(NamedTuple):
         data = self._asdict()
         del data["environ"]
         data["destination"] = json.loads(self.destination.to_json())
-        data["limits"] = dataclasses.asdict(self.limits)
+        data["limits"] = self.limits._asdict()
         data["spool_path"] = str(self.spool_path)
         data["token_file"] = None if self.token_file is None else str(self.token_file)
         return data

@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from oneiric_session.errors import ConfigError
 
@@ -45,22 +44,27 @@ JSON_SETTINGS = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class Layer:
+# Not dataclasses: the shell reads its settings here, and importing `dataclasses` costs it ~6 ms.
+class Layer(NamedTuple):
     """One source's values, nested in the settings' own shape."""
 
     source: str
     values: dict[str, Any]
 
 
-@dataclass
 class Merged:
     """All layers merged: the values, the source of each leaf, and the files considered."""
 
-    settings_dir: Path
-    values: dict[str, Any] = field(default_factory=dict)
-    sources: dict[str, str] = field(default_factory=dict)
-    files: list[tuple[Path, bool]] = field(default_factory=list)
+    __slots__ = ("files", "settings_dir", "sources", "values")
+
+    def __init__(self, settings_dir: Path) -> None:
+        self.settings_dir = settings_dir
+        self.values: dict[str, Any] = {}
+        self.sources: dict[str, str] = {}
+        self.files: list[tuple[Path, bool]] = []
+
+    def __repr__(self) -> str:
+        return f"Merged(settings_dir={self.settings_dir!r}, values={self.values!r}, sources={self.sources!r})"
 
     def source_of(self, name: str) -> str:
         return nearest_source(self.sources, name)

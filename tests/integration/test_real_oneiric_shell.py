@@ -136,7 +136,7 @@ class OneiricUser(Scene):
     """An isolated user whose shells run in Oneiric's venv, delivering to the default destination.
 
     The default destination is `<shell's python> -m oneiric_session serve`; its database is
-    named by ONEIRIC_SESSION_DB, which the spawned agent and its server inherit.
+    named by ONEIRIC_SESSION_DB, which the shell resolves into the server's `--db` argument.
     """
 
     def __init__(self, tmp_path: Path, **settings: Any) -> None:
@@ -239,7 +239,7 @@ def test_default_destination_is_the_bundled_server_on_oneirics_python(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     answer = json.loads(proc.stdout)
     assert answer["ok"] is True
-    assert answer["destination"] == f"{oneiric_python} -m oneiric_session serve"
+    assert answer["destination"] == f"{oneiric_python} -m oneiric_session serve --db {user.db}"
     assert [s["status"] for s in user.sessions()] == ["ended"]
 
 
