@@ -47,6 +47,7 @@ from oneiric_session.delivery_status import META_DESTINATIONS, META_PID
 from oneiric_session.destination import Destination
 from oneiric_session.errors import AuthenticationError, CircuitOpenError, DeliveryError, SpoolError
 from oneiric_session.limits import Limits
+from oneiric_session.resilience import capped_delay
 from oneiric_session.spool import DEAD_AUTH, OpenSession, Spool, SpooledEvent
 from oneiric_session.wakeup import AgentLock, WakeupListener
 
@@ -290,9 +291,8 @@ class DeliveryAgent:
     def _failed(self, row: SpooledEvent, state: _DestinationState, exc: BaseException) -> None:
         tuning = row.destination.tuning if row.destination is not None else Destination().tuning
         state.failures += 1
-        delay = min(
-            tuning.wait_max_seconds,
-            max(tuning.wait_min_seconds, 0.5) * tuning.multiplier ** (state.failures - 1),
+        delay = capped_delay(
+            max(tuning.wait_min_seconds, 0.5), tuning.multiplier, state.failures, tuning.wait_max_seconds
         )
         if isinstance(exc, CircuitOpenError):
             delay = max(delay, min(tuning.breaker_reset_seconds, tuning.wait_max_seconds))

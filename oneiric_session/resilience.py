@@ -29,6 +29,14 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, TransientDeliveryError) and not isinstance(exc, CircuitOpenError)
 
 
+def capped_delay(first_seconds: float, multiplier: float, attempt: int, cap_seconds: float) -> float:
+    """`first * multiplier**(attempt-1)`, capped; never overflows, however long the outage lasts."""
+    try:
+        return min(cap_seconds, first_seconds * multiplier ** (attempt - 1))
+    except OverflowError:
+        return cap_seconds
+
+
 def backoff(tuning: Tuning) -> Callable[[tenacity.RetryCallState], float]:
     """Wait before retry n: min(max, wait_min * multiplier**(n-1) + uniform(0, wait_min)).
 
@@ -38,10 +46,9 @@ def backoff(tuning: Tuning) -> Callable[[tenacity.RetryCallState], float]:
     """
 
     def wait(state: tenacity.RetryCallState) -> float:
-        try:
-            base = tuning.wait_min_seconds * tuning.multiplier ** (state.attempt_number - 1)
-        except OverflowError:
-            base = tuning.wait_max_seconds
+        base = capped_delay(
+            tuning.wait_min_seconds, tuning.multiplier, state.attempt_number, tuning.wait_max_seconds
+        )
         return min(tuning.wait_max_seconds, base + random.uniform(0, tuning.wait_min_seconds))
 
     return wait

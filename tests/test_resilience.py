@@ -13,7 +13,7 @@ from oneiric_session.errors import (
     RejectedError,
     ServerUnavailableError,
 )
-from oneiric_session.resilience import CircuitBreaker, backoff, is_retryable, retrying
+from oneiric_session.resilience import CircuitBreaker, backoff, capped_delay, is_retryable, retrying
 
 
 class FakeClock:
@@ -179,3 +179,11 @@ def test_backoff_grows_exponentially_with_jitter_and_is_capped() -> None:
         assert 3.0 <= second <= 4.0
         assert 9.0 <= third <= 10.0
         assert late == 10.0  # past float range: the cap, not an OverflowError
+
+
+def test_capped_delay_never_overflows() -> None:
+    """The agent's back-off after a long outage (1024+ failures) is the cap, not an OverflowError."""
+    assert capped_delay(0.5, 2.0, 1, 30.0) == 0.5
+    assert capped_delay(0.5, 2.0, 4, 30.0) == 4.0
+    assert capped_delay(0.5, 2.0, 1100, 30.0) == 30.0
+    assert capped_delay(0.5, 10.0, 10**6, 30.0) == 30.0
