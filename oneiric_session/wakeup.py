@@ -178,10 +178,13 @@ def wake(spool_path: Path, *, tokens: Mapping[str, str] | None = None, handover:
     return True
 
 
-def spawn_agent(spool_path: Path, *, tokens: Mapping[str, str] | None = None) -> int | None:
+def spawn_agent(
+    spool_path: Path, *, tokens: Mapping[str, str] | None = None, idle_exit_seconds: float | None = None
+) -> int | None:
     """Start an agent for this spool, detached; its pid, or None. Never waits for it.
 
-    The tokens go in its environment only.
+    The tokens go in its environment only. It runs in the spool's directory, so it never pins
+    (or reports from) the working directory of the shell that happened to start it.
     """
     import subprocess  # only when no agent listens: a shell that wakes one never pays for it
 
@@ -194,6 +197,8 @@ def spawn_agent(spool_path: Path, *, tokens: Mapping[str, str] | None = None) ->
         env[TOKENS_ENV] = json.dumps(dict(tokens))
     argv = [sys.executable, "-m", "oneiric_session", "agent", "--foreground", "--spool", str(spool_path)]
     argv += ["--log-file", str(agent_log_path(spool_path))]
+    if idle_exit_seconds is not None:  # the spawning shell's setting: the agent has no settings dir
+        argv += ["--idle-exit-seconds", repr(float(idle_exit_seconds))]
     try:
         child = subprocess.Popen(
             argv,
@@ -203,6 +208,7 @@ def spawn_agent(spool_path: Path, *, tokens: Mapping[str, str] | None = None) ->
             start_new_session=True,
             close_fds=True,
             env=env,
+            cwd=spool_path.parent,
         )
     except OSError:
         return None
@@ -254,7 +260,9 @@ def clear_spawn_marker(spool_path: Path) -> None:
         os.unlink(spawn_marker_path(spool_path))
 
 
-def wake_or_spawn(spool_path: Path, *, tokens: Mapping[str, str] | None = None) -> WakeResult:
+def wake_or_spawn(
+    spool_path: Path, *, tokens: Mapping[str, str] | None = None, idle_exit_seconds: float | None = None
+) -> WakeResult:
     """Wake the agent of this spool; else leave it to one starting; else start one.
 
     The caller's row must already be in the spool (see the module doc for why).
@@ -270,7 +278,7 @@ def wake_or_spawn(spool_path: Path, *, tokens: Mapping[str, str] | None = None) 
         fd = -1  # no marker possible: spawn anyway (a second agent exits at once)
     if fd is None:
         return "starting"
-    pid = spawn_agent(spool_path, tokens=tokens)
+    pid = spawn_agent(spool_path, tokens=tokens, idle_exit_seconds=idle_exit_seconds)
     if fd >= 0:
         with contextlib.suppress(OSError):
             if pid is None:

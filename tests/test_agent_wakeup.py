@@ -143,7 +143,7 @@ def spawns(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """spawn_agent replaced by a recorder that "starts" a live process (this one)."""
     calls: list[Path] = []
 
-    def fake_spawn(spool_path: Path, *, tokens: object = None) -> int:
+    def fake_spawn(spool_path: Path, *, tokens: object = None, idle_exit_seconds: object = None) -> int:
         calls.append(spool_path)
         return os.getpid()
 
@@ -206,7 +206,7 @@ def test_a_failed_spawn_leaves_no_marker(
     tmp_path: Path, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spool = tmp_path / "spool.sqlite3"
-    monkeypatch.setattr(wakeup, "spawn_agent", lambda spool_path, *, tokens=None: None)
+    monkeypatch.setattr(wakeup, "spawn_agent", lambda spool_path, **_: None)
     assert wakeup.wake_or_spawn(spool) == "failed"
     assert not wakeup.spawn_marker_path(spool).exists()
 

@@ -27,15 +27,28 @@ class Waker:
 
     def __init__(self) -> None:
         self.calls: list[tuple[Path, Any]] = []
+        self.idle_exit_seconds: list[float | None] = []
 
-    def __call__(self, spool_path: Path, *, tokens: Any = None) -> str:
+    def __call__(
+        self, spool_path: Path, *, tokens: Any = None, idle_exit_seconds: float | None = None
+    ) -> str:
         self.calls.append((spool_path, tokens))
+        self.idle_exit_seconds.append(idle_exit_seconds)
         return "woken"
 
 
 def _tracker(tmp_path: Path, waker: Waker, **env: str) -> SessionBuddyTracker:
     environ = {**Scene(tmp_path).env, **env}
     return SessionBuddyTracker(load_config(environ=environ), waker=waker)
+
+
+def test_an_agent_this_shell_spawns_gets_the_shells_idle_exit_setting(tmp_path: Path) -> None:
+    """The agent has no settings directory of its own: the shell hands it agent.idle_exit_seconds."""
+    waker = Waker()
+    tracker = _tracker(tmp_path, waker, ONEIRIC_SESSION_AGENT__IDLE_EXIT_SECONDS="7.5")
+    tracker.start(component_name="demo", shell_type="TestShell")
+    tracker.close()
+    assert waker.idle_exit_seconds == [7.5]
 
 
 def test_start_and_end_are_spooled_with_the_shell_identity_and_wake_the_agent(tmp_path: Path) -> None:

@@ -52,7 +52,7 @@ __all__ = [
 
 CACHE_DIR_NAME = "config-cache"
 # Bumped when the entry's shape changes (old entries then never match).
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: agent_idle_exit_seconds
 # Distinct configurations remembered (settings dirs x environments); the oldest go first.
 MAX_ENTRIES = 16
 # Variables read outside the settings layers: `~` expansion and the default spool path.
@@ -87,6 +87,7 @@ class ShellView(NamedTuple):
     token_env: str
     token_file: Path | None
     token_file_source: str
+    agent_idle_exit_seconds: float  # handed to an agent this shell spawns
     # Where the token variable is read at send time; never stored, never shown.
     environ: Mapping[str, str] = os.environ
 
@@ -111,6 +112,7 @@ class ShellView(NamedTuple):
             token_env=s.token_env,
             token_file=s.token_file,
             token_file_source=config.source_of("token_file"),
+            agent_idle_exit_seconds=float(s.agent.idle_exit_seconds),
             environ=config.environ,
         )
 
