@@ -152,6 +152,10 @@ class _NeedsFreshSpool(Exception):
 
 
 # NamedTuples, not dataclasses: the shell imports this module, and they cost a tenth to define.
+# A row is named by its id AND its event_id: after the file was moved aside and started afresh,
+# ids begin again at 1, and an agent still holding an old row must not touch an unrelated one.
+_DELETE_ROW = "DELETE FROM events WHERE id = ? AND event_id = ?"
+
 class SpooledEvent(NamedTuple):
     """One spooled row. `payload` is the sanitized wire arguments as appended."""
 
@@ -419,7 +423,7 @@ class Spool:
         """The server accepted the start: delete the row and map its handle, in one transaction."""
 
         def write(conn: sqlite3.Connection) -> bool:
-            deleted = conn.execute("DELETE FROM events WHERE id = ?", (row.row_id,)).rowcount
+            deleted = conn.execute(_DELETE_ROW, (row.row_id, row.event_id)).rowcount
             conn.execute(
                 "UPDATE sessions SET server_session_id = ? WHERE handle = ?", (server_session_id, row.handle)
             )
@@ -431,7 +435,7 @@ class Spool:
         """The server accepted the end: the row and its finished session are removed."""
 
         def write(conn: sqlite3.Connection) -> bool:
-            deleted = conn.execute("DELETE FROM events WHERE id = ?", (row.row_id,)).rowcount
+            deleted = conn.execute(_DELETE_ROW, (row.row_id, row.event_id)).rowcount
             conn.execute("DELETE FROM sessions WHERE handle = ?", (row.handle,))
             return deleted > 0
 
@@ -443,8 +447,8 @@ class Spool:
             lambda conn: (
                 conn.execute(
                     "UPDATE events SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
-                    " WHERE id = ? AND state = 'pending'",
-                    (_clip(error), next_attempt_at, row.row_id),
+                    " WHERE id = ? AND event_id = ? AND state = 'pending'",
+                    (_clip(error), next_attempt_at, row.row_id, row.event_id),
                 ).rowcount
                 > 0
             )
@@ -454,8 +458,9 @@ class Spool:
         """A permanent refusal: keep the row as a dead letter. A refused start takes its end along."""
 
         def write(conn: sqlite3.Connection) -> bool:
-            conn.execute("UPDATE events SET attempts = attempts + 1 WHERE id = ?", (row.row_id,))
-            moved = self._bury(conn, "id = ?", (row.row_id,), category, _clip(reason))
+            this_row = (row.row_id, row.event_id)
+            conn.execute("UPDATE events SET attempts = attempts + 1 WHERE id = ? AND event_id = ?", this_row)
+            moved = self._bury(conn, "id = ? AND event_id = ?", this_row, category, _clip(reason))
             if moved and row.kind == "start":
                 self._bury(
                     conn,

@@ -121,6 +121,23 @@ def test_acks_of_vanished_rows_say_so(sp: Spool) -> None:
     assert not sp.ack_end(end)
 
 
+def test_a_row_of_an_older_file_never_touches_a_new_row_with_the_same_id(
+    sp: Spool, tmp_path: Path, clock: Clock
+) -> None:
+    """After the spool was moved aside and started afresh, ids begin again: the event id tells them apart."""
+    start(sp, 1)
+    (old_row,) = sp.next_batch()
+    with Spool(tmp_path / "fresh.sqlite3", clock=clock) as fresh:
+        start(fresh, 2)
+        (new_row,) = fresh.next_batch()
+        assert new_row.row_id == old_row.row_id and new_row.event_id != old_row.event_id
+        assert not fresh.ack_start(old_row, "srv-1")
+        assert not fresh.record_failure(old_row, "boom", clock.now + 5)
+        assert not fresh.dead_letter(old_row, "refused")
+        (still,) = fresh.next_batch()
+        assert (still.event_id, still.attempts, still.last_error) == (new_row.event_id, 0, None)
+
+
 def test_duplicates_are_ignored(sp: Spool) -> None:
     """The same start (event_id or handle) and a second end for a session are written once."""
     h = start(sp, 1)
