@@ -13,14 +13,13 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from support.delivery import Scene, process_gone  # noqa: E402  (tests/ is on the path only now)
+from support.delivery import Scene, process_gone, wait_until  # noqa: E402  (tests/ is on the path only now)
 
 __all__ = [
     "REPO",
@@ -31,10 +30,9 @@ __all__ = [
     "reap",
     "scratch",
     "summary",
-    "wait_for",
+    "wait_until",
 ]
 
-T = TypeVar("T")
 # How long a process gets after SIGTERM before SIGKILL when a section cleans up.
 TERM_GRACE_SECONDS = 5.0
 
@@ -58,20 +56,6 @@ def summary(values: Sequence[float], digits: int = 2) -> dict[str, float | int]:
         "min": round(min(values), digits),
         "max": round(max(values), digits),
     }
-
-
-def wait_for(
-    predicate: Callable[[], T], *, timeout: float, poll: float = 0.005, what: str = "condition"
-) -> T:
-    """Poll `predicate` until truthy; its value. Bounded: raises TimeoutError with `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(poll)
 
 
 def _read(path: str) -> bytes:

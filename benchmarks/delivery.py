@@ -30,8 +30,9 @@ from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
 from support.server_process import SERVE, end_event, isolated_env, start_event
 
+from oneiric_session.config.loader import SESSION_BUDDY_STDIO_CODE as SB_SERVE
+
 WORKER = str(REPO / "benchmarks" / "provider_worker.py")
-SB_SERVE = "from session_buddy.mcp.server import mcp; mcp.run('stdio', show_banner=False)"
 # Long enough that the agent stays warm between rounds (the scene reaps it at the end).
 AGENT_IDLE_SECONDS = "120"
 WORKER_TIMEOUT_SECONDS = 180.0

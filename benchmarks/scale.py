@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import Scene, proc_memory_kb, processes_under, wait_for
+from common import Scene, proc_memory_kb, processes_under, wait_until
 from delivery import recorded
 
 from oneiric_session.wakeup import agent_log_path
@@ -143,10 +143,10 @@ def _shells(scene: Scene, n: int, component: str, env: dict[str, str]) -> list[d
 def _warm_up(scene: Scene) -> None:
     """One shell first, as a user has had before: the config cache and the spool exist. Then no agent."""
     _shells(scene, 1, "scale-warmup", scene.env)
-    wait_for(lambda: scene.depth() == 0, timeout=WAIT_SECONDS, poll=0.05, what="the warm-up delivered")
+    wait_until(lambda: scene.depth() == 0, timeout=WAIT_SECONDS, poll=0.05, what="the warm-up delivered")
     scene.stop_agents()
     probe = Sampler(scene)
-    wait_for(
+    wait_until(
         lambda: not any(probe.kind(c) for c in processes_under(scene.root, in_cmdline_only=True).values()),
         timeout=WAIT_SECONDS,
         poll=0.05,
@@ -170,7 +170,7 @@ def measure(scene: Scene, n: int) -> dict[str, Any]:
     try:
         component = f"{TRACKED}{n}"
         tracked = _shells(scene, n, component, scene.env)
-        wait_for(
+        wait_until(
             lambda: scene.depth() == 0 and recorded(scene.db, component)["ended"] >= n,
             timeout=WAIT_SECONDS,
             poll=0.05,

@@ -75,13 +75,13 @@ def measure(scene: Scene, *, runs: int, calls: int) -> dict[str, dict[str, list[
     """Interleaved fresh-process samples of every provider: provider -> field -> samples."""
     import subprocess
 
-    from common import wait_for
+    from common import wait_until
 
     fields = ("resolve_ms", "rss_kb", "mcp_imported", "first_start_ms", "first_end_ms", "start_ms", "end_ms")
     results: dict[str, dict[str, list[Any]]] = {p: {f: [] for f in fields} for p in PROVIDERS}
     for run in range(-1, runs):  # run -1 starts the agent and fills caches: not counted
         for provider in PROVIDERS:
-            wait_for(lambda: scene.depth() == 0, timeout=DRAIN_SECONDS, poll=0.02, what="the spool drained")
+            wait_until(lambda: scene.depth() == 0, timeout=DRAIN_SECONDS, poll=0.02, what="the spool drained")
             out = subprocess.run(
                 [sys.executable, __file__, provider, str(calls)],
                 env=scene.env,

@@ -20,12 +20,12 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
+from oneiric_session.config.loader import SESSION_BUDDY_STDIO_CODE as SERVE
 from oneiric_session.destination import Destination, Tuning
 from oneiric_session.events import build_end_event, build_start_event
 from oneiric_session.limits import Limits
 from oneiric_session.transport import SessionBuddyClient
 
-SERVE = "from session_buddy.mcp.server import mcp; mcp.run('stdio', show_banner=False)"
 LIMITS = Limits()
 
 

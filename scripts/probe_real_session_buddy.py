@@ -31,7 +31,8 @@ from typing import Any
 
 from mcp import Client, StdioServerParameters
 
-SERVE = "from session_buddy.mcp.server import mcp; mcp.run('stdio', show_banner=False)"
+from oneiric_session.config.loader import SESSION_BUDDY_STDIO_CODE as SERVE
+
 SECRET = "probe-secret-" + "x" * 32  # only ever given to the throwaway server below
 
 

@@ -16,7 +16,8 @@ linux_only = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="ne
 
 
 def _sleeper() -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # killed by the test
+    # A live child for the test to identify, then kill.
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # sleep-ok
 
 
 @linux_only

@@ -106,7 +106,8 @@ def test_a_signal_at_the_prompt_records_its_reason_and_still_ends_the_process(
 def test_sigterm_while_code_runs_ends_the_shell(open_shell, tmp_path: Path, repl: str) -> None:
     """Both REPLs catch exceptions raised in user code; the shell must leave all the same."""
     shell = open_shell(repl)
-    shell.sendline("import time; print('sleep' + 'ing'); time.sleep(60)")
+    busy = "import time; print('sleep' + 'ing'); time.sleep(60)"  # sleep-ok: the signal ends it
+    shell.sendline(busy)
     shell.expect("sleeping")
     shell.kill(signal.SIGTERM)
     assert shell.wait() == -signal.SIGTERM

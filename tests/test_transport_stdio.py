@@ -262,7 +262,7 @@ def test_no_orphan_after_the_client_is_killed(tmp_path: Path) -> None:
             await client.start_session(build_start_event(
                 component_name="orphan", shell_type="T", metadata=None, limits=Limits()))
             print(client.server_pid, flush=True)
-            await asyncio.sleep(60)
+            await asyncio.sleep(60)  # sleep-ok: the child is SIGKILLed long before
 
         asyncio.run(main())
         """

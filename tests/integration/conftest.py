@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
+from oneiric_session.config.loader import SESSION_BUDDY_STDIO_CODE as SB_SERVE
+
 REPO = Path(__file__).resolve().parents[2]
 CONSTRAINTS = REPO / "constraints"
-SB_SERVE = "from session_buddy.mcp.server import mcp; mcp.run('stdio', show_banner=False)"
 HOW_TO_BUILD = "run scripts/real-envs.sh (about 2 minutes cold) to build it"
 
 

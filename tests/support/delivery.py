@@ -173,7 +173,11 @@ class Scene:
 
 
 def wait_until(
-    predicate: Callable[[], Any], *, timeout: float = WAIT_SECONDS, what: str = "condition"
+    predicate: Callable[[], Any],
+    *,
+    timeout: float = WAIT_SECONDS,
+    what: str = "condition",
+    poll: float = _POLL_SECONDS,
 ) -> Any:
     """Poll `predicate` until it is truthy (bounded); its value."""
     deadline = time.monotonic() + timeout
@@ -183,7 +187,7 @@ def wait_until(
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(_POLL_SECONDS)  # sleep-ok: bounded polling of real processes
+        time.sleep(poll)  # sleep-ok: bounded polling of real processes
 
 
 def process_gone(pid: int) -> bool:
