@@ -56,7 +56,8 @@ def test_a_second_load_is_a_hit_with_the_same_values(home: Path) -> None:
     hit, _ = cached_view(settings, environ=env)
     assert hit is not None
     assert hit[:-1] == first[:-1] == ShellView.from_config(load_config(settings, environ=env))[:-1]
-    assert (hit.transport, hit.spool_max_rows, hit.limits.max_string_chars) == ("http", 77, 200)
+    assert (hit.destination.transport, hit.spool_max_rows, hit.limits.max_string_chars) == ("http", 77, 200)
+    assert hit.report_cwd == "/tmp"  # http without report_cwd: a directory any server host has
     assert hit.spool_path == paths.default_spool_path()
     assert hit.token() == "t0ken"  # read from the environment at use time, never cached
 

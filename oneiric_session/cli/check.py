@@ -65,7 +65,6 @@ async def _round_trip(config: Any, timeout: float | None) -> dict[str, Any]:
 
     from oneiric_session.errors import DeliveryError, DeliveryTimeoutError
     from oneiric_session.events import build_end_event, build_start_event
-    from oneiric_session.providers.session_buddy import HTTP_REPORT_CWD
     from oneiric_session.transport import SessionBuddyClient
 
     destination = config.destination()
@@ -76,9 +75,7 @@ async def _round_trip(config: Any, timeout: float | None) -> dict[str, Any]:
             call_seconds=min(tuning.call_seconds, timeout),
         )
     destination = destination._replace(tuning=tuning)
-    report_cwd = config.settings.report_cwd
-    if report_cwd is None and destination.transport == "http":
-        report_cwd = HTTP_REPORT_CWD
+    report_cwd = config.report_cwd()
     limits = config.limits()
     result: dict[str, Any] = {"ok": False, "destination": destination.describe()}
     started = time.monotonic()

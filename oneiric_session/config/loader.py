@@ -21,6 +21,9 @@ from oneiric_session.errors import ConfigError
 from oneiric_session.limits import Limits
 
 # Session-Buddy 0.23.0 has no stdio entry point; this is the launch line that serves stdio.
+# What environment.cwd carries on http when report_cwd is unset: the real server refuses a cwd
+# its own host does not have, and every host has this one (the shell's cwd rides in metadata).
+HTTP_REPORT_CWD = "/tmp"
 SESSION_BUDDY_STDIO_CODE = "from session_buddy.mcp.server import mcp; mcp.run('stdio', show_banner=False)"
 
 
@@ -82,6 +85,12 @@ class LoadedConfig:
             cwd=s.server.cwd,
             tuning=tuning,
         )
+
+    def report_cwd(self) -> str | None:
+        """What environment.cwd carries: the setting; on http by default a directory any host has."""
+        if self.settings.report_cwd is None and self.settings.transport == "http":
+            return HTTP_REPORT_CWD
+        return self.settings.report_cwd  # None: the shell's real cwd
 
     def limits(self) -> Limits:
         return Limits(**self.settings.limits.model_dump())

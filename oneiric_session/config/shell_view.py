@@ -52,7 +52,7 @@ __all__ = [
 
 CACHE_DIR_NAME = "config-cache"
 # Bumped when the entry's shape changes (old entries then never match).
-CACHE_FORMAT = 2  # 2: agent_idle_exit_seconds
+CACHE_FORMAT = 3  # 2: agent_idle_exit_seconds; 3: report_cwd resolved for http
 # Distinct configurations remembered (settings dirs x environments); the oldest go first.
 MAX_ENTRIES = 16
 # Variables read outside the settings layers: `~` expansion and the default spool path.
@@ -82,7 +82,6 @@ class ShellView(NamedTuple):
     spool_max_bytes: int
     spool_max_age_seconds: float
     exit_wait_seconds: float
-    transport: str
     report_cwd: str | None
     token_env: str
     token_file: Path | None
@@ -107,8 +106,7 @@ class ShellView(NamedTuple):
             spool_max_bytes=s.spool.max_bytes,
             spool_max_age_seconds=s.spool.max_age_days * 86400.0,
             exit_wait_seconds=float(s.exit_wait_seconds),
-            transport=s.transport,
-            report_cwd=s.report_cwd,
+            report_cwd=config.report_cwd(),
             token_env=s.token_env,
             token_file=s.token_file,
             token_file_source=config.source_of("token_file"),

@@ -33,8 +33,6 @@ __all__ = ["HANDLE_PREFIX", "SessionBuddyTracker", "create"]
 logger = logging.getLogger("oneiric_session")
 
 HANDLE_PREFIX = "local-"
-# What environment.cwd carries on http when report_cwd is unset: a directory any server host has.
-HTTP_REPORT_CWD = "/tmp"
 # Loss reasons (counted in `losses`).
 LOSS_SPOOL = "spool_error"
 LOSS_NO_START = "no_start"
@@ -61,8 +59,6 @@ class SessionBuddyTracker:
         self.spool_path = Path(view.spool_path)
         self.exit_wait_seconds = view.exit_wait_seconds
         self._report_cwd = view.report_cwd
-        if self._report_cwd is None and view.transport == "http":
-            self._report_cwd = HTTP_REPORT_CWD
         self._spool = Spool(
             self.spool_path,
             max_rows=view.spool_max_rows,
