@@ -32,7 +32,6 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
@@ -45,11 +44,12 @@ from typing import Any, Protocol
 from oneiric_session import events, procinfo
 from oneiric_session.delivery_status import META_DESTINATIONS, META_PID
 from oneiric_session.destination import Destination
+from oneiric_session.digest import sha256_hex
 from oneiric_session.errors import AuthenticationError, CircuitOpenError, DeliveryError, SpoolError
 from oneiric_session.limits import Limits
 from oneiric_session.resilience import capped_delay
 from oneiric_session.spool import DEAD_AUTH, OpenSession, Spool, SpooledEvent
-from oneiric_session.wakeup import AgentLock, WakeupListener
+from oneiric_session.wakeup import DEFAULT_IDLE_EXIT_SECONDS, AgentLock, WakeupListener
 
 __all__ = [
     "ABNORMAL_EXIT_REASON",
@@ -99,7 +99,7 @@ def _default_client(destination: Destination, token: Callable[[], str | None]) -
 
 def _digest(token: str) -> str:
     """What the agent remembers of a refused token (never the token itself)."""
-    return hashlib.sha256(token.encode()).hexdigest()
+    return sha256_hex(token.encode())
 
 
 def uncapped_spool(path: os.PathLike[str] | str) -> Spool:
@@ -155,7 +155,7 @@ class DeliveryAgent:
         tokens: Mapping[str, str] | None = None,
         default_token: str | None = None,
         client_factory: ClientFactory = _default_client,
-        idle_exit_seconds: float = 300.0,
+        idle_exit_seconds: float = DEFAULT_IDLE_EXIT_SECONDS,
         poll_seconds: float = POLL_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,

@@ -17,7 +17,6 @@ if TYPE_CHECKING:
 
 # The agent's log, next to the spool: small, rotated once (it holds no token, only messages).
 LOG_MAX_BYTES = 256 * 1024
-DEFAULT_IDLE_EXIT_SECONDS = 300.0
 # The agent, and the server it starts (a child inherits it), run below the shells: on a 2-core
 # machine a delivery competes for the CPU with the start-up and exit of the very shells it
 # serves, and a shell waiting for its prompt comes first; a delivery need only happen soon.
@@ -127,8 +126,10 @@ def run(args: argparse.Namespace) -> int:
         if config is None:
             config = load_config_quietly(args.settings)
         idle = args.idle_exit_seconds
+        if idle is None and config is not None:
+            idle = config.settings.agent.idle_exit_seconds
         if idle is None:
-            idle = DEFAULT_IDLE_EXIT_SECONDS if config is None else config.settings.agent.idle_exit_seconds
+            idle = wakeup.DEFAULT_IDLE_EXIT_SECONDS
         token = config_token(config)
         return serve(spool_path, lock, tokens=tokens, idle_exit_seconds=idle, default_token=token)
     finally:

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from oneiric_session.config.sources import DEFAULT_PROVIDER
 from oneiric_session.destination import Tuning
 from oneiric_session.limits import Limits
+from oneiric_session.wakeup import DEFAULT_IDLE_EXIT_SECONDS
 
 # The defaults live in the shell-side value types; read them from instances (NamedTuple fields).
 _TUNING = Tuning()
@@ -97,7 +98,10 @@ class SpoolSettings(_Section):
 
 class AgentSettings(_Section):
     idle_exit_seconds: float = Field(
-        300.0, ge=1, le=86400, description="The delivery agent exits after this long idle."
+        DEFAULT_IDLE_EXIT_SECONDS,
+        ge=1,
+        le=86400,
+        description="The delivery agent exits after this long idle.",
     )
 
 
