@@ -19,6 +19,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from oneiric_session.limits import Limits
+from oneiric_session.safetext import sanitize_text
 
 __all__ = [
     "EVENT_VERSION",
@@ -26,7 +27,6 @@ __all__ = [
     "build_start_event",
     "sanitize_component_name",
     "sanitize_metadata",
-    "sanitize_text",
 ]
 
 EVENT_VERSION = "1.0"
@@ -36,39 +36,13 @@ _MAX_USERNAME_CHARS = 100
 _MAX_PATH_CHARS = 500
 _MAX_PID = 4194304
 
-# Patterns are compiled on first use (re caches them): compiling all at import costs ~1 ms of the
-# shell's start-up, and the usual text (printable, plain names) never needs them.
-# ANSI escape sequences (CSI, OSC, and two-byte escapes), removed whole before single controls.
-_ANSI = r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-Z\\-_]"
-# Line breaks and tabs become one space, so text stays readable on one log line.
-_BREAKS = r"[\t\n\r\v\f\u0085\u2028\u2029]+"
-# Other C0/C1 controls, DEL, and bidi overrides (they can disguise a log line) are dropped.
-_CONTROLS = r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]"
-# Any surrogate code point in a str cannot be encoded as UTF-8: replace it.
-_SURROGATES = r"[\ud800-\udfff]"
 _COMPONENT_BAD = r"[^A-Za-z0-9_-]+"
-# Extra characters kept before cleaning, so removed escapes do not shorten the text below its cap.
-_CLEAN_MARGIN = 64
 _ELLIPSIS = "…"
 _TRUNCATED_KEY = "_truncated"
 _DEPTH_MARKER = "<nested too deep>"
 # Room each container keeps for its truncation marker (`, "_truncated": true`).
 _MARKER_BYTES = 20
 _NO_ROOM = object()
-
-
-def sanitize_text(value: str, max_chars: int) -> str:
-    """One safe line: escapes and controls removed, surrogates replaced, at most `max_chars` characters."""
-    text = value[: max_chars + _CLEAN_MARGIN]
-    # Printable text holds no escape, break, control, bidi override nor surrogate: nothing to remove.
-    if not text.isprintable():
-        text = re.sub(_ANSI, "", text)
-        text = re.sub(_BREAKS, " ", text)
-        text = re.sub(_CONTROLS, "", text)
-        text = re.sub(_SURROGATES, "\ufffd", text)
-    if len(text) > max_chars or len(value) > max_chars + _CLEAN_MARGIN:
-        text = text[: max(max_chars - 1, 0)] + _ELLIPSIS if max_chars > 0 else ""
-    return text
 
 
 def sanitize_component_name(value: object, max_chars: int) -> str:

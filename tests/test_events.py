@@ -19,9 +19,9 @@ from oneiric_session.events import (
     build_start_event,
     sanitize_component_name,
     sanitize_metadata,
-    sanitize_text,
 )
 from oneiric_session.limits import Limits
+from oneiric_session.safetext import sanitize_text
 
 # The real server's timestamp rule (CONTRACT.md).
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?$")

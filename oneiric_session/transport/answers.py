@@ -13,7 +13,7 @@ import re
 from typing import Any, Protocol
 
 from oneiric_session.errors import AuthenticationError, RejectedError
-from oneiric_session.events import sanitize_text
+from oneiric_session.safetext import sanitize_text
 
 __all__ = ["USER_ID_DEFECT_EXPLAINED", "read_end_answer", "read_start_answer", "server_text"]
 

@@ -26,7 +26,7 @@ import mcp_types
 from mcp.client._transport import TransportStreams
 from mcp.shared.message import SessionMessage
 
-from oneiric_session.events import sanitize_text
+from oneiric_session.safetext import sanitize_text
 
 __all__ = ["ServerProcess", "child_environment"]
 
