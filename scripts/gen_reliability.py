@@ -8,6 +8,11 @@ The suite records one outcome per fault (into $ONEIRIC_SESSION_FAULT_RESULTS whe
 plain `pytest` run renders the same table in memory and fails when the committed file
 differs, without writing anything. Only what a run decides goes into the table (counts,
 how the fault cleared, pass or fail); the measured call times stay in the results file.
+
+The page's second section lists the hardening tests: every test marked
+`@pytest.mark.hardening(item=N, fault=..., outcome=...)`, one row each, in item order. The
+generator runs them (`pytest -m hardening`) and writes nothing when one fails;
+tests/test_docs_reliability.py checks the committed section against the marks collected.
 """
 
 from __future__ import annotations
@@ -53,6 +58,59 @@ Counts are events (a session is a start and an end), taken once the fault had it
 | Fault | What happened | During the fault: delivered / spooled / dead / not kept | How it cleared | After |
 |---|---|---|---|---|
 """
+
+
+HARDENING_HEADING = "## Hardening: attacks and careless hands"
+_HARDENING_HEADER = f"""
+{HARDENING_HEADING}
+
+Each row is one test marked `hardening` (run them with `pytest -m hardening`): what an attacker
+or a careless operator did, and what happens now. The tests use real processes, files, sockets
+and users, like the fault suite; the suite fails when a row's test does.
+
+| # | Fault | What happens now | Test |
+|---|---|---|---|
+"""
+# Collects the marks of every `hardening` test without running it, as JSON on stdout.
+_COLLECT = """
+import json, sys, pytest
+rows = []
+class Collect:
+    def pytest_collection_modifyitems(self, items):
+        for item in items:
+            for mark in item.iter_markers("hardening"):
+                rows.append({"test": item.nodeid, **mark.kwargs})
+status = pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "-m", "hardening", "tests"],
+                     plugins=[Collect()])
+if status not in (0, 5):
+    sys.exit(status)
+sys.stdout.write("\\n@@HARDENING@@" + json.dumps(rows))
+"""
+
+
+def collect_hardening() -> list[dict[str, Any]]:
+    """The marks of every hardening test (item, fault, outcome, test id), collected, not run."""
+    done = subprocess.run(
+        [sys.executable, "-c", _COLLECT], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0 or "@@HARDENING@@" not in done.stdout:
+        raise RuntimeError(f"collecting the hardening tests failed:\n{done.stdout}{done.stderr}")
+    return list(json.loads(done.stdout.rsplit("@@HARDENING@@", 1)[1]))
+
+
+def render_hardening(rows: Sequence[dict[str, Any]]) -> str:
+    """The hardening section: one row per marked test, ordered by item, then test id."""
+    lines = [_HARDENING_HEADER]
+    for row in sorted(rows, key=lambda r: (int(r["item"]), r["test"])):
+        cells = [str(row["item"]), str(row["fault"]), str(row["outcome"]), f"`{row['test']}`"]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |\n")
+    return "".join(lines)
+
+
+def fault_part(text: str) -> str:
+    """The page up to the hardening section: what the fault suite renders."""
+    head, _, _ = text.partition("\n" + HARDENING_HEADING)
+    return head
 
 
 def _cell(text: str) -> str:
@@ -111,6 +169,14 @@ def run_suite(results: Path) -> int:
     ).returncode
 
 
+def run_hardening() -> int:
+    """Run every hardening test; pytest's exit status (5, none marked yet, counts as success)."""
+    status = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "hardening", "tests"], cwd=ROOT
+    ).returncode
+    return 0 if status == 5 else status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 when the file differs (write nothing)")
@@ -130,6 +196,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 return 1
             text = render_file(results)
+        status = run_hardening()
+        if status != 0:
+            print(
+                f"a hardening test failed (pytest exit {status}); {args.output} left as it is",
+                file=sys.stderr,
+            )
+            return 1
+    text += render_hardening(collect_hardening())
     current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
     if args.check:
         if current == text:
