@@ -20,6 +20,7 @@ Imported only by the agent, `check`, `serve` and the bundled server: never by th
 from __future__ import annotations
 
 import importlib.metadata
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -272,6 +273,15 @@ def lowlevel_server(server: Any) -> Any:
     return server._lowlevel_server if MCP_MAJOR >= 2 else server._mcp_server
 
 
+def _closed_stream_noise(record: logging.LogRecord) -> bool:
+    """False for the traceback 1.x logs at ERROR each time a client closes its GET stream."""
+    import anyio
+
+    error = record.exc_info[1] if record.exc_info else None
+    benign = isinstance(error, anyio.ClosedResourceError | anyio.BrokenResourceError)
+    return not (benign and record.getMessage() == "Error in standalone SSE writer")
+
+
 def run_streamable_http(server: Any, *, host: str, port: int) -> None:
     """Serve Streamable HTTP at http://host:port/mcp until stopped (the SDK's own runner)."""
     if MCP_MAJOR >= 2:
@@ -287,6 +297,7 @@ def serve_http_app(server: Any, *, path: str, host: str) -> Any:
         return server.streamable_http_app(streamable_http_path=path, host=host)
     from mcp.server.transport_security import TransportSecuritySettings
 
+    logging.getLogger("mcp.server.streamable_http").addFilter(_closed_stream_noise)
     server.settings.streamable_http_path = path
     server.settings.host = host
     loopback = host in ("127.0.0.1", "localhost", "::1")
