@@ -14,7 +14,9 @@ Transient failures back off (per destination, capped exponential, beyond the
 transport's own retries); refusals become dead letters with the server's message;
 an authentication failure is a dead letter of category "auth", requeued when a
 different token for that destination arrives. Tokens live in this process's
-memory only: from the spawning shell's environment, then from each wake-up.
+memory only: from the spawning shell's environment, then from each wake-up, each
+keyed by the destination it was given for; a destination with no token gets none
+(never another destination's, never a default).
 
 It also watches the pids of open sessions: a shell that died without an end
 (kill -9, a crash, a reboot) gets one, with exit_reason "abnormal" and the
@@ -153,7 +155,6 @@ class DeliveryAgent:
         spool: Spool,
         *,
         tokens: Mapping[str, str] | None = None,
-        default_token: str | None = None,
         client_factory: ClientFactory = _default_client,
         idle_exit_seconds: float = DEFAULT_IDLE_EXIT_SECONDS,
         poll_seconds: float = POLL_SECONDS,
@@ -165,7 +166,6 @@ class DeliveryAgent:
         self._tokens: dict[str, str] = {}
         self._refused: collections.defaultdict[str, set[str]] = collections.defaultdict(set)  # digests
         self._initial_tokens = dict(tokens or {})
-        self._default_token = default_token
         self._client_factory = client_factory
         self.idle_exit_seconds = idle_exit_seconds
         self.poll_seconds = poll_seconds
@@ -186,7 +186,8 @@ class DeliveryAgent:
     # -- tokens ---------------------------------------------------------------
 
     def token_for(self, key: str) -> str | None:
-        return self._tokens.get(key) or self._default_token
+        """The token given for destination `key`, or None: never another destination's token."""
+        return self._tokens.get(key)
 
     def update_tokens(self, tokens: Mapping[str, str]) -> int:
         """Take tokens (at start, then from each wake-up); a new one requeues the auth dead letters.

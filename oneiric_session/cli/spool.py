@@ -78,7 +78,7 @@ def run_list(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"spool_path": str(path), "pending": [], "dead": [], "drops": {}}
     if path.exists():  # listing must not create a spool
         now = time.time()
-        with Spool(path) as spool:
+        with Spool(path, read_only=True) as spool:
             report["pending"] = [_row(e, now) for e in spool.list_pending()]
             report["dead"] = [_row(e, now) for e in spool.list_dead()]
             report["drops"] = spool.stats().drops

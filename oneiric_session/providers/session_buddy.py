@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from oneiric_session import events, procinfo, wakeup
 from oneiric_session.config.shell_view import ShellView
-from oneiric_session.errors import ConfigError
+from oneiric_session.errors import ConfigError, UnsafeSpoolError
 from oneiric_session.spool import Spool
 
 if TYPE_CHECKING:
@@ -73,6 +73,7 @@ class SessionBuddyTracker:
         self._started: dict[str, float] = {}  # handle -> clock() at start
         self._ended: set[str] = set()
         self._token_warned = False
+        self._refusal_logged = False
         self.losses: collections.Counter[str] = collections.Counter()
 
     # -- Tracker --------------------------------------------------------------
@@ -203,6 +204,10 @@ class SessionBuddyTracker:
 
     def _lost(self, reason: str, what: str, exc: BaseException) -> None:
         self.losses[reason] += 1
+        if isinstance(exc, UnsafeSpoolError):
+            if self._refusal_logged:
+                return  # one line per shell: the same refusal would follow at every event
+            self._refusal_logged = True
         logger.warning("oneiric-session: %s not recorded: %s", what, exc)
 
 
