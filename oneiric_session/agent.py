@@ -72,6 +72,8 @@ POLL_SECONDS = 1.0
 ALIVE_WRITE_SECONDS = 10.0
 # Rows fetched per query; a batch is re-read after it is done (ends become due after their start).
 BATCH_ROWS = 50
+# How long a handover waits for the rows in flight to be answered: below `spool replay`'s 15 s wait.
+HANDOVER_GRACE_SECONDS = 10.0
 # Test-only: "start" or "end" makes the agent SIGKILL itself right after the server answered such
 # a row, before the spool acknowledgement (the crash window that exactly-once must survive).
 KILL_AFTER_ANSWER_ENV = "ONEIRIC_SESSION_TEST_KILL_AFTER_ANSWER"
@@ -318,6 +320,8 @@ class DeliveryAgent:
             if not rows:
                 return
             for row in rows:
+                if self._stopping:
+                    return  # stepping aside: the row stays pending, unsent, for the next deliverer
                 if row.destination is None:
                     self._dead(row, f"destination {key} is unknown to the spool")
                     continue
@@ -433,6 +437,7 @@ class DeliveryAgent:
                     self.update_tokens(wakeup.tokens)
                     if wakeup.handover:
                         logger.info("stepping aside for a foreground replay")
+                        await self._finish_in_flight()
                         return
                 self._changed.clear()
                 open_sessions = self.watch_sessions()
@@ -501,6 +506,14 @@ class DeliveryAgent:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._changed.wait()
+
+    async def _finish_in_flight(self) -> None:
+        """Let each worker finish the row it is sending (bounded), so the next deliverer never sends
+        a row this one may have sent already; then nothing more is started."""
+        self._stopping = True
+        workers = self._workers()
+        if workers:
+            await asyncio.wait(workers, timeout=HANDOVER_GRACE_SECONDS)
 
     async def _shutdown(self) -> None:
         for task in self._workers():

@@ -362,8 +362,11 @@ class AgentLock:
         """
         if self._fd is not None:
             return True
-        from oneiric_session.privacy import open_private, private_dir
+        from oneiric_session.privacy import PrivatePathError, foreign_reason, open_private, private_dir
 
+        refused = foreign_reason(self.spool_path)
+        if refused is not None:
+            raise PrivatePathError(f"{self.spool_path} refused: {refused}")
         private_dir(self.path.parent)
         for _ in range(3):
             fd = open_private(self.path, os.O_RDWR | os.O_CREAT)

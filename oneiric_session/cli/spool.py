@@ -132,6 +132,15 @@ def run_replay(args: argparse.Namespace) -> int:
     tokens = {destination.key: token} if token else None
     if not path.exists():
         return _replay_report(args, destination.describe(), 0, 0, 0)
+    from oneiric_session.errors import UnsafeSpoolError
+    from oneiric_session.privacy import foreign_reason
+
+    refused = foreign_reason(path)
+    if refused is not None:  # its launch lines could be another user's: run none of them
+        raise UnsafeSpoolError(
+            f"spool {path} refused: {refused}, so another user could have written it (its launch lines "
+            "would run as you); set spool.path to a directory only you can write"
+        )
     lock = _take_lock(path, tokens)
     if lock is None:
         print(
