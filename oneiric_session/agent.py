@@ -47,7 +47,13 @@ from oneiric_session import events, procinfo
 from oneiric_session.delivery_status import META_DESTINATIONS, META_PID
 from oneiric_session.destination import Destination
 from oneiric_session.digest import sha256_hex
-from oneiric_session.errors import AuthenticationError, CircuitOpenError, DeliveryError, SpoolError
+from oneiric_session.errors import (
+    AuthenticationError,
+    CircuitOpenError,
+    DeliveryError,
+    SpoolError,
+    TransientDeliveryError,
+)
 from oneiric_session.limits import Limits
 from oneiric_session.resilience import capped_delay
 from oneiric_session.spool import DEAD_AUTH, OpenSession, Spool, SpooledEvent
@@ -157,6 +163,7 @@ class DeliveryAgent:
         spool: Spool,
         *,
         tokens: Mapping[str, str] | None = None,
+        secrets: Mapping[str, Mapping[str, str]] | None = None,
         client_factory: ClientFactory = _default_client,
         idle_exit_seconds: float = DEFAULT_IDLE_EXIT_SECONDS,
         poll_seconds: float = POLL_SECONDS,
@@ -168,6 +175,8 @@ class DeliveryAgent:
         self._tokens: dict[str, str] = {}
         self._refused: collections.defaultdict[str, set[str]] = collections.defaultdict(set)  # digests
         self._initial_tokens = dict(tokens or {})
+        # Secret server.env values per destination key: in memory only (destination.SECRET_REFERENCE).
+        self._secrets: dict[str, dict[str, str]] = {k: dict(v) for k, v in (secrets or {}).items()}
         self._client_factory = client_factory
         self.idle_exit_seconds = idle_exit_seconds
         self.poll_seconds = poll_seconds
@@ -220,6 +229,17 @@ class DeliveryAgent:
             self._changed.set()
         return requeued
 
+    def update_secrets(self, secrets: Mapping[str, Mapping[str, str]]) -> None:
+        """Take secret server.env values (at start, then from each wake-up); a destination that was
+        waiting for them is tried again at once."""
+        for key, values in secrets.items():
+            if values and self._secrets.get(key) != dict(values):
+                self._secrets[key] = dict(values)
+                state = self._destinations.get(key)
+                if state is not None and state.client is None:
+                    state.retry_at = 0.0
+                    self._changed.set()
+
     # -- one row --------------------------------------------------------------
 
     def _state(self, key: str, destination: Destination) -> _DestinationState:
@@ -227,6 +247,13 @@ class DeliveryAgent:
         if state is None:
             state = self._destinations[key] = _DestinationState(describe=destination.describe())
         if state.client is None:
+            destination = destination.with_secrets(self._secrets.get(key))
+            missing = destination.missing_secrets()
+            if missing:
+                raise TransientDeliveryError(
+                    f"server.env {', '.join(missing)} is kept in memory only and this agent has not "
+                    "received it yet: it waits for a shell (or `spool replay`) with these settings"
+                )
             state.client = self._client_factory(destination, lambda: self.token_for(key))
         return state
 
@@ -325,7 +352,12 @@ class DeliveryAgent:
                 if row.destination is None:
                     self._dead(row, f"destination {key} is unknown to the spool")
                     continue
-                state = self._state(key, row.destination)
+                try:
+                    state = self._state(key, row.destination)
+                except TransientDeliveryError as exc:  # a secret not brought yet: back off, keep the row
+                    state = self._destinations[key]
+                    self._failed(row, state, exc)
+                    return
                 if not await self._deliver(row, state):
                     return
 
@@ -434,6 +466,7 @@ class DeliveryAgent:
             while not self._stopping:
                 if listener is not None and listening:
                     wakeup = listener.drain()
+                    self.update_secrets(wakeup.secrets)
                     self.update_tokens(wakeup.tokens)
                     if wakeup.handover:
                         logger.info("stepping aside for a foreground replay")

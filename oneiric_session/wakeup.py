@@ -42,6 +42,8 @@ if TYPE_CHECKING:
     import subprocess
 
 # The child reads the tokens from this variable and removes it from its environment.
+# (And the secret server.env values, destination key -> {name: value}, from SECRETS_ENV.)
+SECRETS_ENV = "ONEIRIC_SESSION_AGENT_SECRETS"
 TOKENS_ENV = "ONEIRIC_SESSION_AGENT_TOKENS"
 # How long an agent with nothing to do or watch stays (the agent.idle_exit_seconds default).
 DEFAULT_IDLE_EXIT_SECONDS = 300.0
@@ -155,16 +157,41 @@ class Wakeup(NamedTuple):
     count: int = 0
     tokens: Mapping[str, str] = MappingProxyType({})
     handover: bool = False
+    # Secret server.env values per destination key (never on disk: see destination.SECRET_REFERENCE).
+    secrets: Mapping[str, Mapping[str, str]] = MappingProxyType({})
 
     def __repr__(self) -> str:  # the tokens are secrets: only their keys are shown
-        return f"Wakeup(count={self.count}, token_keys={sorted(self.tokens)}, handover={self.handover})"
+        return (
+            f"Wakeup(count={self.count}, token_keys={sorted(self.tokens)}, handover={self.handover}, "
+            f"secret_keys={sorted(self.secrets)})"
+        )
 
 
-def encode_wakeup(tokens: Mapping[str, str] | None = None, *, handover: bool = False) -> bytes:
-    """The datagram: empty for a plain wake-up, else JSON {"tokens": {key: token}, "handover": bool}."""
-    if not tokens and not handover:
+def encode_wakeup(
+    tokens: Mapping[str, str] | None = None,
+    *,
+    handover: bool = False,
+    secrets: Mapping[str, Mapping[str, str]] | None = None,
+) -> bytes:
+    """The datagram: empty for a plain wake-up, else JSON {"tokens": {key: token}, "handover": bool}
+    (and "secrets": {key: {name: value}} when there are secret server.env values)."""
+    if not tokens and not handover and not secrets:
         return b""
-    return json.dumps({"tokens": dict(tokens or {}), "handover": handover}).encode()
+    value: dict[str, object] = {"tokens": dict(tokens or {}), "handover": handover}
+    if secrets:
+        value["secrets"] = {k: dict(v) for k, v in secrets.items()}
+    return json.dumps(value).encode()
+
+
+def _secrets(value: object) -> dict[str, dict[str, str]]:
+    """{key: {name: value}} with anything else dropped."""
+    if not isinstance(value, dict):
+        return {}
+    return {
+        k: {n: x for n, x in v.items() if isinstance(n, str) and isinstance(x, str)}
+        for k, v in value.items()
+        if isinstance(k, str) and isinstance(v, dict)
+    }
 
 
 def decode_wakeup(data: bytes) -> Wakeup:
@@ -181,10 +208,17 @@ def decode_wakeup(data: bytes) -> Wakeup:
         count=1,
         tokens={k: v for k, v in tokens.items() if isinstance(k, str) and isinstance(v, str) and v},
         handover=value.get("handover") is True,
+        secrets=_secrets(value.get("secrets")),
     )
 
 
-def wake(spool_path: Path, *, tokens: Mapping[str, str] | None = None, handover: bool = False) -> bool:
+def wake(
+    spool_path: Path,
+    *,
+    tokens: Mapping[str, str] | None = None,
+    handover: bool = False,
+    secrets: Mapping[str, Mapping[str, str]] | None = None,
+) -> bool:
     """Send one wake-up without blocking; True when an agent is listening."""
     path = socket_path(spool_path)
     if path is None:
@@ -197,7 +231,7 @@ def wake(spool_path: Path, *, tokens: Mapping[str, str] | None = None, handover:
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
-            sock.sendto(encode_wakeup(tokens, handover=handover), os.fsencode(path))
+            sock.sendto(encode_wakeup(tokens, handover=handover, secrets=secrets), os.fsencode(path))
         finally:
             sock.close()
     except BlockingIOError:
@@ -208,7 +242,11 @@ def wake(spool_path: Path, *, tokens: Mapping[str, str] | None = None, handover:
 
 
 def spawn_agent(
-    spool_path: Path, *, tokens: Mapping[str, str] | None = None, idle_exit_seconds: float | None = None
+    spool_path: Path,
+    *,
+    tokens: Mapping[str, str] | None = None,
+    idle_exit_seconds: float | None = None,
+    secrets: Mapping[str, Mapping[str, str]] | None = None,
 ) -> int | None:
     """Start an agent for this spool, detached; its pid, or None. Never waits for it.
 
@@ -224,8 +262,11 @@ def spawn_agent(
             _spawned.remove(child)
     env = dict(os.environ)
     env.pop(TOKENS_ENV, None)
+    env.pop(SECRETS_ENV, None)
     if tokens:
         env[TOKENS_ENV] = json.dumps(dict(tokens))
+    if secrets:
+        env[SECRETS_ENV] = json.dumps({k: dict(v) for k, v in secrets.items()})
     spool_path = Path(os.path.abspath(spool_path))  # the agent runs in "/"
     # -P: the cwd is not put first on sys.path (and "/" is no attacker's directory anyway).
     argv = [sys.executable, "-P", "-m", "oneiric_session", "agent", "--foreground"]
@@ -295,13 +336,17 @@ def clear_spawn_marker(spool_path: Path) -> None:
 
 
 def wake_or_spawn(
-    spool_path: Path, *, tokens: Mapping[str, str] | None = None, idle_exit_seconds: float | None = None
+    spool_path: Path,
+    *,
+    tokens: Mapping[str, str] | None = None,
+    idle_exit_seconds: float | None = None,
+    secrets: Mapping[str, Mapping[str, str]] | None = None,
 ) -> WakeResult:
     """Wake the agent of this spool; else leave it to one starting; else start one.
 
     The caller's row must already be in the spool (see the module doc for why).
     """
-    if wake(spool_path, tokens=tokens):
+    if wake(spool_path, tokens=tokens, secrets=secrets):
         return "woken"
     if agent_holds_lock(spool_path):
         return "starting"  # binding its socket, or handing over: it reads the spool after that
@@ -312,7 +357,8 @@ def wake_or_spawn(
         fd = -1  # no marker possible: spawn anyway (a second agent exits at once)
     if fd is None:
         return "starting"
-    pid = spawn_agent(spool_path, tokens=tokens, idle_exit_seconds=idle_exit_seconds)
+    extra = {"secrets": secrets} if secrets else {}  # (only then: callers may stand in for spawn_agent)
+    pid = spawn_agent(spool_path, tokens=tokens, idle_exit_seconds=idle_exit_seconds, **extra)
     if fd >= 0:
         with contextlib.suppress(OSError):
             if pid is None:
@@ -321,6 +367,14 @@ def wake_or_spawn(
                 os.write(fd, str(pid).encode())
         os.close(fd)
     return "spawned" if pid is not None else "failed"
+
+
+def secrets_from_environment() -> dict[str, dict[str, str]]:
+    """The secret server.env values the spawning shell passed (removed from this environment)."""
+    try:
+        return _secrets(json.loads(os.environ.pop(SECRETS_ENV, "") or "{}"))
+    except ValueError:
+        return {}
 
 
 def tokens_from_environment() -> dict[str, str]:
@@ -535,6 +589,7 @@ class WakeupListener:
         """Read every waiting wake-up, merged: how many, the newest token per key, any handover."""
         count, handover = 0, False
         tokens: dict[str, str] = {}
+        secrets: dict[str, dict[str, str]] = {}
         while self._sock is not None:
             received = self._receive()
             if received is None:
@@ -545,8 +600,9 @@ class WakeupListener:
             one = decode_wakeup(data)
             count += 1
             tokens.update(one.tokens)
+            secrets.update(one.secrets)
             handover = handover or one.handover
-        return Wakeup(count=count, tokens=tokens, handover=handover)
+        return Wakeup(count=count, tokens=tokens, handover=handover, secrets=secrets)
 
     def close(self) -> None:
         """Unbind: from now on a shell sees nobody listening and spawns an agent. Idempotent."""

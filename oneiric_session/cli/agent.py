@@ -104,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
             spool_path = config.spool_path()
         token = config_token(config)
         tokens = {config.destination().key: token} if config is not None and token else None
-        result = wakeup.wake_or_spawn(spool_path, tokens=tokens)
+        secrets = config.destination().secrets() if config is not None else {}
+        result = wakeup.wake_or_spawn(
+            spool_path, tokens=tokens, secrets={config.destination().key: secrets} if secrets else None
+        )
         print(f"delivery agent for {spool_path}: {'already running' if result == 'woken' else result}")
         return 0 if result != "failed" else 1
     with contextlib.suppress(OSError):  # a priority we cannot lower is no reason not to deliver
@@ -124,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     # spawned at once, the losers exit after a bare Python start.
     log = logging.getLogger("oneiric_session.agent")
     tokens = wakeup.tokens_from_environment()  # always removed, even by an agent that exits now
+    secrets = wakeup.secrets_from_environment()
     wakeup.clear_spawn_marker(spool_path)  # before the lock: see wakeup's module doc
     from oneiric_session.privacy import foreign_reason
 
@@ -157,7 +161,9 @@ def run(args: argparse.Namespace) -> int:
         if config is not None and token:
             # The agent's own settings give a token for their own destination only (issue 13.1).
             tokens = {config.destination().key: token, **tokens}
-        return serve(spool_path, lock, tokens=tokens, idle_exit_seconds=idle)
+        if config is not None and config.destination().secrets():
+            secrets = {config.destination().key: config.destination().secrets(), **secrets}
+        return serve(spool_path, lock, tokens=tokens, idle_exit_seconds=idle, secrets=secrets)
     finally:
         lock.release()
 
@@ -174,6 +180,7 @@ def serve(
     *,
     tokens: dict[str, str],
     idle_exit_seconds: float,
+    secrets: dict[str, dict[str, str]] | None = None,
 ) -> int:
     """Run the agent here, holding `lock`, until idle."""
     import asyncio
@@ -183,7 +190,7 @@ def serve(
 
     log = logging.getLogger("oneiric_session.agent")
     spool = uncapped_spool(spool_path)
-    agent = DeliveryAgent(spool, tokens=tokens, idle_exit_seconds=idle_exit_seconds)
+    agent = DeliveryAgent(spool, tokens=tokens, secrets=secrets, idle_exit_seconds=idle_exit_seconds)
     log.info("agent %d serving %s", os.getpid(), spool_path)
     try:
         asyncio.run(run_agent(agent, lock, wakeup.WakeupListener(spool_path)))

@@ -155,7 +155,8 @@ def run_replay(args: argparse.Namespace) -> int:
             spool.requeue_dead()
         _retarget(spool, destination, everything=args.all)
         total = spool.stats().depth
-        agent = DeliveryAgent(spool, tokens=tokens, progress=_progress(total))
+        secrets = {destination.key: destination.secrets()} if destination.secrets() else None
+        agent = DeliveryAgent(spool, tokens=tokens, secrets=secrets, progress=_progress(total))
         result = asyncio.run(agent.replay())
         if total:
             print(file=sys.stderr)

@@ -194,10 +194,15 @@ class SessionBuddyTracker:
     def _wake(self) -> None:
         try:
             token = self._token()
+            extra = {}
+            secrets = self.destination.secrets()
+            if secrets:  # secret server.env values: in memory only, like the token
+                extra["secrets"] = {self.destination.key: secrets}
             self._waker(
                 self.spool_path,
                 tokens={self.destination.key: token} if token else None,
                 idle_exit_seconds=self._view.agent_idle_exit_seconds,
+                **extra,
             )
         except Exception as exc:  # the event is on disk: the agent's poll or the next shell finds it
             logger.warning("oneiric-session: could not wake the delivery agent: %s", exc)
