@@ -14,7 +14,9 @@ Transient failures back off (per destination, capped exponential, beyond the
 transport's own retries); refusals become dead letters with the server's message;
 an authentication failure is a dead letter of category "auth", requeued when a
 different token for that destination arrives. Tokens live in this process's
-memory only: from the spawning shell's environment, then from each wake-up.
+memory only: from the spawning shell's environment, then from each wake-up, each
+keyed by the destination it was given for; a destination with no token gets none
+(never another destination's, never a default).
 
 It also watches the pids of open sessions: a shell that died without an end
 (kill -9, a crash, a reboot) gets one, with exit_reason "abnormal" and the
@@ -45,7 +47,13 @@ from oneiric_session import events, procinfo
 from oneiric_session.delivery_status import META_DESTINATIONS, META_PID
 from oneiric_session.destination import Destination
 from oneiric_session.digest import sha256_hex
-from oneiric_session.errors import AuthenticationError, CircuitOpenError, DeliveryError, SpoolError
+from oneiric_session.errors import (
+    AuthenticationError,
+    CircuitOpenError,
+    DeliveryError,
+    SpoolError,
+    TransientDeliveryError,
+)
 from oneiric_session.limits import Limits
 from oneiric_session.resilience import capped_delay
 from oneiric_session.spool import DEAD_AUTH, OpenSession, Spool, SpooledEvent
@@ -70,6 +78,8 @@ POLL_SECONDS = 1.0
 ALIVE_WRITE_SECONDS = 10.0
 # Rows fetched per query; a batch is re-read after it is done (ends become due after their start).
 BATCH_ROWS = 50
+# How long a handover waits for the rows in flight to be answered: below `spool replay`'s 15 s wait.
+HANDOVER_GRACE_SECONDS = 10.0
 # Test-only: "start" or "end" makes the agent SIGKILL itself right after the server answered such
 # a row, before the spool acknowledgement (the crash window that exactly-once must survive).
 KILL_AFTER_ANSWER_ENV = "ONEIRIC_SESSION_TEST_KILL_AFTER_ANSWER"
@@ -153,7 +163,7 @@ class DeliveryAgent:
         spool: Spool,
         *,
         tokens: Mapping[str, str] | None = None,
-        default_token: str | None = None,
+        secrets: Mapping[str, Mapping[str, str]] | None = None,
         client_factory: ClientFactory = _default_client,
         idle_exit_seconds: float = DEFAULT_IDLE_EXIT_SECONDS,
         poll_seconds: float = POLL_SECONDS,
@@ -165,7 +175,8 @@ class DeliveryAgent:
         self._tokens: dict[str, str] = {}
         self._refused: collections.defaultdict[str, set[str]] = collections.defaultdict(set)  # digests
         self._initial_tokens = dict(tokens or {})
-        self._default_token = default_token
+        # Secret server.env values per destination key: in memory only (destination.SECRET_REFERENCE).
+        self._secrets: dict[str, dict[str, str]] = {k: dict(v) for k, v in (secrets or {}).items()}
         self._client_factory = client_factory
         self.idle_exit_seconds = idle_exit_seconds
         self.poll_seconds = poll_seconds
@@ -186,7 +197,8 @@ class DeliveryAgent:
     # -- tokens ---------------------------------------------------------------
 
     def token_for(self, key: str) -> str | None:
-        return self._tokens.get(key) or self._default_token
+        """The token given for destination `key`, or None: never another destination's token."""
+        return self._tokens.get(key)
 
     def update_tokens(self, tokens: Mapping[str, str]) -> int:
         """Take tokens (at start, then from each wake-up); a new one requeues the auth dead letters.
@@ -217,6 +229,17 @@ class DeliveryAgent:
             self._changed.set()
         return requeued
 
+    def update_secrets(self, secrets: Mapping[str, Mapping[str, str]]) -> None:
+        """Take secret server.env values (at start, then from each wake-up); a destination that was
+        waiting for them is tried again at once."""
+        for key, values in secrets.items():
+            if values and self._secrets.get(key) != dict(values):
+                self._secrets[key] = dict(values)
+                state = self._destinations.get(key)
+                if state is not None and state.client is None:
+                    state.retry_at = 0.0
+                    self._changed.set()
+
     # -- one row --------------------------------------------------------------
 
     def _state(self, key: str, destination: Destination) -> _DestinationState:
@@ -224,6 +247,13 @@ class DeliveryAgent:
         if state is None:
             state = self._destinations[key] = _DestinationState(describe=destination.describe())
         if state.client is None:
+            destination = destination.with_secrets(self._secrets.get(key))
+            missing = destination.missing_secrets()
+            if missing:
+                raise TransientDeliveryError(
+                    f"server.env {', '.join(missing)} is kept in memory only and this agent has not "
+                    "received it yet: it waits for a shell (or `spool replay`) with these settings"
+                )
             state.client = self._client_factory(destination, lambda: self.token_for(key))
         return state
 
@@ -317,10 +347,17 @@ class DeliveryAgent:
             if not rows:
                 return
             for row in rows:
+                if self._stopping:
+                    return  # stepping aside: the row stays pending, unsent, for the next deliverer
                 if row.destination is None:
                     self._dead(row, f"destination {key} is unknown to the spool")
                     continue
-                state = self._state(key, row.destination)
+                try:
+                    state = self._state(key, row.destination)
+                except TransientDeliveryError as exc:  # a secret not brought yet: back off, keep the row
+                    state = self._destinations[key]
+                    self._failed(row, state, exc)
+                    return
                 if not await self._deliver(row, state):
                     return
 
@@ -429,9 +466,11 @@ class DeliveryAgent:
             while not self._stopping:
                 if listener is not None and listening:
                     wakeup = listener.drain()
+                    self.update_secrets(wakeup.secrets)
                     self.update_tokens(wakeup.tokens)
                     if wakeup.handover:
                         logger.info("stepping aside for a foreground replay")
+                        await self._finish_in_flight()
                         return
                 self._changed.clear()
                 open_sessions = self.watch_sessions()
@@ -500,6 +539,14 @@ class DeliveryAgent:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._changed.wait()
+
+    async def _finish_in_flight(self) -> None:
+        """Let each worker finish the row it is sending (bounded), so the next deliverer never sends
+        a row this one may have sent already; then nothing more is started."""
+        self._stopping = True
+        workers = self._workers()
+        if workers:
+            await asyncio.wait(workers, timeout=HANDOVER_GRACE_SECONDS)
 
     async def _shutdown(self) -> None:
         for task in self._workers():

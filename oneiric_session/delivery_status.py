@@ -72,9 +72,12 @@ def delivery_status(
         "drops": {},
         "open_sessions": 0,
     }
+    problems = _privacy_problems(path)
+    if problems:
+        report["warnings"] = problems
     if not path.exists():
         return report
-    spool = Spool(path)
+    spool = Spool(path, read_only=True)  # status never creates, converts or moves a file
     try:
         stats = spool.stats()
         pid = spool.meta_get(META_PID)
@@ -102,3 +105,21 @@ def delivery_status(
     if stats.moved_aside:
         report["moved_aside"] = stats.moved_aside
     return report
+
+
+def _privacy_problems(path: Path) -> list[str]:
+    """Why this spool is refused (another user could write it), and paths of ours others can read."""
+    from oneiric_session import privacy, wakeup
+
+    problems = []
+    reason = privacy.foreign_reason(path)
+    if reason is not None:
+        problems.append(f"spool refused: {reason} (another user could have written its launch lines)")
+    real = os.path.realpath(path)
+    paths = [os.path.dirname(real), *privacy.spool_companions(real), str(wakeup.agent_log_path(Path(real)))]
+    socket = wakeup.socket_path(path)
+    if socket is not None:
+        paths.append(str(socket.parent))
+    problems += privacy.not_private(paths)
+    problems += wakeup.socket_dir_problems()
+    return problems

@@ -3,17 +3,36 @@
 Shells with different settings share one spool; each spooled row names its
 destination so the delivery agent keeps one connection per destination.
 The token is never part of a destination (it is never written to disk).
+
+`server.env` values whose names `status` redacts (a server's secret, `SESSION_BUDDY_SECRET`)
+are not written to disk either: `to_json` (the spool's destinations table, the config cache)
+keeps the name with `SECRET_REFERENCE` instead of the value, and `key` is computed the same
+way, so a destination read back from disk has the same key as the one a shell configured. The
+values travel like tokens, in memory only (`secrets()`, the wake-up, the spawned agent's
+environment), and the agent puts them back (`with_secrets`) before it launches the server.
 This module is imported by the shell side: standard library only.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Literal, NamedTuple
 
 from oneiric_session.digest import sha256_hex
 
 TransportName = Literal["stdio", "http"]
+
+# Names in server.env that usually hold credentials for the server process (`status` redacts them).
+_SECRET_NAME = re.compile(r"token|secret|passw|key|credential|auth|cookie", re.IGNORECASE)
+# What is stored for a secret server.env value: a reference to "the value a shell of these
+# settings brings", never the value (a NUL cannot be in a real environment value).
+SECRET_REFERENCE = "\x00oneiric-session:secret-in-memory-only"
+
+
+def is_secret_env(name: str) -> bool:
+    """True for a server.env variable name that holds a secret (redacted, never stored on disk)."""
+    return bool(_SECRET_NAME.search(name))
 
 
 # NamedTuples, not dataclasses: every shell imports this, and `dataclasses` alone costs a shell ~6 ms.
@@ -49,7 +68,7 @@ class Destination(NamedTuple):
             "transport": self.transport,
             "command": self.command,
             "args": list(self.args),
-            "env": dict(self.env),
+            "env": self._env_at_rest(),
             "cwd": self.cwd,
             "url": self.url,
         }
@@ -61,10 +80,29 @@ class Destination(NamedTuple):
             return f"http {_without_credentials(self.url or '')}"
         return " ".join([self.command, *self.args])
 
+    def _env_at_rest(self) -> dict[str, str]:
+        return {name: SECRET_REFERENCE if is_secret_env(name) else value for name, value in self.env}
+
+    def secrets(self) -> dict[str, str]:
+        """The secret server.env values (names `status` redacts) that are never written to disk."""
+        return {n: v for n, v in self.env if is_secret_env(n) and v != SECRET_REFERENCE}
+
+    def missing_secrets(self) -> list[str]:
+        """Names whose value is only a reference (read back from disk and not filled in yet)."""
+        return [name for name, value in self.env if value == SECRET_REFERENCE]
+
+    def with_secrets(self, secrets: dict[str, str] | None) -> Destination:
+        """This destination with its references replaced by `secrets` (those it has)."""
+        if not secrets or not self.missing_secrets():
+            return self
+        env = tuple((n, secrets.get(n, v) if v == SECRET_REFERENCE else v) for n, v in self.env)
+        return self._replace(env=env)
+
     def to_json(self) -> str:
+        """The form written to disk: secret server.env values replaced by `SECRET_REFERENCE`."""
         data = self._asdict()
         data["args"] = list(self.args)
-        data["env"] = dict(self.env)
+        data["env"] = self._env_at_rest()
         data["tuning"] = self.tuning._asdict()
         return json.dumps(data, sort_keys=True)
 

@@ -45,3 +45,7 @@ class AuthenticationError(RejectedError):
 
 class SpoolError(OneiricSessionError):
     """The spool cannot be used (after recovery was attempted)."""
+
+
+class UnsafeSpoolError(SpoolError):
+    """The spool (or its directory) is another user's or writable by another user: refused."""

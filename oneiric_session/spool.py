@@ -13,7 +13,11 @@ Rows are delivered oldest first. A start's acknowledgement deletes its row and r
 server's session id in the same transaction; an end is deliverable only once its session has
 that id, and follows its start into dead letters when the start is refused. The spool is
 bounded by rows, bytes and age: the oldest rows are dropped (a start together with its end)
-and counted by reason. A corrupt or foreign file is moved aside and a fresh spool started.
+and counted by reason. A corrupt or foreign file is moved aside and a fresh spool started
+(never by a read-only Spool, `read_only=True`, as `status` and `spool list` use: it never
+creates, converts or moves a file, and says what the file is instead). A spool that another
+user could have written (its directory or files theirs, or writable by them) is refused:
+its rows are launch lines the agent would execute (`privacy.foreign_reason`).
 The token is never written: a "token" key anywhere in an event is removed.
 
 Standard library only: this module is imported by every shell.
@@ -34,7 +38,8 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
 
 from oneiric_session.destination import Destination
-from oneiric_session.errors import SpoolError
+from oneiric_session.errors import SpoolError, UnsafeSpoolError
+from oneiric_session.privacy import foreign_reason
 
 __all__ = [
     "DEAD_AUTH",
@@ -145,6 +150,8 @@ _EVENT_COLUMNS = (
 )
 
 _T = TypeVar("_T")
+# The meta key of the deliverer's claim (its pid, start time, boot id): see claim_agent.
+_META_OWNER = "agent.owner"
 
 
 class _NeedsFreshSpool(Exception):
@@ -155,6 +162,7 @@ class _NeedsFreshSpool(Exception):
 # A row is named by its id AND its event_id: after the file was moved aside and started afresh,
 # ids begin again at 1, and an agent still holding an old row must not touch an unrelated one.
 _DELETE_ROW = "DELETE FROM events WHERE id = ? AND event_id = ?"
+
 
 class SpooledEvent(NamedTuple):
     """One spooled row. `payload` is the sanitized wire arguments as appended."""
@@ -257,8 +265,11 @@ class Spool:
         busy_timeout_seconds: float = DEFAULT_BUSY_TIMEOUT_SECONDS,
         checkpoint_on_close: bool = True,
         durable: bool = True,
+        read_only: bool = False,
     ) -> None:
         self.path = Path(path)
+        # True (`status`, `spool list`): never create, convert or move aside what is at `path`.
+        self._read_only = read_only
         # False (the agent): commits skip the fsync (synchronous=NORMAL), see the module doc.
         self._synchronous = "FULL" if durable else "NORMAL"
         # False (a shell): closing never checkpoints the WAL, where SQLite can be told so (Python 3.12+).
@@ -612,6 +623,32 @@ class Spool:
 
         self._write(write)
 
+    def claim_agent(self, owner: str, alive: Callable[[str], bool]) -> bool:
+        """Record `owner` as this spool's one deliverer, unless a live one (`alive(its claim)`) is there.
+
+        The claim lives in the spool itself, so it is found whatever name the spool is opened by and
+        survives the lock file being deleted (see `wakeup.AgentLock`).
+        """
+
+        def write(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (_META_OWNER,)).fetchone()
+            if row is not None and row[0] != owner and alive(row[0]):
+                return False
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (_META_OWNER, owner),
+            )
+            return True
+
+        return self._write(write)
+
+    def release_agent(self, owner: str) -> None:
+        """Drop `owner`'s claim (only its own)."""
+        self._write(
+            lambda conn: conn.execute("DELETE FROM meta WHERE key = ? AND value = ?", (_META_OWNER, owner))
+        )
+
     # ----------------------------------------------------------------- internals: rows
 
     def _insert_event(
@@ -782,6 +819,11 @@ class Spool:
             except (sqlite3.Error, _NeedsFreshSpool) as exc:
                 if not _is_corruption(exc):
                     raise SpoolError(f"spool {self.path} cannot be used: {exc}") from exc
+                if self._read_only:
+                    raise SpoolError(
+                        f"{self.path} is not a usable spool ({exc}); left untouched (only a shell "
+                        "or the agent moves such a file aside)"
+                    ) from exc
                 failure: BaseException = exc
             except OSError as exc:
                 raise SpoolError(f"spool {self.path} cannot be used: {exc.strerror or exc}") from exc
@@ -801,6 +843,14 @@ class Spool:
             self.close()  # moved aside or deleted by another process: follow the path
         if self._conn is not None:
             self._inherited, self._conn = self._conn, None
+        reason = foreign_reason(self.path)
+        if reason is not None:
+            raise UnsafeSpoolError(
+                f"spool {self.path} refused: {reason}, so another user could have written it (its "
+                "launch lines would run as you); set spool.path to a directory only you can write"
+            )
+        if self._read_only:
+            return self._read_only_connection()
         self._make_parent()
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -824,6 +874,38 @@ class Spool:
                 # Closing the last connection would checkpoint the WAL (~10-30 ms of fsyncs).
                 conn.setconfig(sqlite3.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, True)
             self._check_schema(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn, self._conn_pid = conn, os.getpid()
+        return conn
+
+    def _read_only_connection(self) -> sqlite3.Connection:
+        """A connection that changes nothing: the file must already be a spool of this schema."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            header = os.read(fd, 100)
+        finally:
+            os.close(fd)
+        if not header:
+            raise _NeedsFreshSpool("an empty file (a spool being created?)")
+        if not header.startswith(b"SQLite format 3\x00"):
+            raise _NeedsFreshSpool("not an SQLite database")
+        self._file_id = (st.st_dev, st.st_ino)
+        conn = sqlite3.connect(
+            self.path, timeout=self._busy_timeout_seconds, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_seconds * 1000)}")
+            conn.execute("PRAGMA query_only = 1")
+            # Read through SQLite, not from the header: a fresh spool's schema may be in its WAL only.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version != SCHEMA_VERSION:
+                raise _NeedsFreshSpool(f"an SQLite database that is not a spool (user_version {version})")
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables >= _TABLES:
+                raise _NeedsFreshSpool(f"an SQLite database without the tables {sorted(_TABLES - tables)}")
         except BaseException:
             conn.close()
             raise

@@ -66,12 +66,24 @@ def config_token(config: LoadedConfig | None) -> str | None:
         return None
 
 
+class _PrivateLog(logging.handlers.RotatingFileHandler):
+    """The agent's log: 0600, never opened through a symlink, never another user's file."""
+
+    def _open(self):  # type: ignore[no-untyped-def]  # the base class's signature
+        from oneiric_session.privacy import open_private
+
+        fd = open_private(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
+
+
 def _setup_logging(log_file: str | None) -> None:
     handler: logging.Handler = logging.StreamHandler(sys.stderr)
     if log_file:
         try:
-            Path(log_file).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            handler = logging.handlers.RotatingFileHandler(log_file, maxBytes=LOG_MAX_BYTES, backupCount=1)
+            from oneiric_session.privacy import private_dir
+
+            private_dir(Path(log_file).parent)
+            handler = _PrivateLog(log_file, maxBytes=LOG_MAX_BYTES, backupCount=1)
         except OSError as exc:
             print(f"oneiric-session agent: cannot log to {log_file}: {exc}", file=sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s agent[%(process)d] %(levelname)s %(message)s"))
@@ -92,7 +104,10 @@ def run(args: argparse.Namespace) -> int:
             spool_path = config.spool_path()
         token = config_token(config)
         tokens = {config.destination().key: token} if config is not None and token else None
-        result = wakeup.wake_or_spawn(spool_path, tokens=tokens)
+        secrets = config.destination().secrets() if config is not None else {}
+        result = wakeup.wake_or_spawn(
+            spool_path, tokens=tokens, secrets={config.destination().key: secrets} if secrets else None
+        )
         print(f"delivery agent for {spool_path}: {'already running' if result == 'woken' else result}")
         return 0 if result != "failed" else 1
     with contextlib.suppress(OSError):  # a priority we cannot lower is no reason not to deliver
@@ -112,7 +127,19 @@ def run(args: argparse.Namespace) -> int:
     # spawned at once, the losers exit after a bare Python start.
     log = logging.getLogger("oneiric_session.agent")
     tokens = wakeup.tokens_from_environment()  # always removed, even by an agent that exits now
+    secrets = wakeup.secrets_from_environment()
     wakeup.clear_spawn_marker(spool_path)  # before the lock: see wakeup's module doc
+    from oneiric_session.privacy import foreign_reason
+
+    refused = foreign_reason(spool_path)
+    if refused is not None:  # its launch lines and wake-ups could be another user's: run nothing
+        log.error(
+            "refusing to deliver %s: %s, so another user could have written it; set spool.path to a "
+            "directory only you can write",
+            spool_path,
+            refused,
+        )
+        return 1
     lock = wakeup.AgentLock(spool_path)
     try:
         acquired = lock.acquire()
@@ -131,7 +158,12 @@ def run(args: argparse.Namespace) -> int:
         if idle is None:
             idle = wakeup.DEFAULT_IDLE_EXIT_SECONDS
         token = config_token(config)
-        return serve(spool_path, lock, tokens=tokens, idle_exit_seconds=idle, default_token=token)
+        if config is not None and token:
+            # The agent's own settings give a token for their own destination only (issue 13.1).
+            tokens = {config.destination().key: token, **tokens}
+        if config is not None and config.destination().secrets():
+            secrets = {config.destination().key: config.destination().secrets(), **secrets}
+        return serve(spool_path, lock, tokens=tokens, idle_exit_seconds=idle, secrets=secrets)
     finally:
         lock.release()
 
@@ -148,7 +180,7 @@ def serve(
     *,
     tokens: dict[str, str],
     idle_exit_seconds: float,
-    default_token: str | None,
+    secrets: dict[str, dict[str, str]] | None = None,
 ) -> int:
     """Run the agent here, holding `lock`, until idle."""
     import asyncio
@@ -158,9 +190,7 @@ def serve(
 
     log = logging.getLogger("oneiric_session.agent")
     spool = uncapped_spool(spool_path)
-    agent = DeliveryAgent(
-        spool, tokens=tokens, default_token=default_token, idle_exit_seconds=idle_exit_seconds
-    )
+    agent = DeliveryAgent(spool, tokens=tokens, secrets=secrets, idle_exit_seconds=idle_exit_seconds)
     log.info("agent %d serving %s", os.getpid(), spool_path)
     try:
         asyncio.run(run_agent(agent, lock, wakeup.WakeupListener(spool_path)))

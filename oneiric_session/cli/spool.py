@@ -78,7 +78,7 @@ def run_list(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"spool_path": str(path), "pending": [], "dead": [], "drops": {}}
     if path.exists():  # listing must not create a spool
         now = time.time()
-        with Spool(path) as spool:
+        with Spool(path, read_only=True) as spool:
             report["pending"] = [_row(e, now) for e in spool.list_pending()]
             report["dead"] = [_row(e, now) for e in spool.list_dead()]
             report["drops"] = spool.stats().drops
@@ -132,6 +132,15 @@ def run_replay(args: argparse.Namespace) -> int:
     tokens = {destination.key: token} if token else None
     if not path.exists():
         return _replay_report(args, destination.describe(), 0, 0, 0)
+    from oneiric_session.errors import UnsafeSpoolError
+    from oneiric_session.privacy import foreign_reason
+
+    refused = foreign_reason(path)
+    if refused is not None:  # its launch lines could be another user's: run none of them
+        raise UnsafeSpoolError(
+            f"spool {path} refused: {refused}, so another user could have written it (its launch lines "
+            "would run as you); set spool.path to a directory only you can write"
+        )
     lock = _take_lock(path, tokens)
     if lock is None:
         print(
@@ -146,7 +155,8 @@ def run_replay(args: argparse.Namespace) -> int:
             spool.requeue_dead()
         _retarget(spool, destination, everything=args.all)
         total = spool.stats().depth
-        agent = DeliveryAgent(spool, tokens=tokens, progress=_progress(total))
+        secrets = {destination.key: destination.secrets()} if destination.secrets() else None
+        agent = DeliveryAgent(spool, tokens=tokens, secrets=secrets, progress=_progress(total))
         result = asyncio.run(agent.replay())
         if total:
             print(file=sys.stderr)

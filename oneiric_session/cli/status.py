@@ -98,5 +98,9 @@ def render(report: Mapping[str, Any]) -> str:
     where = f"${token['env']}" + (f" or {token['file']}" if token["file"] else "")
     lines.append(f"token: {'available' if token['available'] else 'none'} (from {where})")
     lines.append("delivery:")
-    lines += [f"  {key}: {value}" for key, value in report["delivery"].items()]
+    for key, value in report["delivery"].items():
+        if key == "warnings":
+            lines += [f"  warning: {warning}" for warning in value]
+        else:
+            lines.append(f"  {key}: {value}")
     return "\n".join(lines)

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from oneiric_session.destination import is_secret_env
+
 REDACTED = "<redacted>"
-# Names in server.env that usually hold credentials for the server process.
-_SECRET_NAME = re.compile(r"token|secret|passw|key|credential|auth|cookie", re.IGNORECASE)
 
 
 def redact(name: str, value: Any) -> Any:
     """`value` of the dotted setting `name`, with secrets replaced by <redacted>."""
-    if name.startswith("server.env.") and _SECRET_NAME.search(name.removeprefix("server.env.")):
+    if name.startswith("server.env.") and is_secret_env(name.removeprefix("server.env.")):
         return REDACTED
     if name == "url" and isinstance(value, str):
         parts = urlsplit(value)

@@ -207,6 +207,10 @@ def store(
     """Remember `view` under `key`, unless the inputs changed while it was validated. Never raises."""
     if key is None:
         return
+    if view.destination.secrets():
+        # A secret server.env value is never stored at rest: such a configuration is validated at
+        # each shell start (the view would otherwise hold only a reference the shell cannot resolve).
+        return
     env = os.environ if environ is None else environ
     if cache_key(settings_dir, overrides=overrides, environ=env) != key:
         return  # a file or variable changed during validation: the view may be of neither version

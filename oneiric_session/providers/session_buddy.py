@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from oneiric_session import events, procinfo, wakeup
 from oneiric_session.config.shell_view import ShellView
-from oneiric_session.errors import ConfigError
+from oneiric_session.errors import ConfigError, UnsafeSpoolError
 from oneiric_session.spool import Spool
 
 if TYPE_CHECKING:
@@ -73,6 +73,7 @@ class SessionBuddyTracker:
         self._started: dict[str, float] = {}  # handle -> clock() at start
         self._ended: set[str] = set()
         self._token_warned = False
+        self._refusal_logged = False
         self.losses: collections.Counter[str] = collections.Counter()
 
     # -- Tracker --------------------------------------------------------------
@@ -193,16 +194,25 @@ class SessionBuddyTracker:
     def _wake(self) -> None:
         try:
             token = self._token()
+            extra = {}
+            secrets = self.destination.secrets()
+            if secrets:  # secret server.env values: in memory only, like the token
+                extra["secrets"] = {self.destination.key: secrets}
             self._waker(
                 self.spool_path,
                 tokens={self.destination.key: token} if token else None,
                 idle_exit_seconds=self._view.agent_idle_exit_seconds,
+                **extra,
             )
         except Exception as exc:  # the event is on disk: the agent's poll or the next shell finds it
             logger.warning("oneiric-session: could not wake the delivery agent: %s", exc)
 
     def _lost(self, reason: str, what: str, exc: BaseException) -> None:
         self.losses[reason] += 1
+        if isinstance(exc, UnsafeSpoolError):
+            if self._refusal_logged:
+                return  # one line per shell: the same refusal would follow at every event
+            self._refusal_logged = True
         logger.warning("oneiric-session: %s not recorded: %s", what, exc)
 
 

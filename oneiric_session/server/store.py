@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+
+from oneiric_session.privacy import open_private, private_dir
 
 # Long enough to sit out another server process's write burst, short enough that a wedged
 # database turns into a `status: "error"` answer before the client's own call timeout (30 s).
@@ -85,11 +88,26 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
+def _make_private(path: Path) -> None:
+    """Sessions are private (user names, homes, hosts, cwds): the directory 0700 when we create it,
+    the database 0600 whatever the umask (SQLite gives its WAL and SHM the database's mode)."""
+    real = os.path.realpath(path)
+    private_dir(os.path.dirname(real))
+    for name in (real, f"{real}-wal", f"{real}-shm"):
+        flags = os.O_RDWR | (os.O_CREAT if name == real else 0)
+        try:
+            os.close(open_private(name, flags))
+        except FileNotFoundError:
+            continue
+        except OSError:
+            continue  # not ours, or not a file: SQLite says what it can and cannot do with it
+
+
 class SessionStore:
     """Sessions recorded by the bundled server; every method is one short transaction."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _make_private(path)
         self.path = path
         # The MCP server runs tools on worker threads; one connection behind a lock is plenty
         # (SQLite serializes writers anyway) and keeps a single WAL reader/writer per process.

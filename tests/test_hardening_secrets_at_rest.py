@@ -1,0 +1,93 @@
+"""Hardening (issue 13) item 17, two parts: read-only commands never move or create a file in place of
+one they did not create, and server.env secrets are not stored in the spool or the config cache."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.support.delivery import WAIT_SECONDS, Scene, wait_until
+
+SECRET = "hardening-at-rest-server-secret-" + "fedcba9876543210" * 2
+
+
+def snapshot(directory: Path) -> dict[str, tuple[int, str]]:
+    """Each file's inode and content digest: what a read-only command must leave as it was."""
+    return {
+        p.name: (p.stat().st_ino, hashlib.sha256(p.read_bytes()).hexdigest())
+        for p in sorted(directory.iterdir())
+        if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("command", [["status", "--json"], ["spool", "list", "--json"]])
+@pytest.mark.hardening(
+    item=17,
+    fault="`status` / `spool list` with spool.path naming a foreign SQLite file (the bundled server's database)",
+    outcome="the file is left as it was (no *.corrupt-* rename, no spool created in its place); a clear message",
+)
+def test_read_only_commands_never_move_a_file_they_did_not_create(tmp_path: Path, command: list[str]) -> None:
+    scene = Scene(tmp_path)
+    foreign = tmp_path / "db" / "sessions.sqlite3"
+    foreign.parent.mkdir()
+    with sqlite3.connect(foreign) as db:  # the bundled server's database shape (user_version 0)
+        db.execute("CREATE TABLE sessions (session_id TEXT PRIMARY KEY, status TEXT)")
+        db.execute("INSERT INTO sessions VALUES ('s-1', 'ended')")
+    db.close()
+    before = snapshot(foreign.parent)
+    result = scene.run(*command, env={"ONEIRIC_SESSION_SPOOL__PATH": str(foreign)})
+    assert snapshot(foreign.parent) == before
+    assert "not a usable spool" in result.stdout + result.stderr, result
+    assert "left untouched" in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.hardening(
+    item=17,
+    fault="server.env holds a secret (SESSION_BUDDY_SECRET, redacted by `status`) and shells spool sessions",
+    outcome="the secret is in neither the spool (destinations table, WAL) nor the config cache; the server "
+    "still gets it (from the shells' wake-ups, in memory) and sessions are delivered",
+)
+def test_server_env_secrets_are_not_stored_at_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    scene = Scene(tmp_path, agent__idle_exit_seconds=60)
+    scene.configure(server__env={"SESSION_BUDDY_SECRET": SECRET, "HOME": str(tmp_path / "home")})
+    monkeypatch.setenv("XDG_RUNTIME_DIR", scene.env["XDG_RUNTIME_DIR"])
+    jwt = pytest.importorskip("jwt")
+    import time
+
+    now = int(time.time())
+    token = jwt.encode(
+        {"iss": "session-buddy", "sub": "x", "aud": "session-buddy", "iat": now, "exp": now + 3600},
+        SECRET,
+        algorithm="HS256",
+    )
+    try:
+        scene.run_shell(2, env={"SESSION_BUDDY_TOKEN": token})
+        scene.run_shell(1, env={"SESSION_BUDDY_TOKEN": token})
+        wait_until(
+            lambda: len(scene.sessions()) == 3 and scene.depth() == 0,
+            what="delivery to a server that needs its secret",
+            timeout=WAIT_SECONDS,
+        )
+        assert all(s["status"] == "ended" for s in scene.sessions())  # so the server had its secret
+        with scene.spool() as spool:
+            spool.meta_get("agent.pid")  # the spool as written, WAL included, is scanned below
+        needle = SECRET.encode()
+        for path in (tmp_path / "state").rglob("*"):
+            if path.is_file():
+                assert needle not in path.read_bytes(), path
+        status = scene.run("status")
+        assert SECRET not in status.stdout
+    finally:
+        scene.stop_agents()
+    assert os.path.exists(scene.spool_path)
+    with sqlite3.connect(scene.spool_path) as db:
+        stored = [json.loads(r[0]) for r in db.execute("SELECT json FROM destinations")]
+    db.close()
+    assert stored and all(SECRET not in json.dumps(d) for d in stored)
+    assert all("SESSION_BUDDY_SECRET" in d["env"] for d in stored)  # the name is kept, as a reference
