@@ -41,7 +41,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from oneiric_session import events, procinfo
+from oneiric_session import agent_clock, events, procinfo
 from oneiric_session.delivery_status import META_DESTINATIONS, META_PID
 from oneiric_session.destination import Destination
 from oneiric_session.digest import sha256_hex
@@ -125,6 +125,8 @@ class _DestinationState:
     auth_error: str | None = None  # the server refused the token; cleared by a new token or a delivery
     failing_since: float | None = None  # wall clock
     last_used: float = 0.0  # monotonic
+    # Rows this agent backed off (row id, event id): due again when retry_at passes, in monotonic time.
+    deferred: set[tuple[int, str]] = field(default_factory=set, repr=False)
     worker: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def visible(self) -> dict[str, Any]:
@@ -176,6 +178,7 @@ class DeliveryAgent:
         self._seen_alive: dict[str, float] = {}  # handle -> wall time last seen alive
         self._alive_written: dict[str, float] = {}  # handle -> wall time last written
         self._published: str | None = None
+        self._due_at: float | None = None  # monotonic: when the earliest row not yet due becomes due
         self._changed = asyncio.Event()
         self._stopping = False
         self._replaying = False
@@ -304,6 +307,7 @@ class DeliveryAgent:
         if state.failing_since is None:
             state.failing_since = self._wall()
         self.spool.record_failure(row, message, self._wall() + delay)
+        state.deferred.add((row.row_id, row.event_id))
         self._publish()
 
     # -- one destination ------------------------------------------------------
@@ -338,16 +342,37 @@ class DeliveryAgent:
         """Start a worker for each destination with pending rows that is not busy or backing off."""
         started = 0
         now = self._mono()
-        for destination in self.spool.pending_destinations():
+        destinations = self.spool.pending_destinations()
+        waits = None if self._replaying else self._due_waits(destinations)
+        self._due_at = None
+        for destination in destinations:
             key = destination.key
             state = self._destinations.setdefault(key, _DestinationState(describe=destination.describe()))
             if state.worker is not None or state.retry_at > now:
                 continue
+            if waits is not None:  # (a replay sends what is waiting out a back-off too)
+                wait = waits.get(key)
+                if wait is None:
+                    continue  # nothing deliverable yet (ends wait for their start)
+                if wait > 0:  # not due yet: the loop sleeps until then (or a wake-up)
+                    self._due_at = min(self._due_at or float("inf"), now + wait)
+                    continue
             task = asyncio.create_task(self._drain_destination(key), name=f"deliver-{key}")
             state.worker = task
             task.add_done_callback(lambda t, k=key: self._worker_done(k, t))
             started += 1
         return started
+
+    def _due_waits(self, destinations: list[Destination]) -> dict[str, float]:
+        """Seconds until each destination's earliest deliverable row is due (0: now); see agent_clock."""
+        return agent_clock.due_waits(
+            self.spool,
+            self._destinations.values(),
+            destinations,
+            mono=self._mono(),
+            wall=self._wall(),
+            floor=self.poll_seconds,
+        )
 
     def _workers(self) -> list[asyncio.Task[None]]:
         return [s.worker for s in self._destinations.values() if s.worker is not None]
@@ -492,6 +517,8 @@ class DeliveryAgent:
         for state in self._destinations.values():
             if state.worker is None and state.retry_at > now:
                 timeout = min(timeout, state.retry_at - now)
+        if self._due_at is not None:
+            timeout = min(timeout, self._due_at - now)
         if idle_since is not None:
             timeout = min(timeout, max(0.0, idle_since + self.idle_exit_seconds - now))
         return max(timeout, 0.001)

@@ -156,6 +156,7 @@ class _NeedsFreshSpool(Exception):
 # ids begin again at 1, and an agent still holding an old row must not touch an unrelated one.
 _DELETE_ROW = "DELETE FROM events WHERE id = ? AND event_id = ?"
 
+
 class SpooledEvent(NamedTuple):
     """One spooled row. `payload` is the sanitized wire arguments as appended."""
 
@@ -391,6 +392,60 @@ class Spool:
             where += " AND e.destination_key = ?"
             params.append(destination_key)
         return self._select_events(where, params, limit)
+
+    def due_schedule(
+        self, bound: Callable[[str], float] | None = None, *, now: float | None = None
+    ) -> dict[str, float]:
+        """Per destination with deliverable pending rows: when its earliest one is due (clock time).
+
+        A deadline further than `bound(key)` seconds from now (written before the wall clock
+        stepped back) is brought to now + bound(key), in the spool too: no back-off written by
+        any agent outlasts the back-off cap, whatever the clock did since.
+        """
+        when = self._clock() if now is None else now
+
+        def read(conn: sqlite3.Connection) -> dict[str, float]:
+            rows = conn.execute(
+                "SELECT e.destination_key, MIN(e.next_attempt_at) FROM events e"
+                " LEFT JOIN sessions s ON s.handle = e.handle WHERE e.state = 'pending'"
+                " AND (e.kind = 'start' OR s.server_session_id IS NOT NULL) GROUP BY e.destination_key"
+            ).fetchall()
+            return {key: at for key, at in rows}
+
+        due = self._read(read)
+        if bound is None:
+            return due
+        limits = {key: when + max(0.0, bound(key)) for key in due}
+        late = {key: limit for key, limit in limits.items() if due[key] > limit}
+        if late:
+
+            def write(conn: sqlite3.Connection) -> None:
+                conn.executemany(
+                    "UPDATE events SET next_attempt_at = ?"
+                    " WHERE destination_key = ? AND state = 'pending' AND next_attempt_at > ?",
+                    ((limit, key, limit) for key, limit in late.items()),
+                )
+
+            self._write(write)
+            due.update(late)
+        return due
+
+    def make_due(self, rows: Iterable[tuple[int, str]], now: float | None = None) -> int:
+        """These rows (row id, event id) are due at `now` at the latest: their back-off ended."""
+        when = self._clock() if now is None else now
+        keys = list(rows)
+        if not keys:
+            return 0
+        return self._write(
+            lambda conn: sum(
+                conn.execute(
+                    "UPDATE events SET next_attempt_at = MIN(next_attempt_at, ?)"
+                    " WHERE id = ? AND event_id = ? AND state = 'pending'",
+                    (when, row_id, event_id),
+                ).rowcount
+                for row_id, event_id in keys
+            )
+        )
 
     def pending_destinations(self) -> list[Destination]:
         """The destinations that have pending rows, in the order of their oldest row."""

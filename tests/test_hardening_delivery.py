@@ -1,0 +1,220 @@
+"""Hardening items 7-13: delivery that survives clocks, careless hands, other hosts and caps.
+
+Real agents, shells, spools and the bundled server where the fault is about processes and files;
+an injected clock where it is about time (a clock step cannot be made real in a test).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oneiric_session import events, procinfo, wakeup
+from oneiric_session.agent import DeliveryAgent
+from oneiric_session.config.loader import load_config
+from oneiric_session.destination import Destination, Tuning
+from oneiric_session.errors import ServerUnavailableError
+from oneiric_session.limits import Limits
+from oneiric_session.spool import Spool
+from tests.support.delivery import Scene, wait_until
+
+DAY = 86400.0
+
+
+@pytest.fixture
+def scene(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Scene]:
+    scene = Scene(tmp_path)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", scene.env["XDG_RUNTIME_DIR"])  # this process finds its socket
+    yield scene
+    scene.stop_agents()
+
+
+def _log(scene: Scene) -> Path:
+    return wakeup.agent_log_path(scene.spool_path)
+
+
+def _start_agent(scene: Scene) -> subprocess.Popen[str]:
+    agent = scene.agent("--log-file", str(_log(scene)))
+    wait_until(lambda: scene.agent_pid() == agent.pid, what="the agent to take the spool")
+    return agent
+
+
+def _start_event(component: str = "demo", **kwargs: Any) -> dict[str, Any]:
+    return events.build_start_event(
+        component_name=component, shell_type="HardeningShell", metadata=None, limits=Limits(), **kwargs
+    )
+
+
+def _end_event(handle: str) -> dict[str, Any]:
+    return events.build_end_event(
+        session_id=handle, exit_reason="user_exit", duration_seconds=1.0, metadata=None, limits=Limits()
+    )
+
+
+def _schedstat(pid: int) -> tuple[float, float]:
+    """Seconds a process spent on a CPU, and waiting for one (runnable): /proc/PID/schedstat."""
+    on_cpu, queued = (int(x) for x in Path(f"/proc/{pid}/schedstat").read_text().split()[:2])
+    return on_cpu / 1e9, queued / 1e9
+
+
+# -- 7. an agent spinning on rows not yet due ---------------------------------------------------
+
+
+@pytest.mark.hardening(
+    item=7,
+    fault="a new agent finds rows whose next attempt is 10 minutes away (a previous agent's back-off)",
+    outcome="it sleeps until the earliest due row or a wake-up: under 5% of a CPU while it waits",
+)
+def test_an_agent_with_rows_not_yet_due_sleeps(scene: Scene) -> None:
+    scene.configure(retry__wait_max_seconds="3600")  # a back-off of 10 minutes is within the cap
+    destination = load_config(environ=scene.env).destination()
+    me = procinfo.identify()
+    with scene.spool() as spool:
+        spool.append_start(
+            "local-waiting",
+            destination,
+            _start_event(),
+            pid=me.pid,
+            pid_start_time=me.start_time,
+            boot_id=me.boot_id,
+        )
+        (row,) = spool.list_pending()
+        spool.record_failure(row, "server unreachable", time.time() + 600)
+    agent = _start_agent(scene)
+    cpu, queued = _schedstat(agent.pid)
+    began = time.monotonic()
+    time.sleep(3.0)  # sleep-ok: the CPU a real process uses over wall time is what is measured
+    cpu_after, queued_after = _schedstat(agent.pid)
+    wall = time.monotonic() - began
+    assert agent.poll() is None  # it stays: a row waits and a session is open
+    # A spinning loop is always runnable: on a CPU or queued for one (whatever the machine's load).
+    assert (cpu_after - cpu) / wall < 0.05
+    assert (cpu_after - cpu + queued_after - queued) / wall < 0.25
+    assert scene.depth() == 1  # not sent early
+
+
+# -- 8. the wall clock stepping back ------------------------------------------------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.wall = 1_800_000_000.0
+        self.mono = 1000.0
+
+    def advance(self, seconds: float) -> None:
+        self.wall += seconds
+        self.mono += seconds
+
+
+class _Server:
+    """A destination that is down until told otherwise (what the agent's client sees of it)."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.started: list[str] = []
+
+
+class _Client:
+    breaker_state = "closed"
+
+    def __init__(self, server: _Server) -> None:
+        self.server = server
+
+    async def start_session(self, event: dict[str, Any]) -> str:
+        if self.server.down:
+            raise ServerUnavailableError("connection refused")
+        self.server.started.append(event["event_id"])
+        return f"srv-{len(self.server.started)}"
+
+    async def end_session(self, event: dict[str, Any]) -> str:
+        if self.server.down:
+            raise ServerUnavailableError("connection refused")
+        return "ok"
+
+    async def aclose(self) -> None:
+        return None
+
+
+_TUNING = Tuning(wait_min_seconds=1.0, wait_max_seconds=30.0, multiplier=2.0)
+_DESTINATION = Destination(command="session-buddy-test", tuning=_TUNING)
+
+
+def _agent(spool: Spool, clock: _Clock, server: _Server) -> DeliveryAgent:
+    return DeliveryAgent(
+        spool,
+        client_factory=lambda destination, token: _Client(server),
+        monotonic=lambda: clock.mono,
+        wall=lambda: clock.wall,
+    )
+
+
+def _one_pass(agent: DeliveryAgent) -> None:
+    """One scheduling pass of the agent, its workers run to their end."""
+
+    async def go() -> None:
+        agent._schedule()
+        await asyncio.gather(*agent._workers())
+        await asyncio.sleep(0)  # the workers' done callbacks
+
+    asyncio.run(go())
+
+
+def _clocked_spool(tmp_path: Path, clock: _Clock) -> Spool:
+    return Spool(
+        tmp_path / "spool.sqlite3",
+        max_rows=2**62,
+        max_bytes=2**62,
+        max_age_seconds=float("inf"),
+        clock=lambda: clock.wall,
+    )
+
+
+@pytest.mark.hardening(
+    item=8,
+    fault="server down, rows backing off, then the wall clock corrected one day backwards",
+    outcome="the running agent times its back-off in monotonic time: delivered once it ends",
+)
+def test_a_wall_clock_step_back_does_not_stall_a_running_agent(tmp_path: Path) -> None:
+    clock, server = _Clock(), _Server()
+    with _clocked_spool(tmp_path, clock) as spool:
+        spool.append_start(
+            "local-a", _DESTINATION, _start_event(), pid=None, pid_start_time=None, boot_id=None
+        )
+        agent = _agent(spool, clock, server)
+        _one_pass(agent)
+        assert agent.delivered == 0 and spool.stats().depth == 1  # backing off
+        clock.wall -= DAY  # NTP fixes a clock that ran a day ahead
+        clock.mono += _TUNING.wait_max_seconds
+        server.down = False
+        _one_pass(agent)
+        assert agent.delivered == 1
+        assert spool.stats().depth == 0
+
+
+@pytest.mark.hardening(
+    item=8,
+    fault="a new agent reads a next attempt one day ahead (written before the clock stepped back)",
+    outcome="deadlines read from the spool are bounded by the back-off cap: delivered within it",
+)
+def test_a_deadline_read_from_the_spool_is_bounded_by_the_backoff_cap(tmp_path: Path) -> None:
+    clock, server = _Clock(), _Server()
+    server.down = False
+    with _clocked_spool(tmp_path, clock) as spool:
+        spool.append_start(
+            "local-a", _DESTINATION, _start_event(), pid=None, pid_start_time=None, boot_id=None
+        )
+        (row,) = spool.list_pending()
+        spool.record_failure(row, "connection refused", clock.wall + DAY + 5)
+        agent = _agent(spool, clock, server)
+        _one_pass(agent)
+        assert agent.delivered == 0  # not due yet
+        clock.advance(_TUNING.wait_max_seconds)
+        _one_pass(agent)
+        assert agent.delivered == 1
+        assert spool.stats().depth == 0
