@@ -70,6 +70,7 @@ def delivery_status(
         "oldest_event_age_seconds": None,
         "dead_letters": 0,
         "drops": {},
+        "dropped_sessions": {},
         "open_sessions": 0,
     }
     if not path.exists():
@@ -97,6 +98,7 @@ def delivery_status(
         ),
         dead_letters=stats.dead,
         drops=stats.drops,
+        dropped_sessions=stats.dropped_sessions,
         open_sessions=stats.open_sessions,
     )
     if stats.moved_aside:

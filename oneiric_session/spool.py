@@ -75,6 +75,8 @@ DROP_MAX_ROWS = "max_rows"
 DROP_MAX_BYTES = "max_bytes"
 DROP_MAX_AGE = "max_age"
 DROP_NO_START = "no_start"
+# The drops table also counts whole sessions per reason, under this prefix (SpoolStats.dropped_sessions).
+SESSION_DROPS_PREFIX = "sessions:"
 
 _SECRET_KEYS = frozenset({"token"})
 _SQLITE_CORRUPT = 11
@@ -208,6 +210,7 @@ class SpoolStats(NamedTuple):
     open_sessions: int
     drops: dict[str, int]
     moved_aside: str | None  # the last corrupt file moved aside, if any
+    dropped_sessions: dict[str, int]  # whole sessions dropped, by reason (rows are in drops)
 
 
 def _strip_secrets(value: Any) -> Any:
@@ -627,7 +630,13 @@ class Spool:
             dead = conn.execute("SELECT COUNT(*) FROM events WHERE state = 'dead'").fetchone()[0]
             rows, size = conn.execute("SELECT rows, bytes FROM totals WHERE id = 1").fetchone()
             opened = conn.execute("SELECT COUNT(*) FROM sessions WHERE end_spooled = 0").fetchone()[0]
-            drops = dict(conn.execute("SELECT reason, count FROM drops ORDER BY reason").fetchall())
+            counted = dict(conn.execute("SELECT reason, count FROM drops ORDER BY reason").fetchall())
+            drops = {k: v for k, v in counted.items() if not k.startswith(SESSION_DROPS_PREFIX)}
+            whole = {
+                k.removeprefix(SESSION_DROPS_PREFIX): v
+                for k, v in counted.items()
+                if k.startswith(SESSION_DROPS_PREFIX)
+            }
             aside = conn.execute("SELECT value FROM meta WHERE key = 'moved_aside'").fetchone()
             return SpoolStats(
                 depth=depth,
@@ -638,6 +647,7 @@ class Spool:
                 open_sessions=opened,
                 drops=drops,
                 moved_aside=None if aside is None else aside[0],
+                dropped_sessions=whole,
             )
 
         return self._read(read)
@@ -713,51 +723,83 @@ class Spool:
             )
 
     def _enforce(self, conn: sqlite3.Connection, now: float) -> dict[str, int]:
+        """Apply the caps, whole sessions at a time, oldest first (see `_droppable`)."""
         dropped: dict[str, int] = {}
         cutoff = now - self.max_age_seconds
-        aged = conn.execute("SELECT id FROM events WHERE created_at < ?", (cutoff,)).fetchall()
-        dropped[DROP_MAX_AGE] = self._drop(conn, [r[0] for r in aged], DROP_MAX_AGE)
-        rows, size = conn.execute("SELECT rows, bytes FROM totals WHERE id = 1").fetchone()
-        if rows > self.max_rows:
-            victims = conn.execute("SELECT id FROM events ORDER BY id LIMIT ?", (rows - self.max_rows,))
-            dropped[DROP_MAX_ROWS] = self._drop(conn, [r[0] for r in victims.fetchall()], DROP_MAX_ROWS)
-            size = conn.execute("SELECT bytes FROM totals WHERE id = 1").fetchone()[0]
-        if size > self.max_bytes:
-            victims, freed = [], 0
-            for row_id, row_size in conn.execute("SELECT id, size FROM events ORDER BY id"):
-                if freed >= size - self.max_bytes:
-                    break
-                victims.append(row_id)
-                freed += row_size
-            dropped[DROP_MAX_BYTES] = self._drop(conn, victims, DROP_MAX_BYTES)
-        return {reason: n for reason, n in dropped.items() if n}
-
-    def _drop(self, conn: sqlite3.Connection, row_ids: list[int], reason: str) -> int:
-        """Delete rows, a start together with its session's end (which could never be delivered)."""
-        if not row_ids:
-            return 0
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (id INTEGER PRIMARY KEY)")
-        conn.execute("DELETE FROM temp.doomed")
-        conn.executemany("INSERT OR IGNORE INTO temp.doomed (id) VALUES (?)", ((i,) for i in row_ids))
-        conn.execute(
-            "INSERT OR IGNORE INTO temp.doomed (id) SELECT e.id FROM events e WHERE e.handle IN"
-            " (SELECT handle FROM events WHERE kind = 'start' AND id IN (SELECT id FROM temp.doomed))"
-        )
-        handles = [
+        # Only a session whose every event is older than the cutoff ages out, and never one still
+        # open: after the clock jumped forward, a live shell's start looks old but its end will come.
+        aged = [
             r[0]
             for r in conn.execute(
-                "SELECT DISTINCT handle FROM events WHERE id IN (SELECT id FROM temp.doomed)"
+                "SELECT DISTINCT handle FROM events WHERE created_at < ? ORDER BY id", (cutoff,)
             ).fetchall()
         ]
-        count = conn.execute("DELETE FROM events WHERE id IN (SELECT id FROM temp.doomed)").rowcount
-        # A session with nothing left to deliver is forgotten unless the server knows it and its
-        # end is still to come (the agent may still end it).
-        conn.executemany(
-            "DELETE FROM sessions WHERE handle = ? AND NOT EXISTS (SELECT 1 FROM events WHERE handle = ?)"
-            " AND (server_session_id IS NULL OR end_spooled = 1)",
-            ((h, h) for h in handles),
+        aged = [h for h in aged if self._droppable(conn, h, aged_before=cutoff)]
+        dropped[DROP_MAX_AGE] = self._drop_sessions(conn, aged, DROP_MAX_AGE)
+        rows, size = conn.execute("SELECT rows, bytes FROM totals WHERE id = 1").fetchone()
+        if rows > self.max_rows:
+            victims = self._oldest_sessions(conn, need_rows=rows - self.max_rows, need_bytes=0)
+            dropped[DROP_MAX_ROWS] = self._drop_sessions(conn, victims, DROP_MAX_ROWS)
+            size = conn.execute("SELECT bytes FROM totals WHERE id = 1").fetchone()[0]
+        if size > self.max_bytes:
+            victims = self._oldest_sessions(conn, need_rows=0, need_bytes=size - self.max_bytes)
+            dropped[DROP_MAX_BYTES] = self._drop_sessions(conn, victims, DROP_MAX_BYTES)
+        return {reason: n for reason, n in dropped.items() if n}
+
+    @staticmethod
+    def _droppable(conn: sqlite3.Connection, handle: str, *, aged_before: float | None = None) -> bool:
+        """Whether a cap may drop this session whole.
+
+        Never the end of a session the server already knows (dropping it would leave that session
+        open at the server forever): such an end stays until delivered, counted in the caps. With
+        `aged_before` (the age cap): never a session still open, nor one with an event after it.
+        """
+        row = conn.execute(
+            "SELECT server_session_id, end_spooled FROM sessions WHERE handle = ?", (handle,)
+        ).fetchone()
+        if row is not None and row[0] is not None:
+            return False
+        if aged_before is None:
+            return True
+        if row is not None and not row[1]:
+            return False
+        newest = conn.execute("SELECT MAX(created_at) FROM events WHERE handle = ?", (handle,)).fetchone()[0]
+        return newest is not None and newest < aged_before
+
+    @staticmethod
+    def _oldest_sessions(conn: sqlite3.Connection, *, need_rows: int, need_bytes: int) -> list[str]:
+        """The oldest droppable sessions that together free at least this many rows and bytes."""
+        handles: list[str] = []
+        seen: set[str] = set()
+        rows = size = 0
+        cur = conn.execute(
+            "SELECT e.handle, s.server_session_id FROM events e LEFT JOIN sessions s ON s.handle = e.handle"
+            " ORDER BY e.id"
         )
+        for handle, server_id in cur:
+            if handle in seen or server_id is not None:
+                continue
+            seen.add(handle)
+            count, total = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM events WHERE handle = ?", (handle,)
+            ).fetchone()
+            handles.append(handle)
+            rows += count
+            size += total
+            if rows >= need_rows and size >= need_bytes:
+                break
+        cur.close()
+        return handles
+
+    def _drop_sessions(self, conn: sqlite3.Connection, handles: list[str], reason: str) -> int:
+        """Delete these sessions whole (every row); counted by rows and by sessions. Returns the rows."""
+        count = 0
+        for handle in handles:
+            count += conn.execute("DELETE FROM events WHERE handle = ?", (handle,)).rowcount
+            # Forgotten: a later end of it is counted as no_start, never sent without its start.
+            conn.execute("DELETE FROM sessions WHERE handle = ? AND server_session_id IS NULL", (handle,))
         self._count_drop(conn, reason, count)
+        self._count_drop(conn, SESSION_DROPS_PREFIX + reason, len(handles))
         return count
 
     def _select_events(self, where: str, params: list[Any], limit: int | None) -> list[SpooledEvent]:

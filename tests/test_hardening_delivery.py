@@ -7,6 +7,7 @@ an injected clock where it is about time (a clock step cannot be made real in a 
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 from collections.abc import Iterator
@@ -218,3 +219,84 @@ def test_a_deadline_read_from_the_spool_is_bounded_by_the_backoff_cap(tmp_path: 
         _one_pass(agent)
         assert agent.delivered == 1
         assert spool.stats().depth == 0
+
+
+# -- 9. the wall clock stepping forward -----------------------------------------------------------
+
+
+class _WallClock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _start(spool: Spool, handle: str) -> bool:
+    return spool.append_start(
+        handle, _DESTINATION, _start_event(handle), pid=None, pid_start_time=None, boot_id=None
+    )
+
+
+def _kinds(spool: Spool) -> list[tuple[str, str]]:
+    return [(row.handle, row.kind) for row in spool.list_pending() + spool.list_dead()]
+
+
+@pytest.mark.hardening(
+    item=9,
+    fault="the wall clock steps forward 31 days (a VM resumed) with a session open and one ended",
+    outcome="the age cap drops whole sessions only: the open one is kept, its end delivered with it",
+)
+def test_a_clock_step_forward_never_drops_an_open_session(tmp_path: Path) -> None:
+    clock = _WallClock()
+    with Spool(tmp_path / "spool.sqlite3", max_age_seconds=30 * DAY, clock=clock) as spool:
+        assert _start(spool, "open")
+        assert _start(spool, "done")
+        assert spool.append_end("done", _DESTINATION, _end_event("done"))
+        assert _start(spool, "ending")
+        clock.now += 31 * DAY
+        assert spool.append_end("ending", _DESTINATION, _end_event("ending"))  # its end is fresh
+        assert _start(spool, "later")
+        assert _kinds(spool) == [
+            ("open", "start"),
+            ("ending", "start"),
+            ("ending", "end"),
+            ("later", "start"),
+        ]
+        assert spool.append_end("open", _DESTINATION, _end_event("open"))  # not "no_start"
+        stats = spool.stats()
+        assert stats.drops == {"max_age": 2}
+        assert stats.dropped_sessions == {"max_age": 1}  # "done", whole
+        clock.now += 31 * DAY
+        assert spool.enforce_limits() == {"max_age": 4}  # old and ended: each whole; "later" is open
+        assert _kinds(spool) == [("later", "start")]
+
+
+# -- 12. a row cap cutting a delivered session in half ------------------------------------------
+
+
+@pytest.mark.hardening(
+    item=12,
+    fault="spool.max_rows reached while the end of a session already started at the server waits",
+    outcome="caps drop whole sessions, oldest first, never that end; counted and shown in status",
+)
+def test_a_row_cap_never_cuts_a_delivered_session_in_half(scene: Scene) -> None:
+    scene.configure(spool__max_rows="3")
+    with Spool(scene.spool_path, max_rows=3) as spool:
+        assert _start(spool, "delivered")
+        (row,) = spool.next_batch()
+        assert spool.ack_start(row, "srv-1")  # the server knows this session
+        assert spool.append_end("delivered", _DESTINATION, _end_event("delivered"))  # the oldest row
+        assert _start(spool, "a")
+        assert spool.append_end("a", _DESTINATION, _end_event("a"))
+        assert _kinds(spool) == [("delivered", "end"), ("a", "start"), ("a", "end")]
+        assert _start(spool, "b")  # 4 rows: "a" goes whole, the delivered session's end stays
+        assert _start(spool, "c")
+        assert _kinds(spool) == [("delivered", "end"), ("b", "start"), ("c", "start")]
+        (end,) = [r for r in spool.next_batch() if r.kind == "end"]
+        assert end.server_session_id == "srv-1"
+    result = scene.run("status", "--json")
+    assert result.returncode == 0, result.stderr
+    delivery = json.loads(result.stdout)["delivery"]
+    assert delivery["drops"] == {"max_rows": 2}
+    assert delivery["dropped_sessions"] == {"max_rows": 1}
