@@ -68,6 +68,11 @@ POLL_SECONDS = 1.0
 # How often "still alive" is written to the spool; the agent keeps the exact moment in memory,
 # so this only bounds what is lost to an agent crash followed by the shell's death.
 ALIVE_WRITE_SECONDS = 10.0
+# A session started on another host or in another PID namespace (a container sharing the state
+# directory, an NFS home) is not this agent's to judge: its pid means nothing here. It is ended as
+# "abnormal" only once nothing was heard of it (its start, or an "alive" written by an agent that
+# can see it, every ALIVE_WRITE_SECONDS) for this long: far longer than any gap of a live shell.
+FOREIGN_STALE_SECONDS = 7 * 86400.0
 # Rows fetched per query; a batch is re-read after it is done (ends become due after their start).
 BATCH_ROWS = 50
 # Test-only: "start" or "end" makes the agent SIGKILL itself right after the server answered such
@@ -405,6 +410,12 @@ class DeliveryAgent:
             if session.pid is None:
                 still_open.append(session)  # nothing to watch: only its own end closes it
                 continue
+            if not procinfo.is_visible(session.host, session.pid_ns):
+                if now - max(session.last_seen_alive, session.started_at) < FOREIGN_STALE_SECONDS:
+                    still_open.append(session)  # left to an agent that can see it
+                else:
+                    self._end_abnormally(session, stale=True)
+                continue
             if procinfo.is_alive(session.pid, session.pid_start_time, session.boot_id):
                 self._seen_alive[session.handle] = now
                 if (
@@ -418,14 +429,17 @@ class DeliveryAgent:
             self._end_abnormally(session)
         return still_open
 
-    def _end_abnormally(self, session: OpenSession) -> None:
+    def _end_abnormally(self, session: OpenSession, *, stale: bool = False) -> None:
         last_seen = max(session.last_seen_alive, self._seen_alive.pop(session.handle, 0.0))
         self._alive_written.pop(session.handle, None)
+        metadata: dict[str, Any] = {"detected_by": "delivery agent", "pid": session.pid}
+        if stale:  # another host's or namespace's shell, not heard of for FOREIGN_STALE_SECONDS
+            metadata.update(host=session.host, stale_after_seconds=FOREIGN_STALE_SECONDS)
         event = events.build_end_event(
             session_id=session.handle,
             exit_reason=ABNORMAL_EXIT_REASON,
             duration_seconds=max(0.0, last_seen - session.started_at),
-            metadata={"detected_by": "delivery agent", "pid": session.pid},
+            metadata=metadata,
             limits=Limits(),
             now=dt.datetime.fromtimestamp(last_seen, dt.UTC),
         )

@@ -96,7 +96,9 @@ CREATE TABLE sessions (
     boot_id TEXT,
     started_at REAL NOT NULL,
     last_seen_alive REAL NOT NULL,
-    end_spooled INTEGER NOT NULL DEFAULT 0
+    end_spooled INTEGER NOT NULL DEFAULT 0,
+    host TEXT,
+    pid_ns TEXT
 );
 CREATE TABLE events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -197,6 +199,8 @@ class OpenSession(NamedTuple):
     boot_id: str | None
     started_at: float
     last_seen_alive: float
+    host: str | None = None  # where `pid` means something: the shell's host name ...
+    pid_ns: str | None = None  # ... and PID namespace (None: not recorded)
 
 
 class SpoolStats(NamedTuple):
@@ -313,8 +317,13 @@ class Spool:
         pid: int | None,
         pid_start_time: int | None,
         boot_id: str | None,
+        host: str | None = None,
+        pid_ns: str | None = None,
     ) -> bool:
-        """Spool a session start durably. False if this event_id or handle was already spooled."""
+        """Spool a session start durably. False if this event_id or handle was already spooled.
+
+        `pid` is the shell's, on `host` in PID namespace `pid_ns` (procinfo.identify()).
+        """
         payload = _encode(event)
         event_id = str(event.get("event_id") or f"start:{handle}")
 
@@ -323,8 +332,8 @@ class Spool:
             self._save_destination(conn, destination)
             cur = conn.execute(
                 "INSERT OR IGNORE INTO sessions (handle, destination_key, pid, pid_start_time, boot_id,"
-                " started_at, last_seen_alive) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (handle, destination.key, pid, pid_start_time, boot_id, now, now),
+                " started_at, last_seen_alive, host, pid_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (handle, destination.key, pid, pid_start_time, boot_id, now, now, host, pid_ns),
             )
             if cur.rowcount == 0:
                 return False
@@ -591,7 +600,8 @@ class Spool:
         rows = self._read(
             lambda conn: conn.execute(
                 "SELECT handle, destination_key, server_session_id, pid, pid_start_time, boot_id,"
-                " started_at, last_seen_alive FROM sessions WHERE end_spooled = 0 ORDER BY started_at"
+                " started_at, last_seen_alive, host, pid_ns FROM sessions WHERE end_spooled = 0"
+                " ORDER BY started_at"
             ).fetchall()
         )
         return [OpenSession(*r) for r in rows]
@@ -938,9 +948,13 @@ class Spool:
     def _check_schema(conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == SCHEMA_VERSION:
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if not tables >= _TABLES:
-                raise _NeedsFreshSpool(f"schema version {version} without tables {sorted(_TABLES - tables)}")
+            tables = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
+            if not tables.keys() >= _TABLES:
+                raise _NeedsFreshSpool(
+                    f"schema version {version} without tables {sorted(_TABLES - tables.keys())}"
+                )
+            if "pid_ns" not in (tables["sessions"] or ""):
+                _add_session_origin(conn)
             return
         if version != 0:
             raise _NeedsFreshSpool(f"schema version {version}, expected {SCHEMA_VERSION}")
@@ -1019,6 +1033,24 @@ class Spool:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('moved_aside', ?)", (str(aside),))
         except (sqlite3.Error, _NeedsFreshSpool, OSError) as err:
             raise SpoolError(f"spool {self.path} cannot be started afresh: {err}") from err
+
+
+def _add_session_origin(conn: sqlite3.Connection) -> None:
+    """Spools made before sessions recorded their shell's host and PID namespace gain the columns.
+
+    Added in place, without a version change: older code reads the table by column names.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(sessions)")}
+        for column in ("host", "pid_ns"):
+            if column not in columns:
+                conn.execute(f"ALTER TABLE sessions ADD COLUMN {column} TEXT")
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _statements(script: str) -> Iterator[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -300,3 +301,92 @@ def test_a_row_cap_never_cuts_a_delivered_session_in_half(scene: Scene) -> None:
     delivery = json.loads(result.stdout)["delivery"]
     assert delivery["drops"] == {"max_rows": 2}
     assert delivery["dropped_sessions"] == {"max_rows": 1}
+
+
+# -- 11. shells the agent cannot see --------------------------------------------------------------
+
+
+def _can_unshare() -> bool:
+    try:
+        probe = subprocess.run(
+            ["unshare", "--pid", "--uts", "--fork", "--mount-proc", "true"], capture_output=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+# A real shell elsewhere: in its own PID namespace (a container sharing the state directory), or on
+# "another host" sharing the home (its own UTS namespace with another host name).
+_ELSEWHERE = {
+    "another PID namespace": ["unshare", "--pid", "--fork", "--mount-proc"],
+    "another host": ["unshare", "--uts", "sh", "-c", 'hostname shared-home-host && exec "$@"', "sh"],
+}
+
+
+@pytest.mark.skipif(not _can_unshare(), reason="needs unshare(1) with CAP_SYS_ADMIN (run as root)")
+@pytest.mark.parametrize("where", list(_ELSEWHERE))
+@pytest.mark.hardening(
+    item=11,
+    fault="a live shell in another PID namespace, or on another host, shares the spool",
+    outcome="the agent leaves its pid alone: the session stays open until the shell ends it",
+)
+def test_a_shell_the_agent_cannot_see_is_not_ended_as_abnormal(scene: Scene, where: str) -> None:
+    from tests.support.delivery import SHELL
+
+    _start_agent(scene)
+    shell = subprocess.Popen(
+        [*_ELSEWHERE[where], sys.executable, "-c", SHELL, "1", "hold", "contained"],
+        env=scene.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=scene.root,
+    )
+    assert shell.stdout is not None and shell.stdin is not None
+    handle = shell.stdout.readline().strip()
+    assert handle.startswith("local-"), shell.stderr.read() if shell.stderr else ""
+    wait_until(lambda: [s for s in scene.sessions() if s["status"] == "open"], what="the start")
+    time.sleep(4.0)  # sleep-ok: the agent watches open sessions every second; the shell lives on
+    assert [s["status"] for s in scene.sessions()] == ["open"]
+    with scene.spool() as spool:
+        assert [s.handle for s in spool.open_sessions()] == [handle]
+    shell.stdin.close()
+    assert shell.wait(timeout=60) == 0
+
+    def ended() -> list[dict[str, Any]]:
+        return [s for s in scene.sessions() if s["status"] == "ended"]
+
+    (session,) = wait_until(ended, what="the shell's own end")
+    assert session["exit_reason"] == "user_exit"
+
+
+@pytest.mark.hardening(
+    item=11,
+    fault="a shell of another host opened a session, then nothing was heard of it for 7 days",
+    outcome="ended as abnormal by the documented staleness rule (FOREIGN_STALE_SECONDS), not before",
+)
+def test_another_hosts_session_is_ended_only_when_stale(tmp_path: Path) -> None:
+    from oneiric_session.agent import FOREIGN_STALE_SECONDS
+
+    clock, server = _Clock(), _Server()
+    with _clocked_spool(tmp_path, clock) as spool:
+        spool.append_start(
+            "local-far",
+            _DESTINATION,
+            _start_event(),
+            pid=1,  # alive here, but it is another host's pid 1
+            pid_start_time=1,
+            boot_id="another-boot",
+            host="another-host.example",
+            pid_ns="pid:[1]",
+        )
+        agent = _agent(spool, clock, server)
+        clock.advance(FOREIGN_STALE_SECONDS - 60)
+        assert [s.handle for s in agent.watch_sessions()] == ["local-far"]
+        assert [row.kind for row in spool.list_pending()] == ["start"]
+        clock.advance(120)
+        assert agent.watch_sessions() == []
+        (end,) = [row for row in spool.list_pending() if row.kind == "end"]
+        assert end.payload["metadata"]["exit_reason"] == "abnormal"
