@@ -81,6 +81,7 @@ SESSION_DROPS_PREFIX = "sessions:"
 _SECRET_KEYS = frozenset({"token"})
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
+_SQLITE_IOERR_SHORT_READ = 522
 
 _SCHEMA = """
 CREATE TABLE destinations (
@@ -240,6 +241,24 @@ def _clip(text: str) -> str:
     return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"
 
 
+def _side_ids(path: Path) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """(device, inode) of the spool's -wal and -shm files on disk now (None: absent)."""
+    found: list[tuple[int, int] | None] = []
+    for suffix in ("-wal", "-shm"):
+        try:
+            st = os.stat(f"{path}{suffix}")
+        except OSError:
+            found.append(None)
+        else:
+            found.append((st.st_dev, st.st_ino))
+    return found[0], found[1]
+
+
+def _is_lost_wal(exc: BaseException) -> bool:
+    """SQLITE_IOERR_SHORT_READ: the WAL index names frames the WAL on disk does not have."""
+    return getattr(exc, "sqlite_errorcode", None) == _SQLITE_IOERR_SHORT_READ
+
+
 def _is_corruption(exc: BaseException) -> bool:
     """Not a database, or a damaged one: the only errors that justify starting afresh."""
     if isinstance(exc, _NeedsFreshSpool):
@@ -281,6 +300,9 @@ class Spool:
         self._conn: sqlite3.Connection | None = None
         self._conn_pid = 0
         self._file_id: tuple[int, int] | None = None
+        # The -wal and -shm files this connection opened (see spool_rejoin): compared before each use.
+        self._side_ids: tuple[tuple[int, int] | None, tuple[int, int] | None] | None = None
+        self._failed_side_ids: tuple[tuple[int, int] | None, tuple[int, int] | None] | None = None
         # A connection inherited across fork is kept referenced, never used nor closed by the child.
         self._inherited: sqlite3.Connection | None = None
 
@@ -296,6 +318,10 @@ class Spool:
             conn, self._conn = self._conn, None
             if conn is not None and self._conn_pid != os.getpid():
                 self._inherited = conn
+            elif conn is not None and self._side_ids is not None and _side_ids(self.path) != self._side_ids:
+                from oneiric_session import spool_rejoin
+
+                spool_rejoin.abandon(conn, self.path)  # a usual close would checkpoint deleted files
             elif conn is not None:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
@@ -887,6 +913,8 @@ class Spool:
             try:
                 return fn(self._connection())
             except (sqlite3.Error, _NeedsFreshSpool) as exc:
+                if _is_lost_wal(exc):
+                    return self._retry_rejoined(fn, exc)
                 if not _is_corruption(exc):
                     raise SpoolError(f"spool {self.path} cannot be used: {exc}") from exc
                 failure: BaseException = exc
@@ -901,10 +929,21 @@ class Spool:
             except (sqlite3.Error, _NeedsFreshSpool, OSError) as exc:
                 raise SpoolError(f"spool {self.path} cannot be used even when started afresh: {exc}") from exc
 
+    def _retry_rejoined(self, fn: Callable[[sqlite3.Connection], _T], exc: BaseException) -> _T:
+        """A read past the end of the WAL: the WAL this index describes was deleted. Join, retry once."""
+        try:
+            return fn(self._rejoin())
+        except (sqlite3.Error, _NeedsFreshSpool, OSError) as err:
+            raise SpoolError(
+                f"spool {self.path} cannot be used: {exc}; joining it again failed: {err}"
+            ) from err
+
     def _connection(self) -> sqlite3.Connection:
         if self._conn is not None and self._conn_pid == os.getpid():
             if self._still_in_place():
-                return self._conn
+                if self._side_ids is None or _side_ids(self.path) == self._side_ids:
+                    return self._conn
+                return self._rejoin()  # its WAL or WAL index was deleted: see spool_rejoin
             self.close()  # moved aside or deleted by another process: follow the path
         if self._conn is not None:
             self._inherited, self._conn = self._conn, None
@@ -932,9 +971,31 @@ class Spool:
                 conn.setconfig(sqlite3.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, True)
             self._check_schema(conn)
         except BaseException:
+            self._failed_side_ids = _side_ids(self.path)  # what a lost-WAL retry must leave
             conn.close()
             raise
         self._conn, self._conn_pid = conn, os.getpid()
+        self._side_ids = _side_ids(self.path)  # opened by the schema check's reads
+        return conn
+
+    def _rejoin(self) -> sqlite3.Connection:
+        """Leave a connection whose WAL files are not the ones on disk; join the spool on disk again."""
+        from oneiric_session import spool_rejoin
+
+        old, held = self._conn, self._side_ids or self._failed_side_ids or (None, None)
+        self._conn, self._side_ids, self._failed_side_ids = None, None, None
+        snap = spool_rejoin.snapshot(old) if old is not None else None
+        if old is not None:
+            spool_rejoin.abandon(old, self.path)
+        with _recovery_lock(self.path):
+            spool_rejoin.drop_stale_index(self.path, held)
+            conn = self._connection()
+            message = (
+                f"the spool's WAL files were deleted or replaced under process {os.getpid()};"
+                " it joined the spool on disk again and merged what it still saw"
+            )
+            added = spool_rejoin.merge(conn, snap, held, self._clock(), message)
+        logger.warning("spool %s: %s (%d row(s) restored)", self.path, message, added)
         return conn
 
     def _still_in_place(self) -> bool:

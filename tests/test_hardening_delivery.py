@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -390,3 +391,47 @@ def test_another_hosts_session_is_ended_only_when_stale(tmp_path: Path) -> None:
         assert agent.watch_sessions() == []
         (end,) = [row for row in spool.list_pending() if row.kind == "end"]
         assert end.payload["metadata"]["exit_reason"] == "abnormal"
+
+
+# -- 10. the WAL deleted under a running agent ----------------------------------------------------
+
+
+@pytest.mark.parametrize("deleted", [("-wal",), ("-wal", "-shm")], ids=["wal", "wal+shm"])
+@pytest.mark.hardening(
+    item=10,
+    fault="rm spool.sqlite3-wal (or -wal and -shm) while the agent and a shell hold the spool",
+    outcome="each notices the files are not the ones on disk, joins again, merges: all 7 sessions arrive",
+)
+def test_the_wal_deleted_under_a_running_agent_loses_nothing(scene: Scene, deleted: tuple[str, ...]) -> None:
+    _start_agent(scene)
+    held = scene.shell(1, hold=True, component="held")  # its session keeps the agent; it holds the spool
+    assert held.stdout is not None and held.stdin is not None
+    assert held.stdout.readline().strip().startswith("local-")
+    wait_until(lambda: scene.sessions(), what="the held session's start")
+    for suffix in deleted:
+        os.unlink(f"{scene.spool_path}{suffix}")
+    for n in range(6):
+        scene.run_shell(1, component=f"after{n}")
+    held.stdin.close()
+    assert held.wait(timeout=60) == 0
+
+    def all_ended() -> list[dict[str, Any]]:
+        sessions = scene.sessions()
+        return sessions if len(sessions) >= 7 and all(s["status"] == "ended" for s in sessions) else []
+
+    sessions = wait_until(all_ended, what="all seven sessions to be delivered")
+    assert sorted(s["component_name"] for s in sessions) == [
+        "after0",
+        "after1",
+        "after2",
+        "after3",
+        "after4",
+        "after5",
+        "held",
+    ]
+    assert all(s["exit_reason"] == "user_exit" for s in sessions)
+    log = _log(scene).read_text()
+    assert log.count("joined the spool on disk again") == 1  # said once by the agent
+    result = scene.run("status", "--json")
+    assert result.returncode == 0, result.stderr
+    assert "joined the spool on disk again" in json.loads(result.stdout)["delivery"]["spool_rejoined"]
