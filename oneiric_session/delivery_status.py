@@ -84,6 +84,7 @@ def delivery_status(
         stats = spool.stats()
         pid = spool.meta_get(META_PID)
         rejoined = spool.meta_get(META_REJOINED)
+        disk = spool.disk_bytes()
         destinations = _destinations(spool)
     except SpoolError as exc:
         report["error"] = str(exc)
@@ -103,6 +104,8 @@ def delivery_status(
         ),
         dead_letters=stats.dead,
         drops=stats.drops,
+        spool_bytes=stats.bytes,
+        spool_disk_bytes=disk,
         dropped_sessions=stats.dropped_sessions,
         open_sessions=stats.open_sessions,
     )

@@ -82,6 +82,10 @@ _SECRET_KEYS = frozenset({"token"})
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
 _SQLITE_IOERR_SHORT_READ = 522
+# SQLite's default page size, and its default WAL auto-checkpoint (pages); the least we allow.
+_PAGE_BYTES = 4096
+_DEFAULT_WAL_PAGES = 1000
+_MIN_WAL_PAGES = 4
 
 _SCHEMA = """
 CREATE TABLE destinations (
@@ -965,6 +969,11 @@ class Spool:
             if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
                 raise SpoolError(f"spool {self.path}: WAL mode is not available here")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            # The WAL is part of what the spool takes on disk: checkpoint it before it outgrows a
+            # quarter of max_bytes, and truncate it back to that after (default cap: SQLite's defaults).
+            wal_pages = self.wal_budget_pages()
+            conn.execute(f"PRAGMA wal_autocheckpoint = {wal_pages}")
+            conn.execute(f"PRAGMA journal_size_limit = {wal_pages * _PAGE_BYTES}")
             conn.execute("PRAGMA temp_store = MEMORY")  # drops use a small temp table
             if not self._checkpoint_on_close and hasattr(sqlite3, "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE"):
                 # Closing the last connection would checkpoint the WAL (~10-30 ms of fsyncs).
@@ -977,6 +986,18 @@ class Spool:
         self._conn, self._conn_pid = conn, os.getpid()
         self._side_ids = _side_ids(self.path)  # opened by the schema check's reads
         return conn
+
+    def wal_budget_pages(self) -> int:
+        """Pages the WAL may hold before a checkpoint: a quarter of max_bytes, 4 to 1000 pages."""
+        return max(_MIN_WAL_PAGES, min(_DEFAULT_WAL_PAGES, self.max_bytes // 4 // _PAGE_BYTES))
+
+    def disk_bytes(self) -> int:
+        """What the spool's files take on disk now: the database, its WAL and the WAL index."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                total += os.stat(f"{self.path}{suffix}").st_size
+        return total
 
     def _rejoin(self) -> sqlite3.Connection:
         """Leave a connection whose WAL files are not the ones on disk; join the spool on disk again."""

@@ -435,3 +435,39 @@ def test_the_wal_deleted_under_a_running_agent_loses_nothing(scene: Scene, delet
     result = scene.run("status", "--json")
     assert result.returncode == 0, result.stderr
     assert "joined the spool on disk again" in json.loads(result.stdout)["delivery"]["spool_rejoined"]
+
+
+# -- 13. spool.max_bytes and the files on disk ---------------------------------------------------
+
+
+@pytest.mark.hardening(
+    item=13,
+    fault="spool.max_bytes=65536, server down: 300 sessions of 1.5 KiB spooled (files were 69x the cap)",
+    outcome="the WAL is checkpointed and truncated within a quarter of the cap: under 4x; status shows both",
+)
+def test_max_bytes_bounds_the_files_on_disk(scene: Scene) -> None:
+    from oneiric_session.agent import uncapped_spool
+
+    cap = 65536
+    scene.configure(spool__max_bytes=str(cap))
+    with uncapped_spool(scene.spool_path) as agent_view:  # an agent holds the spool open throughout
+        agent_view.open()
+        for n in range(300):
+            with Spool(scene.spool_path, max_bytes=cap, checkpoint_on_close=False) as shell:  # one shell
+                handle = f"local-{n}"
+                event = {**_start_event(f"c{n}"), "metadata": {"filler": "x" * 1000}}
+                assert shell.append_start(
+                    handle, _DESTINATION, event, pid=None, pid_start_time=None, boot_id=None
+                )
+                assert shell.append_end(
+                    handle, _DESTINATION, {**_end_event(handle), "metadata": {"f": "y" * 500}}
+                )
+        assert agent_view.stats().bytes <= cap
+        assert agent_view.stats().drops["max_bytes"] > 0
+        on_disk = sum(os.stat(f"{scene.spool_path}{suffix}").st_size for suffix in ("", "-wal", "-shm"))
+        assert on_disk <= 4 * cap
+        result = scene.run("status", "--json")
+    assert result.returncode == 0, result.stderr
+    delivery = json.loads(result.stdout)["delivery"]
+    assert delivery["spool_bytes"] <= cap
+    assert 0 < delivery["spool_disk_bytes"] <= 4 * cap
