@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from oneiric_session import events, procinfo
+from oneiric_session import agent_clock, events, procinfo
 from oneiric_session.delivery_status import META_DESTINATIONS, META_PID
 from oneiric_session.destination import Destination
 from oneiric_session.digest import sha256_hex
@@ -76,6 +76,11 @@ POLL_SECONDS = 1.0
 # How often "still alive" is written to the spool; the agent keeps the exact moment in memory,
 # so this only bounds what is lost to an agent crash followed by the shell's death.
 ALIVE_WRITE_SECONDS = 10.0
+# A session started on another host or in another PID namespace (a container sharing the state
+# directory, an NFS home) is not this agent's to judge: its pid means nothing here. It is ended as
+# "abnormal" only once nothing was heard of it (its start, or an "alive" written by an agent that
+# can see it, every ALIVE_WRITE_SECONDS) for this long: far longer than any gap of a live shell.
+FOREIGN_STALE_SECONDS = 7 * 86400.0
 # Rows fetched per query; a batch is re-read after it is done (ends become due after their start).
 BATCH_ROWS = 50
 # How long a handover waits for the rows in flight to be answered: below `spool replay`'s 15 s wait.
@@ -135,6 +140,8 @@ class _DestinationState:
     auth_error: str | None = None  # the server refused the token; cleared by a new token or a delivery
     failing_since: float | None = None  # wall clock
     last_used: float = 0.0  # monotonic
+    # Rows this agent backed off (row id, event id): due again when retry_at passes, in monotonic time.
+    deferred: set[tuple[int, str]] = field(default_factory=set, repr=False)
     worker: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def visible(self) -> dict[str, Any]:
@@ -187,6 +194,7 @@ class DeliveryAgent:
         self._seen_alive: dict[str, float] = {}  # handle -> wall time last seen alive
         self._alive_written: dict[str, float] = {}  # handle -> wall time last written
         self._published: str | None = None
+        self._due_at: float | None = None  # monotonic: when the earliest row not yet due becomes due
         self._changed = asyncio.Event()
         self._stopping = False
         self._replaying = False
@@ -334,6 +342,7 @@ class DeliveryAgent:
         if state.failing_since is None:
             state.failing_since = self._wall()
         self.spool.record_failure(row, message, self._wall() + delay)
+        state.deferred.add((row.row_id, row.event_id))
         self._publish()
 
     # -- one destination ------------------------------------------------------
@@ -375,16 +384,37 @@ class DeliveryAgent:
         """Start a worker for each destination with pending rows that is not busy or backing off."""
         started = 0
         now = self._mono()
-        for destination in self.spool.pending_destinations():
+        destinations = self.spool.pending_destinations()
+        waits = None if self._replaying else self._due_waits(destinations)
+        self._due_at = None
+        for destination in destinations:
             key = destination.key
             state = self._destinations.setdefault(key, _DestinationState(describe=destination.describe()))
             if state.worker is not None or state.retry_at > now:
                 continue
+            if waits is not None:  # (a replay sends what is waiting out a back-off too)
+                wait = waits.get(key)
+                if wait is None:
+                    continue  # nothing deliverable yet (ends wait for their start)
+                if wait > 0:  # not due yet: the loop sleeps until then (or a wake-up)
+                    self._due_at = min(self._due_at or float("inf"), now + wait)
+                    continue
             task = asyncio.create_task(self._drain_destination(key), name=f"deliver-{key}")
             state.worker = task
             task.add_done_callback(lambda t, k=key: self._worker_done(k, t))
             started += 1
         return started
+
+    def _due_waits(self, destinations: list[Destination]) -> dict[str, float]:
+        """Seconds until each destination's earliest deliverable row is due (0: now); see agent_clock."""
+        return agent_clock.due_waits(
+            self.spool,
+            self._destinations.values(),
+            destinations,
+            mono=self._mono(),
+            wall=self._wall(),
+            floor=self.poll_seconds,
+        )
 
     def _workers(self) -> list[asyncio.Task[None]]:
         return [s.worker for s in self._destinations.values() if s.worker is not None]
@@ -417,6 +447,12 @@ class DeliveryAgent:
             if session.pid is None:
                 still_open.append(session)  # nothing to watch: only its own end closes it
                 continue
+            if not procinfo.is_visible(session.host, session.pid_ns):
+                if now - max(session.last_seen_alive, session.started_at) < FOREIGN_STALE_SECONDS:
+                    still_open.append(session)  # left to an agent that can see it
+                else:
+                    self._end_abnormally(session, stale=True)
+                continue
             if procinfo.is_alive(session.pid, session.pid_start_time, session.boot_id):
                 self._seen_alive[session.handle] = now
                 if (
@@ -430,14 +466,17 @@ class DeliveryAgent:
             self._end_abnormally(session)
         return still_open
 
-    def _end_abnormally(self, session: OpenSession) -> None:
+    def _end_abnormally(self, session: OpenSession, *, stale: bool = False) -> None:
         last_seen = max(session.last_seen_alive, self._seen_alive.pop(session.handle, 0.0))
         self._alive_written.pop(session.handle, None)
+        metadata: dict[str, Any] = {"detected_by": "delivery agent", "pid": session.pid}
+        if stale:  # another host's or namespace's shell, not heard of for FOREIGN_STALE_SECONDS
+            metadata.update(host=session.host, stale_after_seconds=FOREIGN_STALE_SECONDS)
         event = events.build_end_event(
             session_id=session.handle,
             exit_reason=ABNORMAL_EXIT_REASON,
             duration_seconds=max(0.0, last_seen - session.started_at),
-            metadata={"detected_by": "delivery agent", "pid": session.pid},
+            metadata=metadata,
             limits=Limits(),
             now=dt.datetime.fromtimestamp(last_seen, dt.UTC),
         )
@@ -531,6 +570,8 @@ class DeliveryAgent:
         for state in self._destinations.values():
             if state.worker is None and state.retry_at > now:
                 timeout = min(timeout, state.retry_at - now)
+        if self._due_at is not None:
+            timeout = min(timeout, self._due_at - now)
         if idle_since is not None:
             timeout = min(timeout, max(0.0, idle_since + self.idle_exit_seconds - now))
         return max(timeout, 0.001)

@@ -5,6 +5,8 @@ Read from the spool file and the agent's lock; never creates a spool, never show
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import json
 import os
 from pathlib import Path
@@ -22,6 +24,8 @@ __all__ = [
     "failing_destination",
 ]
 
+# Written by a process that joined the spool again after its WAL files were deleted (spool_rejoin).
+META_REJOINED = "spool.rejoined"
 # Written by the agent (oneiric_session.agent uses the same names).
 META_PID = "agent.pid"
 META_DESTINATIONS = "agent.destinations"
@@ -70,6 +74,7 @@ def delivery_status(
         "oldest_event_age_seconds": None,
         "dead_letters": 0,
         "drops": {},
+        "dropped_sessions": {},
         "open_sessions": 0,
     }
     problems = _privacy_problems(path)
@@ -81,6 +86,8 @@ def delivery_status(
     try:
         stats = spool.stats()
         pid = spool.meta_get(META_PID)
+        rejoined = spool.meta_get(META_REJOINED)
+        disk = spool.disk_bytes()
         destinations = _destinations(spool)
     except SpoolError as exc:
         report["error"] = str(exc)
@@ -100,10 +107,18 @@ def delivery_status(
         ),
         dead_letters=stats.dead,
         drops=stats.drops,
+        spool_bytes=stats.bytes,
+        spool_disk_bytes=disk,
+        dropped_sessions=stats.dropped_sessions,
         open_sessions=stats.open_sessions,
     )
     if stats.moved_aside:
         report["moved_aside"] = stats.moved_aside
+    if rejoined:
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            notice = json.loads(rejoined)
+            when = dt.datetime.fromtimestamp(float(notice["at"]), dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+            report["spool_rejoined"] = f"{when}: {notice['message']}"
     return report
 
 

@@ -2,6 +2,10 @@
 
 Linux reads /proc; elsewhere the start time and boot id are None and only the pid's
 existence is checked. Standard library only: the shell records its own identity.
+
+A pid means something only on its host and in its PID namespace: a shell in a container
+sharing the state directory, or on another host sharing an NFS home, records its host name
+and PID namespace too, and `is_visible` tells whether this process can judge that pid at all.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import NamedTuple
 
 _PROC = Path("/proc")
 _BOOT_ID = _PROC / "sys" / "kernel" / "random" / "boot_id"
+_SELF_PID_NS = _PROC / "self" / "ns" / "pid"
 # Fields of /proc/<pid>/stat after the ")" that closes the command name (which may hold spaces).
 _STATE_FIELD = 0
 _STARTTIME_FIELD = 19
@@ -21,6 +26,43 @@ class ProcessIdentity(NamedTuple):
     pid: int
     start_time: int | None
     boot_id: str | None
+    host: str | None = None  # the host name (os.uname().nodename)
+    pid_ns: str | None = None  # the PID namespace, as /proc/<pid>/ns/pid names it ("pid:[4026531836]")
+
+
+def host_name() -> str | None:
+    """This machine's host name, or None if it has none."""
+    try:
+        return os.uname().nodename or None
+    except (AttributeError, OSError):  # pragma: no cover - not POSIX
+        return None
+
+
+def pid_namespace(pid: int | None = None) -> str | None:
+    """The PID namespace of `pid` (default: this process), e.g. "pid:[4026531836]"; None if unknown."""
+    path = _SELF_PID_NS if pid is None else _PROC / str(pid) / "ns" / "pid"
+    try:
+        return os.readlink(path) or None
+    except (OSError, ValueError):
+        return None
+
+
+def is_visible(host: str | None, pid_ns: str | None) -> bool:
+    """True when a pid recorded on `host` in PID namespace `pid_ns` is one this process can judge.
+
+    A pid of another host or another PID namespace names some unrelated process here (or
+    none): it says nothing about whether that shell lives. Unknown parts (None: recorded by
+    an older version, or not readable here) are not held against it.
+    """
+    if host is not None:
+        here = host_name()
+        if here is not None and here != host:
+            return False
+    if pid_ns is not None:
+        here_ns = pid_namespace()
+        if here_ns is not None and here_ns != pid_ns:
+            return False
+    return True
 
 
 def boot_id() -> str | None:
@@ -54,8 +96,11 @@ def pid_start_time(pid: int) -> int | None:
 
 def identify(pid: int | None = None) -> ProcessIdentity:
     """The identity of `pid` (default: this process) to store with its session."""
+    own = pid is None
     pid = os.getpid() if pid is None else pid
-    return ProcessIdentity(pid, pid_start_time(pid), boot_id())
+    return ProcessIdentity(
+        pid, pid_start_time(pid), boot_id(), host_name(), pid_namespace(None if own else pid)
+    )
 
 
 def is_alive(pid: int, start_time: int | None, boot: str | None) -> bool:

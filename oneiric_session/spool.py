@@ -80,10 +80,17 @@ DROP_MAX_ROWS = "max_rows"
 DROP_MAX_BYTES = "max_bytes"
 DROP_MAX_AGE = "max_age"
 DROP_NO_START = "no_start"
+# The drops table also counts whole sessions per reason, under this prefix (SpoolStats.dropped_sessions).
+SESSION_DROPS_PREFIX = "sessions:"
 
 _SECRET_KEYS = frozenset({"token"})
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
+_SQLITE_IOERR_SHORT_READ = 522
+# SQLite's default page size, and its default WAL auto-checkpoint (pages); the least we allow.
+_PAGE_BYTES = 4096
+_DEFAULT_WAL_PAGES = 1000
+_MIN_WAL_PAGES = 4
 
 _SCHEMA = """
 CREATE TABLE destinations (
@@ -99,7 +106,9 @@ CREATE TABLE sessions (
     boot_id TEXT,
     started_at REAL NOT NULL,
     last_seen_alive REAL NOT NULL,
-    end_spooled INTEGER NOT NULL DEFAULT 0
+    end_spooled INTEGER NOT NULL DEFAULT 0,
+    host TEXT,
+    pid_ns TEXT
 );
 CREATE TABLE events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -202,6 +211,8 @@ class OpenSession(NamedTuple):
     boot_id: str | None
     started_at: float
     last_seen_alive: float
+    host: str | None = None  # where `pid` means something: the shell's host name ...
+    pid_ns: str | None = None  # ... and PID namespace (None: not recorded)
 
 
 class SpoolStats(NamedTuple):
@@ -215,6 +226,7 @@ class SpoolStats(NamedTuple):
     open_sessions: int
     drops: dict[str, int]
     moved_aside: str | None  # the last corrupt file moved aside, if any
+    dropped_sessions: dict[str, int]  # whole sessions dropped, by reason (rows are in drops)
 
 
 def _strip_secrets(value: Any) -> Any:
@@ -238,6 +250,24 @@ def _encode(event: Mapping[str, Any]) -> str:
 
 def _clip(text: str) -> str:
     return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"
+
+
+def _side_ids(path: Path) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """(device, inode) of the spool's -wal and -shm files on disk now (None: absent)."""
+    found: list[tuple[int, int] | None] = []
+    for suffix in ("-wal", "-shm"):
+        try:
+            st = os.stat(f"{path}{suffix}")
+        except OSError:
+            found.append(None)
+        else:
+            found.append((st.st_dev, st.st_ino))
+    return found[0], found[1]
+
+
+def _is_lost_wal(exc: BaseException) -> bool:
+    """SQLITE_IOERR_SHORT_READ: the WAL index names frames the WAL on disk does not have."""
+    return getattr(exc, "sqlite_errorcode", None) == _SQLITE_IOERR_SHORT_READ
 
 
 def _is_corruption(exc: BaseException) -> bool:
@@ -284,6 +314,9 @@ class Spool:
         self._conn: sqlite3.Connection | None = None
         self._conn_pid = 0
         self._file_id: tuple[int, int] | None = None
+        # The -wal and -shm files this connection opened (see spool_rejoin): compared before each use.
+        self._side_ids: tuple[tuple[int, int] | None, tuple[int, int] | None] | None = None
+        self._failed_side_ids: tuple[tuple[int, int] | None, tuple[int, int] | None] | None = None
         # A connection inherited across fork is kept referenced, never used nor closed by the child.
         self._inherited: sqlite3.Connection | None = None
 
@@ -299,6 +332,10 @@ class Spool:
             conn, self._conn = self._conn, None
             if conn is not None and self._conn_pid != os.getpid():
                 self._inherited = conn
+            elif conn is not None and self._side_ids is not None and _side_ids(self.path) != self._side_ids:
+                from oneiric_session import spool_rejoin
+
+                spool_rejoin.abandon(conn, self.path)  # a usual close would checkpoint deleted files
             elif conn is not None:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
@@ -320,8 +357,13 @@ class Spool:
         pid: int | None,
         pid_start_time: int | None,
         boot_id: str | None,
+        host: str | None = None,
+        pid_ns: str | None = None,
     ) -> bool:
-        """Spool a session start durably. False if this event_id or handle was already spooled."""
+        """Spool a session start durably. False if this event_id or handle was already spooled.
+
+        `pid` is the shell's, on `host` in PID namespace `pid_ns` (procinfo.identify()).
+        """
         payload = _encode(event)
         event_id = str(event.get("event_id") or f"start:{handle}")
 
@@ -330,8 +372,8 @@ class Spool:
             self._save_destination(conn, destination)
             cur = conn.execute(
                 "INSERT OR IGNORE INTO sessions (handle, destination_key, pid, pid_start_time, boot_id,"
-                " started_at, last_seen_alive) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (handle, destination.key, pid, pid_start_time, boot_id, now, now),
+                " started_at, last_seen_alive, host, pid_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (handle, destination.key, pid, pid_start_time, boot_id, now, now, host, pid_ns),
             )
             if cur.rowcount == 0:
                 return False
@@ -402,6 +444,60 @@ class Spool:
             where += " AND e.destination_key = ?"
             params.append(destination_key)
         return self._select_events(where, params, limit)
+
+    def due_schedule(
+        self, bound: Callable[[str], float] | None = None, *, now: float | None = None
+    ) -> dict[str, float]:
+        """Per destination with deliverable pending rows: when its earliest one is due (clock time).
+
+        A deadline further than `bound(key)` seconds from now (written before the wall clock
+        stepped back) is brought to now + bound(key), in the spool too: no back-off written by
+        any agent outlasts the back-off cap, whatever the clock did since.
+        """
+        when = self._clock() if now is None else now
+
+        def read(conn: sqlite3.Connection) -> dict[str, float]:
+            rows = conn.execute(
+                "SELECT e.destination_key, MIN(e.next_attempt_at) FROM events e"
+                " LEFT JOIN sessions s ON s.handle = e.handle WHERE e.state = 'pending'"
+                " AND (e.kind = 'start' OR s.server_session_id IS NOT NULL) GROUP BY e.destination_key"
+            ).fetchall()
+            return {key: at for key, at in rows}
+
+        due = self._read(read)
+        if bound is None:
+            return due
+        limits = {key: when + max(0.0, bound(key)) for key in due}
+        late = {key: limit for key, limit in limits.items() if due[key] > limit}
+        if late:
+
+            def write(conn: sqlite3.Connection) -> None:
+                conn.executemany(
+                    "UPDATE events SET next_attempt_at = ?"
+                    " WHERE destination_key = ? AND state = 'pending' AND next_attempt_at > ?",
+                    ((limit, key, limit) for key, limit in late.items()),
+                )
+
+            self._write(write)
+            due.update(late)
+        return due
+
+    def make_due(self, rows: Iterable[tuple[int, str]], now: float | None = None) -> int:
+        """These rows (row id, event id) are due at `now` at the latest: their back-off ended."""
+        when = self._clock() if now is None else now
+        keys = list(rows)
+        if not keys:
+            return 0
+        return self._write(
+            lambda conn: sum(
+                conn.execute(
+                    "UPDATE events SET next_attempt_at = MIN(next_attempt_at, ?)"
+                    " WHERE id = ? AND event_id = ? AND state = 'pending'",
+                    (when, row_id, event_id),
+                ).rowcount
+                for row_id, event_id in keys
+            )
+        )
 
     def pending_destinations(self) -> list[Destination]:
         """The destinations that have pending rows, in the order of their oldest row."""
@@ -544,7 +640,8 @@ class Spool:
         rows = self._read(
             lambda conn: conn.execute(
                 "SELECT handle, destination_key, server_session_id, pid, pid_start_time, boot_id,"
-                " started_at, last_seen_alive FROM sessions WHERE end_spooled = 0 ORDER BY started_at"
+                " started_at, last_seen_alive, host, pid_ns FROM sessions WHERE end_spooled = 0"
+                " ORDER BY started_at"
             ).fetchall()
         )
         return [OpenSession(*r) for r in rows]
@@ -583,7 +680,13 @@ class Spool:
             dead = conn.execute("SELECT COUNT(*) FROM events WHERE state = 'dead'").fetchone()[0]
             rows, size = conn.execute("SELECT rows, bytes FROM totals WHERE id = 1").fetchone()
             opened = conn.execute("SELECT COUNT(*) FROM sessions WHERE end_spooled = 0").fetchone()[0]
-            drops = dict(conn.execute("SELECT reason, count FROM drops ORDER BY reason").fetchall())
+            counted = dict(conn.execute("SELECT reason, count FROM drops ORDER BY reason").fetchall())
+            drops = {k: v for k, v in counted.items() if not k.startswith(SESSION_DROPS_PREFIX)}
+            whole = {
+                k.removeprefix(SESSION_DROPS_PREFIX): v
+                for k, v in counted.items()
+                if k.startswith(SESSION_DROPS_PREFIX)
+            }
             aside = conn.execute("SELECT value FROM meta WHERE key = 'moved_aside'").fetchone()
             return SpoolStats(
                 depth=depth,
@@ -594,6 +697,7 @@ class Spool:
                 open_sessions=opened,
                 drops=drops,
                 moved_aside=None if aside is None else aside[0],
+                dropped_sessions=whole,
             )
 
         return self._read(read)
@@ -695,51 +799,83 @@ class Spool:
             )
 
     def _enforce(self, conn: sqlite3.Connection, now: float) -> dict[str, int]:
+        """Apply the caps, whole sessions at a time, oldest first (see `_droppable`)."""
         dropped: dict[str, int] = {}
         cutoff = now - self.max_age_seconds
-        aged = conn.execute("SELECT id FROM events WHERE created_at < ?", (cutoff,)).fetchall()
-        dropped[DROP_MAX_AGE] = self._drop(conn, [r[0] for r in aged], DROP_MAX_AGE)
-        rows, size = conn.execute("SELECT rows, bytes FROM totals WHERE id = 1").fetchone()
-        if rows > self.max_rows:
-            victims = conn.execute("SELECT id FROM events ORDER BY id LIMIT ?", (rows - self.max_rows,))
-            dropped[DROP_MAX_ROWS] = self._drop(conn, [r[0] for r in victims.fetchall()], DROP_MAX_ROWS)
-            size = conn.execute("SELECT bytes FROM totals WHERE id = 1").fetchone()[0]
-        if size > self.max_bytes:
-            victims, freed = [], 0
-            for row_id, row_size in conn.execute("SELECT id, size FROM events ORDER BY id"):
-                if freed >= size - self.max_bytes:
-                    break
-                victims.append(row_id)
-                freed += row_size
-            dropped[DROP_MAX_BYTES] = self._drop(conn, victims, DROP_MAX_BYTES)
-        return {reason: n for reason, n in dropped.items() if n}
-
-    def _drop(self, conn: sqlite3.Connection, row_ids: list[int], reason: str) -> int:
-        """Delete rows, a start together with its session's end (which could never be delivered)."""
-        if not row_ids:
-            return 0
-        conn.execute("CREATE TEMP TABLE IF NOT EXISTS doomed (id INTEGER PRIMARY KEY)")
-        conn.execute("DELETE FROM temp.doomed")
-        conn.executemany("INSERT OR IGNORE INTO temp.doomed (id) VALUES (?)", ((i,) for i in row_ids))
-        conn.execute(
-            "INSERT OR IGNORE INTO temp.doomed (id) SELECT e.id FROM events e WHERE e.handle IN"
-            " (SELECT handle FROM events WHERE kind = 'start' AND id IN (SELECT id FROM temp.doomed))"
-        )
-        handles = [
+        # Only a session whose every event is older than the cutoff ages out, and never one still
+        # open: after the clock jumped forward, a live shell's start looks old but its end will come.
+        aged = [
             r[0]
             for r in conn.execute(
-                "SELECT DISTINCT handle FROM events WHERE id IN (SELECT id FROM temp.doomed)"
+                "SELECT DISTINCT handle FROM events WHERE created_at < ? ORDER BY id", (cutoff,)
             ).fetchall()
         ]
-        count = conn.execute("DELETE FROM events WHERE id IN (SELECT id FROM temp.doomed)").rowcount
-        # A session with nothing left to deliver is forgotten unless the server knows it and its
-        # end is still to come (the agent may still end it).
-        conn.executemany(
-            "DELETE FROM sessions WHERE handle = ? AND NOT EXISTS (SELECT 1 FROM events WHERE handle = ?)"
-            " AND (server_session_id IS NULL OR end_spooled = 1)",
-            ((h, h) for h in handles),
+        aged = [h for h in aged if self._droppable(conn, h, aged_before=cutoff)]
+        dropped[DROP_MAX_AGE] = self._drop_sessions(conn, aged, DROP_MAX_AGE)
+        rows, size = conn.execute("SELECT rows, bytes FROM totals WHERE id = 1").fetchone()
+        if rows > self.max_rows:
+            victims = self._oldest_sessions(conn, need_rows=rows - self.max_rows, need_bytes=0)
+            dropped[DROP_MAX_ROWS] = self._drop_sessions(conn, victims, DROP_MAX_ROWS)
+            size = conn.execute("SELECT bytes FROM totals WHERE id = 1").fetchone()[0]
+        if size > self.max_bytes:
+            victims = self._oldest_sessions(conn, need_rows=0, need_bytes=size - self.max_bytes)
+            dropped[DROP_MAX_BYTES] = self._drop_sessions(conn, victims, DROP_MAX_BYTES)
+        return {reason: n for reason, n in dropped.items() if n}
+
+    @staticmethod
+    def _droppable(conn: sqlite3.Connection, handle: str, *, aged_before: float | None = None) -> bool:
+        """Whether a cap may drop this session whole.
+
+        Never the end of a session the server already knows (dropping it would leave that session
+        open at the server forever): such an end stays until delivered, counted in the caps. With
+        `aged_before` (the age cap): never a session still open, nor one with an event after it.
+        """
+        row = conn.execute(
+            "SELECT server_session_id, end_spooled FROM sessions WHERE handle = ?", (handle,)
+        ).fetchone()
+        if row is not None and row[0] is not None:
+            return False
+        if aged_before is None:
+            return True
+        if row is not None and not row[1]:
+            return False
+        newest = conn.execute("SELECT MAX(created_at) FROM events WHERE handle = ?", (handle,)).fetchone()[0]
+        return newest is not None and newest < aged_before
+
+    @staticmethod
+    def _oldest_sessions(conn: sqlite3.Connection, *, need_rows: int, need_bytes: int) -> list[str]:
+        """The oldest droppable sessions that together free at least this many rows and bytes."""
+        handles: list[str] = []
+        seen: set[str] = set()
+        rows = size = 0
+        cur = conn.execute(
+            "SELECT e.handle, s.server_session_id FROM events e LEFT JOIN sessions s ON s.handle = e.handle"
+            " ORDER BY e.id"
         )
+        for handle, server_id in cur:
+            if handle in seen or server_id is not None:
+                continue
+            seen.add(handle)
+            count, total = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM events WHERE handle = ?", (handle,)
+            ).fetchone()
+            handles.append(handle)
+            rows += count
+            size += total
+            if rows >= need_rows and size >= need_bytes:
+                break
+        cur.close()
+        return handles
+
+    def _drop_sessions(self, conn: sqlite3.Connection, handles: list[str], reason: str) -> int:
+        """Delete these sessions whole (every row); counted by rows and by sessions. Returns the rows."""
+        count = 0
+        for handle in handles:
+            count += conn.execute("DELETE FROM events WHERE handle = ?", (handle,)).rowcount
+            # Forgotten: a later end of it is counted as no_start, never sent without its start.
+            conn.execute("DELETE FROM sessions WHERE handle = ? AND server_session_id IS NULL", (handle,))
         self._count_drop(conn, reason, count)
+        self._count_drop(conn, SESSION_DROPS_PREFIX + reason, len(handles))
         return count
 
     def _select_events(self, where: str, params: list[Any], limit: int | None) -> list[SpooledEvent]:
@@ -817,6 +953,8 @@ class Spool:
             try:
                 return fn(self._connection())
             except (sqlite3.Error, _NeedsFreshSpool) as exc:
+                if _is_lost_wal(exc):
+                    return self._retry_rejoined(fn, exc)
                 if not _is_corruption(exc):
                     raise SpoolError(f"spool {self.path} cannot be used: {exc}") from exc
                 if self._read_only:
@@ -836,10 +974,21 @@ class Spool:
             except (sqlite3.Error, _NeedsFreshSpool, OSError) as exc:
                 raise SpoolError(f"spool {self.path} cannot be used even when started afresh: {exc}") from exc
 
+    def _retry_rejoined(self, fn: Callable[[sqlite3.Connection], _T], exc: BaseException) -> _T:
+        """A read past the end of the WAL: the WAL this index describes was deleted. Join, retry once."""
+        try:
+            return fn(self._rejoin())
+        except (sqlite3.Error, _NeedsFreshSpool, OSError) as err:
+            raise SpoolError(
+                f"spool {self.path} cannot be used: {exc}; joining it again failed: {err}"
+            ) from err
+
     def _connection(self) -> sqlite3.Connection:
         if self._conn is not None and self._conn_pid == os.getpid():
             if self._still_in_place():
-                return self._conn
+                if self._side_ids is None or _side_ids(self.path) == self._side_ids:
+                    return self._conn
+                return self._rejoin()  # its WAL or WAL index was deleted: see spool_rejoin
             self.close()  # moved aside or deleted by another process: follow the path
         if self._conn is not None:
             self._inherited, self._conn = self._conn, None
@@ -869,15 +1018,54 @@ class Spool:
             if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
                 raise SpoolError(f"spool {self.path}: WAL mode is not available here")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+            # The WAL is part of what the spool takes on disk: checkpoint it before it outgrows a
+            # quarter of max_bytes, and truncate it back to that after (default cap: SQLite's defaults).
+            wal_pages = self.wal_budget_pages()
+            conn.execute(f"PRAGMA wal_autocheckpoint = {wal_pages}")
+            conn.execute(f"PRAGMA journal_size_limit = {wal_pages * _PAGE_BYTES}")
             conn.execute("PRAGMA temp_store = MEMORY")  # drops use a small temp table
             if not self._checkpoint_on_close and hasattr(sqlite3, "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE"):
                 # Closing the last connection would checkpoint the WAL (~10-30 ms of fsyncs).
                 conn.setconfig(sqlite3.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, True)
             self._check_schema(conn)
         except BaseException:
+            self._failed_side_ids = _side_ids(self.path)  # what a lost-WAL retry must leave
             conn.close()
             raise
         self._conn, self._conn_pid = conn, os.getpid()
+        self._side_ids = _side_ids(self.path)  # opened by the schema check's reads
+        return conn
+
+    def wal_budget_pages(self) -> int:
+        """Pages the WAL may hold before a checkpoint: a quarter of max_bytes, 4 to 1000 pages."""
+        return max(_MIN_WAL_PAGES, min(_DEFAULT_WAL_PAGES, self.max_bytes // 4 // _PAGE_BYTES))
+
+    def disk_bytes(self) -> int:
+        """What the spool's files take on disk now: the database, its WAL and the WAL index."""
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                total += os.stat(f"{self.path}{suffix}").st_size
+        return total
+
+    def _rejoin(self) -> sqlite3.Connection:
+        """Leave a connection whose WAL files are not the ones on disk; join the spool on disk again."""
+        from oneiric_session import spool_rejoin
+
+        old, held = self._conn, self._side_ids or self._failed_side_ids or (None, None)
+        self._conn, self._side_ids, self._failed_side_ids = None, None, None
+        snap = spool_rejoin.snapshot(old) if old is not None else None
+        if old is not None:
+            spool_rejoin.abandon(old, self.path)
+        with _recovery_lock(self.path):
+            spool_rejoin.drop_stale_index(self.path, held)
+            conn = self._connection()
+            message = (
+                f"the spool's WAL files were deleted or replaced under process {os.getpid()};"
+                " it joined the spool on disk again and merged what it still saw"
+            )
+            added = spool_rejoin.merge(conn, snap, held, self._clock(), message)
+        logger.warning("spool %s: %s (%d row(s) restored)", self.path, message, added)
         return conn
 
     def _read_only_connection(self) -> sqlite3.Connection:
@@ -923,9 +1111,13 @@ class Spool:
     def _check_schema(conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == SCHEMA_VERSION:
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if not tables >= _TABLES:
-                raise _NeedsFreshSpool(f"schema version {version} without tables {sorted(_TABLES - tables)}")
+            tables = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
+            if not tables.keys() >= _TABLES:
+                raise _NeedsFreshSpool(
+                    f"schema version {version} without tables {sorted(_TABLES - tables.keys())}"
+                )
+            if "pid_ns" not in (tables["sessions"] or ""):
+                _add_session_origin(conn)
             return
         if version != 0:
             raise _NeedsFreshSpool(f"schema version {version}, expected {SCHEMA_VERSION}")
@@ -1004,6 +1196,24 @@ class Spool:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('moved_aside', ?)", (str(aside),))
         except (sqlite3.Error, _NeedsFreshSpool, OSError) as err:
             raise SpoolError(f"spool {self.path} cannot be started afresh: {err}") from err
+
+
+def _add_session_origin(conn: sqlite3.Connection) -> None:
+    """Spools made before sessions recorded their shell's host and PID namespace gain the columns.
+
+    Added in place, without a version change: older code reads the table by column names.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(sessions)")}
+        for column in ("host", "pid_ns"):
+            if column not in columns:
+                conn.execute(f"ALTER TABLE sessions ADD COLUMN {column} TEXT")
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _statements(script: str) -> Iterator[str]:

@@ -81,8 +81,9 @@ def test_dropping_a_start_drops_its_end(make) -> None:
     assert [s.handle for s in sp.open_sessions()] == []
 
 
-def test_dropped_end_of_a_delivered_start_forgets_the_session(make) -> None:
-    """An end whose start reached the server is dropped alone; nothing is left of that session."""
+def test_the_end_of_a_delivered_start_is_never_dropped(make) -> None:
+    """An end whose start reached the server is what closes that session there: a cap never drops
+    it (hardening item 12); the oldest session still wholly in the spool goes instead."""
     sp = make(max_rows=2)
     start(sp, "a")
     (row,) = sp.next_batch()
@@ -90,8 +91,9 @@ def test_dropped_end_of_a_delivered_start_forgets_the_session(make) -> None:
     end(sp, "a")
     start(sp, "b")
     start(sp, "c")
-    assert rows(sp) == [("b", "start"), ("c", "start")]
-    assert {s.handle for s in sp.open_sessions()} == {"b", "c"}
+    assert rows(sp) == [("a", "end"), ("c", "start")]
+    assert {s.handle for s in sp.open_sessions()} == {"c"}
+    assert sp.stats().dropped_sessions == {DROP_MAX_ROWS: 1}
 
 
 def test_delivered_open_session_survives_drops_of_others(make) -> None:
@@ -130,8 +132,9 @@ def test_age_cap_drops_old_rows(make, clock: Clock) -> None:
     start(sp, "new")
     assert rows(sp) == [("young", "start"), ("new", "start")]
     assert sp.stats().drops == {DROP_MAX_AGE: 2}
-    clock.now += 20 * DAY
-    assert sp.enforce_limits() == {DROP_MAX_AGE: 1}
+    end(sp, "young")  # an open session never ages out (hardening item 9): it does once ended
+    clock.now += 31 * DAY
+    assert sp.enforce_limits() == {DROP_MAX_AGE: 2}  # "young" whole; "new" is still open
     assert rows(sp) == [("new", "start")]
     assert sp.enforce_limits() == {}
 

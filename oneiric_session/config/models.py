@@ -89,7 +89,12 @@ class SpoolSettings(_Section):
         10000, ge=1, le=10_000_000, description="Most events kept waiting; the oldest go first."
     )
     max_bytes: int = Field(
-        64 * 1024 * 1024, ge=65536, le=10 * 1024**3, description="Largest spool file size."
+        64 * 1024 * 1024,
+        ge=65536,
+        le=10 * 1024**3,
+        description="Most bytes of spooled events (their JSON, dead letters included). The files on disk"
+        " add SQLite's pages and indexes, and a WAL kept to a quarter of this (at most 4 MiB)"
+        " between checkpoints: `status` shows both (spool_bytes, spool_disk_bytes).",
     )
     max_age_days: float = Field(
         30.0, gt=0, le=3650, description="Events older than this are dropped undelivered."

@@ -100,6 +100,8 @@ class SessionBuddyTracker:
                 pid=me.pid,
                 pid_start_time=me.start_time,
                 boot_id=me.boot_id,
+                host=me.host,
+                pid_ns=me.pid_ns,
             )
         except Exception as exc:  # SpoolError, or anything else: never into the shell
             self._lost(LOSS_SPOOL, "session start", exc)
