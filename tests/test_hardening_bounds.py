@@ -107,7 +107,8 @@ def endless_http(tmp_path: Path) -> Iterator[str]:
                 socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
                 break
             except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "HTTP fault server did not start"
+                assert server.poll() is None, "the HTTP fault server exited"
+                assert time.monotonic() < deadline, "the HTTP fault server did not listen"
                 time.sleep(0.05)  # sleep-ok: waiting for the server to listen
         yield f"http://127.0.0.1:{port}/mcp"
     finally:
@@ -156,7 +157,8 @@ def test_a_stdout_flood_is_cut_at_the_answer_limit(tmp_path: Path) -> None:
 def test_check_timeout_bounds_the_whole_command(tmp_path: Path) -> None:
     # What starting the command costs on this machine (a server that refuses at once), so a loaded
     # machine's slow interpreter start-up is not mistaken for a slow teardown.
-    baseline, _, baseline_seconds = run_check_measured(tmp_path, _stdio_server("refuse_start"), "--timeout", "2")
+    refusing = _stdio_server("refuse_start")
+    baseline, _, baseline_seconds = run_check_measured(tmp_path, refusing, "--timeout", "2")
     assert baseline.returncode == 1, baseline.stderr
     result, _, elapsed = run_check_measured(tmp_path, _stdio_server("hang_call,linger"), "--timeout", "2")
     assert result.returncode == 1, result.stderr
