@@ -157,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from oneiric_session.config import load_config
+    from oneiric_session.safetext import terminal_safe
 
     config = load_config(args.settings)
     config.token()  # a token_file problem is a ConfigError: report it before any connection
@@ -165,10 +166,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, sort_keys=True))
     elif result["ok"]:
         print(
-            f"delivered: session {result['session_id']} started ({result['start_seconds']:.3f} s) "
-            f"and {result['end_status']} ({result['end_seconds']:.3f} s) via {result['destination']}"
+            f"delivered: session {terminal_safe(result['session_id'])} started "
+            f"({result['start_seconds']:.3f} s) and {terminal_safe(result['end_status'])} "
+            f"({result['end_seconds']:.3f} s) via {terminal_safe(result['destination'])}"
         )
     else:
-        print(f"not delivered: {result['error']}: {result['reason']}", file=sys.stderr)
-        print(f"server: {result['destination']}", file=sys.stderr)
+        print(f"not delivered: {result['error']}: {terminal_safe(result['reason'])}", file=sys.stderr)
+        print(f"server: {terminal_safe(result['destination'])}", file=sys.stderr)
     return EXIT_OK if result["ok"] else EXIT_FAILED
