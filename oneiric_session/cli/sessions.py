@@ -64,7 +64,8 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.1f}"
     # One safe line: a hostile shell_type must not forge table rows nor hide escapes in them.
-    return terminal_safe(value, _CELL_CHARS)
+    # Line breaks stay visible as \\n / \\r; every other control and escape is removed.
+    return terminal_safe(str(value).replace("\n", "\\n").replace("\r", "\\r"), _CELL_CHARS)
 
 
 def _table(header: tuple[str, ...], rows: list[list[str]]) -> str:
