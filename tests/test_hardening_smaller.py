@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from support.faults import isolated_env
+from support.server_process import connect, start_event
 
 from oneiric_session.spool import Spool
 
@@ -97,3 +99,54 @@ def test_hostile_mappings_in_start_are_recorded_at_once(tmp_path: Path) -> None:
     assert starts["forever"]["metadata"]["same"] == 1 and starts["forever"]["metadata"]["_truncated"]
     assert starts["sleepy"]["metadata"]["kept"] == "yes"
     assert starts["sleepy"]["metadata"]["slow"] == "<SleepyRepr object>"
+
+
+def _db_bytes(db: Path) -> int:
+    return sum(p.stat().st_size for p in db.parent.glob(db.name + "*"))
+
+
+@pytest.mark.hardening(
+    item=17,
+    fault="a loopback client sends the bundled server 10 starts with 3 MiB of metadata each",
+    outcome="metadata over 64 KiB is stored as a marker with its size, not whole: the database "
+    "stays small and every session is recorded",
+)
+def test_the_bundled_server_caps_stored_metadata(tmp_path: Path) -> None:
+    db = tmp_path / "server.sqlite3"
+    (tmp_path / "server-home").mkdir()
+    blob = "x" * (3 * 1024 * 1024)
+    with connect(home=tmp_path / "server-home", db=db) as server:
+        for n in range(10):
+            answer = server.call("track_session_start", start_event(metadata={"blob": blob, "n": n}))
+            assert answer.structured_content["status"] == "tracked"  # type: ignore[index]
+    assert _db_bytes(db) < 5 * 1024 * 1024, _db_bytes(db)
+    with sqlite3.connect(db) as conn:
+        stored = [json.loads(row[0]) for row in conn.execute("SELECT start_metadata FROM sessions")]
+    conn.close()
+    assert len(stored) == 10
+    assert all(meta["_truncated"] is True and meta["_bytes"] > 3 * 1024 * 1024 for meta in stored)
+
+
+@pytest.mark.hardening(
+    item=17,
+    fault="the bundled server's database is deleted while a warm server runs, then 3 sessions start",
+    outcome="the server sees the file is gone and opens a new one at the same path: the 3 sessions "
+    "are in the database on disk, none acknowledged into the deleted file",
+)
+def test_a_deleted_server_database_is_reopened(tmp_path: Path) -> None:
+    db = tmp_path / "server.sqlite3"
+    (tmp_path / "server-home").mkdir()
+    with connect(home=tmp_path / "server-home", db=db) as server:
+        server.call("track_session_start", start_event(component_name="before"))
+        for path in db.parent.glob(db.name + "*"):
+            path.unlink()
+        ids = []
+        for n in range(3):
+            answer = server.call("track_session_start", start_event(component_name=f"after{n}"))
+            assert answer.structured_content["status"] == "tracked"  # type: ignore[index]
+            ids.append(answer.structured_content["session_id"])  # type: ignore[index]
+    assert db.exists()
+    with sqlite3.connect(db) as conn:
+        on_disk = {row[0] for row in conn.execute("SELECT session_id FROM sessions")}
+    conn.close()
+    assert set(ids) <= on_disk, (ids, on_disk)
