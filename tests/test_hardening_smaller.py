@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -150,3 +152,68 @@ def test_a_deleted_server_database_is_reopened(tmp_path: Path) -> None:
         on_disk = {row[0] for row in conn.execute("SELECT session_id FROM sessions")}
     conn.close()
     assert set(ids) <= on_disk, (ids, on_disk)
+
+
+SLOW_END_SHELL = textwrap.dedent(
+    """
+    import atexit, sys, threading, time
+    from oneiric_session import SessionEventEmitter
+
+    class SlowEnd:
+        provider = "slow"
+        exit_wait_seconds = 60.0
+        def start(self, **_): return "local-slow"
+        def end(self, handle, **_):
+            time.sleep(60)
+            return True
+        def health(self): return True
+        def close(self): pass
+
+    emitter = SessionEventEmitter(component_name="probe", tracker=SlowEnd())
+    handle = emitter.start_session("ProbeShell")
+    threading.Thread(target=emitter.end_session, args=(handle,), daemon=True).start()
+    # Runs before the emitter's hook (atexit is last in, first out): the test waits for this line.
+    atexit.register(lambda: print("at exit", flush=True))
+    """
+)
+
+
+def _main_thread_sleeping(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] == "S"
+
+
+@pytest.mark.hardening(
+    item=17,
+    fault="Ctrl-C (SIGINT) while the exit hook waits for a session end still being recorded",
+    outcome="one calm line on stderr, no KeyboardInterrupt traceback; the shell exits at once",
+)
+def test_ctrl_c_during_the_exit_wait_prints_one_calm_line(tmp_path: Path) -> None:
+    shell = subprocess.Popen(
+        [sys.executable, "-c", SLOW_END_SHELL],
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **isolated_env(tmp_path)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert shell.stdout is not None
+        assert shell.stdout.readline().strip() == "at exit"
+        deadline = time.monotonic() + SHELL_TIMEOUT_SECONDS
+        while not _main_thread_sleeping(shell.pid):  # the hook is in its bounded wait
+            assert time.monotonic() < deadline, "the exit hook never waited"
+            time.sleep(0.01)  # sleep-ok: polling another process's state
+        shell.send_signal(signal.SIGINT)
+        _, err = shell.communicate(timeout=SHELL_TIMEOUT_SECONDS)
+    finally:
+        if shell.poll() is None:
+            shell.kill()
+            shell.wait()
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    lines = err.splitlines()
+    assert len(lines) <= 1, err
+    assert all("oneiric-session: interrupted at exit" in line for line in lines), err
