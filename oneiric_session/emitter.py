@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -166,7 +167,19 @@ class SessionEventEmitter:
     # -- internals ----------------------------------------------------------------
 
     def _at_exit(self) -> None:
-        self.shutdown()
+        try:
+            self.shutdown()
+        except KeyboardInterrupt:  # Ctrl-C during the bounded wait: one calm line, no traceback
+            try:
+                with self._cond:
+                    waiting = len(self._ending) + len(self._open)
+                sys.stderr.write(
+                    f"oneiric-session: interrupted at exit; {waiting} session end(s) not waited for "
+                    "(what is in the spool is delivered later)\n"
+                )
+                sys.stderr.flush()
+            except BaseException:  # a second Ctrl-C, or stderr gone: say nothing
+                pass
 
     def _hook(self) -> None:
         """Register the exit hook (at construction, and again if a released emitter is reused)."""

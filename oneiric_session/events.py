@@ -15,7 +15,9 @@ import math
 import os
 import re
 import sys
-from collections.abc import Iterable, Mapping
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from oneiric_session.limits import Limits
@@ -43,6 +45,32 @@ _DEPTH_MARKER = "<nested too deep>"
 # Room each container keeps for its truncation marker (`, "_truncated": true`).
 _MARKER_BYTES = 20
 _NO_ROOM = object()
+# What reading a caller's own objects may cost one event in all (their __repr__, items(), __iter__
+# run in a helper thread, abandoned once this is spent): a hostile object delays a start, never blocks it.
+_FOREIGN_SECONDS = 0.2
+# Types read directly: their iteration and text run no caller code.
+_PLAIN_MAPPINGS = (dict,)
+_PLAIN_SEQUENCES = (list, tuple, set, frozenset)
+_FAILED = object()
+
+
+def _call_bounded(fn: Callable[[], Any], deadline: float) -> Any:
+    """fn() run in a daemon thread until `deadline`; `_FAILED` if it raised or is still running."""
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        return _FAILED
+    box: list[Any] = []
+
+    def run() -> None:
+        try:
+            box.append(fn())
+        except BaseException:  # anything the caller's object raises
+            box.append(_FAILED)
+
+    worker = threading.Thread(target=run, name="oneiric-session-sanitize", daemon=True)
+    worker.start()
+    worker.join(remaining)
+    return box[0] if box else _FAILED
 
 
 def sanitize_component_name(value: object, max_chars: int) -> str:
@@ -74,6 +102,23 @@ class _Budget:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.remaining = limits.max_metadata_bytes
+        self.deadline = time.monotonic() + _FOREIGN_SECONDS
+        # No container can hold more entries than this within the byte budget (each costs >= 2 bytes).
+        self.max_entries = max(limits.max_metadata_bytes // 2, 1)
+
+    def foreign_items(self, value: Any, items: bool) -> tuple[list[Any], bool]:
+        """The entries of a caller's own container (its items() or iteration) read within the count
+        and time bounds, and whether that was all of them (False: it raised, ran long or went on)."""
+        got: list[Any] = []
+
+        def read() -> bool:
+            for entry in itertools.islice(value.items() if items else value, self.max_entries + 1):
+                got.append(entry)
+            return True
+
+        complete = _call_bounded(read, self.deadline) is True
+        entries = got[: self.max_entries]  # a copy: an abandoned reader may still be appending
+        return entries, complete and len(entries) == len(got) and len(got) <= self.max_entries
 
     @staticmethod
     def _size(value: Any) -> int:
@@ -99,9 +144,9 @@ class _Budget:
             return value.isoformat()
         if isinstance(value, os.PathLike) or _is_uuid(value):
             return sanitize_text(str(value), cap)
-        try:
-            text = repr(value)
-        except Exception:  # a hostile __repr__ must not break the event
+        # A hostile __repr__ (raising, sleeping, huge) must not break nor block the event.
+        text = _call_bounded(lambda: repr(value), self.deadline)
+        if not isinstance(text, str):
             text = f"<{type(value).__name__} object>"
         return sanitize_text(text, cap)
 
@@ -112,8 +157,20 @@ class _Budget:
         if depth >= self.limits.max_metadata_depth or self.remaining < 2 + _MARKER_BYTES:
             return _DEPTH_MARKER if depth >= self.limits.max_metadata_depth else _ELLIPSIS
         if isinstance(value, Mapping):
-            return self.mapping(value.items(), depth)
-        return self.sequence(value, depth)
+            if type(value) in _PLAIN_MAPPINGS:
+                return self.mapping(value.items(), depth)
+            pairs, complete = self.foreign_items(value, items=True)
+            mapping = self.mapping(pairs, depth)
+            if not complete:
+                mapping[_TRUNCATED_KEY] = True
+            return mapping
+        if type(value) in _PLAIN_SEQUENCES:
+            return self.sequence(value, depth)
+        entries, complete = self.foreign_items(value, items=False)
+        sequence = self.sequence(entries, depth)
+        if not complete and sequence[-1:] != [_ELLIPSIS]:
+            sequence.append(_ELLIPSIS)
+        return sequence
 
     def _entry(self, item: Any, depth: int, overhead: int) -> Any:
         """Convert one entry and charge it, or return `_NO_ROOM` (charging this container's marker)."""
@@ -177,14 +234,22 @@ def sanitize_metadata(
     drops them) and win over caller keys of the same name.
     """
     ours = dict(first or {})
+    budget = _Budget(limits)
+    truncated = False
     if metadata is None:
         theirs: Iterable[tuple[Any, Any]] = ()
-    elif isinstance(metadata, Mapping):
+    elif type(metadata) in _PLAIN_MAPPINGS:
         theirs = metadata.items()
+    elif isinstance(metadata, Mapping):
+        # A caller's own mapping: its items() may raise, never end, or sleep; what was read is kept.
+        read, complete = budget.foreign_items(metadata, items=True)
+        theirs, truncated = read, not complete
     else:
         theirs = (("value", metadata),)
     pairs = itertools.chain(ours.items(), ((k, v) for k, v in theirs if k not in ours))
-    result = _Budget(limits).mapping(pairs, 0)
+    result = budget.mapping(pairs, 0)
+    if truncated:
+        result[_TRUNCATED_KEY] = True
     # The accounting is conservative by construction; this guard keeps the promise if it ever is not.
     if len(json.dumps(result, ensure_ascii=False).encode("utf-8")) > limits.max_metadata_bytes:
         return {_TRUNCATED_KEY: True}

@@ -36,6 +36,7 @@ __all__ = [
     "MCPError",
     "SessionMessage",
     "answer_view",
+    "httpx",
     "dump_message",
     "error_code",
     "error_message",
@@ -71,6 +72,8 @@ else:
     from mcp import types
     from mcp.shared.exceptions import McpError as MCPError
 
+# The httpx the installed SDK speaks HTTP with (2.x: httpx2, 1.x: httpx).
+httpx = _httpx
 HTTPError: type[Exception] = _httpx.HTTPError
 HTTPTimeout: type[Exception] = _httpx.TimeoutException
 # What a client SDK raises when the HTTP server no longer knows the session: 2.x uses
@@ -186,11 +189,11 @@ async def open_client(transport: Any, *, client_info: Any | None = None) -> Asyn
 
 
 @asynccontextmanager
-async def http_transport(url: str) -> AsyncIterator[tuple[Any, Any]]:
-    """The SDK's Streamable HTTP client transport for `url`, as (read, write) streams."""
+async def http_transport(url: str, *, http_client: Any = None) -> AsyncIterator[tuple[Any, Any]]:
+    """The SDK's Streamable HTTP client transport for `url` (over `http_client` if given), as (read, write)."""
     from mcp.client.streamable_http import streamable_http_client
 
-    async with streamable_http_client(url) as streams:
+    async with streamable_http_client(url, http_client=http_client) as streams:
         yield streams[0], streams[1]
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["DEFAULT_TERMINAL_CHARS", "sanitize_text", "terminal_safe"]
+__all__ = ["DEFAULT_TERMINAL_CHARS", "safe_lines", "sanitize_text", "terminal_safe"]
 
 # Patterns are compiled on first use (re caches them): compiling all at import costs ~1 ms of the
 # shell's start-up, and the usual text (printable, plain names) never needs them.
@@ -41,6 +41,11 @@ def sanitize_text(value: str, max_chars: int) -> str:
     if len(text) > max_chars or len(value) > max_chars + _CLEAN_MARGIN:
         text = text[: max(max_chars - 1, 0)] + _ELLIPSIS if max_chars > 0 else ""
     return text
+
+
+def safe_lines(text: str, max_line_chars: int = 4 * DEFAULT_TERMINAL_CHARS) -> str:
+    """Several lines (a log record with its traceback), each made one safe line; the breaks are kept."""
+    return "\n".join(sanitize_text(line, max_line_chars) for line in text.split("\n"))
 
 
 def terminal_safe(value: object, max_chars: int = DEFAULT_TERMINAL_CHARS) -> str:

@@ -15,10 +15,13 @@ import sys
 from collections.abc import Sequence
 
 from oneiric_session.errors import ConfigError, OneiricSessionError
+from oneiric_session.safetext import terminal_safe
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
+# What an error message shows at most (it may quote a settings file or a server).
+_ERROR_CHARS = 2000
 
 
 _SETTINGS_HELP = "settings directory (default: $ONEIRIC_SESSION_SETTINGS_DIR, else ./settings)"
@@ -60,10 +63,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"oneiric-session: configuration error: {exc}", file=sys.stderr)
+        print(f"oneiric-session: configuration error: {terminal_safe(exc, _ERROR_CHARS)}", file=sys.stderr)
         return EXIT_CONFIG
     except OneiricSessionError as exc:  # e.g. a spool that cannot be opened: one line, no traceback
-        print(f"oneiric-session: {exc}", file=sys.stderr)
+        print(f"oneiric-session: {terminal_safe(exc, _ERROR_CHARS)}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130

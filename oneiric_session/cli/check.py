@@ -17,6 +17,11 @@ from oneiric_session.cli import EXIT_FAILED, EXIT_OK
 
 COMPONENT_NAME = "oneiric-session-check"
 SHELL_TYPE = "OneiricSessionCheck"
+# `--timeout S` bounds the whole command, counted from its process's start: the round trip gets
+# what is left of S, and tearing the connection down at most this much more (a server that ignores
+# SIGTERM is killed at the deadline; a clean goodbye after a delivered round trip is not cut short
+# before it).
+TEARDOWN_MARGIN_SECONDS = 0.5
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -60,6 +65,22 @@ def _failure_kind(exc: Exception) -> str:
     return "server_unavailable"
 
 
+def _process_age_seconds() -> float:
+    """Seconds since this process started (0 where /proc cannot tell): interpreter start-up counts."""
+    import os
+
+    from oneiric_session.procinfo import pid_start_time
+
+    try:
+        ticks = pid_start_time(os.getpid())
+        with open("/proc/uptime", encoding="ascii") as file:
+            uptime = float(file.read().split()[0])
+        age = uptime - ticks / os.sysconf("SC_CLK_TCK") if ticks is not None else 0.0
+    except (OSError, ValueError, IndexError):
+        return 0.0
+    return min(max(age, 0.0), 60.0)
+
+
 async def _round_trip(config: Any, timeout: float | None) -> dict[str, Any]:
     import asyncio
 
@@ -69,7 +90,10 @@ async def _round_trip(config: Any, timeout: float | None) -> dict[str, Any]:
 
     destination = config.destination()
     tuning = destination.tuning._replace(attempts=1)
+    stated = timeout
     if timeout is not None:
+        # What is left of the bound after start-up (loading the settings, importing mcp).
+        timeout = max(timeout - _process_age_seconds(), 0.05)
         tuning = tuning._replace(
             connect_seconds=min(tuning.connect_seconds, timeout),
             call_seconds=min(tuning.call_seconds, timeout),
@@ -102,19 +126,38 @@ async def _round_trip(config: Any, timeout: float | None) -> dict[str, Any]:
             result["end_status"] = await client.end_session(end)
             result.update(ok=True, end_seconds=round(time.monotonic() - end_started, 3))
     except TimeoutError:
-        error: DeliveryError = DeliveryTimeoutError(f"no complete round trip within {timeout:g} s")
+        error: DeliveryError = DeliveryTimeoutError(f"no complete round trip within {stated:g} s")
         result.update(error="timed_out", reason=str(error))
     except DeliveryError as exc:
         result.update(error=_failure_kind(exc), reason=str(exc))
     finally:
-        await client.aclose()
+        await _teardown(client, ok=result["ok"], deadline=None if timeout is None else started + timeout)
     return result
+
+
+async def _teardown(client: Any, *, ok: bool, deadline: float | None) -> None:
+    """Close the connection: at once after a failure, else gracefully, killed at the deadline's margin."""
+    import asyncio
+
+    if not ok:
+        await client.aclose(abort=True)
+        return
+    kill = None
+    if deadline is not None:
+        delay = max(deadline - time.monotonic(), 0.0) + TEARDOWN_MARGIN_SECONDS
+        kill = asyncio.get_running_loop().call_later(delay, client.abort)
+    try:
+        await client.aclose()
+    finally:
+        if kill is not None:
+            kill.cancel()
 
 
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
     from oneiric_session.config import load_config
+    from oneiric_session.safetext import terminal_safe
 
     config = load_config(args.settings)
     config.token()  # a token_file problem is a ConfigError: report it before any connection
@@ -123,10 +166,11 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result, sort_keys=True))
     elif result["ok"]:
         print(
-            f"delivered: session {result['session_id']} started ({result['start_seconds']:.3f} s) "
-            f"and {result['end_status']} ({result['end_seconds']:.3f} s) via {result['destination']}"
+            f"delivered: session {terminal_safe(result['session_id'])} started "
+            f"({result['start_seconds']:.3f} s) and {terminal_safe(result['end_status'])} "
+            f"({result['end_seconds']:.3f} s) via {terminal_safe(result['destination'])}"
         )
     else:
-        print(f"not delivered: {result['error']}: {result['reason']}", file=sys.stderr)
-        print(f"server: {result['destination']}", file=sys.stderr)
+        print(f"not delivered: {result['error']}: {terminal_safe(result['reason'])}", file=sys.stderr)
+        print(f"server: {terminal_safe(result['destination'])}", file=sys.stderr)
     return EXIT_OK if result["ok"] else EXIT_FAILED

@@ -7,6 +7,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from oneiric_session.safetext import terminal_safe
+
+# What a table cell shows of one value at most.
+_CELL_CHARS = 200
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -44,9 +49,10 @@ def run(args: argparse.Namespace) -> int:
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot read the session database {db_path}: {exc}") from exc
     if args.json:
-        print(json.dumps(sessions, ensure_ascii=False, indent=2))
+        # ensure_ascii: a C1 control or a bidi override recorded from a client prints as \\uXXXX.
+        print(json.dumps(sessions, indent=2))
     elif not sessions:
-        print(f"no sessions recorded in {db_path}")
+        print(f"no sessions recorded in {terminal_safe(db_path)}")
     else:
         print(_table(LISTED_COLUMNS, [[_cell(row[name]) for name in LISTED_COLUMNS] for row in sessions]))
     return 0
@@ -57,8 +63,9 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, float):
         return f"{value:.1f}"
-    # repr-free but single-line: a hostile shell_type must not forge table rows.
-    return str(value).replace("\n", "\\n").replace("\r", "\\r")
+    # One safe line: a hostile shell_type must not forge table rows nor hide escapes in them.
+    # Line breaks stay visible as \\n / \\r; every other control and escape is removed.
+    return terminal_safe(str(value).replace("\n", "\\n").replace("\r", "\\r"), _CELL_CHARS)
 
 
 def _table(header: tuple[str, ...], rows: list[list[str]]) -> str:

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from oneiric_session.safetext import terminal_safe
+
 if TYPE_CHECKING:
     from oneiric_session.destination import Destination
     from oneiric_session.spool import Spool, SpooledEvent
@@ -85,19 +87,24 @@ def run_list(args: argparse.Namespace) -> int:
     # CONTRACT.md: 0 when nothing remains, 1 if some events wait or are dead letters (scriptable).
     status = 1 if report["pending"] or report["dead"] else 0
     if args.json:
-        print(json.dumps(report, indent=2, ensure_ascii=False))
+        # ensure_ascii: a C1 control or a bidi override in a spooled value prints as \\uXXXX.
+        print(json.dumps(report, indent=2))
         return status
-    print(f"spool {path}: {len(report['pending'])} waiting, {len(report['dead'])} dead letter(s)")
+    safe = terminal_safe
+    print(f"spool {safe(path)}: {len(report['pending'])} waiting, {len(report['dead'])} dead letter(s)")
     for row in report["pending"]:
-        error = f"  last error: {row['last_error']}" if row["last_error"] else ""
+        error = f"  last error: {safe(row['last_error'])}" if row["last_error"] else ""
         print(
-            f"  waiting {row['kind']:5} {row['handle']} {row['component_name'] or ''} "
-            f"age {row['age_seconds']}s attempts {row['attempts']} -> {row['destination']}{error}"
+            f"  waiting {safe(row['kind']):5} {safe(row['handle'])} {safe(row['component_name'])} "
+            f"age {row['age_seconds']}s attempts {row['attempts']} -> {safe(row['destination'])}{error}"
         )
     for row in report["dead"]:
-        print(f"  dead    {row['kind']:5} {row['handle']} ({row['dead_category']}): {row['dead_reason']}")
+        print(
+            f"  dead    {safe(row['kind']):5} {safe(row['handle'])} ({safe(row['dead_category'])}): "
+            f"{safe(row['dead_reason'])}"
+        )
     for reason, count in sorted(report["drops"].items()):
-        print(f"  dropped {count} ({reason})")
+        print(f"  dropped {count} ({safe(reason)})")
     return status
 
 

@@ -22,8 +22,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from oneiric_session.safetext import safe_lines
+
     report = collect(args.settings)
-    print(json.dumps(report, indent=2) if args.json else render(report))
+    # JSON escapes every control (ensure_ascii); the text form is made safe line by line.
+    print(json.dumps(report, indent=2) if args.json else safe_lines(render(report)))
     return 0
 
 

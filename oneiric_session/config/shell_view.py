@@ -141,6 +141,10 @@ class ShellView(NamedTuple):
         return cls(**fields, environ=environ)
 
 
+# A token is a few hundred bytes (a JWT); a bigger token_file is refused, not read.
+_MAX_TOKEN_BYTES = 64 * 1024
+
+
 def read_token(
     environ: Mapping[str, str], token_env: str, token_file: Path | None, token_file_source: str
 ) -> str | None:
@@ -154,12 +158,16 @@ def read_token(
     origin = sources.describe(token_file_source)
     try:
         mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+            raise ConfigError(f"token_file {path} is {kind}; it must be a regular file; from {origin}")
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise ConfigError(
                 f"token_file {path} must be readable by its owner only (chmod 600), "
                 f"its mode is {stat.S_IMODE(mode):o}; from {origin}"
             )
-        return path.read_text(encoding="utf-8").strip() or None
+        data = sources.read_bounded(path, _MAX_TOKEN_BYTES, "token_file")
+        return data.decode("utf-8").strip() or None
     except (OSError, UnicodeDecodeError) as exc:
         reason = type(exc).__name__
         raise ConfigError(f"token_file {path}: cannot read it ({reason}); from {origin}") from None
@@ -269,12 +277,15 @@ def _code_stamp(name: str) -> list[int]:
 def _file_digest(path: Path) -> str | None:
     """The SHA-256 of the file's bytes, or None when it is absent."""
     try:
-        with open(path, "rb") as file:
-            return sha256_hex(file.read())
+        if os.path.isdir(path):
+            raise ValueError(f"{path} is a directory")  # the loader reports it: never cached
+        if not os.path.lexists(path):
+            return None
+        # A FIFO, a device or an oversized file is a ConfigError here, at once: never cached, and
+        # the loader reports it (a FIFO is never opened for a blocking read).
+        return sha256_hex(sources.read_bounded(path))
     except (FileNotFoundError, NotADirectoryError):
         return None
-    except IsADirectoryError:
-        raise ValueError(f"{path} is a directory") from None  # the loader reports it: never cached
 
 
 def _entry_path(key: str) -> Path:

@@ -53,6 +53,7 @@ class SessionBuddyTracker:
         waker: Waker = wakeup.wake_or_spawn,
     ) -> None:
         view = config if isinstance(config, ShellView) else ShellView.from_config(config)
+        _refuse_special_token_file(view)
         self._view = view
         self.destination = view.destination
         self.limits = view.limits
@@ -216,6 +217,20 @@ class SessionBuddyTracker:
                 return  # one line per shell: the same refusal would follow at every event
             self._refusal_logged = True
         logger.warning("oneiric-session: %s not recorded: %s", what, exc)
+
+
+def _refuse_special_token_file(view: ShellView) -> None:
+    """A token_file that is a FIFO or a device is a configuration error now (tracking off), never a wait."""
+    if view.token_file is None or view.environ.get(view.token_env):
+        return
+    import stat
+
+    try:
+        mode = view.token_file.expanduser().stat().st_mode
+    except OSError:
+        return  # absent or unreadable: reported when the token is read, as before
+    if not stat.S_ISREG(mode):
+        view.token()  # raises the ConfigError that names it
 
 
 def create(config: ShellView | LoadedConfig | None) -> SessionBuddyTracker:

@@ -6,6 +6,7 @@ Standard library only, so `oneiric-session sessions` can read it without importi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import sqlite3
@@ -21,6 +22,8 @@ from oneiric_session.privacy import open_private, private_dir
 # database turns into a `status: "error"` answer before the client's own call timeout (30 s).
 BUSY_TIMEOUT_SECONDS = 10.0
 SCHEMA_VERSION = 1
+
+logger = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -112,9 +115,14 @@ class SessionStore:
         # The MCP server runs tools on worker threads; one connection behind a lock is plenty
         # (SQLite serializes writers anyway) and keeps a single WAL reader/writer per process.
         self._lock = threading.Lock()
+        self._connect()
+
+    def _connect(self) -> None:
+        path = self.path
         self._db = sqlite3.connect(
             path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
         )
+        self._identity = _identity(path)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: an acknowledged start or end must survive a power loss; the agent deletes its
@@ -133,9 +141,27 @@ class SessionStore:
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db, self._lock)
 
+    def _same_file(self) -> None:
+        """Before a write: if the database file was deleted or replaced under us, open the one there now.
+
+        SQLite keeps writing into a deleted file's inode, so every session acknowledged after an
+        `rm` would be lost; a write goes to the file at `path`, or fails (and the client keeps it).
+        """
+        current = _identity(self.path)
+        if current is not None and current == self._identity:
+            return
+        with self._lock:
+            if _identity(self.path) == self._identity is not None:
+                return
+            logger.warning("session database %s was deleted or replaced; opening it again", self.path)
+            self._db.close()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._connect()
+
     def record_start(self, session: NewSession, *, now: datetime | None = None) -> str:
         """Record a start and return its session id; a start already seen returns the id it got then."""
         recorded_at = (now or datetime.now(UTC)).isoformat()
+        self._same_file()
         with self._transaction():
             row = self._db.execute(
                 "SELECT session_id FROM sessions WHERE event_id = ?", (session.event_id,)
@@ -181,6 +207,7 @@ class SessionStore:
         metadata: dict[str, Any],
     ) -> EndStatus:
         """Close a session. An unknown id is `not_found`; a session already ended stays as it was."""
+        self._same_file()
         with self._transaction():
             row = self._db.execute(
                 "SELECT status, started_at FROM sessions WHERE session_id = ?", (session_id,)
@@ -218,6 +245,15 @@ class SessionStore:
             self._db.close()
         finally:
             self._lock.release()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _elapsed_seconds(started_at: str, ended_at: str) -> float | None:

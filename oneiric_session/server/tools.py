@@ -22,6 +22,9 @@ from oneiric_session.server.store import NewSession, SessionStore
 
 # Exit reasons are short words ("user_exit", "abnormal"); cap what a client can make us store.
 MAX_EXIT_REASON_CHARS = 200
+# What one event's metadata may take in the database (our clients send at most 16 KiB): any loopback
+# client can call us, so a bigger one is stored as a marker saying how big it was, not whole.
+MAX_STORED_METADATA_BYTES = 64 * 1024
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +51,14 @@ def storage_failure(exc: sqlite3.Error) -> Exception:
 def _exit_reason(metadata: dict[str, Any]) -> str | None:
     value = metadata.get("exit_reason")
     return value[:MAX_EXIT_REASON_CHARS] if isinstance(value, str) else None
+
+
+def _stored_metadata(metadata: dict[str, Any], what: str) -> dict[str, Any]:
+    size = len(json.dumps(metadata, ensure_ascii=False, default=str).encode("utf-8", "replace"))
+    if size <= MAX_STORED_METADATA_BYTES:
+        return metadata
+    logger.warning("%s metadata of %d bytes not stored (more than %d)", what, size, MAX_STORED_METADATA_BYTES)
+    return {"_truncated": True, "_bytes": size}
 
 
 def _duration_seconds(metadata: dict[str, Any]) -> float | None:
@@ -121,7 +132,7 @@ class SessionTools:
             user=event.user.model_dump(),
             environment=event.environment.model_dump(),
             started_at=event.timestamp,
-            metadata=event.metadata,
+            metadata=_stored_metadata(event.metadata, "session start"),
         )
         try:
             session_id = self._store.record_start(new)
@@ -155,7 +166,7 @@ class SessionTools:
                 ended_at=event.timestamp,
                 exit_reason=_exit_reason(event.metadata),
                 duration_seconds=_duration_seconds(event.metadata),
-                metadata=event.metadata,
+                metadata=_stored_metadata(event.metadata, "session end"),
             )
         except sqlite3.Error as exc:
             raise storage_failure(exc) from exc

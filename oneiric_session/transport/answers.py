@@ -15,7 +15,13 @@ from typing import Any, Protocol
 from oneiric_session.errors import AuthenticationError, RejectedError
 from oneiric_session.safetext import sanitize_text
 
-__all__ = ["USER_ID_DEFECT_EXPLAINED", "read_end_answer", "read_start_answer", "server_text"]
+__all__ = [
+    "MAX_SESSION_ID_CHARS",
+    "USER_ID_DEFECT_EXPLAINED",
+    "read_end_answer",
+    "read_start_answer",
+    "server_text",
+]
 
 _AUTH_MARKER = "authentication failed"
 # Session-Buddy 0.23.0 with auth on: a valid token passes, then its auth decorator passes the
@@ -28,6 +34,8 @@ USER_ID_DEFECT_EXPLAINED = (
 # Older servers answer a start with the bare session id as text.
 _BARE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,255}$")
 _MAX_MESSAGE_CHARS = 300
+# What a session id from a server may hold: it is stored, sent back with the end and printed.
+MAX_SESSION_ID_CHARS = 256
 _START_OK = frozenset({"tracked"})
 _END_OK = frozenset({"ended", "not_found"})
 
@@ -102,6 +110,11 @@ def read_start_answer(answer: ToolAnswer, *, token: str | None = None) -> str:
     payload = _read(answer, "track_session_start", _START_OK, token)
     if isinstance(payload, dict):
         session_id = payload.get("session_id")
+        if isinstance(session_id, str) and len(session_id) > MAX_SESSION_ID_CHARS:
+            raise RejectedError(
+                f"track_session_start: the server answered a session id of {len(session_id)} characters "
+                f"(more than {MAX_SESSION_ID_CHARS}): {server_text(session_id[:80], token)}"
+            )
         if isinstance(session_id, str) and session_id:
             return session_id
         raise RejectedError("track_session_start: answer 'tracked' without a session id")

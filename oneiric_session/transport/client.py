@@ -68,12 +68,17 @@ class SessionBuddyClient:
         """Send `track_session_end`; "ended" or "not_found"."""
         return await self._deliver("track_session_end", event, read_end_answer)
 
-    async def aclose(self) -> None:
-        """Close the session and stop a stdio server; idempotent."""
+    async def aclose(self, *, abort: bool = False) -> None:
+        """Close the session and stop a stdio server (at once with `abort`); idempotent."""
         self._closed = True
         connection, self._connection = self._connection, None
         if connection is not None:
-            await connection.close()
+            await connection.close(abort=abort)
+
+    def abort(self) -> None:
+        """Kill a stdio server now and cut an HTTP session (a deadline ran out); safe at any time."""
+        if self._connection is not None:
+            self._connection.abort()
 
     async def __aenter__(self) -> SessionBuddyClient:
         return self

@@ -28,7 +28,8 @@ from oneiric_session.errors import (
     ServerUnavailableError,
 )
 from oneiric_session.transport.answers import server_text
-from oneiric_session.transport.stdio import ServerProcess, child_environment
+from oneiric_session.transport.bounded_http import BoundedHttp
+from oneiric_session.transport.stdio import MAX_LINE_BYTES, ServerProcess, child_environment
 
 __all__ = ["Connection"]
 
@@ -47,6 +48,8 @@ _CLOSE_SECONDS = 10.0
 # session) raises: the SDK client's stand-in for a bare 404, or the SDK server's own error body.
 # INVALID_REQUEST would read as permanent; the call was never run, so it is sent again on a new session.
 _SESSION_LOST_MESSAGES = frozenset({"session terminated", "session not found"})
+# What one answer from a server may hold, on either transport (a stdio answer is one line).
+MAX_ANSWER_BYTES = MAX_LINE_BYTES
 
 
 def _leaf(exc: BaseException) -> BaseException:
@@ -62,8 +65,10 @@ class Connection:
     def __init__(self, destination: Destination) -> None:
         self.destination = destination
         self._server: ServerProcess | None = None
+        self._http: BoundedHttp | None = None
         self._client: mcp.ClientHandle | None = None
         self._owner: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # the owner, kept through close() for abort()
         self._closing = asyncio.Event()
         self.session_lost = False  # the HTTP server forgot this session: a new one is needed
         # Tokens sent on this connection: scrubbed from every server-supplied text we repeat
@@ -86,7 +91,8 @@ class Connection:
         if self.destination.transport == "http":
             if not self.destination.url:
                 raise ServerUnavailableError("transport is http but no url is configured")
-            return mcp.http_transport(self.destination.url)
+            self._http = BoundedHttp(server_text(self.destination.describe()), MAX_ANSWER_BYTES)
+            return self._http.transport(self.destination.url)
         command = self.destination.command
         env = child_environment(dict(self.destination.env))
         resolved = command
@@ -104,6 +110,7 @@ class Connection:
         transport = self._transport()
         ready: asyncio.Future[mcp.ClientHandle] = asyncio.get_running_loop().create_future()
         self._owner = asyncio.create_task(self._own(transport, ready), name="oneiric-session-mcp")
+        self._task = self._owner
         try:
             async with asyncio.timeout(self.destination.tuning.connect_seconds):
                 self._client = await asyncio.shield(ready)
@@ -152,6 +159,13 @@ class Connection:
         except Exception as exc:
             raise self._map(exc, tool) from exc
 
+    def abort(self) -> None:
+        """Kill a stdio server at once and cancel the session's task: a close under way ends soon."""
+        if self._server is not None:
+            self._server.abort()
+        if self._task is not None:
+            self._task.cancel()
+
     async def close(self, *, abort: bool = False) -> None:
         """End the session; `abort` kills a stdio server at once instead of giving it the grace."""
         if abort and self._server is not None:
@@ -171,11 +185,13 @@ class Connection:
             await owner
 
     def _tail(self) -> str:
+        if self._http is not None and self._http.failure:
+            return f" ({self._http.failure})"
         if self._server is None:
             return ""
         parts = []
         if self._server.failure:
-            parts.append(self._server.failure)
+            parts.append(f"{self._server.failure}: {server_text(self.destination.describe())}")
         if self._server.returncode is not None:
             parts.append(f"server exited with status {self._server.returncode}")
         tail = self._server.stderr_tail()
@@ -194,6 +210,8 @@ class Connection:
         exc = _leaf(exc)
         if isinstance(exc, DeliveryError):
             return exc
+        if self._http is not None and self._http.failure:  # the SDK's stand-in error says less
+            return ServerUnavailableError(f"{doing}: {self._http.failure}")
         if isinstance(exc, mcp.MCPError):
             code, raw = mcp.error_code(exc), mcp.error_message(exc)
             message = self._scrub(raw)

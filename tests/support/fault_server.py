@@ -21,6 +21,10 @@ FAULT_MODE: comma-separated faults, any of
   not_found         answer an end with status "not_found"
   echo_token        on a tool call, print the call's token on stderr and exit (status 5)
   linger            ignore SIGTERM and keep running after stdin closes (only SIGKILL ends it)
+  flood_stdout      on a tool call, write an answer line on stdout that never ends (stdio)
+  endless_body      over HTTP, answer a tool call with a JSON body that never ends
+  id_escapes        answer a start with a session id holding ANSI escapes, BEL, BS, CR and bidi marks
+  huge_id           answer a start with a 1,000,000-character session id
 FAULT_REFUSE_FILE: while this file exists, behave as `refuse_start` (lets a test heal a server).
 FAULT_RECORD: a file that gets one JSON line per received request (tool calls recorded by the tools)
   ({"pid", "method", "tool", "arguments"}), plus {"pid", "started": true} at start-up.
@@ -102,6 +106,11 @@ async def answer(tool: str, payload: dict[str, Any]) -> types.CallToolResult:
         await anyio.sleep_forever()
     if "slow" in MODES:
         await anyio.sleep(DELAY_SECONDS)
+    if "flood_stdout" in MODES:
+        raw_stdout('{"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": "text", "text": "')
+        block = "A" * 65536
+        while True:
+            await anyio.to_thread.run_sync(raw_stdout, block)
     if "drop_mid_answer" in MODES:
         raw_stdout('{"jsonrpc": "2.0", "id": ')
         os._exit(4)
@@ -158,6 +167,10 @@ def build_server() -> Any:
             os._exit(5)
         digits = "".join(ch for ch in (timestamp or "")[:19] if ch.isdigit())
         session_id = f"{component_name}-{digits[:8]}-{digits[8:14]}"
+        if "id_escapes" in MODES:
+            session_id = f"\x1b[2J\x1b]0;owned\x07{session_id}\x9b31m\x08\r\u202eevil\x00"
+        if "huge_id" in MODES:
+            session_id = "x" * 1_000_000
         return await answer(
             "track_session_start", {"session_id": session_id, "status": "tracked", "error": None}
         )
@@ -209,6 +222,58 @@ async def serve_stdio(server: Any) -> None:
             tg.cancel_scope.cancel()
 
 
+def endless_body(app: Any) -> Any:
+    """ASGI middleware: a POST holding a tool call is answered with a JSON body that never ends."""
+
+    async def wrapped(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await app(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if b'"tools/call"' in body:
+            record({"method": "tools/call", "endless": True})
+            headers = [(b"content-type", b"application/json")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send(
+                {
+                    "type": "http.response.body",
+                    "body": b'{"jsonrpc": "2.0", "id": 1, "result": "',
+                    "more_body": True,
+                }
+            )
+            block = b"A" * 65536
+            gone = anyio.Event()
+
+            async def watch() -> None:
+                while (await receive())["type"] != "http.disconnect":
+                    pass
+                gone.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch)
+                while not gone.is_set():  # until the client goes away
+                    await send({"type": "http.response.body", "body": block, "more_body": True})
+                    await anyio.sleep(0)
+                tg.cancel_scope.cancel()
+            return
+        replayed = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await app(scope, replay, send)
+
+    return wrapped
+
+
 def main(argv: list[str]) -> int:
     if "linger" in MODES:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -218,6 +283,12 @@ def main(argv: list[str]) -> int:
     server = build_server()
     if argv[:1] == ["--http"]:
         host, _, port = argv[1].rpartition(":")
+        if "endless_body" in MODES:
+            import uvicorn
+
+            app = endless_body(mcp_compat.serve_http_app(server, path="/mcp", host=host))
+            uvicorn.run(app, host=host, port=int(port), log_level="warning")
+            return 0
         mcp_compat.run_streamable_http(server, host=host, port=int(port))
         return 0
     anyio.run(serve_stdio, server)
