@@ -36,11 +36,11 @@ __all__ = [
     "MCPError",
     "SessionMessage",
     "answer_view",
-    "httpx",
     "dump_message",
     "error_code",
     "error_message",
     "http_transport",
+    "httpx",
     "in_memory_client",
     "jsonrpc_error",
     "lowlevel_server",
@@ -190,7 +190,7 @@ async def open_client(transport: Any, *, client_info: Any | None = None) -> Asyn
 
 @asynccontextmanager
 async def http_transport(url: str, *, http_client: Any = None) -> AsyncIterator[tuple[Any, Any]]:
-    """The SDK's Streamable HTTP client transport for `url` (over `http_client` if given), as (read, write)."""
+    """The SDK's Streamable HTTP client transport for `url` (over `http_client`), as (read, write)."""
     from mcp.client.streamable_http import streamable_http_client
 
     async with streamable_http_client(url, http_client=http_client) as streams:

@@ -1,4 +1,6 @@
-"""An httpx client (the one the installed SDK uses) whose responses are cut at a size limit: one answer from a server is bounded.
+"""An httpx client whose responses are cut at a size limit: one answer from a server is bounded.
+
+It is the httpx the installed SDK speaks (2.x: httpx2, 1.x: httpx), from `mcp_compat`.
 
 The SDK's streamable HTTP client reads a JSON answer whole (`response.aread()`), so a server that
 sends a body that never ends would grow our memory without limit. Every response body read
@@ -12,7 +14,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-
 from typing import Any
 
 from mcp.shared._httpx_utils import MCP_DEFAULT_SSE_READ_TIMEOUT, MCP_DEFAULT_TIMEOUT
