@@ -8,6 +8,7 @@ from typing import Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.tools import Tool
+from mcp.types import ToolAnnotations
 
 from oneiric_session import __version__
 from oneiric_session.server.auth import TokenVerifier
@@ -39,6 +40,13 @@ def strict_tool(fn: Callable[..., Any]) -> Tool:
     return tool
 
 
+def read_only(tool: Tool) -> Tool:
+    """Marked read-only for clients that show tool annotations (it writes nothing)."""
+    # By the wire names: the same spelling is accepted by every SDK version's model.
+    tool.annotations = ToolAnnotations.model_validate({"readOnlyHint": True, "idempotentHint": True})
+    return tool
+
+
 def build_server(store: SessionStore, *, verifier: TokenVerifier | None = None) -> MCPServer:
     tools = SessionTools(store, verifier)
     return MCPServer(
@@ -47,7 +55,11 @@ def build_server(store: SessionStore, *, verifier: TokenVerifier | None = None) 
         instructions=INSTRUCTIONS,
         log_level="WARNING",
         tools=[
-            strict_tool(fn) for fn in (tools.track_session_start, tools.track_session_end, tools.health_check)
+            *(
+                strict_tool(fn)
+                for fn in (tools.track_session_start, tools.track_session_end, tools.health_check)
+            ),
+            read_only(strict_tool(tools.list_sessions)),
         ],
     )
 

@@ -14,10 +14,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from oneiric_session.server.listing import INDEXES, MIGRATE_TO_2, Page, SessionFilter, select_page
+
 # Long enough to sit out another server process's write burst, short enough that a wedged
 # database turns into a `status: "error"` answer before the client's own call timeout (30 s).
 BUSY_TIMEOUT_SECONDS = 10.0
-SCHEMA_VERSION = 1
+# 2: virtual columns and indexes for `who` / `last` (server/listing.py); 1 databases migrate.
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -110,6 +113,7 @@ class SessionStore:
                 )
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 self._db.execute(statement)
+            _migrate(self._db)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _transaction(self) -> _Transaction:
@@ -188,6 +192,11 @@ class SessionStore:
             ).fetchall()
         return [dict(row) for row in rows]
 
+    def list_page(self, where: SessionFilter, *, limit: int | None = None, cursor: str | None = None) -> Page:
+        """One page of sessions, newest start first (see `server.listing`); raises BadQuery on bad input."""
+        with self._lock:
+            return select_page(self._db, where, limit=limit, cursor=cursor)
+
     def count_sessions(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM sessions").fetchone()[0])
@@ -200,6 +209,16 @@ class SessionStore:
             self._db.close()
         finally:
             self._lock.release()
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a schema-1 (or brand new) table to schema 2; idempotent, inside the opening transaction."""
+    columns = {row[1] for row in db.execute("PRAGMA table_xinfo(sessions)")}
+    if "started_epoch" not in columns:
+        for statement in MIGRATE_TO_2:
+            db.execute(statement)
+    for statement in INDEXES:
+        db.execute(statement)
 
 
 def _elapsed_seconds(started_at: str, ended_at: str) -> float | None:
