@@ -354,11 +354,17 @@ def exit_words(row: dict[str, Any]) -> str:
 
 
 def fit(
-    header: list[str], rows: list[list[str]], width: int, shrink: list[int], optional: int | None = None
+    header: list[str],
+    rows: list[list[str]],
+    width: int,
+    shrink: list[int],
+    *,
+    last: list[int] | None = None,
+    optional: int | None = None,
 ) -> str:
     """Columns two spaces apart, no wider than `width` where possible: first the `optional` column is
-    left out, then the widest of the `shrink` columns is cut (to no less than its header), repeatedly;
-    a cut value ends with an ellipsis."""
+    left out, then the widest of the `shrink` columns is cut, repeatedly, down to its header's width;
+    then those and the `last` ones down to 4 characters. A cut value ends with an ellipsis."""
     widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
 
     def over() -> int:
@@ -369,13 +375,15 @@ def fit(
         rows = [row[:optional] + row[optional + 1 :] for row in rows]
         del widths[optional]
         shrink = [i - (i > optional) for i in shrink if i != optional]
-    while over() > 0:
-        floors = {i: max(_MIN_WIDTH, len(header[i])) for i in shrink}
-        candidates = [i for i in shrink if widths[i] > floors[i]]
-        if not candidates:
-            break
-        widest = max(candidates, key=lambda i: widths[i])
-        widths[widest] -= 1
+        last = [i - (i > optional) for i in last or [] if i != optional]
+    # First no column narrower than its header; on a very narrow terminal, headers are cut too.
+    passes = ({i: max(_MIN_WIDTH, len(header[i])) for i in shrink}, dict.fromkeys(shrink + last, _MIN_WIDTH))
+    for floors in passes:
+        while over() > 0:
+            candidates = [i for i in floors if widths[i] > floors[i]]
+            if not candidates:
+                break
+            widths[max(candidates, key=lambda i: widths[i])] -= 1
 
     def cell(text: str, size: int) -> str:
         return (text if len(text) <= size else text[: size - 1] + "…").ljust(size)
@@ -404,7 +412,7 @@ def who_table(sessions: list[dict[str, Any]], width: int) -> str:
         ]
         for s in sessions
     ]
-    return fit(header, rows, width, shrink=[0, 1, 2, 3])
+    return fit(header, rows, width, shrink=[0, 1, 2, 3], last=[5])
 
 
 def last_table(sessions: list[dict[str, Any]], width: int) -> str:
@@ -423,7 +431,7 @@ def last_table(sessions: list[dict[str, Any]], width: int) -> str:
         ]
         for s in sessions
     ]
-    return fit(header, rows, width, shrink=[0, 1, 2, 3], optional=8)
+    return fit(header, rows, width, shrink=[0, 1, 2, 3], last=[7], optional=8)
 
 
 Table = Callable[[list[dict[str, Any]], int], str]
