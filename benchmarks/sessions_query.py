@@ -6,9 +6,11 @@ Generates a schema-1 database (what a server before `who` / `last` wrote) of N s
 hosts, 20 users and 8 components over a year (1 % still open, some ended "abnormal"), opens it with
 the current SessionStore (which migrates it: virtual columns plus indexes; timed), then times
 `SessionStore.list_page` for what `who` and `last` ask: the first page of `last` unfiltered and
-filtered by host, user, component and a time window, the 20th page (keyset cursor), and `who`'s
-open sessions. Also one `oneiric-session last --json` process end to end (Python start-up
-included; no target). Figures are ms: median and spread over R runs of each query.
+filtered by host, user, component, host and user, and a time window, the 20th page (keyset
+cursor), and `who`'s open sessions; and the worst case, a host and user pair that never occurs
+(the host's whole index range is read to learn that; reported, not held to the target). Also one
+`oneiric-session last --json` process end to end (Python start-up included; no target).
+Figures are ms: median and spread over R runs of each query.
 """
 
 from __future__ import annotations
@@ -161,7 +163,9 @@ def measure(root: Path, sessions: int, runs: int) -> dict[str, Any]:
         "cli_last_ms": round(cli_ms, 1),
         "cli_rows": len(json.loads(cli.stdout)),
         "target_first_page_ms": TARGET_FIRST_PAGE_MS,
-        "meets_target": max(figures[name]["median"] for name in figures) < TARGET_FIRST_PAGE_MS,
+        # The pair that never occurs is reported, not held to the target: it reads a whole index range.
+        "meets_target": max(figures[name]["median"] for name in figures if not name.endswith("_none"))
+        < TARGET_FIRST_PAGE_MS,
     }
 
 
@@ -193,7 +197,9 @@ def main() -> int:
                 f"({result['rows_per_query'][name]} rows)"
             )
         print(f"  oneiric-session last --json: {result['cli_last_ms']} ms end to end")
-        print(f"  target: every first page < {TARGET_FIRST_PAGE_MS:g} ms: {result['meets_target']}")
+        print(
+            f"  target: every first page < {TARGET_FIRST_PAGE_MS:g} ms (but *_none): {result['meets_target']}"
+        )
     return 0 if result["meets_target"] else 1
 
 

@@ -480,3 +480,38 @@ def test_idle_comes_from_the_agent_and_a_killed_shell_is_gone_no_logout(tmp_path
         shell.kill()
         shell.wait(WAIT_SECONDS)
         scene.stop_agents()
+
+
+# A Session-Buddy-like server: the tracking side only, no list_sessions (as the real 0.23.0 / 0.36.0).
+_PLAIN_SERVER = """
+import sys, uvicorn
+from mcp.server.mcpserver import MCPServer
+server = MCPServer("plain")
+@server.tool()
+def health_check() -> str:
+    return "ok"
+app = server.streamable_http_app(streamable_http_path="/mcp", host="127.0.0.1")
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def test_a_server_without_list_sessions_is_named_as_such(tmp_path: Path) -> None:
+    from support.http_server import free_port
+
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-c", _PLAIN_SERVER, str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+
+        def listening() -> bool:
+            with socket.socket() as sock:
+                return sock.connect_ex(("127.0.0.1", port)) == 0
+
+        wait_until(listening, what="the plain server to listen")
+        result = run("last", "--url", f"http://127.0.0.1:{port}/mcp")
+        assert result.returncode == 1 and result.stdout == ""
+        assert "no list_sessions tool" in result.stderr and "Traceback" not in result.stderr
+    finally:
+        process.kill()
+        process.wait(WAIT_SECONDS)

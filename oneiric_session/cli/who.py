@@ -249,7 +249,7 @@ def _read_page(
         if "Authentication failed" in texts:
             hint = f"set ${TOKEN_ENV} to a valid token" if not token else f"check ${TOKEN_ENV}"
             raise RemoteError(f"the server refused: {server_text(texts, token)} ({hint})")
-        if "Unknown tool" in texts or "list_sessions" in texts:
+        if "Unknown tool" in texts:
             raise RemoteError(
                 "the server cannot list sessions (it has no list_sessions tool: "
                 f"not an oneiric-session server, or an older one): {server_text(texts, token)}"
