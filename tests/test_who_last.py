@@ -399,30 +399,34 @@ def test_a_schema_1_database_is_migrated_and_keeps_its_sessions(tmp_path: Path) 
     assert result.returncode == 0 and json.loads(result.stdout)[0]["session_id"] == "old-20261201-100000"
 
 
-def test_the_queries_use_the_indexes(tmp_path: Path) -> None:
-    """No full scan and no sort for what `who` and `last` ask (the plan SQLite chose)."""
-    from oneiric_session.server import listing
+@pytest.mark.parametrize(
+    "where",
+    [
+        {},
+        {"open_only": True},
+        {"host": "h"},
+        {"user": "u"},
+        {"component": "c"},
+        {"since": NOW, "until": NOW},
+        {"open_only": True, "since": NOW},
+    ],
+)
+def test_the_queries_use_the_indexes(tmp_path: Path, where: dict[str, Any]) -> None:
+    """No full scan and no sort for what `who` and `last` ask, on the first page and a later one."""
+    from oneiric_session.server.listing import SessionFilter, encode_cursor, page_query
 
     store = SessionStore(tmp_path / "plan.sqlite3")
     store.close()
     db = sqlite3.connect(tmp_path / "plan.sqlite3")
-    select = listing._SELECT
-    for where in (
-        "",
-        " WHERE status = 'open'",
-        " WHERE hostname = ?",
-        " WHERE username = ?",
-        " WHERE component_name = ?",
-    ):
-        params = () if "?" not in where else ("x",)
-        plan = " ".join(
-            row[3]
-            for row in db.execute(
-                f"EXPLAIN QUERY PLAN {select}{where} ORDER BY started_epoch DESC, rowid DESC LIMIT 5", params
-            )
-        )
-        assert "USING INDEX" in plan and "TEMP B-TREE" not in plan, (where, plan)
-    db.close()
+    try:
+        for cursor in (None, encode_cursor(1.5, 7)):
+            sql, params = page_query(SessionFilter(**where), cursor, 100)
+            plan = " ".join(row[3] for row in db.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+            assert "USING INDEX" in plan and "TEMP B-TREE" not in plan, (where, plan)
+            if cursor is not None:  # a later page seeks to the cursor: it never scans from the top
+                assert plan.startswith("SEARCH") and "<expr><?" in plan, plan
+    finally:
+        db.close()
 
 
 def test_the_benchmark_generates_migrates_and_answers(tmp_path: Path) -> None:

@@ -34,28 +34,28 @@ LISTED_FIELDS = (
     "duration_seconds",
 )
 
-# Schema 2: two virtual columns computed from what schema 1 already stores, and the indexes that
-# keep `who` (open sessions) and `last` (newest first, optionally by component, user or host) fast.
-# `julianday` understands the event's `Z` / `+HH:MM` suffixes, so every start sorts in UTC.
-# SQLite keeps date-times to the millisecond: rounding to 3 places gives the exact epoch back.
+# Schema 2: indexes on expressions over what schema 1 already stores (no new column, so nothing to
+# rewrite, and any SQLite since 3.9), that keep `who` (open sessions) and `last` (newest first,
+# optionally by component, user or host) fast. Queries repeat these expressions verbatim: that is
+# how SQLite matches them to the indexes. `julianday` understands the event's `Z` / `+HH:MM`
+# suffixes, so every start sorts in UTC; SQLite keeps date-times to the millisecond, so rounding
+# to 3 places gives the exact epoch seconds back.
 STARTED_EPOCH = "round((julianday(started_at) - 2440587.5) * 86400.0, 3)"
-MIGRATE_TO_2 = (
-    f"ALTER TABLE sessions ADD COLUMN started_epoch REAL GENERATED ALWAYS AS ({STARTED_EPOCH}) VIRTUAL",
-    "ALTER TABLE sessions ADD COLUMN username TEXT"
-    " GENERATED ALWAYS AS (json_extract(user, '$.username')) VIRTUAL",
-)
+USERNAME = "json_extract(user, '$.username')"
 INDEXES = (
-    "CREATE INDEX IF NOT EXISTS sessions_by_start ON sessions (started_epoch)",
-    "CREATE INDEX IF NOT EXISTS sessions_open ON sessions (started_epoch) WHERE status = 'open'",
-    "CREATE INDEX IF NOT EXISTS sessions_by_component ON sessions (component_name, started_epoch)",
-    "CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions (username, started_epoch)",
-    "CREATE INDEX IF NOT EXISTS sessions_by_host ON sessions (hostname, started_epoch)",
+    f"CREATE INDEX IF NOT EXISTS sessions_by_start ON sessions ({STARTED_EPOCH})",
+    f"CREATE INDEX IF NOT EXISTS sessions_open ON sessions ({STARTED_EPOCH}) WHERE status = 'open'",
+    f"CREATE INDEX IF NOT EXISTS sessions_by_component ON sessions (component_name, {STARTED_EPOCH})",
+    f"CREATE INDEX IF NOT EXISTS sessions_by_user ON sessions ({USERNAME}, {STARTED_EPOCH})",
+    f"CREATE INDEX IF NOT EXISTS sessions_by_host ON sessions (hostname, {STARTED_EPOCH})",
 )
 
 _SELECT = (
-    "SELECT rowid, session_id, component_name, shell_type, username AS user, hostname, pid,"
-    " started_at, ended_at, status, exit_reason, duration_seconds, started_epoch FROM sessions"
+    f"SELECT rowid, session_id, component_name, shell_type, {USERNAME} AS user, hostname, pid,"
+    f" started_at, ended_at, status, exit_reason, duration_seconds, {STARTED_EPOCH} AS started_epoch"
+    " FROM sessions"
 )
+_ORDER = f" ORDER BY {STARTED_EPOCH} DESC, rowid DESC"
 
 
 class BadQuery(ValueError):
@@ -117,36 +117,41 @@ def page_size(limit: int | None) -> int:
     return min(limit, MAX_PAGE_SIZE)
 
 
-def select_page(
-    db: sqlite3.Connection, where: SessionFilter, *, limit: int | None = None, cursor: str | None = None
-) -> Page:
-    """One page, newest start first, and the cursor of the next page (None on the last one)."""
-    size = page_size(limit)
+def page_query(where: SessionFilter, cursor: str | None, size: int) -> tuple[str, list[Any]]:
+    """The SQL of one page (one row more than `size`, which tells whether a next page exists)."""
     clauses: list[str] = []
     params: list[Any] = []
     if where.open_only:
         clauses.append("status = 'open'")
-    equal = (("component_name", where.component), ("username", where.user), ("hostname", where.host))
+    equal = (("component_name", where.component), (USERNAME, where.user), ("hostname", where.host))
     for column, value in equal:
         if value is not None:
             clauses.append(f"{column} = ?")
             params.append(value)
     if where.since is not None:
-        clauses.append("started_epoch >= ?")
+        clauses.append(f"{STARTED_EPOCH} >= ?")
         params.append(_epoch(where.since))
     if where.until is not None:
-        clauses.append("started_epoch < ?")
+        clauses.append(f"{STARTED_EPOCH} < ?")
         params.append(_epoch(where.until))
     if cursor:
         epoch, rowid = decode_cursor(cursor)
-        clauses.append("(started_epoch < ? OR (started_epoch = ? AND rowid < ?))")
+        # The first term bounds the index range (a seek, not a scan from the top); the second
+        # breaks ties between starts in the same millisecond.
+        clauses.append(f"{STARTED_EPOCH} <= ? AND ({STARTED_EPOCH} < ? OR rowid < ?)")
         params.extend((epoch, epoch, rowid))
     sql = _SELECT
     if clauses:
         sql += " WHERE " + " AND ".join(clauses)
-    # One row more than asked tells whether a next page exists without counting.
-    sql += " ORDER BY started_epoch DESC, rowid DESC LIMIT ?"
-    rows = db.execute(sql, (*params, size + 1)).fetchall()
+    return sql + _ORDER + " LIMIT ?", [*params, size + 1]
+
+
+def select_page(
+    db: sqlite3.Connection, where: SessionFilter, *, limit: int | None = None, cursor: str | None = None
+) -> Page:
+    """One page, newest start first, and the cursor of the next page (None on the last one)."""
+    size = page_size(limit)
+    rows = db.execute(*page_query(where, cursor, size)).fetchall()
     more = len(rows) > size
     rows = rows[:size]
     sessions = [{name: row[name] for name in LISTED_FIELDS} for row in rows]
