@@ -204,9 +204,12 @@ def _remote(url: str, query: Query) -> Result:
     try:
         return asyncio.run(_remote_pages(url, query))
     except RemoteError as exc:
+        from oneiric_session.destination import Destination
         from oneiric_session.errors import OneiricSessionError
 
-        raise OneiricSessionError(f"{terminal_safe(url, 200)}: {exc}") from None
+        # describe(): without any credentials the URL may carry.
+        where = Destination(transport="http", url=url).describe().removeprefix("http ")
+        raise OneiricSessionError(f"{terminal_safe(where, 200)}: {exc}") from None
 
 
 async def _remote_pages(url: str, query: Query) -> Result:
@@ -230,6 +233,8 @@ async def _remote_pages(url: str, query: Query) -> Result:
                 arguments["token"] = token
             answer = await connection.call("list_sessions", arguments, token=token)
             sessions, cursor = _read_page(answer, token, server_text)
+            if not sessions:
+                cursor = None  # an empty page ends the listing, whatever cursor came with it
             got.extend(sessions)
             if query.count and len(got) > query.count:
                 return Result(got[: query.count], True)
@@ -442,7 +447,7 @@ def _print(args: argparse.Namespace, result: Result, table: Table) -> int:
         # ASCII escapes (\u001b, \u202e): lossless for a script, harmless on a terminal.
         print(json.dumps(result.sessions, ensure_ascii=True, indent=2))
         return 0
-    where = terminal_safe(args.url, 200) if args.url else "the session database"
+    where = "the server" if args.url else "the session database"
     if not result.sessions:
         filtered = any(vars(args).get(name) for name in _FILTERS)
         print("no sessions match" if filtered else f"no sessions in {where}")
