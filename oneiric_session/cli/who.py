@@ -65,13 +65,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             default=None,
             help=f"ask the server at URL (http://HOST:PORT/mcp) instead; token from ${TOKEN_ENV}",
         )
-        parser.add_argument("--component", default=None, help="only this component")
-        parser.add_argument("--user", default=None, help="only this user name")
-        parser.add_argument("--host", default=None, help="only this host name")
+        parser.add_argument("--component", metavar="NAME", default=None, help="only this component")
+        parser.add_argument("--user", metavar="NAME", default=None, help="only this user name")
+        parser.add_argument("--host", metavar="NAME", default=None, help="only this host name")
         parser.add_argument(
-            "--since", default=None, help="started at or after: ISO date-time (local zone if none) or 2h, 7d"
+            "--since",
+            metavar="WHEN",
+            default=None,
+            help="started at or after: ISO date-time (local zone if none) or 2h, 7d",
         )
-        parser.add_argument("--until", default=None, help="started before: same forms as --since")
+        parser.add_argument(
+            "--until", metavar="WHEN", default=None, help="started before: same forms as --since"
+        )
         parser.add_argument(
             "-n",
             dest="count",
