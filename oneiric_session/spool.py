@@ -156,7 +156,6 @@ class _NeedsFreshSpool(Exception):
 # ids begin again at 1, and an agent still holding an old row must not touch an unrelated one.
 _DELETE_ROW = "DELETE FROM events WHERE id = ? AND event_id = ?"
 
-
 class SpooledEvent(NamedTuple):
     """One spooled row. `payload` is the sanitized wire arguments as appended."""
 
