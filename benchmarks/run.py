@@ -35,6 +35,7 @@ from typing import Any
 import common
 import delivery
 import scale
+import sessions_query
 import shell_cost
 import shell_latency
 from common import Scene, scratch, summary
@@ -334,6 +335,9 @@ def text_report(result: dict[str, Any]) -> str:
                 f"servers {r['server_processes']['in_all']}  agent RSS {r['agent_memory']['rss_kb']} kB"
                 f"  server RSS {r['server_memory']['rss_kb']} kB"
             )
+    if "error" not in (q := result["sessions_query"]):
+        page = q["query_ms"]["last_first_page"]
+        lines.append(f"  last over {q['sessions']} sessions: first page {page['median']} ms (target < 100)")
     for name, section in result.items():
         if isinstance(section, dict) and "error" in section:
             lines.append(f"  {name}: FAILED: {section['error'].splitlines()[-1]}")
@@ -364,6 +368,7 @@ def main() -> int:
         ("throughput", lambda tmp: throughput(tmp, plan)),
         ("latency", lambda tmp: latency(tmp, plan, real=not args.no_real)),
         ("scale", lambda tmp: scale_figures(tmp, plan)),
+        ("sessions_query", lambda tmp: sessions_query.section(tmp, quick=args.quick)),
     ]
     with tempfile.TemporaryDirectory(prefix="oneiric-bench-") as tmp:
         for number, (name, section) in enumerate(sections, 1):

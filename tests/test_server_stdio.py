@@ -62,7 +62,8 @@ def stored(db: Path) -> dict[str, dict[str, object]]:
 def test_tools_have_the_real_argument_names_and_refuse_unknown_ones(server: ServerConnection) -> None:
     """The input schemas name exactly 0.23.0's arguments, required ones included, and are closed."""
     tools = server.input_schemas()
-    assert set(tools) == {"track_session_start", "track_session_end", "health_check"}
+    # 0.23.0's three, and our own read-only list_sessions (for `who` / `last --url`).
+    assert set(tools) == {"track_session_start", "track_session_end", "health_check", "list_sessions"}
     start = tools["track_session_start"]
     assert set(start["properties"]) == {
         "event_version",

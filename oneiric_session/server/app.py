@@ -37,6 +37,13 @@ def strict_tool(fn: Callable[..., Any]) -> Any:
     return tool
 
 
+def read_only(tool: Any) -> Any:
+    """Marked read-only for clients that show tool annotations (it writes nothing)."""
+    # By the wire names: the same spelling is accepted by every SDK version's model.
+    tool.annotations = mcp.types.ToolAnnotations.model_validate({"readOnlyHint": True, "idempotentHint": True})
+    return tool
+
+
 def build_server(store: SessionStore, *, verifier: TokenVerifier | None = None) -> Any:
     tools = SessionTools(store, verifier)
     return mcp.new_server(
@@ -45,7 +52,11 @@ def build_server(store: SessionStore, *, verifier: TokenVerifier | None = None) 
         instructions=INSTRUCTIONS,
         log_level="WARNING",
         tools=[
-            strict_tool(fn) for fn in (tools.track_session_start, tools.track_session_end, tools.health_check)
+            *(
+                strict_tool(fn)
+                for fn in (tools.track_session_start, tools.track_session_end, tools.health_check)
+            ),
+            read_only(strict_tool(tools.list_sessions)),
         ],
     )
 

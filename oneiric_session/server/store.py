@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from oneiric_session.privacy import open_private, private_dir
+from oneiric_session.server.listing import INDEXES, Page, SessionFilter, select_page
 
 # Long enough to sit out another server process's write burst, short enough that a wedged
 # database turns into a `status: "error"` answer before the client's own call timeout (30 s).
 BUSY_TIMEOUT_SECONDS = 10.0
-SCHEMA_VERSION = 1
+# 2: the indexes of `who` / `last` (server/listing.py); a schema-1 database is migrated on open.
+SCHEMA_VERSION = 2
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +138,7 @@ class SessionStore:
                 )
             for statement in filter(str.strip, _SCHEMA.split(";")):
                 self._db.execute(statement)
+            _migrate(self._db)
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _transaction(self) -> _Transaction:
@@ -233,6 +236,11 @@ class SessionStore:
             ).fetchall()
         return [dict(row) for row in rows]
 
+    def list_page(self, where: SessionFilter, *, limit: int | None = None, cursor: str | None = None) -> Page:
+        """One page of sessions, newest start first (see `server.listing`); raises BadQuery on bad input."""
+        with self._lock:
+            return select_page(self._db, where, limit=limit, cursor=cursor)
+
     def count_sessions(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT count(*) FROM sessions").fetchone()[0])
@@ -254,6 +262,13 @@ def _identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring a schema-1 (or brand new) table to schema 2 (its indexes); idempotent, inside the opening
+    transaction. On a large schema-1 database this builds the indexes once (seconds per 100,000)."""
+    for statement in INDEXES:
+        db.execute(statement)
 
 
 def _elapsed_seconds(started_at: str, ended_at: str) -> float | None:

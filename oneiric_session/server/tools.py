@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from oneiric_session.mcp_compat import server_error, tool_result, types
 from oneiric_session.server.auth import TokenVerifier
+from oneiric_session.server.listing import BadQuery, SessionFilter, parse_instant
 from oneiric_session.server.models import EnvironmentInfo, SessionEndEvent, SessionStartEvent, UserInfo
 from oneiric_session.server.store import NewSession, SessionStore
 
@@ -172,6 +173,44 @@ class SessionTools:
             raise storage_failure(exc) from exc
         logger.info("session end: %r -> %s", event.session_id, status)
         return answer({"session_id": session_id, "status": status, "error": None})
+
+    def list_sessions(
+        self,
+        open_only: bool = False,
+        component: str | None = None,
+        user: str | None = None,
+        host: str | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        token: str | None = None,
+    ) -> Answer:
+        """List recorded sessions, newest start first, one page at a time (read-only).
+
+        Filters: open_only (not ended yet), component, user, host (exact), since / until (ISO 8601,
+        start time in [since, until)). limit: page size, 1-500 (default 100). Pass the answer's
+        next_cursor as cursor for the next page; null means this was the last one.
+        """
+        if (refused := self._refused(token)) is not None:
+            return refused
+        try:
+            where = SessionFilter(
+                open_only=open_only,
+                component=component,
+                user=user,
+                host=host,
+                since=parse_instant(since, "since") if since else None,
+                until=parse_instant(until, "until") if until else None,
+            )
+            page = self._store.list_page(where, limit=limit, cursor=cursor)
+        except BadQuery as exc:
+            return answer({"sessions": [], "next_cursor": None, "status": "error", "error": str(exc)})
+        except sqlite3.Error as exc:
+            raise storage_failure(exc) from exc
+        return answer(
+            {"sessions": page.sessions, "next_cursor": page.next_cursor, "status": "ok", "error": None}
+        )
 
     def health_check(self) -> str:
         """Report that the server is up and its session store answers."""
