@@ -32,6 +32,7 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -345,7 +346,7 @@ class DeliveryAgent:
                 continue
             task = asyncio.create_task(self._drain_destination(key), name=f"deliver-{key}")
             state.worker = task
-            task.add_done_callback(lambda t, k=key: self._worker_done(k, t))
+            task.add_done_callback(functools.partial(self._worker_done, key))
             started += 1
         return started
 

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -155,6 +156,7 @@ class _NeedsFreshSpool(Exception):
 # A row is named by its id AND its event_id: after the file was moved aside and started afresh,
 # ids begin again at 1, and an agent still holding an old row must not touch an unrelated one.
 _DELETE_ROW = "DELETE FROM events WHERE id = ? AND event_id = ?"
+
 
 class SpooledEvent(NamedTuple):
     """One spooled row. `payload` is the sanitized wire arguments as appended."""
@@ -664,8 +666,8 @@ class Spool:
         dropped[DROP_MAX_AGE] = self._drop(conn, [r[0] for r in aged], DROP_MAX_AGE)
         rows, size = conn.execute("SELECT rows, bytes FROM totals WHERE id = 1").fetchone()
         if rows > self.max_rows:
-            victims = conn.execute("SELECT id FROM events ORDER BY id LIMIT ?", (rows - self.max_rows,))
-            dropped[DROP_MAX_ROWS] = self._drop(conn, [r[0] for r in victims.fetchall()], DROP_MAX_ROWS)
+            oldest = conn.execute("SELECT id FROM events ORDER BY id LIMIT ?", (rows - self.max_rows,))
+            dropped[DROP_MAX_ROWS] = self._drop(conn, [r[0] for r in oldest.fetchall()], DROP_MAX_ROWS)
             size = conn.execute("SELECT bytes FROM totals WHERE id = 1").fetchone()[0]
         if size > self.max_bytes:
             victims, freed = [], 0
@@ -820,7 +822,11 @@ class Spool:
                 raise SpoolError(f"spool {self.path}: WAL mode is not available here")
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             conn.execute("PRAGMA temp_store = MEMORY")  # drops use a small temp table
-            if not self._checkpoint_on_close and hasattr(sqlite3, "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE"):
+            if (
+                sys.version_info >= (3, 12)  # Connection.setconfig
+                and not self._checkpoint_on_close
+                and hasattr(sqlite3, "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE")
+            ):
                 # Closing the last connection would checkpoint the WAL (~10-30 ms of fsyncs).
                 conn.setconfig(sqlite3.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, True)
             self._check_schema(conn)

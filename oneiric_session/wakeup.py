@@ -125,12 +125,14 @@ class Wakeup(NamedTuple):
     A NamedTuple, not a dataclass: every shell imports this module, and it costs a fifth to define.
     """
 
-    count: int = 0
+    datagrams: int = 0  # not `count`: that would hide tuple.count
     tokens: Mapping[str, str] = MappingProxyType({})
     handover: bool = False
 
     def __repr__(self) -> str:  # the tokens are secrets: only their keys are shown
-        return f"Wakeup(count={self.count}, token_keys={sorted(self.tokens)}, handover={self.handover})"
+        return (
+            f"Wakeup(datagrams={self.datagrams}, token_keys={sorted(self.tokens)}, handover={self.handover})"
+        )
 
 
 def encode_wakeup(tokens: Mapping[str, str] | None = None, *, handover: bool = False) -> bytes:
@@ -151,7 +153,7 @@ def decode_wakeup(data: bytes) -> Wakeup:
     tokens = value.get("tokens")
     tokens = tokens if isinstance(tokens, dict) else {}
     return Wakeup(
-        count=1,
+        datagrams=1,
         tokens={k: v for k, v in tokens.items() if isinstance(k, str) and isinstance(v, str) and v},
         handover=value.get("handover") is True,
     )
@@ -391,7 +393,7 @@ class WakeupListener:
             count += 1
             tokens.update(one.tokens)
             handover = handover or one.handover
-        return Wakeup(count=count, tokens=tokens, handover=handover)
+        return Wakeup(datagrams=count, tokens=tokens, handover=handover)
 
     def close(self) -> None:
         """Unbind: from now on a shell sees nobody listening and spawns an agent. Idempotent."""

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         from oneiric_session.errors import ConfigError
 
         raise ConfigError(f"--idle-exit-seconds {args.idle_exit_seconds}: must be positive")
-    config: LoadedConfig | None = None
+    config = None
     if args.spool:
         spool_path = Path(args.spool).expanduser()
     else:

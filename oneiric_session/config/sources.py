@@ -302,7 +302,8 @@ def _expand_dotted(overrides: Mapping[str, Any]) -> dict[str, Any]:
 def _nest(parts: list[str], value: Any) -> dict[str, Any]:
     for part in reversed(parts):
         value = {part: value}
-    return value
+    nested: dict[str, Any] = value  # parts is never empty
+    return nested
 
 
 def _merge(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mcp.server.mcpserver import MCPServer
 from mcp.server.mcpserver.tools import Tool
@@ -13,6 +13,9 @@ from oneiric_session import __version__
 from oneiric_session.server.auth import TokenVerifier
 from oneiric_session.server.store import SessionStore
 from oneiric_session.server.tools import SessionTools
+
+if TYPE_CHECKING:
+    from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
 
 SERVER_NAME = "oneiric-session"
 INSTRUCTIONS = (
@@ -29,7 +32,7 @@ def strict_tool(fn: Callable[..., Any]) -> Tool:
     """
     tool = Tool.from_function(fn)
     loose = tool.fn_metadata.arg_model
-    strict = type(
+    strict: type[ArgModelBase] = type(
         f"call[{tool.name}]",
         (loose,),
         {"__module__": loose.__module__, "model_config": {**loose.model_config, "extra": "forbid"}},
