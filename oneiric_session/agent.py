@@ -54,8 +54,6 @@ from oneiric_session.wakeup import DEFAULT_IDLE_EXIT_SECONDS, AgentLock, WakeupL
 
 __all__ = [
     "ABNORMAL_EXIT_REASON",
-    "META_DESTINATIONS",
-    "META_PID",
     "DeliveryAgent",
     "ReplayResult",
     "uncapped_spool",

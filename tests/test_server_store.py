@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from mcp import Client
 from mcp.shared.exceptions import MCPError
-from support.server_process import start_event
 
 from oneiric_session.server.app import build_server
 from oneiric_session.server.store import NewSession, SessionStore
+from tests.support.server_process import start_event
 
 
 def new_session(event_id: str) -> NewSession:
