@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from oneiric_session import events, procinfo
+from oneiric_session.config.sources import DEFAULT_IDLE_EXIT_SECONDS
 from oneiric_session.delivery_status import META_DESTINATIONS, META_PID
 from oneiric_session.destination import Destination
 from oneiric_session.digest import sha256_hex
@@ -50,7 +51,7 @@ from oneiric_session.errors import AuthenticationError, CircuitOpenError, Delive
 from oneiric_session.limits import Limits
 from oneiric_session.resilience import capped_delay
 from oneiric_session.spool import DEAD_AUTH, OpenSession, Spool, SpooledEvent
-from oneiric_session.wakeup import DEFAULT_IDLE_EXIT_SECONDS, AgentLock, WakeupListener
+from oneiric_session.wakeup import AgentLock, WakeupListener
 
 __all__ = [
     "ABNORMAL_EXIT_REASON",

@@ -559,10 +559,6 @@ class Spool:
         """Apply the caps now (appends do it too); returns the rows dropped by reason."""
         return self._write(lambda conn: self._enforce(conn, self._clock()))
 
-    def data_version(self) -> int:
-        """Changes when another connection commits (PRAGMA data_version): a cheap "anything new?" poll."""
-        return int(self._read(lambda conn: conn.execute("PRAGMA data_version").fetchone()[0]))
-
     # ----------------------------------------------------------------- reporting
 
     def stats(self) -> SpoolStats:

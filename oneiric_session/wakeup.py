@@ -43,8 +43,6 @@ if TYPE_CHECKING:
 
 # The child reads the tokens from this variable and removes it from its environment.
 TOKENS_ENV = "ONEIRIC_SESSION_AGENT_TOKENS"
-# How long an agent with nothing to do or watch stays (the agent.idle_exit_seconds default).
-DEFAULT_IDLE_EXIT_SECONDS = 300.0
 # sun_path holds 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH_BYTES = 107
 # A wake-up with tokens is small; anything larger is not ours.

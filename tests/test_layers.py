@@ -106,3 +106,79 @@ def _imports(path: Path) -> list[tuple[int, str]]:
             names.append((node.lineno, node.module))
             names += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
     return names
+
+
+# The settings are read by every side; they depend on no side's machinery.
+CONFIG_MUST_NOT_IMPORT = (
+    "oneiric_session.wakeup",
+    "oneiric_session.spool",
+    "oneiric_session.agent",
+    "oneiric_session.transport",
+    "oneiric_session.providers",
+    "oneiric_session.shell",
+    "oneiric_session.emitter",
+    "oneiric_session.server",
+)
+
+
+def test_the_settings_import_no_sides_machinery() -> None:
+    found = [
+        f"{path.relative_to(PACKAGE)}:{line}: {name}"
+        for path in sorted((PACKAGE / "config").glob("*.py"))
+        for line, name in _imports(path)
+        if any(name == banned or name.startswith(banned + ".") for banned in CONFIG_MUST_NOT_IMPORT)
+    ]
+    assert found == []
+
+
+def test_no_two_modules_import_each_other_even_lazily() -> None:
+    """No import cycle in the package, counting imports inside functions and under TYPE_CHECKING."""
+    modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph = {
+        module: {name for _, name in _imports(path) if name in modules and name != module}
+        for module, path in modules.items()
+    }
+    assert _cycles(graph) == []
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found

@@ -129,7 +129,9 @@ def run(args: argparse.Namespace) -> int:
         if idle is None and config is not None:
             idle = config.settings.agent.idle_exit_seconds
         if idle is None:
-            idle = wakeup.DEFAULT_IDLE_EXIT_SECONDS
+            from oneiric_session.config.sources import DEFAULT_IDLE_EXIT_SECONDS
+
+            idle = DEFAULT_IDLE_EXIT_SECONDS
         token = config_token(config)
         return serve(spool_path, lock, tokens=tokens, idle_exit_seconds=idle, default_token=token)
     finally:

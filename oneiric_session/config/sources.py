@@ -18,6 +18,8 @@ from oneiric_session.errors import ConfigError
 
 CATEGORY = "session_tracker"
 DEFAULT_PROVIDER = "session-buddy"
+# How long an agent with nothing to do or watch stays (the agent.idle_exit_seconds default).
+DEFAULT_IDLE_EXIT_SECONDS = 300.0
 # The `provider_settings` entry that holds this project's settings.
 SETTINGS_PROVIDER = "session-buddy"
 
