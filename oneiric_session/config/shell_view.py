@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import oneiric_session
 from oneiric_session.config import sources
-from oneiric_session.config.tokens import read_token
+from oneiric_session.config.sources import read_token
 from oneiric_session.digest import sha256_hex
 from oneiric_session.errors import ConfigError
 

@@ -3,13 +3,15 @@
 The shell reads its provider selection through this module without pydantic;
 full validation (`loader`) runs only when the selected provider needs settings.
 Every value keeps the label of the layer it came from: "default", "file:<path>",
-"env:<VAR>" or "argument".
+"env:<VAR>" or "argument". `read_token` reads the token the settings name (the loader's
+`LoadedConfig` and the shell's cached `ShellView` both call it; it is never stored).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -97,6 +99,30 @@ def describe(source: str) -> str:
     """A source label for people: "file /x/adapters.yml", "environment variable X"."""
     kind, _, where = source.partition(":")
     return {"file": f"file {where}", "env": f"environment variable {where}"}.get(kind, source)
+
+
+def read_token(
+    environ: Mapping[str, str], token_env: str, token_file: Path | None, token_file_source: str
+) -> str | None:
+    """The token from the variable `token_env`, else `token_file` (mode 0600); ConfigError if unreadable."""
+    value = environ.get(token_env)
+    if value:
+        return value
+    if token_file is None:
+        return None
+    path = token_file.expanduser()
+    origin = describe(token_file_source)
+    try:
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"token_file {path} must be readable by its owner only (chmod 600), "
+                f"its mode is {stat.S_IMODE(mode):o}; from {origin}"
+            )
+        return path.read_text(encoding="utf-8").strip() or None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = type(exc).__name__
+        raise ConfigError(f"token_file {path}: cannot read it ({reason}); from {origin}") from None
 
 
 def read(
