@@ -34,6 +34,7 @@ import asyncio
 import collections
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from oneiric_session import agent_clock, events, procinfo
+from oneiric_session.config.sources import DEFAULT_IDLE_EXIT_SECONDS
 from oneiric_session.delivery_status import META_DESTINATIONS, META_PID
 from oneiric_session.destination import Destination
 from oneiric_session.digest import sha256_hex
@@ -57,12 +59,10 @@ from oneiric_session.errors import (
 from oneiric_session.limits import Limits
 from oneiric_session.resilience import capped_delay
 from oneiric_session.spool import DEAD_AUTH, OpenSession, Spool, SpooledEvent
-from oneiric_session.wakeup import DEFAULT_IDLE_EXIT_SECONDS, AgentLock, WakeupListener
+from oneiric_session.wakeup import AgentLock, WakeupListener
 
 __all__ = [
     "ABNORMAL_EXIT_REASON",
-    "META_DESTINATIONS",
-    "META_PID",
     "DeliveryAgent",
     "ReplayResult",
     "uncapped_spool",
@@ -401,7 +401,7 @@ class DeliveryAgent:
                     continue
             task = asyncio.create_task(self._drain_destination(key), name=f"deliver-{key}")
             state.worker = task
-            task.add_done_callback(lambda t, k=key: self._worker_done(k, t))
+            task.add_done_callback(functools.partial(self._worker_done, key))
             started += 1
         return started
 

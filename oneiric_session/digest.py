@@ -6,13 +6,18 @@ the interpreter's own SHA-256 module gives the same digest for ~0.15 ms.
 
 from __future__ import annotations
 
-try:
-    from _sha256 import sha256  # Python 3.11
-except ImportError:  # pragma: no cover - depends on the Python version
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the private modules have no stubs; hashlib's sha256 has their interface
+    from hashlib import sha256
+else:
     try:
-        from _sha2 import sha256  # Python 3.12+
-    except ImportError:  # a build without the built-in module
-        from hashlib import sha256
+        from _sha256 import sha256  # Python 3.11
+    except ImportError:  # pragma: no cover - depends on the Python version
+        try:
+            from _sha2 import sha256  # Python 3.12+
+        except ImportError:  # a build without the built-in module
+            from hashlib import sha256
 
 __all__ = ["sha256_hex"]
 

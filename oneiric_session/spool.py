@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -665,10 +666,6 @@ class Spool:
         """Apply the caps now (appends do it too); returns the rows dropped by reason."""
         return self._write(lambda conn: self._enforce(conn, self._clock()))
 
-    def data_version(self) -> int:
-        """Changes when another connection commits (PRAGMA data_version): a cheap "anything new?" poll."""
-        return int(self._read(lambda conn: conn.execute("PRAGMA data_version").fetchone()[0]))
-
     # ----------------------------------------------------------------- reporting
 
     def stats(self) -> SpoolStats:
@@ -1024,7 +1021,11 @@ class Spool:
             conn.execute(f"PRAGMA wal_autocheckpoint = {wal_pages}")
             conn.execute(f"PRAGMA journal_size_limit = {wal_pages * _PAGE_BYTES}")
             conn.execute("PRAGMA temp_store = MEMORY")  # drops use a small temp table
-            if not self._checkpoint_on_close and hasattr(sqlite3, "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE"):
+            if (
+                sys.version_info >= (3, 12)  # Connection.setconfig
+                and not self._checkpoint_on_close
+                and hasattr(sqlite3, "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE")
+            ):
                 # Closing the last connection would checkpoint the WAL (~10-30 ms of fsyncs).
                 conn.setconfig(sqlite3.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, True)
             self._check_schema(conn)

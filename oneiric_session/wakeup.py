@@ -45,8 +45,6 @@ if TYPE_CHECKING:
 # (And the secret server.env values, destination key -> {name: value}, from SECRETS_ENV.)
 SECRETS_ENV = "ONEIRIC_SESSION_AGENT_SECRETS"
 TOKENS_ENV = "ONEIRIC_SESSION_AGENT_TOKENS"
-# How long an agent with nothing to do or watch stays (the agent.idle_exit_seconds default).
-DEFAULT_IDLE_EXIT_SECONDS = 300.0
 # sun_path holds 108 bytes including the terminating NUL.
 _MAX_SOCKET_PATH_BYTES = 107
 # A wake-up with tokens is small; anything larger is not ours.
@@ -154,7 +152,7 @@ class Wakeup(NamedTuple):
     A NamedTuple, not a dataclass: every shell imports this module, and it costs a fifth to define.
     """
 
-    count: int = 0
+    datagrams: int = 0  # not `count`: that would hide tuple.count
     tokens: Mapping[str, str] = MappingProxyType({})
     handover: bool = False
     # Secret server.env values per destination key (never on disk: see destination.SECRET_REFERENCE).
@@ -162,7 +160,7 @@ class Wakeup(NamedTuple):
 
     def __repr__(self) -> str:  # the tokens are secrets: only their keys are shown
         return (
-            f"Wakeup(count={self.count}, token_keys={sorted(self.tokens)}, handover={self.handover}, "
+            f"Wakeup(datagrams={self.datagrams}, token_keys={sorted(self.tokens)}, handover={self.handover}, "
             f"secret_keys={sorted(self.secrets)})"
         )
 
@@ -205,7 +203,7 @@ def decode_wakeup(data: bytes) -> Wakeup:
     tokens = value.get("tokens")
     tokens = tokens if isinstance(tokens, dict) else {}
     return Wakeup(
-        count=1,
+        datagrams=1,
         tokens={k: v for k, v in tokens.items() if isinstance(k, str) and isinstance(v, str) and v},
         handover=value.get("handover") is True,
         secrets=_secrets(value.get("secrets")),
@@ -602,7 +600,7 @@ class WakeupListener:
             tokens.update(one.tokens)
             secrets.update(one.secrets)
             handover = handover or one.handover
-        return Wakeup(count=count, tokens=tokens, handover=handover, secrets=secrets)
+        return Wakeup(datagrams=count, tokens=tokens, handover=handover, secrets=secrets)
 
     def close(self) -> None:
         """Unbind: from now on a shell sees nobody listening and spawns an agent. Idempotent."""

@@ -8,7 +8,6 @@ import itertools
 import re
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,14 +17,6 @@ from oneiric_session.agent import KILL_AFTER_ANSWER_ENV
 from oneiric_session.config.loader import load_config
 from oneiric_session.delivery_status import delivery_status
 from tests.support.delivery import WAIT_SECONDS, Scene, process_gone, wait_until
-
-
-@pytest.fixture
-def scene(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Scene]:
-    scene = Scene(tmp_path)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", scene.env["XDG_RUNTIME_DIR"])  # this process finds its socket
-    yield scene
-    scene.stop_agents()
 
 
 def _log(scene: Scene) -> Path:

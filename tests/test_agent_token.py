@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,10 +23,9 @@ def _token(secret: str) -> str:
 
 
 @pytest.fixture
-def scene(tmp_path: Path) -> Iterator[Scene]:
-    scene = Scene(tmp_path, server__env={"SESSION_BUDDY_SECRET": SECRET})
-    yield scene
-    scene.stop_agents()
+def scene_settings() -> dict[str, Any]:
+    """The shared `scene` (tests/conftest.py), its server given a secret."""
+    return {"server__env": {"SESSION_BUDDY_SECRET": SECRET}}
 
 
 def test_a_new_token_reaches_the_running_agent_and_revives_auth_dead_letters(scene: Scene) -> None:

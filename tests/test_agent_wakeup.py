@@ -78,7 +78,7 @@ def test_wake_reaches_a_listener_with_tokens(tmp_path: Path, runtime_dir: Path) 
 
 
 def test_malformed_wakeups_carry_no_tokens() -> None:
-    plain = wakeup.Wakeup(count=1)
+    plain = wakeup.Wakeup(datagrams=1)
     assert wakeup.decode_wakeup(b"") == plain
     assert wakeup.decode_wakeup(b"not json") == plain
     assert wakeup.decode_wakeup(b"[1, 2]") == plain

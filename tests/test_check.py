@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.faults import FAULT_SERVER, isolated_env
+
+from tests.support.faults import FAULT_SERVER, isolated_env
 
 TOKEN = "tok-check-secret-value"
 

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.file_tracker import child_env, read_records, sessions
 
 from oneiric_session import SessionEventEmitter
+from tests.support.file_tracker import child_env, read_records, sessions
 
 
 class RecordingTracker:
@@ -186,7 +186,7 @@ def test_shutdown_gives_up_after_its_deadline() -> None:
 ONEIRIC_HOST = textwrap.dedent(
     """
     import asyncio, atexit, sys, threading
-    from support.file_tracker import END_ENTERED, install
+    from tests.support.file_tracker import END_ENTERED, install
     install()
     import oneiric_session
 
@@ -266,7 +266,7 @@ def test_a_host_that_never_ends_gets_its_session_ended_at_exit(tmp_path: Path) -
     script = textwrap.dedent(
         """
         import asyncio
-        from support.file_tracker import install
+        from tests.support.file_tracker import install
         install()
         from oneiric_session import SessionEventEmitter
         emitter = SessionEventEmitter("demo")

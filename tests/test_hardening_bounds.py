@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.faults import FAULT_SERVER, isolated_env
+
+from tests.support.faults import FAULT_SERVER, isolated_env
 
 # transport.connection.MAX_ANSWER_BYTES: what one answer may hold, on either transport.
 MAX_ANSWER_BYTES = 4 * 1024 * 1024

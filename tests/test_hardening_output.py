@@ -14,13 +14,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from support.faults import FAULT_SERVER, fault_destination, isolated_env
-from support.server_process import connect, end_event, start_event
 
 from oneiric_session.agent import DeliveryAgent
 from oneiric_session.events import build_start_event
 from oneiric_session.limits import Limits
 from oneiric_session.spool import Spool
+from tests.support.faults import FAULT_SERVER, fault_destination, isolated_env
+from tests.support.server_process import connect, end_event, start_event
 
 # What must never reach a terminal from someone else's text.
 FORBIDDEN = ("\x1b", "\x9b", "\x07", "\x08", "\r", "\x00", "\u202e", "\u2066", "\u200f")

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-from support.faults import isolated_env
+
+from tests.support.faults import isolated_env
 
 # A shell: resolve the tracker, start a session, then "show the prompt".
 SHELL = textwrap.dedent(

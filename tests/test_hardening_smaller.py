@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 
 import pytest
-from support.faults import isolated_env
-from support.server_process import connect, start_event
 
 from oneiric_session.spool import Spool
+from tests.support.faults import isolated_env
+from tests.support.server_process import connect, start_event
 
 SHELL_TIMEOUT_SECONDS = 60
 # A start must come back well before the hostile object would have let it (its repr sleeps 30 s).

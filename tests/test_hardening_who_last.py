@@ -17,9 +17,10 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from support.delivery import WAIT_SECONDS
-from support.http_server import HttpServer
-from support.server_process import connect, end_event, start_event, structured_answer
+
+from tests.support.delivery import WAIT_SECONDS
+from tests.support.http_server import HttpServer
+from tests.support.server_process import connect, end_event, start_event, structured_answer
 
 CLI = [sys.executable, "-m", "oneiric_session"]
 SHELL = "\x1b[31mRedShell\x1b[0m\r\x00\u202eevil\x9b2J"

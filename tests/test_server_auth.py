@@ -11,7 +11,10 @@ from typing import Any
 
 import jwt
 import pytest
-from support.server_process import (
+
+from oneiric_session.errors import ConfigError
+from oneiric_session.server.auth import TOKEN_INVALID, TOKEN_REQUIRED, TokenVerifier, secret_from_env
+from tests.support.server_process import (
     SERVE,
     ServerConnection,
     connect,
@@ -21,9 +24,6 @@ from support.server_process import (
     structured_answer,
     text_of,
 )
-
-from oneiric_session.errors import ConfigError
-from oneiric_session.server.auth import TOKEN_INVALID, TOKEN_REQUIRED, TokenVerifier, secret_from_env
 
 # 64 characters: long enough for the HS512 case below to raise no key-length warning.
 SECRET = "s3cret-for-tests-only-" + "0123456789abcdef" * 2 + "0123456789"

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import jwt
 import pytest
-from support.server_process import (
+
+from oneiric_session.cli.serve import Bind, parse_bind
+from oneiric_session.errors import ConfigError
+from tests.support.server_process import (
     SERVE,
     ServerConnection,
     connect,
@@ -24,9 +27,6 @@ from support.server_process import (
     structured_answer,
     text_of,
 )
-
-from oneiric_session.cli.serve import Bind, parse_bind
-from oneiric_session.errors import ConfigError
 
 SECRET = "http-test-secret-" + "0123456789abcdef" * 3
 LISTENING = re.compile(r"listening on (http://\S+/mcp)")

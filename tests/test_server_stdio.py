@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.server_process import (
+
+from oneiric_session.server.store import SessionStore
+from tests.support.server_process import (
     SERVE,
     ServerConnection,
     connect,
@@ -20,8 +22,6 @@ from support.server_process import (
     structured_answer,
     text_of,
 )
-
-from oneiric_session.server.store import SessionStore
 
 INITIALIZE = {
     "jsonrpc": "2.0",

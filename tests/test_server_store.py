@@ -8,11 +8,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.server_process import start_event
 
 from oneiric_session.mcp_compat import MCPError, in_memory_client
 from oneiric_session.server.app import build_server
 from oneiric_session.server.store import NewSession, SessionStore
+from tests.support.server_process import start_event
 
 
 def new_session(event_id: str) -> NewSession:

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.file_tracker import child_env
 
 from oneiric_session.shell import AdminShell
+from tests.support.file_tracker import child_env
 
 
 @pytest.fixture(autouse=True)

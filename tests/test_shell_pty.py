@@ -1,7 +1,7 @@
 """`oneiric-session shell` in a real pseudo-terminal: every way out records the session's end.
 
 The child is the real CLI with provider `file` selected through ONEIRIC_SESSION_PROVIDER
-(a test provider registered by `support.file_tracker.install`), so the parent can read
+(a test provider registered by `tests.support.file_tracker.install`), so the parent can read
 what was recorded after the child is gone.
 """
 
@@ -16,11 +16,12 @@ from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
-from support.file_tracker import child_env, read_records, sessions
-from support.pty_driver import PtyProcess
+
+from tests.support.file_tracker import child_env, read_records, sessions
+from tests.support.pty_driver import PtyProcess
 
 CLI = (
-    "import sys; from support.file_tracker import install; install(); "
+    "import sys; from tests.support.file_tracker import install; install(); "
     "from oneiric_session.cli import main; sys.exit(main())"
 )
 PROMPT = {"stdlib": r">>> ", "ipython": r"In \[\d+\]: "}

@@ -4,20 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from tests.support.delivery import Scene, wait_until
 from tests.support.faults import FAULT_SERVER
-
-
-@pytest.fixture
-def scene(tmp_path: Path) -> Iterator[Scene]:
-    scene = Scene(tmp_path)
-    yield scene
-    scene.stop_agents()
 
 
 def test_events_spooled_under_a_broken_server_arrive_once_after_replay(scene: Scene) -> None:

@@ -10,13 +10,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.faults import FAULT_SERVER, isolated_env, tool_calls
 
 from oneiric_session.destination import Destination, Tuning
 from oneiric_session.errors import RejectedError, ServerUnavailableError
 from oneiric_session.events import build_end_event, build_start_event
 from oneiric_session.limits import Limits
 from oneiric_session.transport import SessionBuddyClient
+from tests.support.faults import FAULT_SERVER, isolated_env, tool_calls
 
 
 def free_port() -> int:

@@ -12,15 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-from support.faults import (
-    fault_destination,
-    open_fds,
-    process_alive,
-    records,
-    server_pids,
-    tool_calls,
-    wait_dead,
-)
 
 from oneiric_session.destination import Destination, Tuning
 from oneiric_session.errors import (
@@ -33,6 +24,15 @@ from oneiric_session.errors import (
 from oneiric_session.events import build_end_event, build_start_event
 from oneiric_session.limits import Limits
 from oneiric_session.transport import SessionBuddyClient
+from tests.support.faults import (
+    fault_destination,
+    open_fds,
+    process_alive,
+    records,
+    server_pids,
+    tool_calls,
+    wait_dead,
+)
 
 TOKEN = "tok-3f9a-very-secret"
 
@@ -250,8 +250,8 @@ def test_no_orphan_after_the_client_is_killed(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""
         import asyncio, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from support.faults import fault_destination
+        sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
+        from tests.support.faults import fault_destination
         from pathlib import Path
         from oneiric_session.events import build_start_event
         from oneiric_session.limits import Limits

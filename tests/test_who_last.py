@@ -21,11 +21,11 @@ from typing import Any
 
 import jwt
 import pytest
-from support.delivery import WAIT_SECONDS, Scene, wait_until
-from support.http_server import HttpServer
-from support.server_process import connect, end_event, start_event, structured_answer, text_of
 
 from oneiric_session.server.store import NewSession, SessionStore
+from tests.support.delivery import WAIT_SECONDS, Scene, wait_until
+from tests.support.http_server import HttpServer
+from tests.support.server_process import connect, end_event, start_event, structured_answer, text_of
 
 CLI = [sys.executable, "-m", "oneiric_session"]
 SECRET = "who-last-test-secret-" + "0123456789abcdef" * 3
@@ -500,7 +500,7 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 
 
 def test_a_server_without_list_sessions_is_named_as_such(tmp_path: Path) -> None:
-    from support.http_server import free_port
+    from tests.support.http_server import free_port
 
     port = free_port()
     process = subprocess.Popen(

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _accept_settings_anywhere(subparsers: argparse._SubParsersAction) -> None:
+def _accept_settings_anywhere(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`--settings DIR` also after a (sub-)command: `spool replay --settings DIR`, as users write it."""
     for command in subparsers.choices.values():
         if not any("--settings" in action.option_strings for action in command._actions):

@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
         from oneiric_session.errors import ConfigError
 
         raise ConfigError(f"--idle-exit-seconds {args.idle_exit_seconds}: must be positive")
-    config: LoadedConfig | None = None
+    config = None
     if args.spool:
         spool_path = Path(args.spool).expanduser()
     else:
@@ -165,7 +165,9 @@ def run(args: argparse.Namespace) -> int:
         if idle is None and config is not None:
             idle = config.settings.agent.idle_exit_seconds
         if idle is None:
-            idle = wakeup.DEFAULT_IDLE_EXIT_SECONDS
+            from oneiric_session.config.sources import DEFAULT_IDLE_EXIT_SECONDS
+
+            idle = DEFAULT_IDLE_EXIT_SECONDS
         token = config_token(config)
         if config is not None and token:
             # The agent's own settings give a token for their own destination only (issue 13.1).

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from oneiric_session.registry import Registry
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "status", help="show the resolved provider and why, and every effective setting with its source"
     )

@@ -15,7 +15,7 @@ from oneiric_session import paths
 from oneiric_session.config import sources
 from oneiric_session.config.models import SessionBuddySettings
 from oneiric_session.config.redact import redact
-from oneiric_session.config.shell_view import read_token
+from oneiric_session.config.sources import read_token
 from oneiric_session.destination import Destination, Tuning
 from oneiric_session.errors import ConfigError
 from oneiric_session.limits import Limits

@@ -14,10 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from oneiric_session.config.sources import DEFAULT_PROVIDER
+from oneiric_session.config.sources import DEFAULT_IDLE_EXIT_SECONDS, DEFAULT_PROVIDER
 from oneiric_session.destination import Tuning
 from oneiric_session.limits import Limits
-from oneiric_session.wakeup import DEFAULT_IDLE_EXIT_SECONDS
 
 # The defaults live in the shell-side value types; read them from instances (NamedTuple fields).
 _TUNING = Tuning()

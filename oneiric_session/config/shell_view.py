@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import stat
 import sys
 import time
 from collections.abc import Mapping
@@ -31,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import oneiric_session
 from oneiric_session.config import sources
+from oneiric_session.config.sources import read_token
 from oneiric_session.digest import sha256_hex
 from oneiric_session.errors import ConfigError
 
@@ -46,7 +46,6 @@ __all__ = [
     "cache_dir",
     "cached_view",
     "load_shell_view",
-    "read_token",
     "store",
 ]
 
@@ -139,38 +138,6 @@ class ShellView(NamedTuple):
         fields["spool_path"] = Path(fields["spool_path"])
         fields["token_file"] = None if fields["token_file"] is None else Path(fields["token_file"])
         return cls(**fields, environ=environ)
-
-
-# A token is a few hundred bytes (a JWT); a bigger token_file is refused, not read.
-_MAX_TOKEN_BYTES = 64 * 1024
-
-
-def read_token(
-    environ: Mapping[str, str], token_env: str, token_file: Path | None, token_file_source: str
-) -> str | None:
-    """The token from the variable `token_env`, else `token_file` (mode 0600); ConfigError if unreadable."""
-    value = environ.get(token_env)
-    if value:
-        return value
-    if token_file is None:
-        return None
-    path = token_file.expanduser()
-    origin = sources.describe(token_file_source)
-    try:
-        mode = path.stat().st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
-            raise ConfigError(f"token_file {path} is {kind}; it must be a regular file; from {origin}")
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(
-                f"token_file {path} must be readable by its owner only (chmod 600), "
-                f"its mode is {stat.S_IMODE(mode):o}; from {origin}"
-            )
-        data = sources.read_bounded(path, _MAX_TOKEN_BYTES, "token_file")
-        return data.decode("utf-8").strip() or None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = type(exc).__name__
-        raise ConfigError(f"token_file {path}: cannot read it ({reason}); from {origin}") from None
 
 
 def load_shell_view(

@@ -3,7 +3,8 @@
 The shell reads its provider selection through this module without pydantic;
 full validation (`loader`) runs only when the selected provider needs settings.
 Every value keeps the label of the layer it came from: "default", "file:<path>",
-"env:<VAR>" or "argument".
+"env:<VAR>" or "argument". `read_token` reads the token the settings name (the loader's
+`LoadedConfig` and the shell's cached `ShellView` both call it; it is never stored).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from oneiric_session.errors import ConfigError
 
 CATEGORY = "session_tracker"
 DEFAULT_PROVIDER = "session-buddy"
+# How long an agent with nothing to do or watch stays (the agent.idle_exit_seconds default).
+DEFAULT_IDLE_EXIT_SECONDS = 300.0
 # The `provider_settings` entry that holds this project's settings.
 SETTINGS_PROVIDER = "session-buddy"
 
@@ -103,6 +106,38 @@ def describe(source: str) -> str:
     """A source label for people: "file /x/adapters.yml", "environment variable X"."""
     kind, _, where = source.partition(":")
     return {"file": f"file {where}", "env": f"environment variable {where}"}.get(kind, source)
+
+
+# A token is a few hundred bytes (a JWT); a bigger token_file is refused, not read.
+_MAX_TOKEN_BYTES = 64 * 1024
+
+
+def read_token(
+    environ: Mapping[str, str], token_env: str, token_file: Path | None, token_file_source: str
+) -> str | None:
+    """The token from the variable `token_env`, else `token_file` (mode 0600); ConfigError if unreadable."""
+    value = environ.get(token_env)
+    if value:
+        return value
+    if token_file is None:
+        return None
+    path = token_file.expanduser()
+    origin = describe(token_file_source)
+    try:
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+            raise ConfigError(f"token_file {path} is {kind}; it must be a regular file; from {origin}")
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"token_file {path} must be readable by its owner only (chmod 600), "
+                f"its mode is {stat.S_IMODE(mode):o}; from {origin}"
+            )
+        data = read_bounded(path, _MAX_TOKEN_BYTES, "token_file")
+        return data.decode("utf-8").strip() or None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = type(exc).__name__
+        raise ConfigError(f"token_file {path}: cannot read it ({reason}); from {origin}") from None
 
 
 def read(
@@ -376,7 +411,8 @@ def _expand_dotted(overrides: Mapping[str, Any]) -> dict[str, Any]:
 def _nest(parts: list[str], value: Any) -> dict[str, Any]:
     for part in reversed(parts):
         value = {part: value}
-    return value
+    nested: dict[str, Any] = value  # parts is never empty
+    return nested
 
 
 def _merge(

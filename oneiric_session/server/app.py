@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from oneiric_session import __version__
 from oneiric_session import mcp_compat as mcp
 from oneiric_session.server.auth import TokenVerifier
 from oneiric_session.server.store import SessionStore
 from oneiric_session.server.tools import SessionTools
+
+if TYPE_CHECKING:
+    from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
 
 SERVER_NAME = "oneiric-session"
 INSTRUCTIONS = (
@@ -27,7 +30,7 @@ def strict_tool(fn: Callable[..., Any]) -> Any:
     """
     tool = mcp.tool_from_function(fn)
     loose = tool.fn_metadata.arg_model
-    strict = type(
+    strict: type[ArgModelBase] = type(
         f"call[{tool.name}]",
         (loose,),
         {"__module__": loose.__module__, "model_config": {**loose.model_config, "extra": "forbid"}},

@@ -43,7 +43,8 @@ def _arm_death_signal() -> bool:
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGHUP, 0, 0, 0) == 0
+    result: int = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGHUP, 0, 0, 0)
+    return result == 0
 
 
 def _end_group(child: int) -> None:

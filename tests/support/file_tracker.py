@@ -117,7 +117,7 @@ def sessions(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
 
 def child_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """Environment for a child that records to `tmp_path/record.jsonl` and writes nothing outside tmp_path."""
-    tests_dir = str(Path(__file__).resolve().parent.parent)
+    repo = str(Path(__file__).resolve().parents[2])  # where `tests.support` imports from
     (tmp_path / "settings").mkdir(exist_ok=True)
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
@@ -128,7 +128,7 @@ def child_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         "ONEIRIC_SESSION_SETTINGS_DIR": str(tmp_path / "settings"),
         "ONEIRIC_SESSION_PROVIDER": "file",
         RECORD_ENV: str(tmp_path / "record.jsonl"),
-        "PYTHONPATH": tests_dir,
+        "PYTHONPATH": repo,
         "PYTHONDONTWRITEBYTECODE": "1",
     }
     env.update(extra)
