@@ -42,8 +42,8 @@ def _log(scene: Scene) -> Path:
     return wakeup.agent_log_path(scene.spool_path)
 
 
-def _start_agent(scene: Scene) -> subprocess.Popen[str]:
-    agent = scene.agent("--log-file", str(_log(scene)))
+def _start_agent(scene: Scene, *args: str) -> subprocess.Popen[str]:
+    agent = scene.agent("--log-file", str(_log(scene)), *args)
     wait_until(lambda: scene.agent_pid() == agent.pid, what="the agent to take the spool")
     return agent
 
@@ -335,7 +335,8 @@ _ELSEWHERE = {
 def test_a_shell_the_agent_cannot_see_is_not_ended_as_abnormal(scene: Scene, where: str) -> None:
     from tests.support.delivery import SHELL
 
-    _start_agent(scene)
+    # The host's agent, up before the shell and staying (one spawned in the namespace would die with it).
+    agent = _start_agent(scene, "--idle-exit-seconds", "600")
     shell = subprocess.Popen(
         [*_ELSEWHERE[where], sys.executable, "-c", SHELL, "1", "hold", "contained"],
         env=scene.env,
@@ -361,6 +362,7 @@ def test_a_shell_the_agent_cannot_see_is_not_ended_as_abnormal(scene: Scene, whe
 
     (session,) = wait_until(ended, what="the shell's own end")
     assert session["exit_reason"] == "user_exit"
+    assert scene.agent_pid() == agent.pid  # the host's agent delivered both
 
 
 @pytest.mark.hardening(
