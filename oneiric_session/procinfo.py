@@ -26,8 +26,18 @@ class ProcessIdentity(NamedTuple):
     pid: int
     start_time: int | None
     boot_id: str | None
-    host: str | None = None  # the host name (os.uname().nodename)
-    pid_ns: str | None = None  # the PID namespace, as /proc/<pid>/ns/pid names it ("pid:[4026531836]")
+
+
+class Origin(NamedTuple):
+    """Where a pid means something: a host name and a PID namespace ("pid:[4026531836]")."""
+
+    host: str | None
+    pid_ns: str | None
+
+
+def origin() -> Origin:
+    """This process's host name and PID namespace, recorded with each start (see is_visible)."""
+    return Origin(host_name(), pid_namespace())
 
 
 def host_name() -> str | None:
@@ -96,11 +106,8 @@ def pid_start_time(pid: int) -> int | None:
 
 def identify(pid: int | None = None) -> ProcessIdentity:
     """The identity of `pid` (default: this process) to store with its session."""
-    own = pid is None
     pid = os.getpid() if pid is None else pid
-    return ProcessIdentity(
-        pid, pid_start_time(pid), boot_id(), host_name(), pid_namespace(None if own else pid)
-    )
+    return ProcessIdentity(pid, pid_start_time(pid), boot_id())
 
 
 def is_alive(pid: int, start_time: int | None, boot: str | None) -> bool:

@@ -1034,7 +1034,8 @@ class Spool:
             conn.close()
             raise
         self._conn, self._conn_pid = conn, os.getpid()
-        self._side_ids = _side_ids(self.path)  # opened by the schema check's reads
+        sides = _side_ids(self.path)  # opened by the schema check's reads
+        self._side_ids = sides if None not in sides else None  # (none to compare: never a false alarm)
         return conn
 
     def wal_budget_pages(self) -> int:

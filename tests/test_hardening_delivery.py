@@ -42,8 +42,8 @@ def _log(scene: Scene) -> Path:
     return wakeup.agent_log_path(scene.spool_path)
 
 
-def _start_agent(scene: Scene) -> subprocess.Popen[str]:
-    agent = scene.agent("--log-file", str(_log(scene)))
+def _start_agent(scene: Scene, *args: str) -> subprocess.Popen[str]:
+    agent = scene.agent("--log-file", str(_log(scene)), *args)
     wait_until(lambda: scene.agent_pid() == agent.pid, what="the agent to take the spool")
     return agent
 
@@ -317,11 +317,14 @@ def _can_unshare() -> bool:
     return probe.returncode == 0
 
 
-# A real shell elsewhere: in its own PID namespace (a container sharing the state directory), or on
-# "another host" sharing the home (its own UTS namespace with another host name).
+# A real shell elsewhere: in its own PID namespace (a container sharing the state directory), or
+# also under another host name (its own UTS namespace).
 _ELSEWHERE = {
     "another PID namespace": ["unshare", "--pid", "--fork", "--mount-proc"],
-    "another host": ["unshare", "--uts", "sh", "-c", 'hostname shared-home-host && exec "$@"', "sh"],
+    "another host and namespace": [
+        *("unshare", "--uts", "--pid", "--fork", "--mount-proc"),
+        *("sh", "-c", 'hostname shared-home-host && exec "$@"', "sh"),
+    ],
 }
 
 
@@ -335,7 +338,8 @@ _ELSEWHERE = {
 def test_a_shell_the_agent_cannot_see_is_not_ended_as_abnormal(scene: Scene, where: str) -> None:
     from tests.support.delivery import SHELL
 
-    _start_agent(scene)
+    # The host's agent, up before the shell and staying (one spawned in the namespace would die with it).
+    agent = _start_agent(scene, "--idle-exit-seconds", "600")
     shell = subprocess.Popen(
         [*_ELSEWHERE[where], sys.executable, "-c", SHELL, "1", "hold", "contained"],
         env=scene.env,
@@ -361,6 +365,38 @@ def test_a_shell_the_agent_cannot_see_is_not_ended_as_abnormal(scene: Scene, whe
 
     (session,) = wait_until(ended, what="the shell's own end")
     assert session["exit_reason"] == "user_exit"
+    assert scene.agent_pid() == agent.pid  # the host's agent delivered both
+
+
+@pytest.mark.hardening(
+    item=11,
+    fault="a start spooled by a shell on another host (NFS home): its pid is not running here",
+    outcome="the running agent leaves it to that host's agent: not ended as abnormal",
+)
+def test_a_session_of_another_host_is_left_alone(scene: Scene) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a pid that is not running here
+    destination = load_config(environ=scene.env).destination()
+    with scene.spool() as spool:
+        spool.append_start(
+            "local-far",
+            destination,
+            _start_event(),
+            pid=gone.pid,
+            pid_start_time=12345,
+            boot_id="the-other-hosts-boot-id",
+            host="another-host.example",
+            pid_ns=procinfo.pid_namespace(),
+        )
+        # Its start already reached the server, from the other host's agent: nothing to deliver here.
+        (row,) = spool.next_batch()
+        spool.ack_start(row, "srv-far")
+    agent = _start_agent(scene)
+    time.sleep(3.0)  # sleep-ok: the agent watches open sessions every second
+    assert agent.poll() is None
+    with scene.spool() as spool:
+        assert [s.handle for s in spool.open_sessions()] == ["local-far"]
+        assert spool.list_pending() == []
 
 
 @pytest.mark.hardening(

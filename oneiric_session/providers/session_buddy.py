@@ -92,7 +92,7 @@ class SessionBuddyTracker:
                 report_cwd=self._report_cwd,
             )
             handle = HANDLE_PREFIX + os.urandom(16).hex()  # random like uuid4().hex; `uuid` costs ~2 ms
-            me = procinfo.identify()
+            me, where = procinfo.identify(), procinfo.origin()
             started = self._clock()
             self._spool.append_start(
                 handle,
@@ -101,8 +101,8 @@ class SessionBuddyTracker:
                 pid=me.pid,
                 pid_start_time=me.start_time,
                 boot_id=me.boot_id,
-                host=me.host,
-                pid_ns=me.pid_ns,
+                host=where.host,
+                pid_ns=where.pid_ns,
             )
         except Exception as exc:  # SpoolError, or anything else: never into the shell
             self._lost(LOSS_SPOOL, "session start", exc)
