@@ -559,7 +559,12 @@ class DeliveryAgent:
             work = bool(self.spool.pending_destinations() or self.spool.open_sessions())
         except SpoolError:
             work = False
-        if work and lock.acquire():
+        try:
+            again = work and lock.acquire()
+        except OSError as exc:  # the spool became unusable or foreign meanwhile: exit, say why
+            logger.warning("not taking the lock again: %s", exc)
+            again = False
+        if again:
             self.spool.meta_set(META_PID, str(os.getpid()))
             return False
         return True
@@ -582,12 +587,17 @@ class DeliveryAgent:
                 await self._changed.wait()
 
     async def _finish_in_flight(self) -> None:
-        """Let each worker finish the row it is sending (bounded), so the next deliverer never sends
-        a row this one may have sent already; then nothing more is started."""
+        """Let each worker of a healthy destination finish the row it is sending (bounded), so the
+        next deliverer never sends a row this one sent already; then nothing more is started.
+
+        A destination that is failing is not waited for: its call in flight is a retry (often
+        inside the transport's own back-off), and trying again now is what the replay is for;
+        it is cancelled, as on any stop, and a server idempotent on event_id absorbs a repeat.
+        """
         self._stopping = True
-        workers = self._workers()
-        if workers:
-            await asyncio.wait(workers, timeout=HANDOVER_GRACE_SECONDS)
+        healthy = [s.worker for s in self._destinations.values() if s.worker is not None and not s.failures]
+        if healthy:
+            await asyncio.wait(healthy, timeout=HANDOVER_GRACE_SECONDS)
 
     async def _shutdown(self) -> None:
         for task in self._workers():
