@@ -153,7 +153,7 @@ def test_a_stdout_flood_is_cut_at_the_answer_limit(tmp_path: Path) -> None:
 
 @pytest.mark.hardening(
     item=15,
-    fault="`check --timeout 2` against a server that never answers a call and ignores SIGTERM",
+    fault="`check --timeout 2` (and 8) against a server that never answers a call and ignores SIGTERM",
     outcome="the whole command, teardown included, ends within the timeout plus 1 s (counted from "
     "its start; the server is killed at the deadline)",
 )
