@@ -122,13 +122,13 @@ def endless_http(tmp_path: Path) -> Iterator[str]:
 
 @pytest.mark.hardening(
     item=4,
-    fault="an HTTP server answers a tool call with a JSON body that never ends (`check --timeout 20`)",
+    fault="an HTTP server answers a tool call with a JSON body that never ends (`check --timeout 60`)",
     outcome="the answer is cut at 4 MiB: `check` fails at once naming the server and the limit, "
     "its memory stays under 200 MB",
 )
 def test_an_endless_http_body_is_cut_at_the_answer_limit(tmp_path: Path, endless_http: str) -> None:
     env = {"ONEIRIC_SESSION_TRANSPORT": "http", "ONEIRIC_SESSION_URL": endless_http}
-    result, peak, _ = run_check_measured(tmp_path, env, "--json", "--timeout", "20")
+    result, peak, _ = run_check_measured(tmp_path, env, "--json", "--timeout", "60")
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout)
     assert report["error"] == "server_unavailable", report
@@ -139,12 +139,12 @@ def test_an_endless_http_body_is_cut_at_the_answer_limit(tmp_path: Path, endless
 
 @pytest.mark.hardening(
     item=4,
-    fault="a stdio server floods stdout with one answer line that never ends (`check --timeout 20`)",
+    fault="a stdio server floods stdout with one answer line that never ends (`check --timeout 60`)",
     outcome="the line is cut at 4 MiB and the server killed: `check` fails naming the server and the "
     "limit, its memory stays under 200 MB",
 )
 def test_a_stdout_flood_is_cut_at_the_answer_limit(tmp_path: Path) -> None:
-    result, peak, _ = run_check_measured(tmp_path, _stdio_server("flood_stdout"), "--json", "--timeout", "20")
+    result, peak, _ = run_check_measured(tmp_path, _stdio_server("flood_stdout"), "--json", "--timeout", "60")
     assert result.returncode == 1, result.stderr
     report = json.loads(result.stdout)
     assert f"longer than {MAX_ANSWER_BYTES} bytes" in report["reason"], report
@@ -154,18 +154,23 @@ def test_a_stdout_flood_is_cut_at_the_answer_limit(tmp_path: Path) -> None:
 
 @pytest.mark.hardening(
     item=15,
-    fault="`check --timeout 2` against a server that never answers a call and ignores SIGTERM",
+    fault="`check --timeout 2` (and 8) against a server that never answers a call and ignores SIGTERM",
     outcome="the whole command, teardown included, ends within the timeout plus 1 s (counted from "
     "its start; the server is killed at the deadline)",
 )
-def test_check_timeout_bounds_the_whole_command(tmp_path: Path) -> None:
-    # What starting the command costs on this machine (the interpreter and the imports `check`
-    # needs), so a loaded machine's slow start-up is not mistaken for a slow teardown.
-    started = time.monotonic()
-    subprocess.run([sys.executable, "-c", _CHECK_IMPORTS], check=True, timeout=120)
-    startup_seconds = time.monotonic() - started
-    result, _, elapsed = run_check_measured(tmp_path, _stdio_server("hang_call,linger"), "--timeout", "2")
+# 2 s is the reported case; 8 s lets a loaded machine finish the handshake, so the deadline falls
+# in the hung call (where the unfixed command then waited out the stdin and SIGTERM graces).
+@pytest.mark.parametrize("timeout", [2, 8])
+def test_check_timeout_bounds_the_whole_command(tmp_path: Path, timeout: int) -> None:
+    # What the command costs on this machine without any server (its command does not exist: it
+    # fails before launching anything): start-up, settings, imports and exit. A loaded machine's
+    # slow start-up is then not mistaken for a slow teardown.
+    missing = {"ONEIRIC_SESSION_SERVER__COMMAND": str(tmp_path / "no-such-server")}
+    baseline, _, baseline_seconds = run_check_measured(tmp_path, missing, "--timeout", str(timeout))
+    assert baseline.returncode == 1 and "not found" in baseline.stderr, baseline.stderr
+    hung = _stdio_server("hang_call,linger")
+    result, _, elapsed = run_check_measured(tmp_path, hung, "--timeout", str(timeout))
     assert result.returncode == 1, result.stderr
     assert "timed_out" in result.stderr
-    bound = max(2.0, startup_seconds) + MARGIN_SECONDS
-    assert elapsed <= bound, f"check --timeout 2 took {elapsed:.2f} s (bound {bound:.2f} s)"
+    bound = max(timeout, baseline_seconds) + MARGIN_SECONDS
+    assert elapsed <= bound, f"check --timeout {timeout} took {elapsed:.2f} s (bound {bound:.2f} s)"
