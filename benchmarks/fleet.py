@@ -327,7 +327,7 @@ def fleet(root: Path, *, hosts: int, sessions: int) -> dict[str, Any]:
     return {
         "hosts": hosts,
         "sessions_per_host": sessions,
-        "seconds": round(seconds, 2),
+        "delivery_seconds": round(seconds, 2),
         "sessions_per_second": round(total / seconds, 1),
         "append_to_answer_ms": latencies,
         "exactly_once": check == {"rows": total, "distinct_event_ids": total, "ended": total},
