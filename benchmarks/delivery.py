@@ -38,13 +38,11 @@ AGENT_IDLE_SECONDS = "120"
 WORKER_TIMEOUT_SECONDS = 180.0
 CALL_TIMEOUT_SECONDS = 60.0
 BEYOND = (
-    "The agent sends one call at a time per destination and waits for each answer (an end needs "
-    "its start's server id), so at best it matches a bare sequential client; its extra cost per "
-    "session is two spool transactions (ack of start and of end, each fsync'ed) and the wake-up. "
-    "To go beyond 1.0: keep several starts in flight on the one MCP session (JSON-RPC allows "
-    "concurrent requests; each end follows its own start's answer), acknowledge answers in one "
-    "spool transaction per batch, or add a batch tool on the server (one call, many events), "
-    "which the real Session-Buddy 0.23.0 does not offer."
+    "The agent keeps up to agent.window calls in flight per destination on its one MCP session "
+    "(16 for the bundled server) and acknowledges answers in batches; an end still waits for its "
+    "start's answer. What bounds it then is the server's own cost per call (its fsync'd write and "
+    "the MCP SDK's per-call work on both sides); beyond that would take a batch tool on the "
+    "server (one call, many events), which the real Session-Buddy 0.23.0 does not offer."
 )
 
 # The real server's stdout noise is logged by the SDK as full tracebacks.

@@ -2,11 +2,13 @@
 
 Shells only append to the spool and wake the agent (see `wakeup`). The agent holds
 the spool's lock, keeps one `SessionBuddyClient` per destination warm across
-shells, and per destination delivers the oldest due row first: a start's answer
-maps the local handle to the server's session id (`Spool.ack_start`), an end is
-sent only once its start is mapped, carrying the server's id. A row leaves the
-spool only after the server answered, so a kill -9 at any moment loses nothing;
-a crash between the answer and the acknowledgement re-sends the row. The bundled
+shells, and per destination delivers the oldest due rows first, up to a window
+of calls in flight on the one session (`pipeline`): a start's answer maps the
+local handle to the server's session id (`Spool.ack_start`, or `ack_batch` for
+many answers at once), an end is sent only once its start is mapped, carrying
+the server's id. A row leaves the spool only after the server answered, so a
+kill -9 at any moment loses nothing; a crash between the answer and the
+acknowledgement re-sends the rows in flight or not yet committed. The bundled
 server is idempotent on `event_id`, so that makes no second session; the real
 Session-Buddy 0.23.0 is not (docs/architecture.md).
 
@@ -44,7 +46,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from oneiric_session import agent_clock, events, procinfo
+from oneiric_session import agent_clock, events, pipeline, procinfo
 from oneiric_session.config.sources import DEFAULT_IDLE_EXIT_SECONDS
 from oneiric_session.delivery_status import META_DESTINATIONS, META_PID
 from oneiric_session.destination import Destination
@@ -81,12 +83,11 @@ ALIVE_WRITE_SECONDS = 10.0
 # "abnormal" only once nothing was heard of it (its start, or an "alive" written by an agent that
 # can see it, every ALIVE_WRITE_SECONDS) for this long: far longer than any gap of a live shell.
 FOREIGN_STALE_SECONDS = 7 * 86400.0
-# Rows fetched per query; a batch is re-read after it is done (ends become due after their start).
-BATCH_ROWS = 50
 # How long a handover waits for the rows in flight to be answered: below `spool replay`'s 15 s wait.
 HANDOVER_GRACE_SECONDS = 10.0
 # Test-only: "start" or "end" makes the agent SIGKILL itself right after the server answered such
-# a row, before the spool acknowledgement (the crash window that exactly-once must survive).
+# a row, before the spool acknowledgement (the crash window that exactly-once must survive);
+# "start:N" at the N-th such answer (with a window of calls in flight and answers not committed).
 KILL_AFTER_ANSWER_ENV = "ONEIRIC_SESSION_TEST_KILL_AFTER_ANSWER"
 
 
@@ -115,6 +116,16 @@ def _default_client(destination: Destination, token: Callable[[], str | None]) -
 def _digest(token: str) -> str:
     """What the agent remembers of a refused token (never the token itself)."""
     return sha256_hex(token.encode())
+
+
+class _BackOff(Exception):
+    """Raised out of `pipeline.drain` when a destination must back off before its next row is sent."""
+
+
+def _window(state: _DestinationState, row: SpooledEvent) -> int:
+    """Calls allowed in flight to this row's destination (`pipeline.window_size`)."""
+    configured = row.destination.tuning.window if row.destination is not None else 0
+    return pipeline.window_size(configured, getattr(state.client, "server_name", None))
 
 
 def uncapped_spool(path: os.PathLike[str] | str) -> Spool:
@@ -199,6 +210,7 @@ class DeliveryAgent:
         self._stopping = False
         self._replaying = False
         self._kill_after_answer = os.environ.get(KILL_AFTER_ANSWER_ENV)
+        self._answers_of_kind = 0  # answers of the kind the kill waits for
         self.delivered = 0
         self.dead_lettered = 0
 
@@ -266,22 +278,36 @@ class DeliveryAgent:
         return state
 
     def _answered(self, row: SpooledEvent) -> None:
-        if self._kill_after_answer == row.kind:
-            os.kill(os.getpid(), signal.SIGKILL)
+        kind, _, nth = (self._kill_after_answer or "").partition(":")
+        if kind == row.kind:
+            self._answers_of_kind += 1
+            if self._answers_of_kind >= int(nth or 1):
+                os.kill(os.getpid(), signal.SIGKILL)
 
-    async def _deliver(self, row: SpooledEvent, state: _DestinationState) -> bool:
-        """Send one row; False when the destination must back off (transient failure)."""
+    async def _deliver(
+        self, row: SpooledEvent, state: _DestinationState, acks: pipeline.Acknowledgements | None = None
+    ) -> bool:
+        """Send one row; False when the destination must back off (transient failure).
+
+        The answer is acknowledged in the spool at once, or held in `acks` (committed in batches).
+        """
         assert state.client is not None
         state.last_used = self._mono()
         try:
             if row.kind == "start":
                 server_id = await state.client.start_session(row.arguments())
                 self._answered(row)
-                self.spool.ack_start(row, server_id)
+                if acks is None:
+                    self.spool.ack_start(row, server_id)
+                else:
+                    acks.start(row, server_id)
             else:
                 await state.client.end_session(row.arguments())
                 self._answered(row)
-                self.spool.ack_end(row)
+                if acks is None:
+                    self.spool.ack_end(row)
+                else:
+                    acks.end(row)
         except AuthenticationError as exc:
             self._auth_failed(row, state, exc)
         except DeliveryError as exc:
@@ -348,27 +374,30 @@ class DeliveryAgent:
     # -- one destination ------------------------------------------------------
 
     async def _drain_destination(self, key: str) -> None:
-        """Deliver this destination's due rows oldest first until none is left or it must back off."""
-        # A replay sends rows still waiting out a back-off too: that is what it is for.
-        due = float("inf") if self._replaying else None
-        while not self._stopping:
-            rows = self.spool.next_batch(destination_key=key, limit=BATCH_ROWS, now=due)
-            if not rows:
-                return
-            for row in rows:
-                if self._stopping:
-                    return  # stepping aside: the row stays pending, unsent, for the next deliverer
-                if row.destination is None:
-                    self._dead(row, f"destination {key} is unknown to the spool")
-                    continue
-                try:
-                    state = self._state(key, row.destination)
-                except TransientDeliveryError as exc:  # a secret not brought yet: back off, keep the row
-                    state = self._destinations[key]
-                    self._failed(row, state, exc)
-                    return
-                if not await self._deliver(row, state):
-                    return
+        """Deliver this destination's due rows oldest first, up to its window of calls in flight
+        (see `pipeline`), until none is left or it must back off."""
+
+        def prepare(row: SpooledEvent) -> _DestinationState | None:
+            if row.destination is None:
+                self._dead(row, f"destination {key} is unknown to the spool")
+                return None
+            try:
+                return self._state(key, row.destination)
+            except TransientDeliveryError as exc:  # a secret not brought yet: back off, keep the row
+                self._failed(row, self._destinations[key], exc)
+                raise _BackOff from None
+
+        with contextlib.suppress(_BackOff):
+            await pipeline.drain(
+                self.spool,
+                key,
+                # A replay sends rows still waiting out a back-off too: that is what it is for.
+                due=float("inf") if self._replaying else None,
+                stopping=lambda: self._stopping,
+                prepare=prepare,
+                deliver=self._deliver,
+                window=_window,
+            )
 
     def _worker_done(self, key: str, task: asyncio.Task[None]) -> None:
         state = self._destinations.get(key)

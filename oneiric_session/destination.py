@@ -48,6 +48,8 @@ class Tuning(NamedTuple):
     # The real server needs ~2.5 s to start and 5-7 s for its first call.
     connect_seconds: float = 20.0
     call_seconds: float = 30.0
+    # Calls in flight at once; 0: chosen by the agent from the server it reached (see `pipeline`).
+    window: int = 0
 
 
 class Destination(NamedTuple):

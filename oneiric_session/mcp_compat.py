@@ -147,9 +147,11 @@ def dump_message(item: SessionMessage) -> str:
 class ClientHandle:
     """One initialized MCP session: a raw `tools/call`, plus the SDK's own calls for tests."""
 
-    def __init__(self, session: Any, client: Any = None) -> None:
+    def __init__(self, session: Any, client: Any = None, *, server_info: Any = None) -> None:
         self._session = session
         self._client = client
+        # What the server said of itself in the handshake (`.name`, `.version`), or None.
+        self.server_info = server_info
 
     async def send_call(self, tool: str, arguments: dict[str, Any]) -> Any:
         """`tools/call` as one request, no tool listing first and no output-schema check."""
@@ -177,15 +179,15 @@ async def open_client(transport: Any, *, client_info: Any | None = None) -> Asyn
         from mcp import Client
 
         async with Client(transport, mode="legacy", cache=None, client_info=client_info) as client:
-            yield ClientHandle(client.session, client)
+            yield ClientHandle(client.session, client, server_info=client.server_info)
         return
     from mcp import ClientSession
 
     async with transport as streams:
         read_stream, write_stream = streams[0], streams[1]
         async with ClientSession(read_stream, write_stream, client_info=client_info) as session:
-            await session.initialize()
-            yield ClientHandle(session)
+            initialized = await session.initialize()
+            yield ClientHandle(session, server_info=initialized.serverInfo)
 
 
 @asynccontextmanager

@@ -208,14 +208,20 @@ def build_tracker(
     if provider is not None:
         overrides = {**(overrides or {}), "provider": provider}
     env = os.environ if environ is None else environ
-    view, key = shell_view.cached_view(settings_dir, overrides=overrides, environ=env)
-    if view is not None:  # these settings were validated before: no YAML, no pydantic
-        candidate = _resolve(registry, view.provider, view.provider_source)
+    key = shell_view.cache_key(settings_dir, overrides=overrides, environ=env)
+    cached = shell_view.read_cached(key, env) if key is not None else None
+    if isinstance(cached, shell_view.ShellView):  # validated before: no YAML, no pydantic
+        candidate = _resolve(registry, cached.provider, cached.provider_source)
         if candidate.takes_view:
-            return candidate.create(view)
+            return candidate.create(cached)
+    elif cached is not None:  # the selection of these very inputs, seen before: no YAML either
+        candidate = _resolve(registry, *cached)
+        if not candidate.needs_config:
+            return candidate.create(None)
     merged = sources.read(settings_dir, overrides=overrides, environ=env)
     candidate = _resolve(registry, *merged.selection())
     if not candidate.needs_config:
+        shell_view.store_selection(*merged.selection(), key, settings_dir, overrides=overrides, environ=env)
         return candidate.create(None)
     from oneiric_session.config.loader import validate  # pydantic: only for providers that need settings
 

@@ -549,6 +549,25 @@ class Spool:
 
         return self._write(write)
 
+    def ack_batch(self, starts: Iterable[tuple[SpooledEvent, str]], ends: Iterable[SpooledEvent]) -> int:
+        """`ack_start` and `ack_end` for many answers in one transaction; returns the rows deleted."""
+        started, ended = list(starts), list(ends)
+
+        def write(conn: sqlite3.Connection) -> int:
+            deleted = 0
+            for row, server_session_id in started:
+                deleted += conn.execute(_DELETE_ROW, (row.row_id, row.event_id)).rowcount
+                conn.execute(
+                    "UPDATE sessions SET server_session_id = ? WHERE handle = ?",
+                    (server_session_id, row.handle),
+                )
+            for row in ended:
+                deleted += conn.execute(_DELETE_ROW, (row.row_id, row.event_id)).rowcount
+                conn.execute("DELETE FROM sessions WHERE handle = ?", (row.handle,))
+            return deleted
+
+        return self._write(write) if started or ended else 0
+
     def record_failure(self, row: SpooledEvent, error: str, next_attempt_at: float) -> bool:
         """A transient failure: count the attempt and wait until `next_attempt_at` (clock time)."""
         return self._write(

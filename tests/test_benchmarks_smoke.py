@@ -49,7 +49,7 @@ def test_quick_run_reports_every_figure_and_leaves_no_process(tmp_path: Path) ->
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(result.stdout)
@@ -99,5 +99,25 @@ def test_quick_run_reports_every_figure_and_leaves_no_process(tmp_path: Path) ->
         assert figures["agent_processes"]["started"] >= 1
         assert figures["agent_memory"]["rss_kb"] > 0
         assert figures["server_memory"]["rss_kb"] > 0
+
+    http = report["http_rtt"]
+    for figure in ("agent_sessions_per_second", "bare_client_sessions_per_second", "ratio"):
+        _spread(http[figure])
+    assert http["exactly_once"], http["recorded"]
+    assert http["rtt_added_ms"] == 20.0
+
+    backlog = report["backlog"]
+    for run in ("default_window", "window_1"):
+        assert backlog[run]["exactly_once"], backlog[run]["recorded"]
+        assert backlog[run]["events_per_second"] > 0
+        assert backlog[run]["agent_peak_rss_kb"] > 0
+    assert isinstance(backlog["meets_target"], bool)
+
+    fleet = report["fleet"]
+    assert fleet["exactly_once"], fleet["recorded"]
+    assert fleet["dead_letters"] == 0
+    _spread(fleet["append_to_answer_ms"])
+    assert fleet["sessions_per_second"] > 0
+    assert fleet["server_memory_kb"]["rss_kb"] > 0
 
     assert _ours(tmp_path) == []

@@ -61,6 +61,7 @@ class LoadedConfig:
             breaker_reset_seconds=s.breaker.reset_seconds,
             connect_seconds=s.timeouts.connect_seconds,
             call_seconds=s.timeouts.call_seconds,
+            window=s.agent.window or 0,
         )
         if s.transport == "http":
             return Destination(transport="http", url=s.url, tuning=tuning)

@@ -107,6 +107,12 @@ class AgentSettings(_Section):
         le=86400,
         description="The delivery agent exits after this long idle.",
     )
+    window: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Calls the agent keeps in flight per server (unset: 16 for the bundled one, else 1).",
+    )
 
 
 class LimitSettings(_Section):

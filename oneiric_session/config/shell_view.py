@@ -46,7 +46,9 @@ __all__ = [
     "cache_dir",
     "cached_view",
     "load_shell_view",
+    "read_cached",
     "store",
+    "store_selection",
 ]
 
 CACHE_DIR_NAME = "config-cache"
@@ -171,6 +173,43 @@ def cached_view(
     return (_read_entry(key, env) if key is not None else None), key
 
 
+def read_cached(key: str, environ: Mapping[str, str]) -> ShellView | tuple[str, str] | None:
+    """The entry under `key`: a validated view, a bare selection (provider, source) that
+    `store_selection` left for a provider needing no settings, or None (absent, corrupt, foreign)."""
+    entry = _read_trusted(key)
+    if entry is None:
+        return None
+    try:
+        if "view" in entry:
+            return ShellView.from_json(entry["view"], environ)
+        provider, source = entry["selection"]
+        if isinstance(provider, str) and isinstance(source, str):
+            return provider, source
+    except Exception:  # corrupt or foreign: validate again
+        pass
+    return None
+
+
+def store_selection(
+    provider: str,
+    source: str,
+    key: str | None,
+    settings_dir: str | os.PathLike[str] | None = None,
+    *,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> None:
+    """Remember which provider these inputs select, for a provider that needs no settings (noop,
+    memory): its next shell start then parses no settings file at all. Never raises."""
+    if key is None:
+        return
+    env = os.environ if environ is None else environ
+    if cache_key(settings_dir, overrides=overrides, environ=env) != key:
+        return
+    with contextlib.suppress(OSError, TypeError, ValueError):
+        _write_entry(key, None, selection=(provider, source))
+
+
 def store(
     view: ShellView,
     key: str | None,
@@ -259,6 +298,21 @@ def _entry_path(key: str) -> Path:
     return cache_dir() / f"{key}.json"
 
 
+def _read_trusted(key: str) -> dict[str, Any] | None:
+    """The entry under `key` if it is ours, in our own directory, of this format and key."""
+    path = _entry_path(key)
+    try:
+        with open(path, "rb") as file:
+            if not (_ours(os.fstat(file.fileno())) and _ours(os.stat(path.parent))):
+                return None
+            entry = json.loads(file.read())
+    except Exception:  # absent, unreadable or corrupt
+        return None
+    if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT or entry.get("key") != key:
+        return None
+    return entry
+
+
 def _read_entry(key: str, environ: Mapping[str, str]) -> ShellView | None:
     path = _entry_path(key)
     try:
@@ -279,7 +333,7 @@ def _ours(st: os.stat_result) -> bool:
     return st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
-def _write_entry(key: str, view: ShellView) -> None:
+def _write_entry(key: str, view: ShellView | None, *, selection: tuple[str, str] | None = None) -> None:
     directory = cache_dir()
     missing = []
     parent = directory
@@ -290,7 +344,8 @@ def _write_entry(key: str, view: ShellView) -> None:
         with contextlib.suppress(FileExistsError):
             path.mkdir(mode=0o700)
             path.chmod(0o700)
-    text = json.dumps({"format": CACHE_FORMAT, "key": key, "view": view.to_json()}, sort_keys=True)
+    content = {"view": view.to_json()} if view is not None else {"selection": list(selection or ())}
+    text = json.dumps({"format": CACHE_FORMAT, "key": key, **content}, sort_keys=True)
     target = directory / f"{key}.json"
     temporary = directory / f".{key}.{os.getpid()}.tmp"
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -24,6 +24,8 @@ from oneiric_session.server.listing import INDEXES, Page, SessionFilter, select_
 BUSY_TIMEOUT_SECONDS = 10.0
 # 2: the indexes of `who` / `last` (server/listing.py); a schema-1 database is migrated on open.
 SCHEMA_VERSION = 2
+# Base ids whose last free suffix is remembered (one per component and second: a small map).
+_MAX_REMEMBERED_BASES = 4096
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +119,7 @@ class SessionStore:
         # The MCP server runs tools on worker threads; one connection behind a lock is plenty
         # (SQLite serializes writers anyway) and keeps a single WAL reader/writer per process.
         self._lock = threading.Lock()
+        self._last_suffix: dict[str, int] = {}  # base session id -> the suffix last found free
         self._connect()
 
     def _connect(self) -> None:
@@ -193,11 +196,21 @@ class SessionStore:
             return session_id
 
     def _free_session_id(self, base: str) -> str:
-        """`base`, else `base-2`, `base-3`, ...: another event started in the same second."""
-        candidate, suffix = base, 1
+        """`base`, else `base-2`, `base-3`, ...: another event started in the same second.
+
+        The search starts at the suffix this process last found free for `base` (ids are never
+        removed, so every lower one is taken): a burst of starts in one second (a backlog, a
+        fleet) costs a query or two each, not one per session already recorded in that second.
+        Another server process on the same database only makes the search go further.
+        """
+        suffix = self._last_suffix.get(base, 1)
+        candidate = base if suffix == 1 else f"{base}-{suffix}"
         while self._db.execute("SELECT 1 FROM sessions WHERE session_id = ?", (candidate,)).fetchone():
             suffix += 1
             candidate = f"{base}-{suffix}"
+        if len(self._last_suffix) >= _MAX_REMEMBERED_BASES:
+            self._last_suffix.clear()
+        self._last_suffix[base] = suffix
         return candidate
 
     def record_end(

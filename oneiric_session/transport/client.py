@@ -56,6 +56,11 @@ class SessionBuddyClient:
         return self._connection is not None and self._connection.alive
 
     @property
+    def server_name(self) -> str | None:
+        """The name the connected server gave in the MCP handshake (None while not connected)."""
+        return self._connection.server_name if self.connected and self._connection is not None else None
+
+    @property
     def server_pid(self) -> int | None:
         """The current stdio server's process group id, if connected (for diagnostics and tests)."""
         return None if self._connection is None else self._connection.server_pid

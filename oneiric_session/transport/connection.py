@@ -83,6 +83,12 @@ class Connection:
         return self._server is None or not self._server.exited
 
     @property
+    def server_name(self) -> str | None:
+        """The name the server gave in the MCP handshake (None before it)."""
+        info = None if self._client is None else self._client.server_info
+        return None if info is None else info.name
+
+    @property
     def server_pid(self) -> int | None:
         """The launcher's pid, which is also the server's process group id (stdio only)."""
         return None if self._server is None else self._server.pid

@@ -28,6 +28,8 @@ FAULT_MODE: comma-separated faults, any of
 FAULT_REFUSE_FILE: while this file exists, behave as `refuse_start` (lets a test heal a server).
 FAULT_RECORD: a file that gets one JSON line per received request (tool calls recorded by the tools)
   ({"pid", "method", "tool", "arguments"}), plus {"pid", "started": true} at start-up.
+FAULT_RECORD_TIMES: also record when each tool call arrived ("at", wall clock) and, just before its
+  answer is sent, {"pid", "answered": tool, "session_id", "at"} (for ordering tests).
 `--http HOST:PORT` serves Streamable HTTP at /mcp instead of stdio.
 """
 
@@ -37,10 +39,12 @@ import json
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 MODES = frozenset(filter(None, os.environ.get("FAULT_MODE", "").split(",")))
 RECORD = os.environ.get("FAULT_RECORD")
+RECORD_TIMES = bool(os.environ.get("FAULT_RECORD_TIMES"))
 
 
 def record(entry: dict[str, Any]) -> None:
@@ -83,6 +87,7 @@ def record_call(tool: str, arguments: dict[str, Any]) -> None:
             "method": "tools/call",
             "tool": tool,
             "arguments": {k: v for k, v in arguments.items() if v is not None},
+            **({"at": time.time()} if RECORD_TIMES else {}),
         }
     )
 
@@ -135,6 +140,8 @@ async def answer(tool: str, payload: dict[str, Any]) -> types.CallToolResult:
         payload = {"session_id": None, "status": "error", "error": "Path does not exist: /nowhere"}
     if "bare_id" in MODES and tool == "track_session_start":
         return text_result(str(payload["session_id"]))
+    if RECORD_TIMES:
+        record({"answered": tool, "session_id": payload.get("session_id"), "at": time.time()})
     text = json.dumps(payload)
     if "json_text" in MODES:
         return tool_result(text)
