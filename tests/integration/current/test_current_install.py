@@ -1,7 +1,7 @@
 """One pip command beside the current releases, no overlay (issue 10, point 2), on Python 3.14.
 
 Each environment is built fresh, exactly as a user would: a venv, then one
-`pip install <release> <this checkout>` (a plain install of the checkout, as from a wheel).
+`pip install <release> <our wheel>` (the wheel built once from this checkout, no overlay).
 Then `oneiric-session check` passes (the default destination: the bundled server) and
 Oneiric's CLI, shell, resolver and plugin loader still import and run. Both builds run in
 parallel; pip's cache (kept in the sid root) makes a warm run take ~1 minute.
@@ -54,6 +54,24 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Built
     if python is None:
         _unavailable("no python3.14 on PATH: run inside the sid root (scripts/in-sid.sh)")
     root = tmp_path_factory.mktemp("one-command")
+    wheels = root / "wheel"
+    subprocess.run(
+        [
+            python,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-w",
+            wheels,
+            REPO,
+        ],
+        check=True,
+        timeout=PIP_SECONDS,
+    )
+    (wheel,) = wheels.glob("oneiric_session-*.whl")
     built = {}
     for name, release in RELEASES.items():
         venv = root / name
@@ -62,7 +80,7 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Built
         script = 'set -e; "$1" -m venv "$2"; "$2/bin/pip" install --disable-pip-version-check "$3" "$4"'
         with log.open("wb") as out:
             process = subprocess.Popen(
-                ["/bin/sh", "-c", script, "sh", python, str(venv), release, str(REPO)],
+                ["/bin/sh", "-c", script, "sh", python, str(venv), release, str(wheel)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={k: v for k, v in os.environ.items() if not k.startswith("VIRTUAL_ENV")},
