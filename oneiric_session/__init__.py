@@ -15,6 +15,7 @@ _EXPORTS = {
     "ConfigError": "oneiric_session.errors",
     "SessionEventEmitter": "oneiric_session.emitter",
     "Tracker": "oneiric_session.tracker",
+    "activate_oneiric": "oneiric_session.oneiric_shells",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

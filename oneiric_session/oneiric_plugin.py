@@ -16,6 +16,11 @@ ConfigError there, inside Oneiric's `LifecycleManager.activate()`, which reports
 failed activation and keeps the previous instance. The trackers already have what
 the lifecycle calls: `health()` ("can accept events": for session-buddy, the spool
 is writable, not "the server is up") and `close()` on replacement; no `init`.
+
+Loading the entry point is also how a user turns tracking on in Oneiric's own shells by
+configuration: `adapters()` calls `oneiric_shells.activate_oneiric()`, which (unless the
+provider is `noop`) makes `AdminShell.start()` use our emitter and record the start before
+the prompt, also under `oneiric shell`'s running loop.
 """
 
 from __future__ import annotations
@@ -97,4 +102,14 @@ def adapters() -> list[Any]:
             failures.append(f"{provider} ({type(exc).__name__}: {exc})")
     if failures:
         logger.warning("oneiric-session: Oneiric adapters not offered: %s", "; ".join(failures))
+    _activate_shells()
     return built
+
+
+def _activate_shells() -> None:
+    try:
+        from oneiric_session.oneiric_shells import activate_oneiric
+
+        activate_oneiric()
+    except Exception as exc:  # activate_oneiric never raises; an import failure must not either
+        logger.warning("oneiric-session: Oneiric's shells are not tracked: %s: %s", type(exc).__name__, exc)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create (or verify) the two Python 3.13 virtualenvs the integration tests run the real
-# systems in: session-buddy==0.23.0, and oneiric==0.17.0 with oneiric-session on top.
+# systems in: session-buddy==0.23.0, and oneiric==0.17.0 with oneiric-session beside it (no
+# overlay: oneiric-session runs on the mcp 1.30 that Oneiric's tree pins).
 #
 # Each venv lives in $ONEIRIC_SESSION_REAL_ENVS (default ~/.cache/oneiric-session/real-envs)
 # under <name>-<first 12 hex of the sha256 of its constraints files>, so a changed pin makes
@@ -15,7 +16,6 @@ repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 base=${ONEIRIC_SESSION_REAL_ENVS:-${XDG_CACHE_HOME:-$HOME/.cache}/oneiric-session/real-envs}
 sb_constraints=$repo/constraints/session-buddy-0.23.0.txt
 on_constraints=$repo/constraints/oneiric-0.17.0.txt
-on_overlay=$repo/constraints/oneiric-0.17.0-overlay.txt
 
 die() { echo "real-envs: error: $*" >&2; exit 1; }
 log() { echo "real-envs: $*" >&2; }
@@ -64,6 +64,9 @@ ensure_venv() {
 
 # Our package goes into the Oneiric venv editable, so tests see the checkout's code; it is
 # reinstalled when the checkout or its pyproject.toml changes (the entry points live there).
+# It is installed as a user's pip would, with Oneiric's own pins as the only constraints, so
+# the venv keeps Oneiric's mcp 1.x; the test extras let scripts/test run the MCP unit tests
+# there too (both SDK majors stay tested).
 ensure_project() {
     local dir=$1 want have
     want="$repo $(sha256sum <"$repo/pyproject.toml" | cut -c1-12)"
@@ -72,18 +75,17 @@ ensure_project() {
         log "oneiric-session: up to date in $dir"
         return 0
     fi
-    log "oneiric-session: installing $repo (editable) into $dir"
-    # Oneiric's pins minus its mcp 1.x, plus the overlay: the one known conflict (see overlay).
-    local combined=$dir/.combined-constraints.txt
-    { grep -v '^mcp==' "$on_constraints"; cat "$on_overlay"; } >"$combined"
-    # pip reports fastmcp-slim's broken mcp<2 requirement on stderr and still succeeds.
+    log "oneiric-session: installing $repo[test,jwt] (editable) into $dir"
     "$dir/bin/python" -m pip install --quiet --disable-pip-version-check \
-        -c "$combined" -e "$repo" >&2 || die "pip install -e $repo into $dir failed"
-    [[ $(installed_version "$dir" mcp) == 2.3.0 ]] || die "mcp 2.3.0 missing in $dir"
+        -c "$on_constraints" -e "$repo[test,jwt]" >&2 || die "pip install -e $repo into $dir failed"
+    local mcp_version
+    mcp_version=$(installed_version "$dir" mcp)
+    [[ $mcp_version == 1.* ]] || die "$dir has mcp $mcp_version, not Oneiric 0.17.0's mcp 1.x"
+    "$dir/bin/python" -m pip check >&2 || die "pip check fails in $dir"
     echo "$want" >"$dir/.oneiric-session-stamp"
 }
 
-for f in "$sb_constraints" "$on_constraints" "$on_overlay"; do
+for f in "$sb_constraints" "$on_constraints"; do
     [[ -f $f ]] || die "missing constraints file $f"
 done
 python313=$(find_python313) || die "Python 3.13 not found (set ONEIRIC_SESSION_PYTHON313)"
@@ -94,7 +96,7 @@ exec 9>"$base/.lock"
 flock 9
 
 sb_hash=$(stamp_of "$sb_constraints")
-on_hash=$(stamp_of "$on_constraints" "$on_overlay")
+on_hash=$(stamp_of "$on_constraints")
 ensure_venv session-buddy-0.23.0 session-buddy 0.23.0 "$sb_hash" "$sb_constraints"
 ensure_venv oneiric-0.17.0 oneiric 0.17.0 "$on_hash" "$on_constraints"
 ensure_project "$base/oneiric-0.17.0-$on_hash"

@@ -61,7 +61,7 @@ def stored(db: Path) -> dict[str, dict[str, object]]:
 
 def test_tools_have_the_real_argument_names_and_refuse_unknown_ones(server: ServerConnection) -> None:
     """The input schemas name exactly 0.23.0's arguments, required ones included, and are closed."""
-    tools = {tool.name: tool.input_schema for tool in server.list_tools().tools}
+    tools = server.input_schemas()
     assert set(tools) == {"track_session_start", "track_session_end", "health_check"}
     start = tools["track_session_start"]
     assert set(start["properties"]) == {

@@ -8,10 +8,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from mcp import Client
-from mcp.shared.exceptions import MCPError
 from support.server_process import start_event
 
+from oneiric_session.mcp_compat import MCPError, in_memory_client
 from oneiric_session.server.app import build_server
 from oneiric_session.server.store import NewSession, SessionStore
 
@@ -111,7 +110,7 @@ def test_separate_connections_writing_at_once_never_share_an_id(tmp_path: Path) 
 async def test_a_storage_failure_is_a_json_rpc_error_not_a_refusal(tmp_path: Path) -> None:
     """The event is not at fault, so no `status: "error"` (permanent): the client keeps it and retries."""
     store = SessionStore(tmp_path / "s.sqlite3")
-    async with Client(build_server(store)) as client:
+    async with in_memory_client(build_server(store)) as client:
         store.close()  # every later query fails with sqlite3.ProgrammingError
         with pytest.raises(MCPError, match="session store unavailable"):
             await client.call_tool("track_session_start", start_event())

@@ -12,13 +12,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from oneiric_session.errors import ConfigError
 
 if TYPE_CHECKING:
-    from mcp.server.mcpserver import MCPServer
-
     from oneiric_session.server.store import SessionStore
 
 HTTP_PATH = "/mcp"
@@ -166,12 +164,14 @@ def _listen(bind: Bind) -> socket.socket:
     return sock
 
 
-async def _serve_http(server: MCPServer, sock: socket.socket) -> None:
+async def _serve_http(server: Any, sock: socket.socket) -> None:
     import uvicorn
+
+    from oneiric_session.mcp_compat import serve_http_app
 
     host, port = sock.getsockname()[:2]
     # The host turns on the SDK's DNS-rebinding protection for loopback addresses.
-    app = server.streamable_http_app(streamable_http_path=HTTP_PATH, host=host)
+    app = serve_http_app(server, path=HTTP_PATH, host=host)
     config = uvicorn.Config(
         app,
         log_level="warning",

@@ -1,4 +1,4 @@
-"""Assembles the bundled Session-Buddy-compatible MCP server on the SDK's `MCPServer`."""
+"""Assembles the bundled Session-Buddy-compatible MCP server on the SDK's `MCPServer` (1.x: `FastMCP`)."""
 
 from __future__ import annotations
 
@@ -6,10 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mcp.server.mcpserver import MCPServer
-from mcp.server.mcpserver.tools import Tool
-
 from oneiric_session import __version__
+from oneiric_session import mcp_compat as mcp
 from oneiric_session.server.auth import TokenVerifier
 from oneiric_session.server.store import SessionStore
 from oneiric_session.server.tools import SessionTools
@@ -21,13 +19,13 @@ INSTRUCTIONS = (
 )
 
 
-def strict_tool(fn: Callable[..., Any]) -> Tool:
+def strict_tool(fn: Callable[..., Any]) -> Any:
     """A tool whose unknown arguments are refused, as the real server's are (`additionalProperties: false`).
 
     The argument model is renamed `call[<tool>]` so a refusal reads like the real server's
     ("1 validation error for call[track_session_start]").
     """
-    tool = Tool.from_function(fn)
+    tool = mcp.tool_from_function(fn)
     loose = tool.fn_metadata.arg_model
     strict = type(
         f"call[{tool.name}]",
@@ -39,9 +37,9 @@ def strict_tool(fn: Callable[..., Any]) -> Tool:
     return tool
 
 
-def build_server(store: SessionStore, *, verifier: TokenVerifier | None = None) -> MCPServer:
+def build_server(store: SessionStore, *, verifier: TokenVerifier | None = None) -> Any:
     tools = SessionTools(store, verifier)
-    return MCPServer(
+    return mcp.new_server(
         SERVER_NAME,
         version=__version__,
         instructions=INSTRUCTIONS,
@@ -52,6 +50,6 @@ def build_server(store: SessionStore, *, verifier: TokenVerifier | None = None) 
     )
 
 
-def create_server(db_path: Path, *, secret: str | None = None) -> MCPServer:
+def create_server(db_path: Path, *, secret: str | None = None) -> Any:
     """The server over the store at `db_path`; with a secret, every tracking call needs a valid token."""
     return build_server(SessionStore(db_path), verifier=TokenVerifier(secret) if secret else None)

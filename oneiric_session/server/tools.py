@@ -13,10 +13,9 @@ import sqlite3
 from datetime import datetime
 from typing import Annotated, Any
 
-from mcp.shared.exceptions import MCPError
-from mcp.types import INTERNAL_ERROR, CallToolResult, TextContent
 from pydantic import ValidationError
 
+from oneiric_session.mcp_compat import server_error, tool_result, types
 from oneiric_session.server.auth import TokenVerifier
 from oneiric_session.server.models import EnvironmentInfo, SessionEndEvent, SessionStartEvent, UserInfo
 from oneiric_session.server.store import NewSession, SessionStore
@@ -27,23 +26,23 @@ MAX_EXIT_REASON_CHARS = 200
 logger = logging.getLogger(__name__)
 
 # The SDK derives the output schema from this: an object, like the real server's.
-Answer = Annotated[CallToolResult, dict[str, Any]]
+Answer = Annotated[types.CallToolResult, dict[str, Any]]
 
 
-def answer(payload: dict[str, Any]) -> CallToolResult:
+def answer(payload: dict[str, Any]) -> Any:
     text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=payload)
+    return tool_result(text, structured=payload)
 
 
-def refusal(message: str) -> CallToolResult:
-    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
+def refusal(message: str) -> Any:
+    return tool_result(message, is_error=True)
 
 
-def storage_failure(exc: sqlite3.Error) -> MCPError:
+def storage_failure(exc: sqlite3.Error) -> Exception:
     # A JSON-RPC error, not `status: "error"`: a busy or broken database is the server's
     # trouble, not the event's, so the client must keep the event and retry it later.
     logger.error("session store failed: %s", exc)
-    return MCPError(INTERNAL_ERROR, f"session store unavailable: {exc}")
+    return server_error(types.INTERNAL_ERROR, f"session store unavailable: {exc}")
 
 
 def _exit_reason(metadata: dict[str, Any]) -> str | None:
@@ -65,7 +64,7 @@ class SessionTools:
         self._store = store
         self._verifier = verifier
 
-    def _refused(self, token: str | None) -> CallToolResult | None:
+    def _refused(self, token: str | None) -> Any:
         if self._verifier is None:
             return None
         message = self._verifier.failure(token)

@@ -16,14 +16,10 @@ import shutil
 from typing import Any
 
 import anyio
-import httpx2
-import mcp_types
-from mcp import Client
-from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.exceptions import MCPError
 from pydantic import ValidationError
 
 from oneiric_session import __version__
+from oneiric_session import mcp_compat as mcp
 from oneiric_session.destination import Destination
 from oneiric_session.errors import (
     DeliveryError,
@@ -38,11 +34,13 @@ __all__ = ["Connection"]
 
 logger = logging.getLogger(__name__)
 
-_CLIENT_INFO = mcp_types.Implementation(name="oneiric-session", version=__version__)
+_CLIENT_INFO = mcp.types.Implementation(name="oneiric-session", version=__version__)
 # JSON-RPC errors a server answers for a call it will never accept (unknown tool, bad params).
 _PERMANENT_CODES = frozenset(
-    {mcp_types.METHOD_NOT_FOUND, mcp_types.INVALID_PARAMS, mcp_types.INVALID_REQUEST}
+    {mcp.types.METHOD_NOT_FOUND, mcp.types.INVALID_PARAMS, mcp.types.INVALID_REQUEST}
 )
+# What a 2.x client raises when a request times out inside the SDK (1.x: HTTP 408).
+_REQUEST_TIMEOUT_CODES = frozenset({getattr(mcp.types, "REQUEST_TIMEOUT", -32001), 408})
 # Bound on tearing a session down; the stdio shutdown inside is itself bounded.
 _CLOSE_SECONDS = 10.0
 # What a call with an MCP session id the HTTP server does not know (it restarted, or expired the
@@ -64,7 +62,7 @@ class Connection:
     def __init__(self, destination: Destination) -> None:
         self.destination = destination
         self._server: ServerProcess | None = None
-        self._client: Client | None = None
+        self._client: mcp.ClientHandle | None = None
         self._owner: asyncio.Task[None] | None = None
         self._closing = asyncio.Event()
         self.session_lost = False  # the HTTP server forgot this session: a new one is needed
@@ -88,7 +86,7 @@ class Connection:
         if self.destination.transport == "http":
             if not self.destination.url:
                 raise ServerUnavailableError("transport is http but no url is configured")
-            return streamable_http_client(self.destination.url)
+            return mcp.http_transport(self.destination.url)
         command = self.destination.command
         env = child_environment(dict(self.destination.env))
         resolved = command
@@ -104,7 +102,7 @@ class Connection:
     async def open(self) -> None:
         """Start the server (stdio) or reach it (http) and complete the MCP handshake."""
         transport = self._transport()
-        ready: asyncio.Future[Client] = asyncio.get_running_loop().create_future()
+        ready: asyncio.Future[mcp.ClientHandle] = asyncio.get_running_loop().create_future()
         self._owner = asyncio.create_task(self._own(transport, ready), name="oneiric-session-mcp")
         try:
             async with asyncio.timeout(self.destination.tuning.connect_seconds):
@@ -121,11 +119,10 @@ class Connection:
                 raise self._map(exc, "connecting") from exc
             raise
 
-    async def _own(self, transport: Any, ready: asyncio.Future[Client]) -> None:
-        # mode="legacy": the initialize handshake every server speaks; the 2.x `server/discover`
-        # probe costs a round trip and some servers answer it by failing.
+    async def _own(self, transport: Any, ready: asyncio.Future[mcp.ClientHandle]) -> None:
+        # The initialize handshake every server speaks (on 2.x, not the `server/discover` probe).
         try:
-            async with Client(transport, mode="legacy", cache=None, client_info=_CLIENT_INFO) as client:
+            async with mcp.open_client(transport, client_info=_CLIENT_INFO) as client:
                 if not ready.done():
                     ready.set_result(client)
                 await self._closing.wait()
@@ -139,19 +136,17 @@ class Connection:
                 logger.debug("MCP session ended: %s", type(_leaf(exc)).__name__)
 
     async def call(self, tool: str, arguments: dict[str, Any], *, token: str | None = None) -> Any:
-        """One `tools/call`; returns the CallToolResult. Raises DeliveryError types only."""
+        """One `tools/call`; the answer, as `mcp_compat.AnswerView`. Raises DeliveryError types only."""
         if token:
             self._tokens.add(token)
         if self._client is None or not self.alive:
             raise ServerUnavailableError(f"connection to the server is closed{self._tail()}")
-        params = mcp_types.CallToolRequestParams(name=tool, arguments=arguments)
-        request = mcp_types.CallToolRequest(params=params)
         seconds = self.destination.tuning.call_seconds
         try:
             async with asyncio.timeout(seconds):
                 # send_request, not call_tool: call_tool lists the tools first (an extra round
                 # trip) and validates against an output schema; the answer is read in answers.py.
-                return await self._client.session.send_request(request, mcp_types.CallToolResult)
+                return mcp.answer_view(await self._client.send_call(tool, arguments))
         except TimeoutError as exc:
             raise DeliveryTimeoutError(f"{tool}: no answer within {seconds:g} s{self._tail()}") from exc
         except Exception as exc:
@@ -199,25 +194,26 @@ class Connection:
         exc = _leaf(exc)
         if isinstance(exc, DeliveryError):
             return exc
-        if isinstance(exc, MCPError):
-            message = self._scrub(exc.message)
-            if exc.code == mcp_types.REQUEST_TIMEOUT:
+        if isinstance(exc, mcp.MCPError):
+            code, raw = mcp.error_code(exc), mcp.error_message(exc)
+            message = self._scrub(raw)
+            if code in _REQUEST_TIMEOUT_CODES:
                 return DeliveryTimeoutError(f"{doing}: {message}{self._tail()}")
-            if exc.code == mcp_types.CONNECTION_CLOSED:
+            if code == mcp.types.CONNECTION_CLOSED:
                 return ServerUnavailableError(f"{doing}: the server closed the connection{self._tail()}")
             if (
                 self.destination.transport == "http"
-                and exc.code == mcp_types.INVALID_REQUEST
-                and exc.message.strip().lower() in _SESSION_LOST_MESSAGES
+                and code in mcp.SESSION_LOST_CODES
+                and raw.strip().lower() in _SESSION_LOST_MESSAGES
             ):
                 self.session_lost = True
                 return ServerUnavailableError(f"{doing}: the server no longer knows this session ({message})")
-            if exc.code in _PERMANENT_CODES and doing != "connecting":
-                return RejectedError(f"{doing}: server error {exc.code}: {message}")
-            return ServerUnavailableError(f"{doing}: server error {exc.code}: {message}{self._tail()}")
-        if isinstance(exc, httpx2.TimeoutException):
+            if code in _PERMANENT_CODES and doing != "connecting":
+                return RejectedError(f"{doing}: server error {code}: {message}")
+            return ServerUnavailableError(f"{doing}: server error {code}: {message}{self._tail()}")
+        if isinstance(exc, mcp.HTTPTimeout):
             return DeliveryTimeoutError(f"{doing}: HTTP timeout: {type(exc).__name__}")
-        if isinstance(exc, httpx2.HTTPError | OSError):
+        if isinstance(exc, mcp.HTTPError | OSError):
             detail = self._scrub(str(exc) or type(exc).__name__)
             return ServerUnavailableError(f"{doing}: {detail}{self._tail()}")
         if isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError | anyio.EndOfStream):

@@ -19,13 +19,12 @@ import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
-import mcp_types
-from mcp.client._transport import TransportStreams
-from mcp.shared.message import SessionMessage
 
+from oneiric_session.mcp_compat import SessionMessage, dump_message, parse_message
 from oneiric_session.safetext import sanitize_text
 
 __all__ = ["ServerProcess", "child_environment"]
@@ -102,7 +101,7 @@ class ServerProcess:
                 os.killpg(self.pid, signal.SIGKILL)
 
     @asynccontextmanager
-    async def transport(self) -> AsyncIterator[TransportStreams]:
+    async def transport(self) -> AsyncIterator[tuple[Any, Any]]:
         """Start the server and yield the (read, write) message streams; stop it on exit."""
         process = await anyio.open_process(
             [sys.executable, "-I", "-S", REAPER, "--", *self.argv],
@@ -149,7 +148,7 @@ class ServerProcess:
             try:
                 async with write_reader:
                     async for item in write_reader:
-                        data = item.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
+                        data = dump_message(item) + "\n"
                         await process.stdin.send(data.encode("utf-8"))
             except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
                 # The server is gone: end the read side so waiting requests fail instead of hanging.
@@ -190,7 +189,7 @@ class ServerProcess:
         if not line:
             return None
         try:
-            return SessionMessage(mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False))
+            return parse_message(line)
         except ValueError:
             self.noise_lines += 1
             if self.noise_lines <= _TAIL_LINES:

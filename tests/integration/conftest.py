@@ -62,7 +62,7 @@ def session_buddy_python() -> Path:
 @pytest.fixture(scope="session")
 def oneiric_python() -> Path:
     """Python 3.13 with oneiric==0.17.0 and this checkout installed editable."""
-    venv = env_dir("oneiric-0.17.0", "oneiric-0.17.0.txt", "oneiric-0.17.0-overlay.txt")
+    venv = env_dir("oneiric-0.17.0", "oneiric-0.17.0.txt")
     python = _stamped_python(venv, venv.name.rsplit("-", 1)[1])
     project_stamp = venv / ".oneiric-session-stamp"
     installed_from = project_stamp.read_text().split()[0] if project_stamp.exists() else None

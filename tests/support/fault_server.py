@@ -58,10 +58,10 @@ if __name__ == "__main__":
         sys.exit(1)
 
 import anyio  # noqa: E402
-import mcp_types as types  # noqa: E402
-from mcp.server.mcpserver import MCPServer  # noqa: E402
 from mcp.server.stdio import stdio_server  # noqa: E402
-from mcp.shared.message import SessionMessage  # noqa: E402
+
+from oneiric_session import mcp_compat  # noqa: E402
+from oneiric_session.mcp_compat import SessionMessage, tool_result, types  # noqa: E402
 
 DELAY_SECONDS = float(os.environ.get("FAULT_DELAY", "1"))
 EXIT_AFTER = int(os.environ.get("FAULT_EXIT_AFTER", "1"))
@@ -89,7 +89,7 @@ def raw_stdout(text: str) -> None:
 
 
 def text_result(text: str, *, is_error: bool = False) -> types.CallToolResult:
-    return types.CallToolResult(content=[types.TextContent(type="text", text=text)], is_error=is_error)
+    return tool_result(text, is_error=is_error)
 
 
 async def answer(tool: str, payload: dict[str, Any]) -> types.CallToolResult:
@@ -126,14 +126,16 @@ async def answer(tool: str, payload: dict[str, Any]) -> types.CallToolResult:
         payload = {"session_id": None, "status": "error", "error": "Path does not exist: /nowhere"}
     if "bare_id" in MODES and tool == "track_session_start":
         return text_result(str(payload["session_id"]))
-    text = types.TextContent(type="text", text=json.dumps(payload))
+    text = json.dumps(payload)
     if "json_text" in MODES:
-        return types.CallToolResult(content=[text])
-    return types.CallToolResult(content=[text], structured_content=payload)
+        return tool_result(text)
+    return tool_result(text, structured=payload)
 
 
-def build_server() -> MCPServer:
-    server = MCPServer("fault-server", log_level="WARNING")
+def build_server() -> Any:
+    server = mcp_compat.new_server(
+        "fault-server", version="0", instructions="fault injection", log_level="WARNING", tools=[]
+    )
 
     @server.tool()
     async def track_session_start(
@@ -175,25 +177,26 @@ def build_server() -> MCPServer:
     return server
 
 
-async def serve_stdio(server: MCPServer) -> None:
+async def serve_stdio(server: Any) -> None:
     """Serve over stdio, with a pump in front of the server that records and applies request faults."""
-    lowlevel = server._lowlevel_server
+    lowlevel = mcp_compat.lowlevel_server(server)
     async with stdio_server() as (read_stream, write_stream):
         inner_send, inner_receive = anyio.create_memory_object_stream[SessionMessage | Exception](0)
 
         async def pump() -> None:
             async with inner_send:
                 async for item in read_stream:
-                    message = getattr(item, "message", None)
+                    message = mcp_compat.raw_message(item)
                     if isinstance(message, types.JSONRPCRequest):
                         if message.method != "tools/call":  # the tools record their own calls
                             record({"method": message.method})
                         if message.method == "initialize" and "hang_initialize" in MODES:
                             await anyio.sleep_forever()
                         if message.method == "server/discover" and "reject_discover" in MODES:
-                            error = types.ErrorData(code=types.METHOD_NOT_FOUND, message="Method not found")
                             await write_stream.send(
-                                SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=message.id, error=error))
+                                mcp_compat.jsonrpc_error(
+                                    message.id, types.METHOD_NOT_FOUND, "Method not found"
+                                )
                             )
                             continue
                     await inner_send.send(item)
@@ -215,7 +218,7 @@ def main(argv: list[str]) -> int:
     server = build_server()
     if argv[:1] == ["--http"]:
         host, _, port = argv[1].rpartition(":")
-        server.run("streamable-http", host=host, port=int(port))
+        mcp_compat.run_streamable_http(server, host=host, port=int(port))
         return 0
     anyio.run(serve_stdio, server)
     return 0

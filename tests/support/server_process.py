@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
-from mcp import Client, StdioServerParameters
-from mcp.client.stdio import stdio_client
-from mcp.types import CallToolResult
+
+from oneiric_session import mcp_compat
+from oneiric_session.mcp_compat import AnswerView
 
 SERVE = [sys.executable, "-m", "oneiric_session", "serve"]
 
@@ -72,12 +72,12 @@ def end_event(session_id: str, **overrides: Any) -> dict[str, Any]:
     return event
 
 
-def text_of(result: CallToolResult) -> str:
+def text_of(result: AnswerView) -> str:
     assert len(result.content) == 1, result.content
     return result.content[0].text  # type: ignore[union-attr]
 
 
-def structured_answer(result: CallToolResult) -> dict[str, Any]:
+def structured_answer(result: AnswerView) -> dict[str, Any]:
     """The answer dict, after checking it came as the real server sends it: both forms, equal."""
     assert not result.is_error, text_of(result)
     assert result.structured_content is not None
@@ -88,15 +88,19 @@ def structured_answer(result: CallToolResult) -> dict[str, Any]:
 class ServerConnection:
     """One open MCP session to a server, callable from synchronous code."""
 
-    def __init__(self, portal: BlockingPortal, client: Client) -> None:
+    def __init__(self, portal: BlockingPortal, client: mcp_compat.ClientHandle) -> None:
         self._portal = portal
         self._client = client
 
-    def call(self, tool: str, arguments: dict[str, Any]) -> CallToolResult:
-        return self._portal.call(self._client.call_tool, tool, arguments)
+    def call(self, tool: str, arguments: dict[str, Any]) -> AnswerView:
+        """The SDK's own `call_tool` (it lists the tools first), its answer read on either SDK."""
+        return mcp_compat.answer_view(self._portal.call(self._client.call_tool, tool, arguments))
 
     def list_tools(self) -> Any:
         return self._portal.call(self._client.list_tools)
+
+    def input_schemas(self) -> dict[str, dict[str, Any]]:
+        return {tool.name: mcp_compat.tool_input_schema(tool) for tool in self.list_tools().tools}
 
 
 @contextmanager
@@ -112,13 +116,12 @@ def connect(
     with ExitStack() as stack:
         portal = stack.enter_context(start_blocking_portal())
         if url is not None:
-            client = Client(url)
+            transport = mcp_compat.http_transport(url)
         else:
             assert db is not None
-            params = StdioServerParameters(
-                command=SERVE[0], args=[*SERVE[1:], "--db", str(db)], env=isolated_env(home, env)
-            )
             err = stack.enter_context(open(errlog or home / "server.stderr", "a"))
-            client = Client(stdio_client(params, errlog=err))
-        stack.enter_context(portal.wrap_async_context_manager(client))
+            transport = mcp_compat.stdio_transport(
+                SERVE[0], [*SERVE[1:], "--db", str(db)], env=isolated_env(home, env), errlog=err
+            )
+        client = stack.enter_context(portal.wrap_async_context_manager(mcp_compat.open_client(transport)))
         yield ServerConnection(portal, client)
