@@ -29,8 +29,9 @@ sid_root=$(bash "$scripts/sid-root.sh" | sed -n 's/^ONEIRIC_SESSION_SID_ROOT=//p
 export ONEIRIC_SESSION_SID_ROOT=$sid_root
 host() { echo "$sid_root$1"; } # a path inside the root, seen from the host
 in_sid() { bash "$scripts/in-sid.sh" "$@"; }
-# --no-compile: bytecode is written on first import, for what is imported (these trees are ~1 GB).
-pip_in() { in_sid "$1/bin/python" -m pip install --quiet --disable-pip-version-check --no-compile "${@:2}" >&2; }
+# Bytecode is compiled at install (pip's default): where PYTHONDONTWRITEBYTECODE is set, nothing
+# would be cached later, and every import of Oneiric would compile it again (seconds each).
+pip_in() { in_sid "$1/bin/python" -m pip install --quiet --disable-pip-version-check "${@:2}" >&2; }
 
 stamp_of() { cat "$@" | sha256sum | cut -c1-12; }
 installed_version() {
