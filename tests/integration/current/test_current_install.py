@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,7 @@ def builds(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Built
     wheels = root / "wheel"
     subprocess.run(
         [
-            python,
+            sys.executable,  # Debian's python3.14 has no pip module; a venv's has
             "-m",
             "pip",
             "wheel",
