@@ -84,7 +84,9 @@ one: mappings merge key by key, lists and plain values are replaced.
 1. The defaults (below).
 2. Oneiric's own configuration, so a selection made for Oneiric is seen here too: the
    `adapters:` section of `settings/oneiric.yaml` (or `oneiric.yml`), then of
-   `settings/local.yaml`, then of the one file `${sources.ONEIRIC_CONFIG_ENV}` names (YAML, JSON or
+   `settings/local.yaml`, then of the user's `$XDG_CONFIG_HOME/oneiric/config.yaml` and `local.yaml`
+   (default `~/.config/oneiric/`, where Oneiric 0.33 reads its settings), then of the one file
+   `${sources.ONEIRIC_CONFIG_ENV}` names (YAML, JSON or
    TOML). As in Oneiric, `${sources.ONEIRIC_CONFIG_ENV}` names a file, never a directory.
 3. `settings/adapters.yml` (or `adapters.yaml`), this project's own file.
 4. The environment: Oneiric's `{sources.ONEIRIC_SELECTION_ENV}` (the provider) and

@@ -103,3 +103,9 @@ ensure_project "$base/oneiric-0.17.0-$on_hash"
 
 echo "SESSION_BUDDY_PYTHON=$base/session-buddy-0.23.0-$sb_hash/bin/python"
 echo "ONEIRIC_PYTHON=$base/oneiric-0.17.0-$on_hash/bin/python"
+
+# Python 3.14 in a Debian sid root, with Session-Buddy 0.36.0, Oneiric 0.33.3 and the suite's
+# venv (scripts/real-envs-current.sh); ONEIRIC_SESSION_PY314=0 leaves it out.
+if [[ ${ONEIRIC_SESSION_PY314:-1} != 0 ]]; then
+    bash "$repo/scripts/real-envs-current.sh"
+fi

@@ -23,7 +23,7 @@ class Setup:
         self.root = root
         self.dir = root / "settings"
         self.dir.mkdir()
-        self.env: dict[str, str] = {}
+        self.env: dict[str, str] = {"XDG_CONFIG_HOME": str(root / "xdg-config")}
         self.overrides: dict[str, Any] = {}
 
     def write(self, name: str, data: Any) -> Path:
@@ -82,6 +82,16 @@ def _set_argument(s: Setup, name: str, value: Any) -> str:
 LAYERS: list[tuple[str, Callable[[Setup, str], str], Callable[[Setup, int], str] | None]] = [
     ("oneiric.yaml", _oneiric_file("oneiric.yaml"), _oneiric_file_attempts("oneiric.yaml")),
     ("local.yaml", _oneiric_file("local.yaml"), _oneiric_file_attempts("local.yaml")),
+    (
+        "$XDG_CONFIG_HOME/oneiric/config.yaml",
+        _oneiric_file("xdg-config/oneiric/config.yaml"),
+        _oneiric_file_attempts("xdg-config/oneiric/config.yaml"),
+    ),
+    (
+        "$XDG_CONFIG_HOME/oneiric/local.yaml",
+        _oneiric_file("xdg-config/oneiric/local.yaml"),
+        _oneiric_file_attempts("xdg-config/oneiric/local.yaml"),
+    ),
     (
         "$ONEIRIC_CONFIG",
         lambda s, v: _config_env(s, oneiric_shape(v)),
@@ -301,3 +311,11 @@ def test_dotted_and_nested_arguments(tmp_path: Path) -> None:
     config = setup.load()
     assert (config.settings.retry.attempts, config.settings.breaker.threshold) == (2, 9)
     assert config.sources["breaker.threshold"] == "argument"
+
+
+def test_oneirics_user_config_falls_back_to_home(tmp_path: Path) -> None:
+    """Oneiric 0.33 reads ~/.config/oneiric/ when XDG_CONFIG_HOME is unset; so do we."""
+    setup = Setup(tmp_path)
+    setup.env = {"HOME": str(tmp_path / "home")}
+    path = setup.write("home/.config/oneiric/config.yaml", oneiric_shape("memory"))
+    assert setup.read().selection() == ("memory", f"file:{path}")

@@ -167,6 +167,8 @@ def resolve_settings_dir(settings_dir: str | os.PathLike[str] | None, environ: M
 def oneiric_files(directory: Path, environ: Mapping[str, str]) -> list[Path]:
     """Oneiric's own settings files, lowest precedence first (each may be absent)."""
     files = [directory / "oneiric.yaml", directory / "oneiric.yml", directory / "local.yaml"]
+    # Oneiric 0.33 reads the user's files above the project's ($XDG_CONFIG_HOME, else ~/.config).
+    files += [user / "config.yaml", user / "local.yaml"] if (user := oneiric_user_dir(environ)) else []
     config_file = environ.get(ONEIRIC_CONFIG_ENV)
     if config_file:
         # In Oneiric this variable names one file, never a directory.
@@ -177,6 +179,14 @@ def oneiric_files(directory: Path, environ: Mapping[str, str]) -> list[Path]:
             )
         files.append(path)
     return files
+
+
+def oneiric_user_dir(environ: Mapping[str, str]) -> Path | None:
+    """Oneiric's per-user settings directory, `$XDG_CONFIG_HOME/oneiric` (else `$HOME/.config/oneiric`)."""
+    base = environ.get("XDG_CONFIG_HOME") or (
+        str(Path(environ["HOME"]) / ".config") if environ.get("HOME") else None
+    )
+    return Path(base).expanduser().absolute() / "oneiric" if base else None
 
 
 def adapters_files(directory: Path) -> list[Path]:
