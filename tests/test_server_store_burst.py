@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from test_server_store import new_session
+from tests.test_server_store import new_session
 
 from oneiric_session.server.store import SessionStore
 
