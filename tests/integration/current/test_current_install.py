@@ -122,6 +122,7 @@ def assert_check_passes(venv: Path, root: Path) -> None:
 
 
 def assert_oneiric_runs(venv: Path, root: Path) -> None:
+    root.mkdir()
     env = isolated_env(root)
     imported = subprocess.run(
         [str(venv / "bin" / "python"), "-c", ONEIRIC_IMPORTS],
