@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     import socket
     import subprocess
 
+    from oneiric_session.spool import Spool
+
 # The child reads the tokens from this variable and removes it from its environment.
 # (And the secret server.env values, destination key -> {name: value}, from SECRETS_ENV.)
 SECRETS_ENV = "ONEIRIC_SESSION_AGENT_SECRETS"
@@ -397,8 +399,11 @@ class AgentLock:
     The lock file is opened without following symlinks and must be ours.
     """
 
-    def __init__(self, spool_path: Path) -> None:
+    def __init__(self, spool_path: Path, spool: Spool | None = None) -> None:
         self.spool_path = Path(spool_path)
+        # The claim is written through the holder's own connection when it has one: a short-lived
+        # second connection to the spool in the agent's process left shells reading a stale WAL.
+        self._spool = spool
         self.path = lock_path(self.spool_path)
         self._fd: int | None = None
         self._owner: str | None = None
@@ -466,13 +471,14 @@ class AgentLock:
                 return False  # our own stale claim (an earlier lock of this process)
             return procinfo.is_alive(pid, other.get("start_time"), other.get("boot_id"))
 
-        spool = Spool(self.spool_path, durable=False)
+        spool = self._spool or Spool(self.spool_path, durable=False, checkpoint_on_close=False)
         try:
             claimed = spool.claim_agent(owner, alive)
         except SpoolError as exc:
             raise OSError(str(exc)) from exc
         finally:
-            spool.close()
+            if spool is not self._spool:
+                spool.close()
         if claimed:
             self._owner = owner
         return claimed
@@ -484,10 +490,11 @@ class AgentLock:
             from oneiric_session.errors import SpoolError
             from oneiric_session.spool import Spool
 
-            spool = Spool(self.spool_path, durable=False)
+            spool = self._spool or Spool(self.spool_path, durable=False, checkpoint_on_close=False)
             with contextlib.suppress(SpoolError):
                 spool.release_agent(self._owner)
-            spool.close()
+            if spool is not self._spool:
+                spool.close()
             self._owner = None
         fd, self._fd = self._fd, None
         os.close(fd)  # closing the descriptor drops the flock

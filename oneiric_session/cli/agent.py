@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from oneiric_session.config.loader import LoadedConfig
+    from oneiric_session.spool import Spool
     from oneiric_session.wakeup import AgentLock
 
 # The agent's log, next to the spool: small, rotated once (it holds no token, only messages).
@@ -149,7 +150,12 @@ def run(args: argparse.Namespace) -> int:
             refused,
         )
         return 1
-    lock = wakeup.AgentLock(spool_path)
+    from oneiric_session.spool import Spool
+
+    # The agent's one connection (as agent.uncapped_spool, without importing the delivery code
+    # before the lock): the lock's claim goes through it.
+    spool = Spool(spool_path, max_rows=2**62, max_bytes=2**62, max_age_seconds=float("inf"), durable=False)
+    lock = wakeup.AgentLock(spool_path, spool)
     try:
         acquired = lock.acquire()
     except OSError as exc:
@@ -174,9 +180,10 @@ def run(args: argparse.Namespace) -> int:
             tokens = {config.destination().key: token, **tokens}
         if config is not None and config.destination().secrets():
             secrets = {config.destination().key: config.destination().secrets(), **secrets}
-        return serve(spool_path, lock, tokens=tokens, idle_exit_seconds=idle, secrets=secrets)
+        return serve(spool_path, lock, tokens=tokens, idle_exit_seconds=idle, secrets=secrets, spool=spool)
     finally:
         lock.release()
+        spool.close()
 
 
 def _load_config(settings_dir: str | None) -> LoadedConfig:
@@ -192,6 +199,7 @@ def serve(
     tokens: dict[str, str],
     idle_exit_seconds: float,
     secrets: dict[str, dict[str, str]] | None = None,
+    spool: Spool | None = None,
 ) -> int:
     """Run the agent here, holding `lock`, until idle."""
     import asyncio
@@ -200,7 +208,7 @@ def serve(
     from oneiric_session.agent import DeliveryAgent, run_agent, uncapped_spool
 
     log = logging.getLogger("oneiric_session.agent")
-    spool = uncapped_spool(spool_path)
+    spool = spool or uncapped_spool(spool_path)
     agent = DeliveryAgent(spool, tokens=tokens, secrets=secrets, idle_exit_seconds=idle_exit_seconds)
     log.info("agent %d serving %s", os.getpid(), spool_path)
     try:

@@ -108,11 +108,11 @@ def run_list(args: argparse.Namespace) -> int:
     return status
 
 
-def _take_lock(path: Path, tokens: dict[str, str] | None) -> Any:
+def _take_lock(path: Path, tokens: dict[str, str] | None, spool: Spool | None = None) -> Any:
     """The agent lock, asking a running agent to step aside first; None if it would not."""
     from oneiric_session import wakeup
 
-    lock = wakeup.AgentLock(path)
+    lock = wakeup.AgentLock(path, spool)
     if lock.acquire():
         return lock
     wakeup.wake(path, tokens=tokens, handover=True)
@@ -148,15 +148,16 @@ def run_replay(args: argparse.Namespace) -> int:
             f"spool {path} refused: {refused}, so another user could have written it (its launch lines "
             "would run as you); set spool.path to a directory only you can write"
         )
-    lock = _take_lock(path, tokens)
+    spool = uncapped_spool(path)  # one connection, the lock's claim included
+    lock = _take_lock(path, tokens, spool)
     if lock is None:
+        spool.close()
         print(
             f"oneiric-session: the delivery agent of {path} did not step aside within "
             f"{HANDOVER_SECONDS:g} s; try again",
             file=sys.stderr,
         )
         return 1
-    spool = uncapped_spool(path)
     try:
         if args.dead:
             spool.requeue_dead()
