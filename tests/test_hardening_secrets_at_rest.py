@@ -28,8 +28,10 @@ def snapshot(directory: Path) -> dict[str, tuple[int, str]]:
 @pytest.mark.parametrize("command", [["status", "--json"], ["spool", "list", "--json"]])
 @pytest.mark.hardening(
     item=17,
-    fault="`status` / `spool list` with spool.path naming a foreign SQLite file (the bundled server's database)",
-    outcome="the file is left as it was (no *.corrupt-* rename, no spool created in its place); a clear message",
+    fault="`status` / `spool list` with spool.path naming a foreign SQLite file "
+    "(the bundled server's database)",
+    outcome="the file is left as it was (no *.corrupt-* rename, no spool created in its place); "
+    "a clear message",
 )
 def test_read_only_commands_never_move_a_file_they_did_not_create(tmp_path: Path, command: list[str]) -> None:
     scene = Scene(tmp_path)
