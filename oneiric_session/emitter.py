@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 from oneiric_session.tracker import Tracker
@@ -44,7 +44,7 @@ class SessionEventEmitter:
         session_buddy_path: str | None = None,
         *,
         tracker: Tracker | None = None,
-        settings_dir: str | Path | None = None,
+        settings_dir: str | os.PathLike[str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.component_name = component_name

@@ -19,12 +19,13 @@ Imported only by the agent, `check`, `serve` and the bundled server: never by th
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from mcp.shared.message import SessionMessage
 
@@ -63,14 +64,18 @@ MCP_MAJOR = int(MCP_VERSION.split(".", 1)[0])
 # The oldest releases of each major that the test suite runs against (scripts/test).
 TESTED_LOWEST = {1: "1.30.0", 2: "2.3.0"}
 
+# mypy sees one installed major: 1.x's modules and names are reached through importlib (untyped
+# handles), and 2.x's imports carry `ignore[..., unused-ignore]` for a check against the 1.x tree.
 if MCP_MAJOR >= 2:
-    import httpx2 as _httpx
-    import mcp_types as types
-    from mcp.shared.exceptions import MCPError
+    import httpx2 as _httpx  # type: ignore[import-not-found, unused-ignore]  # 2.x only
+    import mcp_types as types  # type: ignore[import-not-found, unused-ignore]  # 2.x only
 else:
-    import httpx as _httpx
-    from mcp import types
-    from mcp.shared.exceptions import McpError as MCPError
+    _httpx = importlib.import_module("httpx")
+    types = importlib.import_module("mcp.types")
+# `types` as an untyped handle, for the lines that run on 1.x only and use its camelCase API.
+_types_1x: Any = types
+_exceptions: Any = importlib.import_module("mcp.shared.exceptions")
+MCPError: type[Exception] = _exceptions.MCPError if MCP_MAJOR >= 2 else _exceptions.McpError
 
 # The httpx the installed SDK speaks HTTP with (2.x: httpx2, 1.x: httpx).
 httpx = _httpx
@@ -96,17 +101,23 @@ def answer_view(result: Any) -> AnswerView:
     return AnswerView(bool(result.isError), result.structuredContent, list(result.content or ()))
 
 
-def tool_result(text: str, *, structured: dict[str, Any] | None = None, is_error: bool = False) -> Any:
+def tool_result(
+    text: str, *, structured: dict[str, Any] | None = None, is_error: bool = False
+) -> types.CallToolResult:
     """A CallToolResult with one text block (and structured content, when given)."""
-    content = [types.TextContent(type="text", text=text)]
+    content: list[Any] = [types.TextContent(type="text", text=text)]
     if MCP_MAJOR >= 2:
         return types.CallToolResult(content=content, structured_content=structured, is_error=is_error)
-    return types.CallToolResult(content=content, structuredContent=structured, isError=is_error)
+    result: types.CallToolResult = _types_1x.CallToolResult(
+        content=content, structuredContent=structured, isError=is_error
+    )
+    return result
 
 
 def tool_input_schema(tool: Any) -> dict[str, Any]:
     """A listed tool's input schema (`input_schema` on 2.x, `inputSchema` on 1.x)."""
-    return tool.input_schema if MCP_MAJOR >= 2 else tool.inputSchema
+    schema: dict[str, Any] = tool.input_schema if MCP_MAJOR >= 2 else tool.inputSchema
+    return schema
 
 
 def error_code(exc: BaseException) -> int:
@@ -121,7 +132,7 @@ def jsonrpc_error(request_id: Any, code: int, message: str) -> SessionMessage:
     """A JSON-RPC error answer to `request_id`, ready to write to a stream."""
     data = types.ErrorData(code=code, message=message)
     error = types.JSONRPCError(jsonrpc="2.0", id=request_id, error=data)
-    return SessionMessage(error if MCP_MAJOR >= 2 else types.JSONRPCMessage(error))
+    return SessionMessage(error if MCP_MAJOR >= 2 else _types_1x.JSONRPCMessage(error))
 
 
 def raw_message(item: Any) -> Any:
@@ -134,7 +145,7 @@ def parse_message(line: bytes) -> SessionMessage:
     """One JSON-RPC message from one line of JSON; ValueError (pydantic's) if it is not one."""
     if MCP_MAJOR >= 2:
         return SessionMessage(types.jsonrpc_message_adapter.validate_json(line, by_name=False))
-    return SessionMessage(types.JSONRPCMessage.model_validate_json(line))
+    return SessionMessage(_types_1x.JSONRPCMessage.model_validate_json(line))
 
 
 def dump_message(item: SessionMessage) -> str:
@@ -158,7 +169,7 @@ class ClientHandle:
         params = types.CallToolRequestParams(name=tool, arguments=arguments)
         request: Any = types.CallToolRequest(params=params)
         if MCP_MAJOR < 2:
-            request = types.ClientRequest(request)
+            request = _types_1x.ClientRequest(request)
         return await self._session.send_request(request, types.CallToolResult)
 
     async def call_tool(self, tool: str, arguments: dict[str, Any]) -> Any:
@@ -176,7 +187,7 @@ async def open_client(transport: Any, *, client_info: Any | None = None) -> Asyn
     probe costs a round trip and some servers answer it by failing).
     """
     if MCP_MAJOR >= 2:
-        from mcp import Client
+        from mcp import Client  # type: ignore[attr-defined, unused-ignore]  # 2.x only
 
         async with Client(transport, mode="legacy", cache=None, client_info=client_info) as client:
             yield ClientHandle(client.session, client, server_info=client.server_info)
@@ -186,7 +197,7 @@ async def open_client(transport: Any, *, client_info: Any | None = None) -> Asyn
     async with transport as streams:
         read_stream, write_stream = streams[0], streams[1]
         async with ClientSession(read_stream, write_stream, client_info=client_info) as session:
-            initialized = await session.initialize()
+            initialized: Any = await session.initialize()  # 1.x's InitializeResult (camelCase)
             yield ClientHandle(session, server_info=initialized.serverInfo)
 
 
@@ -203,14 +214,14 @@ async def http_transport(url: str, *, http_client: Any = None) -> AsyncIterator[
 async def in_memory_client(server: Any) -> AsyncIterator[ClientHandle]:
     """A session to `server` in this process, over memory streams (tests)."""
     if MCP_MAJOR >= 2:
-        from mcp import Client
+        from mcp import Client  # type: ignore[attr-defined, unused-ignore]  # 2.x only
 
         async with Client(server) as client:
             yield ClientHandle(client.session, client)
         return
-    from mcp.shared.memory import create_connected_server_and_client_session
+    memory: Any = importlib.import_module("mcp.shared.memory")  # 1.x only
 
-    async with create_connected_server_and_client_session(server._mcp_server) as session:
+    async with memory.create_connected_server_and_client_session(server._mcp_server) as session:
         yield ClientHandle(session)
 
 
@@ -248,10 +259,11 @@ if MCP_MAJOR < 2:
 def tool_from_function(fn: Callable[..., Any]) -> Any:
     """The SDK's Tool for `fn` (its `fn_metadata.arg_model` and `parameters` may be replaced)."""
     if MCP_MAJOR >= 2:
-        from mcp.server.mcpserver.tools import Tool
+        from mcp.server.mcpserver.tools import Tool  # type: ignore[import-not-found, unused-ignore]  # 2.x only
+
+        tool = Tool.from_function(fn)
     else:
-        from mcp.server.fastmcp.tools import Tool
-    tool = Tool.from_function(fn)
+        tool = importlib.import_module("mcp.server.fastmcp.tools").Tool.from_function(fn)  # 1.x only
     if MCP_MAJOR < 2 and tool.fn_metadata.output_model is not None:
         # 1.x validates a returned CallToolResult's structuredContent against the output
         # model, so a refusal (isError, no structured content) would fail as None; 2.x does
@@ -262,14 +274,16 @@ def tool_from_function(fn: Callable[..., Any]) -> Any:
     return tool
 
 
-def new_server(name: str, *, version: str, instructions: str, log_level: str, tools: list[Any]) -> Any:
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+def new_server(name: str, *, version: str, instructions: str, log_level: LogLevel, tools: list[Any]) -> Any:
     if MCP_MAJOR >= 2:
-        from mcp.server.mcpserver import MCPServer
+        from mcp.server.mcpserver import MCPServer  # type: ignore[import-not-found, unused-ignore]  # 2.x only
 
         return MCPServer(name, version=version, instructions=instructions, log_level=log_level, tools=tools)
-    from mcp.server.fastmcp import FastMCP
-
-    server = FastMCP(name, instructions=instructions, log_level=log_level, tools=tools)
+    fastmcp: Any = importlib.import_module("mcp.server.fastmcp")  # 1.x only
+    server = fastmcp.FastMCP(name, instructions=instructions, log_level=log_level, tools=tools)
     server._mcp_server.version = version
     return server
 

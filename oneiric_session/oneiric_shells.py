@@ -229,7 +229,7 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
         if fullname != SHELL_MODULE:
             return None
         try:
-            spec = None
+            spec: importlib.machinery.ModuleSpec | None = None
             for finder in sys.meta_path:
                 find = getattr(finder, "find_spec", None)
                 if finder is self or find is None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from oneiric_session.spool import Spool, SpooledEvent
@@ -108,7 +108,7 @@ async def drain(
     due: float | None,
     stopping: Callable[[], bool],
     prepare: Callable[[SpooledEvent], Any | None],
-    deliver: Callable[[SpooledEvent, Any, Acknowledgements], Awaitable[bool]],
+    deliver: Callable[[SpooledEvent, Any, Acknowledgements], Coroutine[Any, Any, bool]],
     window: Callable[[Any, SpooledEvent], int],
 ) -> None:
     """Deliver `key`'s due rows oldest first, up to `window(state, row)` in flight, until none is

@@ -102,7 +102,7 @@ def abandon(conn: sqlite3.Connection, path: os.PathLike[str] | str) -> None:
     try:
         import fcntl
 
-        ofd_setlk = fcntl.F_OFD_SETLK  # type: ignore[attr-defined]
+        ofd_setlk = fcntl.F_OFD_SETLK  # type: ignore[attr-defined, unused-ignore]  # Linux only: typeshed may lack it
     except (ImportError, AttributeError):
         _ABANDONED.append(conn)  # not Linux: never closed, never used
         return

@@ -594,7 +594,7 @@ class WakeupListener:
         """Read every waiting wake-up, merged: how many, the newest token per key, any handover."""
         count, handover = 0, False
         tokens: dict[str, str] = {}
-        secrets: dict[str, dict[str, str]] = {}
+        secrets: dict[str, Mapping[str, str]] = {}
         while self._sock is not None:
             received = self._receive()
             if received is None:

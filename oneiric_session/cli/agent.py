@@ -114,9 +114,11 @@ def run(args: argparse.Namespace) -> int:
             spool_path = config.spool_path()
         token = config_token(config)
         tokens = {config.destination().key: token} if config is not None and token else None
-        secrets = config.destination().secrets() if config is not None else {}
+        own_secrets = config.destination().secrets() if config is not None else {}
         result = wakeup.wake_or_spawn(
-            spool_path, tokens=tokens, secrets={config.destination().key: secrets} if secrets else None
+            spool_path,
+            tokens=tokens,
+            secrets={config.destination().key: own_secrets} if config is not None and own_secrets else None,
         )
         print(f"delivery agent for {spool_path}: {'already running' if result == 'woken' else result}")
         return 0 if result != "failed" else 1

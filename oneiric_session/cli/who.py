@@ -300,7 +300,7 @@ def _idle_seconds(args: argparse.Namespace, sessions: list[dict[str, Any]], now:
         if not path.exists():
             return
         with Spool(path) as spool:
-            seen = {
+            seen: dict[tuple[object, object], float] = {
                 (s.server_session_id, s.pid): s.last_seen_alive
                 for s in spool.open_sessions()
                 if s.server_session_id is not None
@@ -386,6 +386,7 @@ def fit(
         del widths[optional]
         shrink = [i - (i > optional) for i in shrink if i != optional]
         last = [i - (i > optional) for i in last or [] if i != optional]
+    last = last or []  # (None: no `last` columns)
     # First no column narrower than its header; on a very narrow terminal, headers are cut too.
     passes = ({i: max(_MIN_WIDTH, len(header[i])) for i in shrink}, dict.fromkeys(shrink + last, _MIN_WIDTH))
     for floors in passes:

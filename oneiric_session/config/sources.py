@@ -315,7 +315,9 @@ def _parse_yaml(text: str, path: Path) -> Any:
 def _bounded_loader(yaml: Any) -> Any:
     """A SafeLoader that stops merge keys from expanding past MAX_SETTINGS_NODES (a merge-key bomb)."""
 
-    class BoundedLoader(yaml.SafeLoader):
+    from yaml import SafeLoader  # (the caller's `yaml`, already imported: typed, unlike the parameter)
+
+    class BoundedLoader(SafeLoader):
         budget = MAX_SETTINGS_NODES
 
         def flatten_mapping(self, node: Any) -> None:

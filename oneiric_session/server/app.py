@@ -13,7 +13,7 @@ from oneiric_session.server.store import SessionStore
 from oneiric_session.server.tools import SessionTools
 
 if TYPE_CHECKING:
-    from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase
+    from mcp.server.mcpserver.utilities.func_metadata import ArgModelBase  # type: ignore[import-not-found, unused-ignore]  # 2.x only
 
 SERVER_NAME = "oneiric-session"
 INSTRUCTIONS = (
@@ -43,7 +43,9 @@ def strict_tool(fn: Callable[..., Any]) -> Any:
 def read_only(tool: Any) -> Any:
     """Marked read-only for clients that show tool annotations (it writes nothing)."""
     # By the wire names: the same spelling is accepted by every SDK version's model.
-    tool.annotations = mcp.types.ToolAnnotations.model_validate({"readOnlyHint": True, "idempotentHint": True})
+    tool.annotations = mcp.types.ToolAnnotations.model_validate(
+        {"readOnlyHint": True, "idempotentHint": True}
+    )
     return tool
 
 

@@ -33,12 +33,12 @@ logger = logging.getLogger(__name__)
 Answer = Annotated[types.CallToolResult, dict[str, Any]]
 
 
-def answer(payload: dict[str, Any]) -> Any:
+def answer(payload: dict[str, Any]) -> Answer:
     text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     return tool_result(text, structured=payload)
 
 
-def refusal(message: str) -> Any:
+def refusal(message: str) -> Answer:
     return tool_result(message, is_error=True)
 
 
@@ -76,7 +76,7 @@ class SessionTools:
         self._store = store
         self._verifier = verifier
 
-    def _refused(self, token: str | None) -> Any:
+    def _refused(self, token: str | None) -> Answer | None:
         if self._verifier is None:
             return None
         message = self._verifier.failure(token)

@@ -24,7 +24,7 @@ from oneiric_session.mcp_compat import httpx
 __all__ = ["AnswerTooLargeError", "BoundedHttp"]
 
 
-class AnswerTooLargeError(httpx.StreamError):
+class AnswerTooLargeError(httpx.StreamError):  # type: ignore[misc, unused-ignore]  # mypy on 1.x: httpx is Any there
     """One HTTP response body from the server went past the size limit."""
 
 
@@ -40,7 +40,7 @@ _FILTER = _QuietTooLarge()
 logging.getLogger("mcp.client.streamable_http").addFilter(_FILTER)
 
 
-class _BoundedStream(httpx.AsyncByteStream):
+class _BoundedStream(httpx.AsyncByteStream):  # type: ignore[misc, unused-ignore]  # mypy on 1.x: httpx is Any there
     def __init__(self, inner: httpx.AsyncByteStream, owner: BoundedHttp) -> None:
         self._inner = inner
         self._owner = owner
@@ -57,7 +57,7 @@ class _BoundedStream(httpx.AsyncByteStream):
         await self._inner.aclose()
 
 
-class _BoundedTransport(httpx.AsyncBaseTransport):
+class _BoundedTransport(httpx.AsyncBaseTransport):  # type: ignore[misc, unused-ignore]  # mypy on 1.x: httpx is Any there
     def __init__(self, inner: httpx.AsyncBaseTransport, owner: BoundedHttp) -> None:
         self._inner = inner
         self._owner = owner
