@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from tests.test_server_store import new_session
-
 from oneiric_session.server.store import SessionStore
+from tests.test_server_store import new_session
 
 
 def test_a_burst_in_one_second_costs_a_few_queries_per_start_not_one_per_session(tmp_path: Path) -> None:
