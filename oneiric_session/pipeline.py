@@ -114,6 +114,10 @@ async def drain(
     """Deliver `key`'s due rows oldest first, up to `window(state, row)` in flight, until none is
     left or a transient failure makes the destination back off.
 
+    Once `stopping()` is true no new call is sent, and the calls in flight are waited for and
+    their answers committed (a handover to `spool replay` must not leave a sent call unanswered,
+    or the replay sends it again); the caller bounds that wait by cancelling this task.
+
     `prepare(row)` returns the destination's delivery state, or None when the row was dealt with
     (an unknown destination: dead letter); `deliver(row, state, acks)` sends one row, records a
     success in `acks`, and returns False on a transient failure (as `DeliveryAgent._deliver`).
@@ -124,7 +128,7 @@ async def drain(
     exhausted = False  # the last fetch found nothing new: fetch again only after an answer
     backing_off = False
     try:
-        while not stopping():
+        while True:
             while not backing_off and not stopping():
                 if not candidates and not exhausted:
                     acks.commit()  # so ends whose starts were just answered become deliverable

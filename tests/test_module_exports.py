@@ -22,7 +22,11 @@ PACKAGE = Path(oneiric_session.__file__).resolve().parent
 REPO = Path(__file__).resolve().parents[1]  # the checkout, whichever copy of the package is imported
 # Exported for callers outside this repository: the types of public results and the wire's constants.
 PUBLIC_UNUSED = {
-    "oneiric_session": {"ConfigError"},  # the package's lazy names
+    "oneiric_session": {"ConfigError", "activate_oneiric"},  # the package's lazy names; the activation call
+    "oneiric_session.oneiric_shells": {"is_active"},
+    "oneiric_session.pipeline": {"ACK_BATCH_ROWS", "PIPELINE_SAFE_SERVERS"},
+    "oneiric_session.transport.answers": {"MAX_SESSION_ID_CHARS"},
+    "oneiric_session.transport.bounded_http": {"AnswerTooLargeError"},
     "oneiric_session.config": {"LoadedConfig", "SessionBuddySettings"},
     "oneiric_session.agent": {"ABNORMAL_EXIT_REASON", "ReplayResult"},
     "oneiric_session.config.shell_view": {"CACHE_DIR_NAME"},
