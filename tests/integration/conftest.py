@@ -143,5 +143,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         names = getattr(item, "fixturenames", ())
         if "session_buddy_python" in names:
             item.add_marker(pytest.mark.real_session_buddy)
-        if "oneiric_python" in names:
+        # (oneiric_env picks its release's Python through getfixturevalue: named here too)
+        if "oneiric_python" in names or "oneiric_env" in names:
             item.add_marker(pytest.mark.real_oneiric)
