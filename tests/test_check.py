@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.faults import FAULT_SERVER, isolated_env
+from tests.support.faults import fault_server_env, isolated_env
 
 TOKEN = "tok-check-secret-value"
 
@@ -29,14 +29,6 @@ def run_check(
         timeout=60,
         cwd=tmp_path,
     )
-
-
-def fault_server_env(modes: str) -> dict[str, str]:
-    return {
-        "ONEIRIC_SESSION_SERVER__COMMAND": sys.executable,
-        "ONEIRIC_SESSION_SERVER__ARGS": json.dumps([FAULT_SERVER]),
-        "ONEIRIC_SESSION_SERVER__ENV": json.dumps({"FAULT_MODE": modes}),
-    }
 
 
 def test_with_no_configuration_the_bundled_server_answers(tmp_path: Path) -> None:

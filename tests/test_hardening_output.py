@@ -19,7 +19,7 @@ from oneiric_session.agent import DeliveryAgent
 from oneiric_session.events import build_start_event
 from oneiric_session.limits import Limits
 from oneiric_session.spool import Spool
-from tests.support.faults import FAULT_SERVER, fault_destination, isolated_env
+from tests.support.faults import fault_destination, fault_server_env, isolated_env
 from tests.support.server_process import connect, end_event, start_event
 
 # What must never reach a terminal from someone else's text.
@@ -45,14 +45,6 @@ def cli(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subpro
         timeout=120,
         cwd=tmp_path,
     )
-
-
-def fault_server_env(modes: str) -> dict[str, str]:
-    return {
-        "ONEIRIC_SESSION_SERVER__COMMAND": sys.executable,
-        "ONEIRIC_SESSION_SERVER__ARGS": json.dumps([FAULT_SERVER]),
-        "ONEIRIC_SESSION_SERVER__ENV": json.dumps({"FAULT_MODE": modes}),
-    }
 
 
 @pytest.mark.hardening(

@@ -47,7 +47,7 @@ HOSTILE_SHELL = textwrap.dedent(
 
     class SleepyRepr:
         def __repr__(self):
-            time.sleep(30)
+            time.sleep(30)  # sleep-ok: the hostile repr that start() must not wait for
             return "late"
 
     tracker = create(None)
@@ -164,7 +164,7 @@ SLOW_END_SHELL = textwrap.dedent(
         exit_wait_seconds = 60.0
         def start(self, **_): return "local-slow"
         def end(self, handle, **_):
-            time.sleep(60)
+            time.sleep(60)  # sleep-ok: the slow end that Ctrl-C interrupts
             return True
         def health(self): return True
         def close(self): pass

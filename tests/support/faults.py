@@ -25,6 +25,15 @@ def isolated_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
+def fault_server_env(modes: str) -> dict[str, str]:
+    """`ONEIRIC_SESSION_SERVER__*` variables that make the configured server the fault server."""
+    return {
+        "ONEIRIC_SESSION_SERVER__COMMAND": sys.executable,
+        "ONEIRIC_SESSION_SERVER__ARGS": json.dumps([FAULT_SERVER]),
+        "ONEIRIC_SESSION_SERVER__ENV": json.dumps({"FAULT_MODE": modes}),
+    }
+
+
 def fault_destination(
     tmp_path: Path, modes: str = "", *, env: dict[str, str] | None = None, **tuning: Any
 ) -> Destination:
