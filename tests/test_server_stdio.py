@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from oneiric_session.server.store import SessionStore
+from tests.support.delivery import wait_until
 from tests.support.server_process import (
     SERVE,
     ServerConnection,
@@ -321,6 +322,16 @@ def _spawn(home: Path, db: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def _blocked_signals_per_thread(pid: int) -> dict[int, set[int]]:
+    """Each thread's blocked signals, from the SigBlk mask in /proc/PID/task/TID/status."""
+    masks: dict[int, set[int]] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        status = (task / "status").read_text()
+        bits = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigBlk:")), 16)
+        masks[int(task.name)] = {signum for signum in range(1, 65) if bits >> (signum - 1) & 1}
+    return masks
+
+
 def _initialize(process: subprocess.Popen[bytes]) -> dict[str, object]:
     assert process.stdin is not None and process.stdout is not None
     process.stdin.write(json.dumps(INITIALIZE).encode() + b"\n")
@@ -337,11 +348,27 @@ def test_stdin_close_ends_the_server_and_stdout_holds_only_json_rpc(tmp_path: Pa
     assert b"Traceback" not in stderr
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_termination_signal_ends_the_server_cleanly(tmp_path: Path, signum: int) -> None:
-    """Exit status 0 and no traceback, even while stdin stays open."""
+    """Exit status 0 and no traceback, even while stdin stays open, whichever thread the kernel picks.
+
+    A process-directed signal goes to any thread that does not block it. Before the fix the
+    SDK's stdin reader could take it; the main thread, asleep in epoll_wait(), then never ran
+    the handler and the server stayed up (seen once in CI on Python 3.14). Now every thread
+    blocks the exit signals but one, which waits for them in sigwait() (the kernel unblocks
+    them for a thread only while it waits there).
+    """
     process = _spawn(tmp_path, tmp_path / "s.sqlite3")
     _initialize(process)
+    exit_signals = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+
+    def takers() -> list[int]:
+        masks = _blocked_signals_per_thread(process.pid)
+        assert len(masks) >= 2, masks  # the main thread, the SDK's stdin reader, our waiter
+        return [tid for tid, blocked in masks.items() if not exit_signals & blocked]
+
+    thread_ids = wait_until(takers, what="a thread waiting for the exit signals")
+    assert len(thread_ids) == 1 and thread_ids[0] != process.pid, thread_ids
     process.send_signal(signum)
     try:
         process.wait(timeout=20)

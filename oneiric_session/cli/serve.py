@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -99,8 +100,11 @@ def run(args: argparse.Namespace) -> int:
     from oneiric_session.paths import default_server_db_path
     from oneiric_session.server.auth import TokenVerifier, secret_from_env
 
-    secret = secret_from_env(os.environ)
     bind = parse_bind(args.http) if args.http else None
+    if bind is None:
+        # First, while this is the only thread: every thread started later inherits the mask.
+        _block_exit_signals()
+    secret = secret_from_env(os.environ)
     if bind is not None:
         check_bind(bind, allow_remote=args.allow_remote, secret=secret)
     verifier = TokenVerifier(secret) if secret else None
@@ -111,7 +115,10 @@ def run(args: argparse.Namespace) -> int:
     from oneiric_session.server.app import build_server
 
     server = build_server(store, verifier=verifier)
-    _exit_on_signals(store)
+    if bind is None:
+        _wait_for_exit_signals(store)
+    else:
+        _exit_on_signals(store)
     try:
         if sock is None:
             server.run("stdio")
@@ -135,17 +142,47 @@ def _open_store(db_path: Path) -> SessionStore:
         raise ConfigError(f"cannot open the session database {db_path}: {exc}") from exc
 
 
-def _exit_on_signals(store: SessionStore) -> None:
-    """Exit 0 on SIGTERM/SIGINT/SIGHUP once no write is half done.
+def _leave(store: SessionStore) -> None:
+    """Close the store once no write is half done, and exit 0.
 
-    The SDK reads stdin on a worker thread that cannot be interrupted, so a graceful
-    unwind could wait for input forever; every answered event is already committed, so
-    closing the store and leaving at once loses nothing.
+    Every answered event is already committed, so leaving at once loses nothing; a graceful
+    unwind could wait forever for the SDK's stdin reader, a worker thread that cannot be
+    interrupted.
+    """
+    store.close(wait_seconds=SIGNAL_WRITE_WAIT_SECONDS)
+    os._exit(0)
+
+
+def _block_exit_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, EXIT_SIGNALS)
+
+
+def _wait_for_exit_signals(store: SessionStore) -> None:
+    """stdio: one thread takes SIGTERM/SIGINT/SIGHUP with sigwait(); every other thread blocks them.
+
+    A Python handler runs only when the main thread next executes bytecode. Here the main
+    thread waits in the event loop's epoll_wait(), which only a signal delivered to that very
+    thread interrupts; the kernel may hand a process-directed signal to any thread that does
+    not block it (the SDK's stdin reader), and the server then stayed up until its next input.
+    """
+
+    def wait() -> None:
+        signal.sigwait(EXIT_SIGNALS)
+        _leave(store)
+
+    threading.Thread(target=wait, name="oneiric-session-exit-signals", daemon=True).start()
+
+
+def _exit_on_signals(store: SessionStore) -> None:
+    """HTTP: a handler for SIGTERM/SIGINT/SIGHUP once uvicorn is done with them.
+
+    uvicorn captures these signals while it serves (a graceful shutdown, bounded by
+    HTTP_SHUTDOWN_SECONDS) and raises them again when it returns; its main loop wakes
+    every 0.1 s, so the handler runs whichever thread the kernel chose.
     """
 
     def leave(signum: int, frame: FrameType | None) -> None:
-        store.close(wait_seconds=SIGNAL_WRITE_WAIT_SECONDS)
-        os._exit(0)
+        _leave(store)
 
     for signum in EXIT_SIGNALS:
         signal.signal(signum, leave)
