@@ -63,10 +63,18 @@ remove_root() {
     rm -rf --one-file-system "$root"
 }
 
-# bind SRC [ro]: SRC at the same path inside the root, once.
+# Whether DST shows the very directory SRC is now (a bind mount has its inode); a mount of a
+# checkout that was deleted and cloned again at the same path shows the deleted one.
+same_inode() { [[ $(stat -c %d:%i "$1" 2>/dev/null) == "$(stat -c %d:%i "$2" 2>/dev/null)" ]]; }
+
+# bind SRC [ro]: SRC at the same path inside the root, once (again if the mount went stale).
 bind() {
     local src=$1 mode=${2:-rw} dst=$root$1
-    is_mounted "$dst" && return 0
+    if is_mounted "$dst"; then
+        same_inode "$src" "$dst" && return 0
+        log "re-mounting $src (the mount at $dst shows a directory since replaced)"
+        umount -R "$dst" 2>/dev/null || umount -R -l "$dst" || die "cannot unmount the stale $dst"
+    fi
     if [[ -d $src ]]; then mkdir -p "$dst"; else mkdir -p "$(dirname "$dst")" && touch "$dst"; fi
     mount --rbind "$src" "$dst"
     mount --make-rslave "$dst"
