@@ -16,8 +16,8 @@ root=${ONEIRIC_SESSION_SID_ROOT:-$base/sid-root}
 
 # Cheap check (one read of /proc/mounts) before the full, locked mount.
 mounted() {
-    awk -v p="$root/proc" -v t="$root/tmp" -v d="$root/dev" -v r="$root$repo" \
-        '$2 == p || $2 == t || $2 == d || $2 == r { n++ } END { exit !(n >= 4) }' /proc/mounts \
+    awk -v s="$root" -v p="$root/proc" -v t="$root/tmp" -v d="$root/dev" -v r="$root$repo" \
+        '$2 == s || $2 == p || $2 == t || $2 == d || $2 == r { n++ } END { exit !(n >= 5) }' /proc/mounts \
         && [[ $(stat -c %d:%i "$repo") == "$(stat -c %d:%i "$root$repo" 2>/dev/null)" ]] # not a stale mount
 }
 if ! mounted; then

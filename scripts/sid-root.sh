@@ -120,6 +120,14 @@ mount_all() {
     [[ -x $root/usr/bin/python3.14 ]] || die "no root at $root (run scripts/sid-root.sh)"
     exec 8>"$base/.sid-mount.lock"
     flock 8
+    # The root is a mount point of its own, so that `/` inside is one: unshare(1) (a PID namespace
+    # with its own /proc, as two tests use) makes `/` private first, which fails on a plain directory.
+    # Made first: mounts already under a root that is not one yet would be hidden by it.
+    if ! is_mounted "$root"; then
+        unmount_all
+        mount --bind "$root" "$root"
+        mount --make-private "$root"
+    fi
     if ! is_mounted "$root/proc"; then
         mount -t proc proc "$root/proc"
     fi
