@@ -24,7 +24,7 @@ __all__ = [
     "failing_destination",
 ]
 
-# Written by a process that joined the spool again after its WAL files were deleted (spool_rejoin).
+# Written by a process that joined the spool again after its WAL files were deleted (spool/rejoin.py).
 META_REJOINED = "spool.rejoined"
 # Written by the agent (oneiric_session.agent uses the same names).
 META_PID = "agent.pid"

@@ -13,6 +13,7 @@ from oneiric_session import spool as spool_module
 from oneiric_session.destination import Destination, Tuning
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool import DEAD_AUTH, DEAD_START_REFUSED, DROP_NO_START, Spool
+from oneiric_session.spool.records import encode
 
 HERE = Destination(command="srv", args=("--here",))
 THERE = Destination(transport="http", url="http://there:8678/mcp")
@@ -322,9 +323,7 @@ def test_stats(sp: Spool, clock: Clock) -> None:
     st = sp.stats()
     assert st.depth == 2 and st.dead == 1 and st.rows == 3 and st.open_sessions == 1
     assert st.oldest_pending_age_seconds == 10
-    assert st.bytes == sum(
-        len(spool_module._encode(e.payload).encode()) for e in sp.list_pending() + sp.list_dead()
-    )
+    assert st.bytes == sum(len(encode(e.payload).encode()) for e in sp.list_pending() + sp.list_dead())
     assert st.drops == {} and st.moved_aside is None
 
 

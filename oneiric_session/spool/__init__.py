@@ -1,0 +1,71 @@
+"""The durable outbox: every start and end is written here before the shell moves on.
+
+One SQLite file in WAL mode, shared by every shell of the user (each in its own process)
+and read by the one delivery agent. Writers take the lock with BEGIN IMMEDIATE and hold it
+for one short transaction; each append is fsync'ed (synchronous=FULL) before it returns.
+The agent's connection may commit with synchronous=NORMAL (`durable=False`): in WAL mode a
+commit then survives the process's crash but not a power loss, and what such a loss undoes
+is only the agent's bookkeeping (an acknowledgement, a failure count, a dead letter), so the
+row is sent again and the server's idempotence on event_id absorbs it. A shell's later FULL
+commit syncs the whole log, the agent's earlier commits included.
+
+Rows are delivered oldest first. A start's acknowledgement deletes its row and records the
+server's session id in the same transaction; an end is deliverable only once its session has
+that id, and follows its start into dead letters when the start is refused. The spool is
+bounded by rows, bytes and age: the oldest rows are dropped (a start together with its end)
+and counted by reason. A corrupt or foreign file is moved aside and a fresh spool started
+(never by a read-only Spool, `read_only=True`, as `status` and `spool list` use: it never
+creates, converts or moves a file, and says what the file is instead). A spool that another
+user could have written (its directory or files theirs, or writable by them) is refused:
+its rows are launch lines the agent would execute (`privacy.foreign_reason`).
+The token is never written: a "token" key anywhere in an event is removed.
+
+The package, by job: `schema` (the tables), `connection` (opening, transactions, recovery,
+the meta key-value table), `records` (the rows as readers see them), `retention` (the caps),
+`queue` (the agent's side), `outbox` (`Spool`: the shell's appends on top of the queue, and
+the totals), `rejoin` (after the WAL files were deleted under a running process).
+
+Standard library only: this package is imported by every shell.
+"""
+
+from __future__ import annotations
+
+from oneiric_session.spool.connection import (
+    DEFAULT_BUSY_TIMEOUT_SECONDS,
+    DEFAULT_MAX_AGE_SECONDS,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_ROWS,
+)
+from oneiric_session.spool.outbox import Spool
+from oneiric_session.spool.records import (
+    DEAD_AUTH,
+    DEAD_REJECTED,
+    DEAD_START_REFUSED,
+    DROP_MAX_AGE,
+    DROP_MAX_BYTES,
+    DROP_MAX_ROWS,
+    DROP_NO_START,
+    OpenSession,
+    SpooledEvent,
+    SpoolStats,
+)
+from oneiric_session.spool.schema import SCHEMA_VERSION
+
+__all__ = [
+    "DEAD_AUTH",
+    "DEAD_REJECTED",
+    "DEAD_START_REFUSED",
+    "DEFAULT_BUSY_TIMEOUT_SECONDS",
+    "DEFAULT_MAX_AGE_SECONDS",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_ROWS",
+    "DROP_MAX_AGE",
+    "DROP_MAX_BYTES",
+    "DROP_MAX_ROWS",
+    "DROP_NO_START",
+    "SCHEMA_VERSION",
+    "OpenSession",
+    "Spool",
+    "SpoolStats",
+    "SpooledEvent",
+]

@@ -1,0 +1,176 @@
+"""What the spool holds, as its readers see it: rows, open sessions, totals, and their names.
+
+Standard library only: every shell imports the spool.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, Literal, NamedTuple
+
+from oneiric_session.destination import Destination
+from oneiric_session.errors import SpoolError
+
+__all__ = [
+    "DEAD_AUTH",
+    "DEAD_REJECTED",
+    "DEAD_START_REFUSED",
+    "DELETE_ROW",
+    "DROP_MAX_AGE",
+    "DROP_MAX_BYTES",
+    "DROP_MAX_ROWS",
+    "DROP_NO_START",
+    "EVENT_COLUMNS",
+    "SESSION_DROPS_PREFIX",
+    "OpenSession",
+    "SpoolStats",
+    "SpooledEvent",
+    "clip",
+    "encode",
+    "event_from_row",
+]
+
+# last_error and dead reasons are server messages: keep them readable, not unbounded.
+_MAX_ERROR_CHARS = 2000
+
+# Dead-letter categories (requeue_dead selects by category).
+DEAD_REJECTED = "rejected"
+DEAD_AUTH = "auth"
+DEAD_START_REFUSED = "start refused"
+
+# Drop reasons.
+DROP_MAX_ROWS = "max_rows"
+DROP_MAX_BYTES = "max_bytes"
+DROP_MAX_AGE = "max_age"
+DROP_NO_START = "no_start"
+# The drops table also counts whole sessions per reason, under this prefix (SpoolStats.dropped_sessions).
+SESSION_DROPS_PREFIX = "sessions:"
+
+_SECRET_KEYS = frozenset({"token"})
+
+EVENT_COLUMNS = (
+    "e.id, e.event_id, e.kind, e.handle, e.destination_key, e.payload, e.attempts, e.last_error,"
+    " e.created_at, e.next_attempt_at, e.state, e.dead_category, e.dead_reason, s.server_session_id"
+)
+
+# NamedTuples, not dataclasses: the shell imports this module, and they cost a tenth to define.
+# A row is named by its id AND its event_id: after the file was moved aside and started afresh,
+# ids begin again at 1, and an agent still holding an old row must not touch an unrelated one.
+DELETE_ROW = "DELETE FROM events WHERE id = ? AND event_id = ?"
+
+
+class SpooledEvent(NamedTuple):
+    """One spooled row. `payload` is the sanitized wire arguments as appended."""
+
+    row_id: int
+    event_id: str
+    kind: Literal["start", "end"]
+    handle: str
+    destination_key: str
+    destination: Destination | None
+    payload: dict[str, Any]
+    attempts: int
+    last_error: str | None
+    created_at: float
+    next_attempt_at: float
+    state: Literal["pending", "dead"]
+    dead_category: str | None
+    dead_reason: str | None
+    server_session_id: str | None
+
+    def arguments(self) -> dict[str, Any]:
+        """The tool arguments to send (without token): an end carries the server's session id."""
+        args = dict(self.payload)
+        if self.kind == "end" and self.server_session_id is not None:
+            args["session_id"] = self.server_session_id
+        return args
+
+
+class OpenSession(NamedTuple):
+    """A session whose start is spooled or delivered and whose end is not spooled yet."""
+
+    handle: str
+    destination_key: str
+    server_session_id: str | None
+    pid: int | None
+    pid_start_time: int | None
+    boot_id: str | None
+    started_at: float
+    last_seen_alive: float
+    host: str | None = None  # where `pid` means something: the shell's host name ...
+    pid_ns: str | None = None  # ... and PID namespace (None: not recorded)
+
+
+class SpoolStats(NamedTuple):
+    """What `status` and `spool list` report."""
+
+    depth: int  # pending rows
+    oldest_pending_age_seconds: float | None
+    dead: int
+    rows: int  # pending + dead
+    bytes: int  # payload bytes, what max_bytes bounds
+    open_sessions: int
+    drops: dict[str, int]
+    moved_aside: str | None  # the last corrupt file moved aside, if any
+    dropped_sessions: dict[str, int]  # whole sessions dropped, by reason (rows are in drops)
+
+
+def _strip_secrets(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {
+            str(k): _strip_secrets(v)
+            for k, v in value.items()
+            if not (isinstance(k, str) and k.lower() in _SECRET_KEYS)
+        }
+    if isinstance(value, list | tuple):
+        return [_strip_secrets(v) for v in value]
+    return value
+
+
+def encode(event: Mapping[str, Any]) -> str:
+    try:
+        return json.dumps(_strip_secrets(event), separators=(",", ":"), ensure_ascii=False, default=str)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise SpoolError(f"event cannot be spooled: {type(exc).__name__}") from None
+
+
+def clip(text: str) -> str:
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"
+
+
+def event_from_row(r: tuple[Any, ...], destination: Destination | None) -> SpooledEvent:
+    """A row of EVENT_COLUMNS as a SpooledEvent."""
+    (
+        row_id,
+        event_id,
+        kind,
+        handle,
+        key,
+        payload,
+        attempts,
+        last_error,
+        created,
+        next_at,
+        state,
+        category,
+        reason,
+        server_id,
+    ) = r
+    return SpooledEvent(
+        row_id=row_id,
+        event_id=event_id,
+        kind=kind,
+        handle=handle,
+        destination_key=key,
+        destination=destination,
+        payload=json.loads(payload),
+        attempts=attempts,
+        last_error=last_error,
+        created_at=created,
+        next_attempt_at=next_at,
+        state=state,
+        dead_category=category,
+        dead_reason=reason,
+        server_session_id=server_id,
+    )
