@@ -110,8 +110,15 @@ def _heal(scene: FaultScene, how: Heal, events: int) -> None:
     scene.heal()
     if how in ("replay", "replay --dead"):
         result = scene.run("spool", "replay", *how.split()[1:], "--json")
-        assert result.returncode == 0, result.stderr
-        assert json.loads(result.stdout)["delivered"] == events
+        assert result.returncode == 0, result.stderr  # nothing left waiting, no new dead letter
+        delivered = json.loads(result.stdout)["delivered"]
+        if how == "replay --dead":
+            assert delivered == events  # only the replay revives dead letters
+        else:
+            # Rows waiting out a back-off: the background agent's next attempt may reach the healed
+            # server before the replay takes the lock (seen once under load). delivered_once() then
+            # checks that each session arrived exactly once, whoever sent it.
+            assert delivered <= events
     elif how == "agent command":
         result = scene.run("agent")
         assert result.returncode == 0, result.stderr
