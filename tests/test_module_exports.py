@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]  # the checkout, whichever copy of th
 PUBLIC_UNUSED = {
     "oneiric_session": {"ConfigError", "activate_oneiric"},  # the package's lazy names; the activation call
     "oneiric_session.oneiric_shells": {"is_active"},
-    "oneiric_session.pipeline": {"ACK_BATCH_ROWS", "PIPELINE_SAFE_SERVERS"},
+    "oneiric_session.agent.pipeline": {"ACK_BATCH_ROWS", "PIPELINE_SAFE_SERVERS"},
     "oneiric_session.transport.answers": {"MAX_SESSION_ID_CHARS"},
     "oneiric_session.transport.bounded_http": {"AnswerTooLargeError"},
     "oneiric_session.config": {"LoadedConfig", "SessionBuddySettings"},

@@ -16,9 +16,9 @@ import pytest
 
 from oneiric_session import events, wakeup
 from oneiric_session.agent import KILL_AFTER_ANSWER_ENV
+from oneiric_session.agent.pipeline import DEFAULT_WINDOW, MAX_WINDOW, window_size
 from oneiric_session.config.loader import load_config
 from oneiric_session.limits import Limits
-from oneiric_session.pipeline import DEFAULT_WINDOW, MAX_WINDOW, window_size
 from tests.support.delivery import WAIT_SECONDS, Scene, wait_until
 from tests.support.faults import FAULT_SERVER
 

@@ -20,7 +20,7 @@ memory only: from the spawning shell's environment, then from each wake-up, each
 keyed by the destination it was given for; a destination with no token gets none
 (never another destination's, never a default).
 
-It also watches the pids of open sessions: a shell that died without an end
+It also watches the pids of open sessions (`watch`): a shell that died without an end
 (kill -9, a crash, a reboot) gets one, with exit_reason "abnormal" and the
 duration up to the last moment it was seen alive.
 
@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import datetime as dt
 import functools
 import json
 import logging
@@ -46,7 +45,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from oneiric_session import agent_clock, events, pipeline, procinfo
+import oneiric_session.agent.clock as agent_clock
+import oneiric_session.agent.pipeline as pipeline
+from oneiric_session.agent.watch import SessionWatch
 from oneiric_session.config.sources import DEFAULT_IDLE_EXIT_SECONDS
 from oneiric_session.delivery_status import META_DESTINATIONS, META_PID
 from oneiric_session.destination import Destination
@@ -58,31 +59,22 @@ from oneiric_session.errors import (
     SpoolError,
     TransientDeliveryError,
 )
-from oneiric_session.limits import Limits
 from oneiric_session.resilience import capped_delay
 from oneiric_session.spool import DEAD_AUTH, OpenSession, Spool, SpooledEvent
 from oneiric_session.wakeup import AgentLock, WakeupListener
 
 __all__ = [
-    "ABNORMAL_EXIT_REASON",
+    "KILL_AFTER_ANSWER_ENV",
     "DeliveryAgent",
     "ReplayResult",
+    "run_agent",
     "uncapped_spool",
 ]
 
 logger = logging.getLogger("oneiric_session.agent")
 
-ABNORMAL_EXIT_REASON = "abnormal"
 # Fallback poll when no wake-up arrives (a shell that could not reach the socket, a dead pid).
 POLL_SECONDS = 1.0
-# How often "still alive" is written to the spool; the agent keeps the exact moment in memory,
-# so this only bounds what is lost to an agent crash followed by the shell's death.
-ALIVE_WRITE_SECONDS = 10.0
-# A session started on another host or in another PID namespace (a container sharing the state
-# directory, an NFS home) is not this agent's to judge: its pid means nothing here. It is ended as
-# "abnormal" only once nothing was heard of it (its start, or an "alive" written by an agent that
-# can see it, every ALIVE_WRITE_SECONDS) for this long: far longer than any gap of a live shell.
-FOREIGN_STALE_SECONDS = 7 * 86400.0
 # How long a handover waits for the rows in flight to be answered: below `spool replay`'s 15 s wait.
 HANDOVER_GRACE_SECONDS = 10.0
 # Test-only: "start" or "end" makes the agent SIGKILL itself right after the server answered such
@@ -202,11 +194,10 @@ class DeliveryAgent:
         self._wall = wall
         self._progress = progress
         self._destinations: dict[str, _DestinationState] = {}
-        self._seen_alive: dict[str, float] = {}  # handle -> wall time last seen alive
-        self._alive_written: dict[str, float] = {}  # handle -> wall time last written
         self._published: str | None = None
         self._due_at: float | None = None  # monotonic: when the earliest row not yet due becomes due
         self._changed = asyncio.Event()
+        self._watch = SessionWatch(spool, wall=wall, on_end=self._changed.set)
         self._stopping = False
         self._replaying = False
         self._kill_after_answer = os.environ.get(KILL_AFTER_ANSWER_ENV)
@@ -470,50 +461,7 @@ class DeliveryAgent:
 
     def watch_sessions(self) -> list[OpenSession]:
         """Check the pid of every open session; end the dead ones as "abnormal". The ones still open."""
-        now = self._wall()
-        still_open = []
-        for session in self.spool.open_sessions():
-            if session.pid is None:
-                still_open.append(session)  # nothing to watch: only its own end closes it
-                continue
-            if not procinfo.is_visible(session.host, session.pid_ns):
-                if now - max(session.last_seen_alive, session.started_at) < FOREIGN_STALE_SECONDS:
-                    still_open.append(session)  # left to an agent that can see it
-                else:
-                    self._end_abnormally(session, stale=True)
-                continue
-            if procinfo.is_alive(session.pid, session.pid_start_time, session.boot_id):
-                self._seen_alive[session.handle] = now
-                if (
-                    now - self._alive_written.get(session.handle, session.last_seen_alive)
-                    >= ALIVE_WRITE_SECONDS
-                ):
-                    self.spool.mark_alive(session.handle, now)
-                    self._alive_written[session.handle] = now
-                still_open.append(session)
-                continue
-            self._end_abnormally(session)
-        return still_open
-
-    def _end_abnormally(self, session: OpenSession, *, stale: bool = False) -> None:
-        last_seen = max(session.last_seen_alive, self._seen_alive.pop(session.handle, 0.0))
-        self._alive_written.pop(session.handle, None)
-        metadata: dict[str, Any] = {"detected_by": "delivery agent", "pid": session.pid}
-        if stale:  # another host's or namespace's shell, not heard of for FOREIGN_STALE_SECONDS
-            metadata.update(host=session.host, stale_after_seconds=FOREIGN_STALE_SECONDS)
-        event = events.build_end_event(
-            session_id=session.handle,
-            exit_reason=ABNORMAL_EXIT_REASON,
-            duration_seconds=max(0.0, last_seen - session.started_at),
-            metadata=metadata,
-            limits=Limits(),
-            now=dt.datetime.fromtimestamp(last_seen, dt.UTC),
-        )
-        if self.spool.append_end(session.handle, None, event):
-            logger.info(
-                "session %s (pid %s) ended without an end: recorded as abnormal", session.handle, session.pid
-            )
-            self._changed.set()
+        return self._watch.check()
 
     # -- the long-running agent -----------------------------------------------
 
