@@ -20,10 +20,11 @@ user could have written (its directory or files theirs, or writable by them) is 
 its rows are launch lines the agent would execute (`privacy.foreign_reason`).
 The token is never written: a "token" key anywhere in an event is removed.
 
-The package, by job: `schema` (the tables), `connection` (opening, transactions, recovery,
-the meta key-value table), `records` (the rows as readers see them), `retention` (the caps),
-`queue` (the agent's side), `outbox` (`Spool`: the shell's appends on top of the queue, and
-the totals), `rejoin` (after the WAL files were deleted under a running process).
+The package, by job: `schema` (the tables), `transaction` (the one write transaction),
+`connection` (opening, recovery, the meta key-value table), `records` (the rows as readers
+see them), `retention` (the caps), `queue` (the agent's side), `outbox` (`Spool`: the shell's
+appends on top of the queue, and the totals), `rejoin` (after the WAL files were deleted
+under a running process).
 
 Standard library only: this package is imported by every shell.
 """

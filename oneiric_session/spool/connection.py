@@ -26,6 +26,7 @@ from typing import Self, TypeVar
 from oneiric_session.errors import SpoolError, UnsafeSpoolError
 from oneiric_session.privacy import foreign_reason
 from oneiric_session.spool.schema import SCHEMA_VERSION, TABLES, NeedsFreshSpool, check_schema
+from oneiric_session.spool.transaction import immediate
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT_SECONDS",
@@ -172,16 +173,8 @@ class SpoolConnection:
         """Run `fn` in one BEGIN IMMEDIATE transaction, recovering once from a corrupt file."""
 
         def txn(conn: sqlite3.Connection) -> _T:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                result = fn(conn)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                raise
-            return result
+            with immediate(conn):
+                return fn(conn)
 
         return self._read(txn)
 

@@ -37,6 +37,8 @@ import sqlite3
 import struct
 from typing import Any
 
+from oneiric_session.spool.transaction import immediate
+
 META_REJOINED = "spool.rejoined"
 _META_WORLD_PREFIX = "spool.rejoined-from:"
 
@@ -143,8 +145,7 @@ def merge(
 ) -> int:
     """Merge an old connection's snapshot into the spool now on disk; the rows added."""
     world = world_name(held)
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         added = 0
         if snap is not None:
             watermark = -1
@@ -191,9 +192,4 @@ def merge(
             "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
             (META_REJOINED, json.dumps({"at": now, "message": message})),
         )
-        conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
     return added

@@ -5,9 +5,10 @@ Standard library only: every shell imports the spool.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
 from collections.abc import Iterator
+
+from oneiric_session.spool.transaction import immediate
 
 __all__ = ["SCHEMA_VERSION", "TABLES", "NeedsFreshSpool", "check_schema"]
 
@@ -92,8 +93,7 @@ def check_schema(conn: sqlite3.Connection) -> None:
     if version != 0:
         raise NeedsFreshSpool(f"schema version {version}, expected {SCHEMA_VERSION}")
     # Possibly new: create it under the write lock; another process may have just done so.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         if version == 0:
             if conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()[0]:
@@ -101,11 +101,6 @@ def check_schema(conn: sqlite3.Connection) -> None:
             for statement in _statements(_SCHEMA):
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
     if version not in (0, SCHEMA_VERSION):
         raise NeedsFreshSpool(f"schema version {version}, expected {SCHEMA_VERSION}")
 
@@ -115,17 +110,11 @@ def _add_session_origin(conn: sqlite3.Connection) -> None:
 
     Added in place, without a version change: older code reads the table by column names.
     """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         columns = {r[1] for r in conn.execute("PRAGMA table_info(sessions)")}
         for column in ("host", "pid_ns"):
             if column not in columns:
                 conn.execute(f"ALTER TABLE sessions ADD COLUMN {column} TEXT")
-        conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
 
 
 def _statements(script: str) -> Iterator[str]:
