@@ -381,3 +381,10 @@ def test_shell_appends_are_fsynced_and_the_agents_bookkeeping_is_not(tmp_path: P
         assert synchronous(shell) == 2  # FULL
         assert synchronous(agent) == 1  # NORMAL
         assert agent._read(lambda conn: conn.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
+
+
+def test_the_row_states_are_the_ones_the_schema_allows() -> None:
+    from oneiric_session.spool import schema
+    from oneiric_session.spool.records import STATE_DEAD, STATE_PENDING
+
+    assert f"DEFAULT '{STATE_PENDING}' CHECK (state IN ('{STATE_PENDING}', '{STATE_DEAD}'))" in schema._SCHEMA

@@ -67,7 +67,9 @@ def _row(event: SpooledEvent, now: float) -> dict[str, Any]:
         "attempts": event.attempts,
         "last_error": event.last_error,
     }
-    if event.state == "dead":
+    from oneiric_session.spool import STATE_DEAD
+
+    if event.state == STATE_DEAD:
         row["dead_category"] = event.dead_category
         row["dead_reason"] = event.dead_reason
     return row

@@ -21,10 +21,13 @@ its rows are launch lines the agent would execute (`privacy.foreign_reason`).
 The token is never written: a "token" key anywhere in an event is removed.
 
 The package, by job: `schema` (the tables), `transaction` (the one write transaction),
-`connection` (opening, recovery, the meta key-value table), `records` (the rows as readers
-see them), `retention` (the caps), `queue` (the agent's side), `outbox` (`Spool`: the shell's
-appends on top of the queue, and the totals), `rejoin` (after the WAL files were deleted
-under a running process).
+`opening` (one SQLite connection: private file, pragmas, schema check), `recovery` (files
+moved, replaced or corrupt: moved aside), `connection` (reads and writes that recover, the
+meta key-value table), `records` (the rows as readers see them), `retention` (the caps),
+`due` (what the agent sends next, and when), `outcomes` (what becomes of a row: acknowledged,
+failed, dead, requeued), `queue` (the agent's side: both of those, the sessions it watches,
+its claim), `outbox` (`Spool`: the shell's appends on top of the queue, and the totals),
+`rejoin` (after the WAL files were deleted under a running process).
 
 Standard library only: this package is imported by every shell.
 """
@@ -46,6 +49,7 @@ from oneiric_session.spool.records import (
     DROP_MAX_BYTES,
     DROP_MAX_ROWS,
     DROP_NO_START,
+    STATE_DEAD,
     OpenSession,
     SpooledEvent,
     SpoolStats,
@@ -65,6 +69,7 @@ __all__ = [
     "DROP_MAX_ROWS",
     "DROP_NO_START",
     "SCHEMA_VERSION",
+    "STATE_DEAD",
     "OpenSession",
     "Spool",
     "SpoolStats",

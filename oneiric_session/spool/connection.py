@@ -1,10 +1,14 @@
-"""The spool's connection: opening, transactions, recovery from a corrupt or replaced file.
+"""The spool's connection, one per process: reads and writes that recover, and the meta table.
 
+Used in every process of the spool: each shell (through `Spool`'s appends), the agent, and the
+command line (read-only for `status` and `spool list`).
 SpoolConnection knows nothing of rows: `Spool` (spool/outbox.py) builds the shell's appends and
 the agent's queue on `_write` (one BEGIN IMMEDIATE transaction) and `_read`. Both take a
 callback, not a `with` block, because after a corrupt file was moved aside the same work runs
-once more on the fresh spool. A small key-value table (meta) lives here too: recovery records
-in it where the corrupt file went, and the agent publishes its status through it.
+once more on the fresh spool. It opens the file through spool/opening.py, follows a file moved
+or replaced and moves a corrupt one aside through spool/recovery.py, and joins again after its
+WAL files were deleted through spool/rejoin.py. A small key-value table (meta) lives here too:
+recovery records in it where the corrupt file went, and the agent publishes its status through it.
 
 Standard library only: every shell imports the spool.
 """
@@ -12,20 +16,35 @@ Standard library only: every shell imports the spool.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import sqlite3
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Self, TypeVar
 
 from oneiric_session.errors import SpoolError, UnsafeSpoolError
 from oneiric_session.privacy import foreign_reason
-from oneiric_session.spool.schema import SCHEMA_VERSION, TABLES, NeedsFreshSpool, check_schema
+from oneiric_session.spool.opening import (
+    connect,
+    create_file,
+    existing_file,
+    prepare_read_only,
+    prepare_writable,
+    wal_pages_for,
+)
+from oneiric_session.spool.recovery import (
+    FileId,
+    SideIds,
+    is_corruption,
+    is_lost_wal,
+    move_aside,
+    side_ids,
+    still_in_place,
+)
+from oneiric_session.spool.schema import NeedsFreshSpool
 from oneiric_session.spool.transaction import immediate
 
 __all__ = [
@@ -43,41 +62,8 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_AGE_SECONDS = 30 * 86400.0
 # A writer waits this long for another process's transaction; every transaction is short.
 DEFAULT_BUSY_TIMEOUT_SECONDS = 5.0
-_SQLITE_CORRUPT = 11
-_SQLITE_NOTADB = 26
-_SQLITE_IOERR_SHORT_READ = 522
-# SQLite's default page size, and its default WAL auto-checkpoint (pages); the least we allow.
-_PAGE_BYTES = 4096
-_DEFAULT_WAL_PAGES = 1000
-_MIN_WAL_PAGES = 4
 
 _T = TypeVar("_T")
-
-
-def _side_ids(path: Path) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
-    """(device, inode) of the spool's -wal and -shm files on disk now (None: absent)."""
-    found: list[tuple[int, int] | None] = []
-    for suffix in ("-wal", "-shm"):
-        try:
-            st = os.stat(f"{path}{suffix}")
-        except OSError:
-            found.append(None)
-        else:
-            found.append((st.st_dev, st.st_ino))
-    return found[0], found[1]
-
-
-def _is_lost_wal(exc: BaseException) -> bool:
-    """SQLITE_IOERR_SHORT_READ: the WAL index names frames the WAL on disk does not have."""
-    return getattr(exc, "sqlite_errorcode", None) == _SQLITE_IOERR_SHORT_READ
-
-
-def _is_corruption(exc: BaseException) -> bool:
-    """Not a database, or a damaged one: the only errors that justify starting afresh."""
-    if isinstance(exc, NeedsFreshSpool):
-        return True
-    code = getattr(exc, "sqlite_errorcode", None)
-    return code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
 
 
 class SpoolConnection:
@@ -115,10 +101,10 @@ class SpoolConnection:
         self._lock = threading.RLock()
         self._conn: sqlite3.Connection | None = None
         self._conn_pid = 0
-        self._file_id: tuple[int, int] | None = None
+        self._file_id: FileId | None = None
         # The -wal and -shm files this connection opened (see spool/rejoin.py): compared before each use.
-        self._side_ids: tuple[tuple[int, int] | None, tuple[int, int] | None] | None = None
-        self._failed_side_ids: tuple[tuple[int, int] | None, tuple[int, int] | None] | None = None
+        self._side_ids: SideIds | None = None
+        self._failed_side_ids: SideIds | None = None
         # A connection inherited across fork is kept referenced, never used nor closed by the child.
         self._inherited: sqlite3.Connection | None = None
 
@@ -134,7 +120,7 @@ class SpoolConnection:
             conn, self._conn = self._conn, None
             if conn is not None and self._conn_pid != os.getpid():
                 self._inherited = conn
-            elif conn is not None and self._side_ids is not None and _side_ids(self.path) != self._side_ids:
+            elif conn is not None and self._side_ids is not None and side_ids(self.path) != self._side_ids:
                 import oneiric_session.spool.rejoin as spool_rejoin
 
                 spool_rejoin.abandon(conn, self.path)  # a usual close would checkpoint deleted files
@@ -183,9 +169,9 @@ class SpoolConnection:
             try:
                 return fn(self._connection())
             except (sqlite3.Error, NeedsFreshSpool) as exc:
-                if _is_lost_wal(exc):
+                if is_lost_wal(exc):
                     return self._retry_rejoined(fn, exc)
-                if not _is_corruption(exc):
+                if not is_corruption(exc):
                     raise SpoolError(f"spool {self.path} cannot be used: {exc}") from exc
                 if self._read_only:
                     raise SpoolError(
@@ -215,8 +201,8 @@ class SpoolConnection:
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is not None and self._conn_pid == os.getpid():
-            if self._still_in_place():
-                if self._side_ids is None or _side_ids(self.path) == self._side_ids:
+            if still_in_place(self.path, self._file_id):
+                if self._side_ids is None or side_ids(self.path) == self._side_ids:
                     return self._conn
                 return self._rejoin()  # its WAL or WAL index was deleted: see spool/rejoin.py
             self.close()  # moved aside or deleted by another process: follow the path
@@ -230,50 +216,30 @@ class SpoolConnection:
             )
         if self._read_only:
             return self._read_only_connection()
-        self._make_parent()
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            st = os.fstat(fd)
-            if st.st_size == 0:
-                os.fchmod(fd, 0o600)  # we may have created it: 0600 whatever the umask says
-        finally:
-            os.close(fd)
         # The file this connection is about: recovery moves it aside only if it is still in place.
-        self._file_id = (st.st_dev, st.st_ino)
-        conn = sqlite3.connect(
-            self.path, timeout=self._busy_timeout_seconds, isolation_level=None, check_same_thread=False
-        )
+        self._file_id = create_file(self.path)
+        conn = connect(self.path, self._busy_timeout_seconds)
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_seconds * 1000)}")
-            if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
-                raise SpoolError(f"spool {self.path}: WAL mode is not available here")
-            conn.execute(f"PRAGMA synchronous = {self._synchronous}")
-            # The WAL is part of what the spool takes on disk: checkpoint it before it outgrows a
-            # quarter of max_bytes, and truncate it back to that after (default cap: SQLite's defaults).
-            wal_pages = self.wal_budget_pages()
-            conn.execute(f"PRAGMA wal_autocheckpoint = {wal_pages}")
-            conn.execute(f"PRAGMA journal_size_limit = {wal_pages * _PAGE_BYTES}")
-            conn.execute("PRAGMA temp_store = MEMORY")  # drops use a small temp table
-            if (
-                sys.version_info >= (3, 12)  # Connection.setconfig
-                and not self._checkpoint_on_close
-                and hasattr(sqlite3, "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE")
-            ):
-                # Closing the last connection would checkpoint the WAL (~10-30 ms of fsyncs).
-                conn.setconfig(sqlite3.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, True)
-            check_schema(conn)
+            prepare_writable(
+                conn,
+                self.path,
+                busy_timeout_seconds=self._busy_timeout_seconds,
+                synchronous=self._synchronous,
+                wal_pages=self.wal_budget_pages(),
+                checkpoint_on_close=self._checkpoint_on_close,
+            )
         except BaseException:
-            self._failed_side_ids = _side_ids(self.path)  # what a lost-WAL retry must leave
+            self._failed_side_ids = side_ids(self.path)  # what a lost-WAL retry must leave
             conn.close()
             raise
         self._conn, self._conn_pid = conn, os.getpid()
-        sides = _side_ids(self.path)  # opened by the schema check's reads
+        sides = side_ids(self.path)  # opened by the schema check's reads
         self._side_ids = sides if None not in sides else None  # (none to compare: never a false alarm)
         return conn
 
     def wal_budget_pages(self) -> int:
         """Pages the WAL may hold before a checkpoint: a quarter of max_bytes, 4 to 1000 pages."""
-        return max(_MIN_WAL_PAGES, min(_DEFAULT_WAL_PAGES, self.max_bytes // 4 // _PAGE_BYTES))
+        return wal_pages_for(self.max_bytes)
 
     def disk_bytes(self) -> int:
         """What the spool's files take on disk now: the database, its WAL and the WAL index."""
@@ -289,103 +255,26 @@ class SpoolConnection:
 
         old, held = self._conn, self._side_ids or self._failed_side_ids or (None, None)
         self._conn, self._side_ids, self._failed_side_ids = None, None, None
-        snap = spool_rejoin.snapshot(old) if old is not None else None
-        if old is not None:
-            spool_rejoin.abandon(old, self.path)
-        with _recovery_lock(self.path):
-            spool_rejoin.drop_stale_index(self.path, held)
-            conn = self._connection()
-            message = (
-                f"the spool's WAL files were deleted or replaced under process {os.getpid()};"
-                " it joined the spool on disk again and merged what it still saw"
-            )
-            added = spool_rejoin.merge(conn, snap, held, self._clock(), message)
-        logger.warning("spool %s: %s (%d row(s) restored)", self.path, message, added)
-        return conn
+        return spool_rejoin.join_again(old, held, self.path, self._connection, self._clock)
 
     def _read_only_connection(self) -> sqlite3.Connection:
         """A connection that changes nothing: the file must already be a spool of this schema."""
-        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        self._file_id = existing_file(self.path)
+        conn = connect(self.path, self._busy_timeout_seconds)
         try:
-            st = os.fstat(fd)
-            header = os.read(fd, 100)
-        finally:
-            os.close(fd)
-        if not header:
-            raise NeedsFreshSpool("an empty file (a spool being created?)")
-        if not header.startswith(b"SQLite format 3\x00"):
-            raise NeedsFreshSpool("not an SQLite database")
-        self._file_id = (st.st_dev, st.st_ino)
-        conn = sqlite3.connect(
-            self.path, timeout=self._busy_timeout_seconds, isolation_level=None, check_same_thread=False
-        )
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self._busy_timeout_seconds * 1000)}")
-            conn.execute("PRAGMA query_only = 1")
-            # Read through SQLite, not from the header: a fresh spool's schema may be in its WAL only.
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version != SCHEMA_VERSION:
-                raise NeedsFreshSpool(f"an SQLite database that is not a spool (user_version {version})")
-            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if not tables >= TABLES:
-                raise NeedsFreshSpool(f"an SQLite database without the tables {sorted(TABLES - tables)}")
+            prepare_read_only(conn, self._busy_timeout_seconds)
         except BaseException:
             conn.close()
             raise
         self._conn, self._conn_pid = conn, os.getpid()
         return conn
 
-    def _still_in_place(self) -> bool:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return False
-        return (st.st_dev, st.st_ino) == self._file_id
-
-    def _make_parent(self) -> None:
-        """Create the missing directories above the spool, each private to the user (0700)."""
-        missing = []
-        parent = self.path.parent
-        while not parent.is_dir() and parent != parent.parent:
-            missing.append(parent)
-            parent = parent.parent
-        try:
-            for directory in reversed(missing):
-                with contextlib.suppress(FileExistsError):
-                    directory.mkdir(mode=0o700)
-                    directory.chmod(0o700)  # whatever the umask says
-            if not self.path.parent.is_dir():
-                raise NotADirectoryError(errno.ENOTDIR, "a file is in the way")
-        except OSError as exc:
-            raise SpoolError(
-                f"spool directory {self.path.parent} cannot be created: {exc.strerror or exc}"
-            ) from exc
-
     def _recover(self, exc: BaseException) -> None:
         """Move the corrupt file (and its WAL) aside, once, so the next connection starts fresh."""
         self.close()
-        with _recovery_lock(self.path):
-            try:
-                st = os.stat(self.path)
-            except FileNotFoundError:
-                return
-            if self._file_id is not None and (st.st_dev, st.st_ino) != self._file_id:
-                return  # another process already replaced it
-            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._clock()))
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-            n = 0
-            while aside.exists():
-                n += 1
-                aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}-{n}")
-            try:
-                os.replace(self.path, aside)
-                wal = Path(f"{self.path}-wal")
-                if wal.exists():
-                    os.replace(wal, Path(f"{aside}-wal"))
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(f"{self.path}-shm")
-            except OSError as err:
-                raise SpoolError(f"spool {self.path} is unusable and cannot be moved aside: {err}") from err
+        aside = move_aside(self.path, self._file_id, self._clock)
+        if aside is None:
+            return
         self._file_id = None
         logger.warning(
             "spool %s was unusable (%s); moved it aside to %s and started a fresh one",
@@ -399,19 +288,3 @@ class SpoolConnection:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('moved_aside', ?)", (str(aside),))
         except (sqlite3.Error, NeedsFreshSpool, OSError) as err:
             raise SpoolError(f"spool {self.path} cannot be started afresh: {err}") from err
-
-
-@contextlib.contextmanager
-def _recovery_lock(path: Path) -> Iterator[None]:
-    """Serialize moving a corrupt spool aside between processes: a lock on its directory (POSIX)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: best effort
-        yield
-        return
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)

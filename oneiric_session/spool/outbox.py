@@ -15,6 +15,8 @@ from oneiric_session.spool.records import (
     DEAD_START_REFUSED,
     DROP_NO_START,
     SESSION_DROPS_PREFIX,
+    STATE_DEAD,
+    STATE_PENDING,
     SpooledEvent,
     SpoolStats,
     clip,
@@ -95,7 +97,8 @@ class Spool(DeliveryQueue):
             conn.execute("UPDATE sessions SET end_spooled = 1 WHERE handle = ?", (handle,))
             written = self._insert_event(conn, event_id, "end", handle, key, payload, now)
             refused = conn.execute(
-                "SELECT dead_reason FROM events WHERE handle = ? AND kind = 'start' AND state = 'dead'",
+                "SELECT dead_reason FROM events"
+                f" WHERE handle = ? AND kind = 'start' AND state = '{STATE_DEAD}'",
                 (handle,),
             ).fetchone()
             if refused is not None:
@@ -124,9 +127,9 @@ class Spool(DeliveryQueue):
         def read(conn: sqlite3.Connection) -> SpoolStats:
             now = self._clock()
             depth, oldest = conn.execute(
-                "SELECT COUNT(*), MIN(created_at) FROM events WHERE state = 'pending'"
+                f"SELECT COUNT(*), MIN(created_at) FROM events WHERE state = '{STATE_PENDING}'"
             ).fetchone()
-            dead = conn.execute("SELECT COUNT(*) FROM events WHERE state = 'dead'").fetchone()[0]
+            dead = conn.execute(f"SELECT COUNT(*) FROM events WHERE state = '{STATE_DEAD}'").fetchone()[0]
             rows, size = conn.execute("SELECT rows, bytes FROM totals WHERE id = 1").fetchone()
             opened = conn.execute("SELECT COUNT(*) FROM sessions WHERE end_spooled = 0").fetchone()[0]
             counted = dict(conn.execute("SELECT reason, count FROM drops ORDER BY reason").fetchall())
@@ -152,10 +155,10 @@ class Spool(DeliveryQueue):
         return self._read(read)
 
     def list_pending(self, limit: int | None = None) -> list[SpooledEvent]:
-        return self._select_events("e.state = 'pending'", [], limit)
+        return self._select_events(f"e.state = '{STATE_PENDING}'", [], limit)
 
     def list_dead(self, limit: int | None = None) -> list[SpooledEvent]:
-        return self._select_events("e.state = 'dead'", [], limit)
+        return self._select_events(f"e.state = '{STATE_DEAD}'", [], limit)
 
     def _insert_event(
         self,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 from oneiric_session.destination import Destination
 from oneiric_session.errors import SpoolError
@@ -23,6 +23,8 @@ __all__ = [
     "DROP_NO_START",
     "EVENT_COLUMNS",
     "SESSION_DROPS_PREFIX",
+    "STATE_DEAD",
+    "STATE_PENDING",
     "OpenSession",
     "SpoolStats",
     "SpooledEvent",
@@ -33,6 +35,10 @@ __all__ = [
 
 # last_error and dead reasons are server messages: keep them readable, not unbounded.
 _MAX_ERROR_CHARS = 2000
+
+# Row states (the events table's CHECK in `schema`): waiting to be sent, or kept as a dead letter.
+STATE_PENDING: Final = "pending"
+STATE_DEAD: Final = "dead"
 
 # Dead-letter categories (requeue_dead selects by category).
 DEAD_REJECTED = "rejected"

@@ -24,7 +24,8 @@ holds with the ones on disk (device and inode). When they differ it joins again:
    rows acknowledged only in the lost files are sent again (the bundled server is
    idempotent on event_id).
 
-It is said once per join in the log, and in `status` (meta key `spool.rejoined`).
+`join_again` runs these steps for `SpoolConnection` (spool/connection.py), in whichever process
+noticed. It is said once per join in the log, and in `status` (meta key `spool.rejoined`).
 Standard library only: shells import this on that rare path only.
 """
 
@@ -32,12 +33,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import struct
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from oneiric_session.spool.recovery import SideIds, file_key, recovery_lock
 from oneiric_session.spool.transaction import immediate
+
+logger = logging.getLogger("oneiric_session.spool")
 
 META_REJOINED = "spool.rejoined"
 _META_WORLD_PREFIX = "spool.rejoined-from:"
@@ -59,20 +66,28 @@ _EVENT_COLUMNS = (
     " next_attempt_at, state, dead_category, dead_reason"
 )
 
-SideIds = tuple[tuple[int, int] | None, tuple[int, int] | None]
 
-
-def _file_key(path: str) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def side_ids(path: os.PathLike[str] | str) -> SideIds:
-    """(device, inode) of the spool's `-wal` and `-shm` files as they are on disk now."""
-    return _file_key(f"{os.fspath(path)}-wal"), _file_key(f"{os.fspath(path)}-shm")
+def join_again(
+    old: sqlite3.Connection | None,
+    held: SideIds,
+    path: Path,
+    connect: Callable[[], sqlite3.Connection],
+    clock: Callable[[], float],
+) -> sqlite3.Connection:
+    """Steps 1 to 4: leave `old` (it held the files `held`), `connect` to the spool on disk, merge."""
+    snap = snapshot(old) if old is not None else None
+    if old is not None:
+        abandon(old, path)
+    with recovery_lock(path):
+        drop_stale_index(path, held)
+        conn = connect()
+        message = (
+            f"the spool's WAL files were deleted or replaced under process {os.getpid()};"
+            " it joined the spool on disk again and merged what it still saw"
+        )
+        added = merge(conn, snap, held, clock(), message)
+    logger.warning("spool %s: %s (%d row(s) restored)", path, message, added)
+    return conn
 
 
 def world_name(held: SideIds) -> str | None:
@@ -129,7 +144,7 @@ def abandon(conn: sqlite3.Connection, path: os.PathLike[str] | str) -> None:
 def drop_stale_index(path: os.PathLike[str] | str, held: SideIds) -> bool:
     """Only the WAL went: remove the index that describes it, if it is still the one we held."""
     shm = f"{os.fspath(path)}-shm"
-    if held[1] is None or _file_key(shm) != held[1]:
+    if held[1] is None or file_key(shm) != held[1]:
         return False
     with contextlib.suppress(FileNotFoundError):
         os.unlink(shm)

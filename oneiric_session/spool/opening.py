@@ -1,0 +1,134 @@
+"""Opening one SQLite connection to the spool: its private file, the pragmas, the schema check.
+
+`SpoolConnection` (spool/connection.py) opens through these, in every process of the spool: a
+shell's (durable appends, no checkpoint on close), the agent's (commits without fsync), and the
+read-only one of `status` and `spool list`, which never creates, converts nor moves a file.
+
+Standard library only: every shell imports the spool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sqlite3
+import sys
+from pathlib import Path
+
+from oneiric_session.errors import SpoolError
+from oneiric_session.spool.recovery import FileId
+from oneiric_session.spool.schema import SCHEMA_VERSION, TABLES, NeedsFreshSpool, check_schema
+
+__all__ = [
+    "connect",
+    "create_file",
+    "existing_file",
+    "prepare_read_only",
+    "prepare_writable",
+    "wal_pages_for",
+]
+
+# SQLite's default page size, and its default WAL auto-checkpoint (pages); the least we allow.
+_PAGE_BYTES = 4096
+_DEFAULT_WAL_PAGES = 1000
+_MIN_WAL_PAGES = 4
+
+
+def wal_pages_for(max_bytes: int) -> int:
+    """Pages the WAL may hold before a checkpoint: a quarter of max_bytes, 4 to 1000 pages."""
+    return max(_MIN_WAL_PAGES, min(_DEFAULT_WAL_PAGES, max_bytes // 4 // _PAGE_BYTES))
+
+
+def create_file(path: Path) -> FileId:
+    """The spool file at `path`, created private (0600, in 0700 directories) if missing; its id."""
+    _make_parent(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        st = os.fstat(fd)
+        if st.st_size == 0:
+            os.fchmod(fd, 0o600)  # we may have created it: 0600 whatever the umask says
+    finally:
+        os.close(fd)
+    return st.st_dev, st.st_ino
+
+
+def existing_file(path: Path) -> FileId:
+    """The SQLite database already at `path`, opened for nothing but its header; its id."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        header = os.read(fd, 100)
+    finally:
+        os.close(fd)
+    if not header:
+        raise NeedsFreshSpool("an empty file (a spool being created?)")
+    if not header.startswith(b"SQLite format 3\x00"):
+        raise NeedsFreshSpool("not an SQLite database")
+    return st.st_dev, st.st_ino
+
+
+def connect(path: Path, busy_timeout_seconds: float) -> sqlite3.Connection:
+    """A connection in autocommit mode (the spool runs its own transactions), usable by any thread."""
+    return sqlite3.connect(path, timeout=busy_timeout_seconds, isolation_level=None, check_same_thread=False)
+
+
+def prepare_writable(
+    conn: sqlite3.Connection,
+    path: Path,
+    *,
+    busy_timeout_seconds: float,
+    synchronous: str,
+    wal_pages: int,
+    checkpoint_on_close: bool,
+) -> None:
+    """Set up `conn` to the spool at `path`: WAL mode, `synchronous`, the WAL's budget (`wal_pages`),
+    then the schema (created or grown)."""
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_seconds * 1000)}")
+    if conn.execute("PRAGMA journal_mode = WAL").fetchone()[0].lower() != "wal":
+        raise SpoolError(f"spool {path}: WAL mode is not available here")
+    conn.execute(f"PRAGMA synchronous = {synchronous}")
+    # The WAL is part of what the spool takes on disk: checkpoint it before it outgrows a
+    # quarter of max_bytes, and truncate it back to that after (default cap: SQLite's defaults).
+    conn.execute(f"PRAGMA wal_autocheckpoint = {wal_pages}")
+    conn.execute(f"PRAGMA journal_size_limit = {wal_pages * _PAGE_BYTES}")
+    conn.execute("PRAGMA temp_store = MEMORY")  # drops use a small temp table
+    if (
+        sys.version_info >= (3, 12)  # Connection.setconfig
+        and not checkpoint_on_close
+        and hasattr(sqlite3, "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE")
+    ):
+        # Closing the last connection would checkpoint the WAL (~10-30 ms of fsyncs).
+        conn.setconfig(sqlite3.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, True)
+    check_schema(conn)
+
+
+def prepare_read_only(conn: sqlite3.Connection, busy_timeout_seconds: float) -> None:
+    """Make `conn` change nothing; NeedsFreshSpool unless it reads a spool of this schema."""
+    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_seconds * 1000)}")
+    conn.execute("PRAGMA query_only = 1")
+    # Read through SQLite, not from the header: a fresh spool's schema may be in its WAL only.
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version != SCHEMA_VERSION:
+        raise NeedsFreshSpool(f"an SQLite database that is not a spool (user_version {version})")
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables >= TABLES:
+        raise NeedsFreshSpool(f"an SQLite database without the tables {sorted(TABLES - tables)}")
+
+
+def _make_parent(path: Path) -> None:
+    """Create the missing directories above the spool, each private to the user (0700)."""
+    missing = []
+    parent = path.parent
+    while not parent.is_dir() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    try:
+        for directory in reversed(missing):
+            with contextlib.suppress(FileExistsError):
+                directory.mkdir(mode=0o700)
+                directory.chmod(0o700)  # whatever the umask says
+        if not path.parent.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "a file is in the way")
+    except OSError as exc:
+        raise SpoolError(f"spool directory {path.parent} cannot be created: {exc.strerror or exc}") from exc

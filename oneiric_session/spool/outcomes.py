@@ -1,0 +1,178 @@
+"""What becomes of a row: the acknowledgement state machine of the spool.
+
+A pending row is acknowledged (deleted; a start's server session id recorded), fails for now
+(counted, due again later) or is refused for good (a dead letter, its end along with a refused
+start). Dead letters come back with `requeue_dead`, rows go to another destination with
+`retarget`. Written by the delivery agent, and by the command line's `spool replay`; a shell
+never writes these (it only appends: spool/outbox.py). Standard library only: every shell
+imports the spool.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+from oneiric_session.destination import Destination
+from oneiric_session.spool.connection import SpoolConnection
+from oneiric_session.spool.records import (
+    DEAD_REJECTED,
+    DEAD_START_REFUSED,
+    DELETE_ROW,
+    STATE_DEAD,
+    STATE_PENDING,
+    SpooledEvent,
+    clip,
+)
+
+__all__ = ["RowOutcomes"]
+
+
+class RowOutcomes(SpoolConnection):
+    """Each row's outcome: acknowledged, failed for now, dead, requeued or sent elsewhere."""
+
+    def ack_start(self, row: SpooledEvent, server_session_id: str) -> bool:
+        """The server accepted the start: delete the row and map its handle, in one transaction."""
+
+        def write(conn: sqlite3.Connection) -> bool:
+            deleted = conn.execute(DELETE_ROW, (row.row_id, row.event_id)).rowcount
+            conn.execute(
+                "UPDATE sessions SET server_session_id = ? WHERE handle = ?", (server_session_id, row.handle)
+            )
+            return deleted > 0
+
+        return self._write(write)
+
+    def ack_end(self, row: SpooledEvent) -> bool:
+        """The server accepted the end: the row and its finished session are removed."""
+
+        def write(conn: sqlite3.Connection) -> bool:
+            deleted = conn.execute(DELETE_ROW, (row.row_id, row.event_id)).rowcount
+            conn.execute("DELETE FROM sessions WHERE handle = ?", (row.handle,))
+            return deleted > 0
+
+        return self._write(write)
+
+    def ack_batch(self, starts: Iterable[tuple[SpooledEvent, str]], ends: Iterable[SpooledEvent]) -> int:
+        """`ack_start` and `ack_end` for many answers in one transaction; returns the rows deleted."""
+        started, ended = list(starts), list(ends)
+
+        def write(conn: sqlite3.Connection) -> int:
+            deleted = 0
+            for row, server_session_id in started:
+                deleted += conn.execute(DELETE_ROW, (row.row_id, row.event_id)).rowcount
+                conn.execute(
+                    "UPDATE sessions SET server_session_id = ? WHERE handle = ?",
+                    (server_session_id, row.handle),
+                )
+            for row in ended:
+                deleted += conn.execute(DELETE_ROW, (row.row_id, row.event_id)).rowcount
+                conn.execute("DELETE FROM sessions WHERE handle = ?", (row.handle,))
+            return deleted
+
+        return self._write(write) if started or ended else 0
+
+    def record_failure(self, row: SpooledEvent, error: str, next_attempt_at: float) -> bool:
+        """A transient failure: count the attempt and wait until `next_attempt_at` (clock time)."""
+        return self._write(
+            lambda conn: (
+                conn.execute(
+                    "UPDATE events SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
+                    f" WHERE id = ? AND event_id = ? AND state = '{STATE_PENDING}'",
+                    (clip(error), next_attempt_at, row.row_id, row.event_id),
+                ).rowcount
+                > 0
+            )
+        )
+
+    def dead_letter(self, row: SpooledEvent, reason: str, *, category: str = DEAD_REJECTED) -> bool:
+        """A permanent refusal: keep the row as a dead letter. A refused start takes its end along."""
+
+        def write(conn: sqlite3.Connection) -> bool:
+            this_row = (row.row_id, row.event_id)
+            conn.execute("UPDATE events SET attempts = attempts + 1 WHERE id = ? AND event_id = ?", this_row)
+            moved = self._bury(conn, "id = ? AND event_id = ?", this_row, category, clip(reason))
+            if moved and row.kind == "start":
+                self._bury(
+                    conn,
+                    f"kind = 'end' AND handle = ? AND state = '{STATE_PENDING}'",
+                    (row.handle,),
+                    DEAD_START_REFUSED,
+                    clip(f"start refused: {reason}"),
+                )
+            return moved > 0
+
+        return self._write(write)
+
+    def requeue_dead(self, category: str | None = None) -> int:
+        """Dead letters of `category` (all if None) become pending, due now; returns how many.
+
+        Ends that followed a refused start come back with their start (never before it).
+        """
+
+        def write(conn: sqlite3.Connection) -> int:
+            now = self._clock()
+            revive = (
+                f"UPDATE events SET state = '{STATE_PENDING}', dead_category = NULL, dead_reason = NULL,"
+                f" attempts = 0, next_attempt_at = ? WHERE state = '{STATE_DEAD}' AND "
+            )
+            count = 0
+            if category != DEAD_START_REFUSED:
+                cond, params = "dead_category IS NOT ?", [DEAD_START_REFUSED]
+                if category is not None:
+                    cond, params = "dead_category = ?", [category]
+                count += conn.execute(revive + cond, (now, *params)).rowcount
+            count += conn.execute(
+                revive + "dead_category = ? AND handle NOT IN"
+                f" (SELECT handle FROM events WHERE kind = 'start' AND state = '{STATE_DEAD}')",
+                (now, DEAD_START_REFUSED),
+            ).rowcount
+            return count
+
+        return self._write(write)
+
+    def retarget(self, old_key: str | None, destination: Destination) -> int:
+        """Send rows spooled for `old_key` (any destination if None) to `destination`; returns how many.
+
+        Moves starts, and ends whose start the old destination has not acknowledged (an
+        acknowledged session can only be ended where it was started). Pending rows become due now.
+        """
+
+        def write(conn: sqlite3.Connection) -> int:
+            now = self._clock()
+            self._save_destination(conn, destination)
+            cond, params = "destination_key != ?", [destination.key]
+            if old_key is not None:
+                cond, params = "destination_key = ? AND destination_key != ?", [old_key, destination.key]
+            moved = conn.execute(
+                "UPDATE events SET destination_key = ?,"
+                f" next_attempt_at = CASE WHEN state = '{STATE_PENDING}' THEN ? ELSE next_attempt_at END"
+                f" WHERE {cond} AND (kind = 'start' OR handle IN"
+                " (SELECT handle FROM sessions WHERE server_session_id IS NULL))",
+                (destination.key, now, *params),
+            ).rowcount
+            conn.execute(
+                f"UPDATE sessions SET destination_key = ? WHERE {cond} AND server_session_id IS NULL",
+                (destination.key, *params),
+            )
+            return moved
+
+        return self._write(write)
+
+    def _save_destination(self, conn: sqlite3.Connection, destination: Destination) -> None:
+        text = destination.to_json()
+        conn.execute(
+            "INSERT INTO destinations (key, json) VALUES (?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET json = excluded.json WHERE json != excluded.json",
+            (destination.key, text),
+        )
+
+    @staticmethod
+    def _bury(
+        conn: sqlite3.Connection, cond: str, params: tuple[Any, ...], category: str, reason: str
+    ) -> int:
+        return conn.execute(
+            f"UPDATE events SET state = '{STATE_DEAD}', dead_category = ?, dead_reason = ? WHERE {cond}",
+            (category, reason, *params),
+        ).rowcount

@@ -1,0 +1,121 @@
+"""The spool's file-level recovery: files moved, replaced or corrupt, and which errors say so.
+
+`SpoolConnection` (spool/connection.py) compares, before each use, the database file and its
+`-wal` and `-shm` files with the ones it opened (device and inode): a database moved away or
+replaced is followed by its path, deleted WAL files are joined again (spool/rejoin.py). When
+SQLite finds the file damaged or foreign, `move_aside` moves it (and its WAL) aside, once, under
+a lock on its directory that every process of the spool takes: each shell and the agent.
+
+Standard library only: every shell imports the spool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from oneiric_session.errors import SpoolError
+from oneiric_session.spool.schema import NeedsFreshSpool
+
+__all__ = [
+    "FileId",
+    "SideIds",
+    "file_key",
+    "is_corruption",
+    "is_lost_wal",
+    "move_aside",
+    "recovery_lock",
+    "side_ids",
+    "still_in_place",
+]
+
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+_SQLITE_IOERR_SHORT_READ = 522
+
+# A file as (device, inode); the -wal and -shm files of a spool as such (None: absent).
+FileId = tuple[int, int]
+SideIds = tuple[FileId | None, FileId | None]
+
+
+def file_key(path: str | os.PathLike[str]) -> FileId | None:
+    """(device, inode) of the file at `path` now (None: absent or unreadable)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def side_ids(path: str | os.PathLike[str]) -> SideIds:
+    """(device, inode) of the spool's `-wal` and `-shm` files as they are on disk now."""
+    return file_key(f"{os.fspath(path)}-wal"), file_key(f"{os.fspath(path)}-shm")
+
+
+def still_in_place(path: Path, file_id: FileId | None) -> bool:
+    """Whether the file at `path` is still `file_id`: not moved aside nor deleted by another process."""
+    found = file_key(path)
+    return found is not None and found == file_id
+
+
+def is_lost_wal(exc: BaseException) -> bool:
+    """SQLITE_IOERR_SHORT_READ: the WAL index names frames the WAL on disk does not have."""
+    return getattr(exc, "sqlite_errorcode", None) == _SQLITE_IOERR_SHORT_READ
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """Not a database, or a damaged one: the only errors that justify starting afresh."""
+    if isinstance(exc, NeedsFreshSpool):
+        return True
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+
+
+def move_aside(path: Path, file_id: FileId | None, clock: Callable[[], float]) -> Path | None:
+    """Move the unusable spool at `path` (and its WAL) aside; where it went (None: nothing to move).
+
+    `file_id` is the file found unusable: another in its place was put there by a process that
+    already moved it aside. Raises SpoolError if it cannot be moved.
+    """
+    with recovery_lock(path):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return None
+        if file_id is not None and (st.st_dev, st.st_ino) != file_id:
+            return None  # another process already replaced it
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(clock()))
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+        n = 0
+        while aside.exists():
+            n += 1
+            aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        try:
+            os.replace(path, aside)
+            wal = Path(f"{path}-wal")
+            if wal.exists():
+                os.replace(wal, Path(f"{aside}-wal"))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{path}-shm")
+        except OSError as err:
+            raise SpoolError(f"spool {path} is unusable and cannot be moved aside: {err}") from err
+    return aside
+
+
+@contextlib.contextmanager
+def recovery_lock(path: Path) -> Iterator[None]:
+    """Serialize replacing a spool's files between processes: a lock on its directory (POSIX)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: best effort
+        yield
+        return
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
