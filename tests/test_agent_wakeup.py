@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from oneiric_session import wakeup
+from oneiric_session.wakeup import waker
 
 
 @pytest.fixture
@@ -147,7 +148,7 @@ def spawns(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         calls.append(spool_path)
         return os.getpid()
 
-    monkeypatch.setattr(wakeup, "spawn_agent", fake_spawn)
+    monkeypatch.setattr(waker, "spawn_agent", fake_spawn)  # wake_or_spawn calls its own module's
     return calls
 
 
@@ -206,7 +207,7 @@ def test_a_failed_spawn_leaves_no_marker(
     tmp_path: Path, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spool = tmp_path / "spool.sqlite3"
-    monkeypatch.setattr(wakeup, "spawn_agent", lambda spool_path, **_: None)
+    monkeypatch.setattr(waker, "spawn_agent", lambda spool_path, **_: None)
     assert wakeup.wake_or_spawn(spool) == "failed"
     assert not wakeup.spawn_marker_path(spool).exists()
 

@@ -1,5 +1,6 @@
-"""Settings: layered sources (`sources`, standard library + PyYAML), the pydantic models (`models`)
-and the loader that validates and keeps each value's source (`loader`).
+"""Settings: layered sources (`sources`, standard library), each file read bounded (`files`, PyYAML
+only when a YAML file is parsed), the pydantic models (`models`) and the loader that validates and
+keeps each value's source (`loader`).
 
 Names are re-exported lazily: the shell reads its provider selection through
 `oneiric_session.config.sources` without importing pydantic.

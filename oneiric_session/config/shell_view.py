@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import oneiric_session
 from oneiric_session.config import sources
+from oneiric_session.config.files import read_bounded
 from oneiric_session.config.sources import read_token
 from oneiric_session.digest import sha256_hex
 from oneiric_session.errors import ConfigError
@@ -64,6 +65,7 @@ _CODE_FILES = (
     "config/models.py",
     "config/loader.py",
     "config/sources.py",
+    "config/files.py",
     "config/shell_view.py",
     "destination.py",
     "limits.py",
@@ -289,7 +291,7 @@ def _file_digest(path: Path) -> str | None:
             return None
         # A FIFO, a device or an oversized file is a ConfigError here, at once: never cached, and
         # the loader reports it (a FIFO is never opened for a blocking read).
-        return sha256_hex(sources.read_bounded(path))
+        return sha256_hex(read_bounded(path))
     except (FileNotFoundError, NotADirectoryError):
         return None
 

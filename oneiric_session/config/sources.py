@@ -1,7 +1,9 @@
-"""Where settings come from, lowest precedence first (standard library + PyYAML only).
+"""Where settings come from, lowest precedence first, and the names they go by (standard library only).
 
 The shell reads its provider selection through this module without pydantic;
 full validation (`loader`) runs only when the selected provider needs settings.
+Reading one file (bounded, and YAML through PyYAML only when a file exists) is `files`' job;
+this module finds the files and variables, interprets their shapes and merges the layers.
 Every value keeps the label of the layer it came from: "default", "file:<path>",
 "env:<VAR>" or "argument". `read_token` reads the token the settings name (the loader's
 `LoadedConfig` and the shell's cached `ShellView` both call it; it is never stored).
@@ -16,6 +18,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from oneiric_session.config.files import read_bounded, read_file
 from oneiric_session.errors import ConfigError
 
 CATEGORY = "session_tracker"
@@ -46,13 +49,6 @@ SETTING_NAMES = frozenset(
 JSON_SETTINGS = frozenset(
     {"server", "server.args", "server.env", "retry", "breaker", "timeouts", "spool", "agent", "limits"}
 )
-
-
-# What one settings file may hold: settings are a few KiB; a bigger file is refused, never parsed.
-MAX_SETTINGS_FILE_BYTES = 1024 * 1024
-# What YAML may expand to: values (mapping entries, list items, scalars) once aliases and merge
-# keys are followed. A real settings file has a few hundred; an alias bomb has billions.
-MAX_SETTINGS_NODES = 100_000
 
 
 # Not dataclasses: the shell reads its settings here, and importing `dataclasses` costs it ~6 ms.
@@ -235,115 +231,7 @@ def _read_optional(merged: Merged, path: Path) -> dict[str, Any] | None:
     # Anything there but a directory is read (a FIFO or a device is refused there, never waited on).
     exists = os.path.exists(path) and not os.path.isdir(path)
     merged.files.append((path, exists))
-    return _read_file(path) if exists else None
-
-
-def read_bounded(path: Path, max_bytes: int = MAX_SETTINGS_FILE_BYTES, what: str = "settings file") -> bytes:
-    """The bytes of a regular file of at most `max_bytes`; ConfigError otherwise, at once.
-
-    Opened non-blocking, so a FIFO (a secret manager's pipe, a stale `<(...)`) or a device is
-    refused by its type instead of waiting for a writer; the size is checked before reading.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "not a regular file"
-            raise ConfigError(f"{path}: the {what} is {kind}; it must be a regular file")
-        if st.st_size > max_bytes:
-            raise ConfigError(f"{path}: the {what} is {st.st_size} bytes, more than the {max_bytes} allowed")
-        chunks: list[bytes] = []
-        size = 0
-        while chunk := os.read(fd, 65536):
-            size += len(chunk)
-            if size > max_bytes:  # it grew while being read
-                raise ConfigError(f"{path}: the {what} is more than the {max_bytes} bytes allowed")
-            chunks.append(chunk)
-        return b"".join(chunks)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
-    finally:
-        os.close(fd)
-
-
-def _read_file(path: Path) -> dict[str, Any]:
-    try:
-        text = read_bounded(path).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: cannot read the file ({exc})") from None
-    if path.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path} line {exc.lineno}: invalid JSON: {exc.msg}") from None
-    elif path.suffix == ".toml":
-        import tomllib
-
-        try:
-            data = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
-    else:
-        data = _parse_yaml(text, path)
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, found {type(data).__name__}")
-    return data
-
-
-def _parse_yaml(text: str, path: Path) -> Any:
-    import yaml  # only when a settings file exists: a shell without one pays nothing
-
-    try:
-        data = yaml.load(text, Loader=_bounded_loader(yaml))  # a SafeLoader subclass
-        _check_expansion(data, path)
-        return data
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        # problem/context only: the snippet of the file that PyYAML appends is not repeated
-        reason = "; ".join(p for p in (exc.context, exc.problem) if p)
-        raise ConfigError(f"{path}{where}: invalid YAML: {reason}") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
-
-
-def _bounded_loader(yaml: Any) -> Any:
-    """A SafeLoader that stops merge keys from expanding past MAX_SETTINGS_NODES (a merge-key bomb)."""
-
-    from yaml import SafeLoader  # (the caller's `yaml`, already imported: typed, unlike the parameter)
-
-    class BoundedLoader(SafeLoader):
-        budget = MAX_SETTINGS_NODES
-
-        def flatten_mapping(self, node: Any) -> None:
-            super().flatten_mapping(node)
-            self.budget -= len(node.value)
-            if self.budget < 0:
-                raise yaml.YAMLError(f"merge keys expand to more than {MAX_SETTINGS_NODES} entries")
-
-    return BoundedLoader
-
-
-def _check_expansion(data: Any, path: Path) -> None:
-    """ConfigError when `data`, aliases followed, holds more than MAX_SETTINGS_NODES values."""
-    budget = MAX_SETTINGS_NODES
-    stack = [data]
-    while stack:
-        value = stack.pop()
-        budget -= 1
-        if budget < 0:
-            raise ConfigError(
-                f"{path}: invalid YAML: aliases expand to more than {MAX_SETTINGS_NODES} values"
-            )
-        if isinstance(value, dict):
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
+    return read_file(path) if exists else None
 
 
 def _from_adapters_file(data: dict[str, Any], path: Path) -> dict[str, Any]:

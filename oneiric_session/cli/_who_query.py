@@ -1,0 +1,255 @@
+"""What `who` and `last` ask for, and asking it: the local database or a central server, page by page.
+
+The filters and the count come from the command line (`Query`); the sessions come from the bundled
+server's database (`--db`) or from a central server's `list_sessions` tool (`--url`), one bounded
+page at a time, never more than the count plus one (which tells whether there are more). `who`
+adds the idle column from this user's spool. Private to the command (`cli.who`, which renders):
+the leading underscore keeps the command dispatcher from taking it for a command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from oneiric_session.errors import ConfigError
+from oneiric_session.safetext import terminal_safe
+
+TOKEN_ENV = "SESSION_BUDDY_TOKEN"
+_RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+# Never wait longer than this for a central server (connect, then each page).
+_URL_TIMEOUT_SECONDS = 15.0
+
+
+# -- what to ask ---------------------------------------------------------------
+
+
+def parse_when(value: str, option: str, *, now: datetime | None = None) -> datetime:
+    """`2h`, `7d`, ... before now, or an ISO date / date-time (local zone when it names none)."""
+    match = _RELATIVE.match(value)
+    if match:
+        current = now or datetime.now(UTC)
+        return current - timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise ConfigError(
+            f"{option} {terminal_safe(value, 80)!r}: expected an ISO date-time (2026-12-03T09:00) "
+            "or a time ago (30m, 2h, 7d, 1w)"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.astimezone()  # naive: the local zone
+
+
+@dataclass(frozen=True)
+class Query:
+    open_only: bool
+    component: str | None
+    user: str | None
+    host: str | None
+    since: datetime | None
+    until: datetime | None
+    count: int  # 0: all
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, *, open_only: bool) -> Query:
+        if args.count < 0:
+            raise ConfigError(f"-n {args.count}: expected 0 (all) or more")
+        since = parse_when(args.since, "--since") if args.since else None
+        until = parse_when(args.until, "--until") if args.until else None
+        return cls(open_only, args.component, args.user, args.host, since, until, args.count)
+
+    def page_size(self, got: int) -> int:
+        from oneiric_session.server.listing import MAX_PAGE_SIZE
+
+        # One row beyond the count tells whether there are more.
+        return MAX_PAGE_SIZE if self.count == 0 else min(MAX_PAGE_SIZE, self.count + 1 - got)
+
+    def tool_arguments(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"open_only": self.open_only}
+        for name in ("component", "user", "host"):
+            if getattr(self, name) is not None:
+                args[name] = getattr(self, name)
+        for name in ("since", "until"):
+            moment: datetime | None = getattr(self, name)
+            if moment is not None:
+                args[name] = moment.astimezone(UTC).isoformat()
+        return args
+
+
+@dataclass
+class Result:
+    sessions: list[dict[str, Any]]
+    more: bool  # sessions beyond the count exist
+
+
+def _collect(pages: Iterable[tuple[list[dict[str, Any]], bool]], query: Query) -> Result:
+    got: list[dict[str, Any]] = []
+    for sessions, last_page in pages:
+        got.extend(sessions)
+        if query.count and len(got) > query.count:
+            return Result(got[: query.count], True)
+        if last_page:
+            break
+    return Result(got, False)
+
+
+# -- where to ask ----------------------------------------------------------------
+
+
+def _local(args: argparse.Namespace, query: Query) -> Result:
+    import sqlite3
+
+    from oneiric_session.paths import default_server_db_path
+    from oneiric_session.server.listing import BadQuery, SessionFilter
+    from oneiric_session.server.store import SessionStore
+
+    db_path = Path(args.db).expanduser() if args.db else default_server_db_path()
+    if not db_path.exists():  # reading must not create a database
+        return Result([], False)
+    where = SessionFilter(query.open_only, query.component, query.user, query.host, query.since, query.until)
+    try:
+        store = SessionStore(db_path)
+    except sqlite3.Error as exc:
+        raise ConfigError(f"cannot read the session database {db_path}: {exc}") from exc
+
+    def pages() -> Iterable[tuple[list[dict[str, Any]], bool]]:
+        cursor: str | None = None
+        got = 0
+        while True:
+            page = store.list_page(where, limit=query.page_size(got), cursor=cursor)
+            got += len(page.sessions)
+            yield page.sessions, page.next_cursor is None
+            cursor = page.next_cursor
+
+    try:
+        return _collect(pages(), query)
+    except BadQuery as exc:
+        raise ConfigError(str(exc)) from exc
+    except sqlite3.Error as exc:
+        raise ConfigError(f"cannot read the session database {db_path}: {exc}") from exc
+    finally:
+        store.close()
+
+
+class RemoteError(Exception):
+    """The central server did not list: unreachable, refused the token, or refused the query."""
+
+
+def _remote(url: str, query: Query) -> Result:
+    import asyncio
+
+    try:
+        return asyncio.run(_remote_pages(url, query))
+    except RemoteError as exc:
+        from oneiric_session.destination import Destination
+        from oneiric_session.errors import OneiricSessionError
+
+        # describe(): without any credentials the URL may carry.
+        where = Destination(transport="http", url=url).describe().removeprefix("http ")
+        raise OneiricSessionError(f"{terminal_safe(where, 200)}: {exc}") from None
+
+
+async def _remote_pages(url: str, query: Query) -> Result:
+    from oneiric_session.destination import Destination, Tuning
+    from oneiric_session.errors import DeliveryError
+    from oneiric_session.transport.answers import server_text
+    from oneiric_session.transport.connection import Connection
+
+    token = os.environ.get(TOKEN_ENV) or None
+    tuning = Tuning(connect_seconds=_URL_TIMEOUT_SECONDS, call_seconds=_URL_TIMEOUT_SECONDS)
+    connection = Connection(Destination(transport="http", url=url, tuning=tuning))
+    try:
+        await connection.open()
+        got: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            arguments = {**query.tool_arguments(), "limit": query.page_size(len(got))}
+            if cursor:
+                arguments["cursor"] = cursor
+            if token:
+                arguments["token"] = token
+            answer = await connection.call("list_sessions", arguments, token=token)
+            sessions, cursor = _read_page(answer, token, server_text)
+            if not sessions:
+                cursor = None  # an empty page ends the listing, whatever cursor came with it
+            got.extend(sessions)
+            if query.count and len(got) > query.count:
+                return Result(got[: query.count], True)
+            if cursor is None:
+                return Result(got, False)
+    except DeliveryError as exc:
+        raise RemoteError(str(exc)) from None
+    finally:
+        await connection.close()
+
+
+def _read_page(
+    answer: Any, token: str | None, server_text: Callable[[str, str | None], str]
+) -> tuple[list[dict[str, Any]], str | None]:
+    texts = " ".join(getattr(item, "text", "") for item in answer.content or [])
+    if answer.is_error:
+        if "Authentication failed" in texts:
+            hint = f"set ${TOKEN_ENV} to a valid token" if not token else f"check ${TOKEN_ENV}"
+            raise RemoteError(f"the server refused: {server_text(texts, token)} ({hint})")
+        if "Unknown tool" in texts:
+            raise RemoteError(
+                "the server cannot list sessions (it has no list_sessions tool: "
+                f"not an oneiric-session server, or an older one): {server_text(texts, token)}"
+            )
+        raise RemoteError(f"the server refused: {server_text(texts, token)}")
+    payload = answer.structured_content
+    if payload is None:
+        try:
+            payload = json.loads(texts)
+        except ValueError:
+            payload = None
+    if not isinstance(payload, dict) or not isinstance(payload.get("sessions"), list):
+        raise RemoteError(f"unexpected answer to list_sessions: {server_text(texts[:200], token)}")
+    if payload.get("status") != "ok":
+        raise RemoteError(f"the server refused: {server_text(str(payload.get('error')), token)}")
+    cursor = payload.get("next_cursor")
+    sessions = [row for row in payload["sessions"] if isinstance(row, dict)]
+    return sessions, cursor if isinstance(cursor, str) and cursor else None
+
+
+def fetch(args: argparse.Namespace, query: Query) -> Result:
+    return _remote(args.url, query) if args.url else _local(args, query)
+
+
+# -- idle: what this host's delivery agent saw -------------------------------------
+
+
+def fill_idle_seconds(args: argparse.Namespace, sessions: list[dict[str, Any]], now: float) -> None:
+    """Fill `idle_seconds` from this user's spool: its agent writes when it last saw each shell's
+    pid alive. Sessions of other hosts or users (or with no agent watching them) stay None."""
+    for row in sessions:
+        row["idle_seconds"] = None
+    try:
+        from oneiric_session.config import load_config
+        from oneiric_session.spool import Spool
+
+        path = load_config(args.settings).spool_path()
+        if not path.exists():
+            return
+        with Spool(path) as spool:
+            seen: dict[tuple[object, object], float] = {
+                (s.server_session_id, s.pid): s.last_seen_alive
+                for s in spool.open_sessions()
+                if s.server_session_id is not None
+            }
+    except Exception:  # a broken config or spool only costs the idle column
+        return
+    here = socket.gethostname()
+    for row in sessions:
+        when = seen.get((row.get("session_id"), row.get("pid")))
+        if when is not None and row.get("hostname") == here:
+            row["idle_seconds"] = max(0.0, round(now - when, 1))

@@ -1,0 +1,242 @@
+"""What a shell does once its row is in the spool: wake the agent, or start one (standard library only).
+
+Run by the shell's process, before its prompt and at its exit, so it stays cheap to import:
+`subprocess` is imported only to spawn, the socket through the C module `_socket` only to
+wake, the lock only when nobody listens. The spawned agent's process runs the three functions
+that take over what its shell handed it: `tokens_from_environment`, `secrets_from_environment`
+and `clear_spawn_marker`. A wake-up is one non-blocking datagram; when nobody listens, the
+shell spawns the agent detached and never waits for it.
+
+Many shells starting at once must not each spawn an agent (each costs a Python start
+on a machine busy starting shells). A shell that finds nobody listening spawns only
+when no agent holds the lock and no other spawn is under way: a marker file, created
+exclusively by the spawning shell and removed by the spawned agent just before it
+reaches for the lock. Why a shell that skips the spawn still gets its row delivered:
+it appended before it looked, and an agent holding the lock, or one whose marker is
+still there, takes (or re-takes) the lock after that look and then scans the spool
+(it binds its socket first, then reads every pending row; an idle agent handing over
+looks once more after releasing the lock).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from oneiric_session.wakeup.message import encode_wakeup, secret_values
+from oneiric_session.wakeup.paths import agent_log_path, socket_path, spawn_marker_path
+
+if TYPE_CHECKING:
+    import subprocess
+
+__all__ = [
+    "SECRETS_ENV",
+    "SPAWN_STALE_SECONDS",
+    "TOKENS_ENV",
+    "WakeResult",
+    "clear_spawn_marker",
+    "secrets_from_environment",
+    "spawn_agent",
+    "tokens_from_environment",
+    "wake",
+    "wake_or_spawn",
+]
+
+# The child reads the tokens from this variable and removes it from its environment.
+# (And the secret server.env values, destination key -> {name: value}, from SECRETS_ENV.)
+SECRETS_ENV = "ONEIRIC_SESSION_AGENT_SECRETS"
+TOKENS_ENV = "ONEIRIC_SESSION_AGENT_TOKENS"
+
+# Past this age a spawn marker is stale (its shell or agent died before the agent reached for the
+# lock): the next shell spawns. Long enough for an agent's Python to start on a loaded 2-core machine.
+SPAWN_STALE_SECONDS = 5.0
+
+# "starting": nobody listens yet, but an agent holds the lock or is being spawned; it reads the spool.
+WakeResult = Literal["woken", "starting", "spawned", "failed"]
+
+# Agents this process spawned: polled on the next spawn so none stays a zombie.
+_spawned: list[subprocess.Popen[bytes]] = []
+
+
+def wake(
+    spool_path: Path,
+    *,
+    tokens: Mapping[str, str] | None = None,
+    handover: bool = False,
+    secrets: Mapping[str, Mapping[str, str]] | None = None,
+) -> bool:
+    """Send one wake-up without blocking; True when an agent is listening."""
+    path = socket_path(spool_path)
+    if path is None:
+        return False
+    try:
+        # `_socket`, the C module `socket` wraps: importing `socket` itself (its enums, selectors)
+        # costs a shell ~2 ms before its prompt, for one datagram.
+        import _socket
+
+        sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.sendto(encode_wakeup(tokens, handover=handover, secrets=secrets), os.fsencode(path))
+        finally:
+            sock.close()
+    except BlockingIOError:
+        return True  # its queue is full: it is alive and has wake-ups to read
+    except OSError:
+        return False  # no socket, or a stale one nobody reads
+    return True
+
+
+def spawn_agent(
+    spool_path: Path,
+    *,
+    tokens: Mapping[str, str] | None = None,
+    idle_exit_seconds: float | None = None,
+    secrets: Mapping[str, Mapping[str, str]] | None = None,
+) -> int | None:
+    """Start an agent for this spool, detached; its pid, or None. Never waits for it.
+
+    The tokens go in its environment only. It runs in "/" with `-P`, so neither the working
+    directory of the shell that happened to start it (never pinned, never reported from) nor the
+    spool's directory (maybe a team directory others can write) is on its import path, nor on the
+    import path of a server it launches with `python -m` and no `server.cwd`.
+    """
+    import subprocess  # only when no agent listens: a shell that wakes one never pays for it
+
+    for child in list(_spawned):
+        if child.poll() is not None:
+            _spawned.remove(child)
+    env = dict(os.environ)
+    env.pop(TOKENS_ENV, None)
+    env.pop(SECRETS_ENV, None)
+    if tokens:
+        env[TOKENS_ENV] = json.dumps(dict(tokens))
+    if secrets:
+        env[SECRETS_ENV] = json.dumps({k: dict(v) for k, v in secrets.items()})
+    spool_path = Path(os.path.abspath(spool_path))  # the agent runs in "/"
+    # -P: the cwd is not put first on sys.path (and "/" is no attacker's directory anyway).
+    argv = [sys.executable, "-P", "-m", "oneiric_session", "agent", "--foreground"]
+    argv += ["--spool", str(spool_path)]
+    argv += ["--log-file", str(agent_log_path(spool_path))]
+    if idle_exit_seconds is not None:  # the spawning shell's setting: the agent has no settings dir
+        argv += ["--idle-exit-seconds", repr(float(idle_exit_seconds))]
+    try:
+        child = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
+            cwd="/",
+        )
+    except OSError:
+        return None
+    _spawned.append(child)
+    return child.pid
+
+
+def _marker_is_stale(marker: Path) -> bool:
+    """True when the marker is too old, or names an agent that is gone."""
+    try:
+        with open(marker, "rb") as file:
+            age = time.time() - os.fstat(file.fileno()).st_mtime
+            text = file.read(32)
+    except FileNotFoundError:
+        return True
+    if not -SPAWN_STALE_SECONDS < age < SPAWN_STALE_SECONDS:
+        return True
+    if not text.strip().isdigit():
+        return False  # its shell is between creating it and spawning: fresh enough
+    try:
+        os.kill(int(text), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False  # alive (PermissionError: not ours, yet a live pid)
+    return False
+
+
+def _claim_spawn(marker: Path) -> int | None:
+    """Create the marker exclusively: its descriptor, or None when another spawn is under way.
+
+    A stale marker is replaced (two shells replacing one at once may both spawn: harmless).
+    Raises OSError when the marker cannot be created at all.
+    """
+    for _ in range(2):
+        try:
+            return os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            if not _marker_is_stale(marker):
+                return None
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(marker)
+    return None
+
+
+def clear_spawn_marker(spool_path: Path) -> None:
+    """The spawned agent's first act, just before it reaches for the lock (see the module doc)."""
+    with contextlib.suppress(OSError):
+        os.unlink(spawn_marker_path(spool_path))
+
+
+def wake_or_spawn(
+    spool_path: Path,
+    *,
+    tokens: Mapping[str, str] | None = None,
+    idle_exit_seconds: float | None = None,
+    secrets: Mapping[str, Mapping[str, str]] | None = None,
+) -> WakeResult:
+    """Wake the agent of this spool; else leave it to one starting; else start one.
+
+    The caller's row must already be in the spool (see the module doc for why).
+    """
+    if wake(spool_path, tokens=tokens, secrets=secrets):
+        return "woken"
+    from oneiric_session.wakeup.lock import agent_holds_lock  # only now: a woken agent needs no look
+
+    if agent_holds_lock(spool_path):
+        return "starting"  # binding its socket, or handing over: it reads the spool after that
+    marker = spawn_marker_path(spool_path)
+    try:
+        fd = _claim_spawn(marker)
+    except OSError:
+        fd = -1  # no marker possible: spawn anyway (a second agent exits at once)
+    if fd is None:
+        return "starting"
+    extra = {"secrets": secrets} if secrets else {}  # (only then: callers may stand in for spawn_agent)
+    pid = spawn_agent(spool_path, tokens=tokens, idle_exit_seconds=idle_exit_seconds, **extra)
+    if fd >= 0:
+        with contextlib.suppress(OSError):
+            if pid is None:
+                os.unlink(marker)
+            else:
+                os.write(fd, str(pid).encode())
+        os.close(fd)
+    return "spawned" if pid is not None else "failed"
+
+
+def secrets_from_environment() -> dict[str, dict[str, str]]:
+    """The secret server.env values the spawning shell passed (removed from this environment)."""
+    try:
+        return secret_values(json.loads(os.environ.pop(SECRETS_ENV, "") or "{}"))
+    except ValueError:
+        return {}
+
+
+def tokens_from_environment() -> dict[str, str]:
+    """The tokens the spawning shell passed (and remove them from this process's environment)."""
+    try:
+        value = json.loads(os.environ.pop(TOKENS_ENV, "") or "{}")
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str) and v}
