@@ -6,9 +6,12 @@ Read from the spool file and the agent's lock; never creates a spool, never show
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,42 +22,91 @@ from oneiric_session.wakeup import agent_holds_lock
 __all__ = [
     "META_DESTINATIONS",
     "META_PID",
+    "DestinationStatus",
     "answering_destinations",
     "delivery_status",
     "failing_destination",
+    "publish_destinations",
+    "read_destinations",
 ]
 
 # Written by a process that joined the spool again after its WAL files were deleted (spool/rejoin.py).
 META_REJOINED = "spool.rejoined"
-# Written by the agent (oneiric_session.agent uses the same names).
+# Written by the agent: its pid, and its view of each destination (`publish_destinations`).
 META_PID = "agent.pid"
 META_DESTINATIONS = "agent.destinations"
 
 
-def _destinations(spool: Spool) -> dict[str, dict[str, Any]]:
+@dataclass(frozen=True)
+class DestinationStatus:
+    """What the agent publishes about one destination: one writer (`publish_destinations`, called
+    by the agent), one reader (`read_destinations`, for `status`, the shells and `spool replay`)."""
+
+    target: str = ""
+    breaker: str = "closed"
+    last_error: str | None = None
+    auth_error: str | None = None
+    failing_since: float | None = None  # wall clock
+    consecutive_failures: int = 0
+
+    @property
+    def answering(self) -> bool:
+        """Delivering without trouble: no error, no failures."""
+        return not (self.last_error or self.auth_error or self.consecutive_failures)
+
+    @classmethod
+    def _parse(cls, value: object) -> DestinationStatus | None:
+        """From the spool's text, which any version of the agent (or a damaged file) wrote."""
+        if not isinstance(value, dict):
+            return None
+
+        def text(name: str) -> str | None:
+            item = value.get(name)
+            return item if isinstance(item, str) else None
+
+        since = value.get("failing_since")
+        failures = value.get("consecutive_failures")
+        return cls(
+            target=text("target") or "",
+            breaker=text("breaker") or "closed",
+            last_error=text("last_error"),
+            auth_error=text("auth_error"),
+            failing_since=float(since) if isinstance(since, int | float) else None,
+            consecutive_failures=failures if isinstance(failures, int) else 0,
+        )
+
+
+def publish_destinations(
+    spool: Spool, statuses: Mapping[str, DestinationStatus], previous: str | None
+) -> str:
+    """Write the agent's view of its destinations unless it is `previous` (the text last written)."""
+    text = json.dumps({key: dataclasses.asdict(statuses[key]) for key in sorted(statuses)}, sort_keys=True)
+    if text != previous:
+        spool.meta_set(META_DESTINATIONS, text)
+    return text
+
+
+def read_destinations(spool: Spool) -> dict[str, DestinationStatus]:
+    """The agent's last published view of its destinations, by destination key ({} if none)."""
     try:
         value = json.loads(spool.meta_get(META_DESTINATIONS) or "{}")
     except ValueError:
         return {}
-    return value if isinstance(value, dict) else {}
+    if not isinstance(value, dict):
+        return {}
+    parsed = {key: DestinationStatus._parse(item) for key, item in value.items()}
+    return {key: status for key, status in parsed.items() if status is not None}
 
 
 def answering_destinations(spool: Spool) -> set[str]:
     """Keys of destinations the agent is delivering to without trouble (no error, no failures)."""
-    return {
-        key
-        for key, state in _destinations(spool).items()
-        if isinstance(state, dict)
-        and not state.get("last_error")
-        and not state.get("auth_error")
-        and not state.get("consecutive_failures")
-    }
+    return {key for key, status in read_destinations(spool).items() if status.answering}
 
 
 def failing_destination(spool: Spool, key: str) -> tuple[int, str | None]:
     """Events waiting in the spool, and the agent's last error for destination `key` (None if fine)."""
-    state = _destinations(spool).get(key) or {}
-    return spool.stats().depth, state.get("last_error")
+    status = read_destinations(spool).get(key) or DestinationStatus()
+    return spool.stats().depth, status.last_error
 
 
 def delivery_status(
@@ -88,7 +140,7 @@ def delivery_status(
         pid = spool.meta_get(META_PID)
         rejoined = spool.meta_get(META_REJOINED)
         disk = spool.disk_bytes()
-        destinations = _destinations(spool)
+        destinations = read_destinations(spool)
     except SpoolError as exc:
         report["error"] = str(exc)
         return report
@@ -96,11 +148,11 @@ def delivery_status(
         spool.close()
     if running and pid and pid.isdigit():
         report["agent_pid"] = int(pid)
-    state = destinations.get(destination_key or "") or {}
+    status = destinations.get(destination_key or "") or DestinationStatus()
     report.update(
-        breaker=state.get("breaker", "closed"),
-        last_error=state.get("last_error"),
-        auth_error=state.get("auth_error"),
+        breaker=status.breaker,
+        last_error=status.last_error,
+        auth_error=status.auth_error,
         depth=stats.depth,
         oldest_event_age_seconds=(
             None if stats.oldest_pending_age_seconds is None else round(stats.oldest_pending_age_seconds, 1)

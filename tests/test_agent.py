@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from oneiric_session import wakeup
-from oneiric_session.agent import KILL_AFTER_ANSWER_ENV
 from oneiric_session.config.loader import load_config
 from oneiric_session.delivery_status import delivery_status
 from tests.support.delivery import WAIT_SECONDS, Scene, process_gone, wait_until
@@ -23,9 +22,9 @@ def _log(scene: Scene) -> Path:
     return wakeup.agent_log_path(scene.spool_path)
 
 
-def _start_agent(scene: Scene, **env: str) -> subprocess.Popen[str]:
+def _start_agent(scene: Scene, kill_after: str | None = None) -> subprocess.Popen[str]:
     """An agent started by hand that holds the lock and listens before this returns."""
-    agent = scene.agent("--log-file", str(_log(scene)), env=env)
+    agent = scene.agent("--log-file", str(_log(scene)), kill_after=kill_after)
     wait_until(lambda: scene.agent_pid() == agent.pid, what="the agent to take the spool")
     return agent
 
@@ -33,7 +32,7 @@ def _start_agent(scene: Scene, **env: str) -> subprocess.Popen[str]:
 @pytest.mark.parametrize("kind", ["start", "end"])
 def test_agent_killed_between_answer_and_removal_duplicates_nothing(scene: Scene, kind: str) -> None:
     """SIGKILL right after the server answered, before the spool forgot the row: resent, not doubled."""
-    agent = _start_agent(scene, **{KILL_AFTER_ANSWER_ENV: kind})
+    agent = _start_agent(scene, kill_after=kind)
     scene.run_shell(1)
     assert agent.wait(timeout=WAIT_SECONDS) == -signal.SIGKILL
     assert scene.depth() == (2 if kind == "start" else 1)  # the answered row is still there

@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 import pytest
 
-from oneiric_session.agent import KILL_AFTER_ANSWER_ENV
 from tests.faults.harness import (
     CROWDED_BLOCKED_BOUND_SECONDS,
     SHELL_CALL_BOUND_SECONDS,
@@ -376,7 +375,7 @@ def test_the_agent_killed_with_sigkill(scene: FaultScene, outcome: Outcome, case
     scene.configure(**case.settings)
     if case.mode:
         scene.break_server(case.mode)
-    agent = scene.agent_by_hand(**({KILL_AFTER_ANSWER_ENV: case.kill_after} if case.kill_after else {}))
+    agent = scene.agent_by_hand(kill_after=case.kill_after or None)
     runs = scene.shells(1, prefix="a")
     outcome.shell = check_shells(runs)
     if case.wait_for:

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from oneiric_session import wakeup
-from oneiric_session.agent import KILL_AFTER_ANSWER_ENV
 from oneiric_session.config.loader import load_config
 from oneiric_session.delivery_status import delivery_status
 from oneiric_session.destination import Destination, Tuning
@@ -153,7 +152,7 @@ def test_an_agent_killed_after_the_answer_over_http_duplicates_nothing(
     server.start()
     scene = fleet.host("h")
     log = wakeup.agent_log_path(scene.spool_path)
-    agent = scene.agent("--log-file", str(log), env={KILL_AFTER_ANSWER_ENV: "start"})
+    agent = scene.agent("--log-file", str(log), kill_after="start")
     wait_until(lambda: scene.agent_pid() == agent.pid, what="the agent to take the spool")
     scene.run_shell(1)
     assert agent.wait(timeout=WAIT_SECONDS) == -signal.SIGKILL

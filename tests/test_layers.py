@@ -37,8 +37,26 @@ SHELL_SIDE = (
     "oneiric_session.procinfo",
     "oneiric_session.safetext",
     "oneiric_session.spool",
+    "oneiric_session.spool.schema",
+    "oneiric_session.spool.transaction",
+    "oneiric_session.spool.opening",
+    "oneiric_session.spool.recovery",
+    "oneiric_session.spool.connection",
+    "oneiric_session.spool.records",
+    "oneiric_session.spool.retention",
+    "oneiric_session.spool.due",
+    "oneiric_session.spool.outcomes",
+    "oneiric_session.spool.queue",
+    "oneiric_session.spool.outbox",
+    "oneiric_session.spool.rejoin",  # loaded only after the WAL files were deleted under a shell
     "oneiric_session.wakeup",
+    "oneiric_session.wakeup.paths",
+    "oneiric_session.wakeup.message",
+    "oneiric_session.wakeup.waker",
+    "oneiric_session.wakeup.lock",
+    "oneiric_session.wakeup.listener",  # the agent's, but loaded with the package
     "oneiric_session.config.sources",
+    "oneiric_session.config.files",
     "oneiric_session.config.shell_view",
 )
 # A shell that uses a tracker, not only imports it (no settings, so nothing validates them).

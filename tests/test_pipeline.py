@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 from oneiric_session import events, wakeup
-from oneiric_session.agent import KILL_AFTER_ANSWER_ENV
 from oneiric_session.agent.pipeline import DEFAULT_WINDOW, MAX_WINDOW, window_size
 from oneiric_session.config.loader import load_config
 from oneiric_session.limits import Limits
@@ -52,8 +51,8 @@ def _spool_sessions(scene: Scene, count: int, prefix: str) -> list[str]:
     return ids
 
 
-def _agent(scene: Scene, **env: str) -> Any:
-    return scene.agent("--log-file", str(wakeup.agent_log_path(scene.spool_path)), env=env)
+def _agent(scene: Scene, kill_after: str | None = None) -> Any:
+    return scene.agent("--log-file", str(wakeup.agent_log_path(scene.spool_path)), kill_after=kill_after)
 
 
 def _use_fault_server(scene: Scene, record: Path, *, delay: float, window: int | None) -> None:
@@ -146,7 +145,7 @@ def test_kill_9_with_a_full_window_in_flight_loses_and_doubles_nothing(scene: Sc
     """SIGKILL at the 40th answer with the bundled server's window full (calls in flight, answers not
     yet committed): the next agent re-sends them, the server records each session once."""
     ids = _spool_sessions(scene, 100, "kill-")
-    agent = _agent(scene, **{KILL_AFTER_ANSWER_ENV: "start:40"})
+    agent = _agent(scene, kill_after="start:40")
     assert agent.wait(timeout=WAIT_SECONDS) == -signal.SIGKILL
     recorded = {event_id for event_id, _ in _server_rows(scene)}
     assert len(recorded) >= 40

@@ -1,6 +1,6 @@
 """When the delivery agent may send again, whatever the wall clock does (hardening items 7 and 8).
 
-The running agent times its own back-offs in monotonic time (`_DestinationState.retry_at`);
+The running agent times its own back-offs in monotonic time (`DestinationWorker.retry_at`);
 the spool keeps each row's next attempt in wall-clock time for the next agent (after a kill
 or a hand-over). Two rules join them:
 
@@ -25,7 +25,7 @@ from oneiric_session.spool import Spool
 class _State(Protocol):
     deferred: set[tuple[int, str]]
     retry_at: float
-    worker: Any
+    task: Any
 
 
 def backoff_cap(destination: Destination | None, floor: float) -> float:
@@ -45,10 +45,17 @@ def due_waits(
 ) -> dict[str, float]:
     """Seconds until each destination's earliest deliverable row is due (0: now); absent: none."""
     for state in states:
-        if state.deferred and state.worker is None and state.retry_at <= mono:
+        if state.deferred and state.task is None and state.retry_at <= mono:
             spool.make_due(state.deferred, wall)
             state.deferred.clear()
     caps = {d.key: backoff_cap(d, floor) for d in destinations}
     default = backoff_cap(None, floor)
     due = spool.due_schedule(lambda key: caps.get(key, default), now=wall)
     return {key: max(0.0, at - wall) for key, at in due.items()}
+
+
+def sleep_seconds(moments: Iterable[float | None], *, now: float, poll: float) -> float:
+    """How long the serve loop may sleep (unless woken): until the earliest of `moments` still
+    ahead (monotonic: back-offs ending, a row falling due, the idle exit), at most `poll`."""
+    ahead = [moment - now for moment in moments if moment is not None]
+    return max(min([poll, *ahead]), 0.001)

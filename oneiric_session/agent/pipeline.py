@@ -120,7 +120,7 @@ async def drain(
 
     `prepare(row)` returns the destination's delivery state, or None when the row was dealt with
     (an unknown destination: dead letter); `deliver(row, state, acks)` sends one row, records a
-    success in `acks`, and returns False on a transient failure (as `DeliveryAgent._deliver`).
+    success in `acks`, and returns False on a transient failure (as `DestinationWorker.deliver`).
     """
     acks = Acknowledgements(spool)
     flight: dict[asyncio.Task[bool], SpooledEvent] = {}

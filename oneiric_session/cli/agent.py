@@ -8,12 +8,13 @@ import logging
 import logging.handlers
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from oneiric_session.config.loader import LoadedConfig
-    from oneiric_session.spool import Spool
+    from oneiric_session.spool import Spool, SpooledEvent
     from oneiric_session.wakeup import AgentLock
 
 # The agent's log, next to the spool: small, rotated once (it holds no token, only messages).
@@ -102,7 +103,8 @@ def _setup_logging(log_file: str | None) -> None:
     root.setLevel(logging.INFO)
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, *, on_answer: Callable[[SpooledEvent], None] | None = None) -> int:
+    """The command; `on_answer` goes to the `DeliveryAgent` (tests/support/killing_agent.py)."""
     from oneiric_session import wakeup
 
     if not args.foreground:
@@ -140,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     log = logging.getLogger("oneiric_session.agent")
     tokens = wakeup.tokens_from_environment()  # always removed, even by an agent that exits now
     secrets = wakeup.secrets_from_environment()
-    wakeup.clear_spawn_marker(spool_path)  # before the lock: see wakeup's module doc
+    wakeup.clear_spawn_marker(spool_path)  # before the lock: see wakeup.waker's module doc
     from oneiric_session.privacy import foreign_reason
 
     refused = foreign_reason(spool_path)
@@ -182,7 +184,15 @@ def run(args: argparse.Namespace) -> int:
             tokens = {config.destination().key: token, **tokens}
         if config is not None and config.destination().secrets():
             secrets = {config.destination().key: config.destination().secrets(), **secrets}
-        return serve(spool_path, lock, tokens=tokens, idle_exit_seconds=idle, secrets=secrets, spool=spool)
+        return serve(
+            spool_path,
+            lock,
+            tokens=tokens,
+            idle_exit_seconds=idle,
+            secrets=secrets,
+            spool=spool,
+            on_answer=on_answer,
+        )
     finally:
         lock.release()
         spool.close()
@@ -202,6 +212,7 @@ def serve(
     idle_exit_seconds: float,
     secrets: dict[str, dict[str, str]] | None = None,
     spool: Spool | None = None,
+    on_answer: Callable[[SpooledEvent], None] | None = None,
 ) -> int:
     """Run the agent here, holding `lock`, until idle."""
     import asyncio
@@ -211,7 +222,9 @@ def serve(
 
     log = logging.getLogger("oneiric_session.agent")
     spool = spool or uncapped_spool(spool_path)
-    agent = DeliveryAgent(spool, tokens=tokens, secrets=secrets, idle_exit_seconds=idle_exit_seconds)
+    agent = DeliveryAgent(
+        spool, tokens=tokens, secrets=secrets, idle_exit_seconds=idle_exit_seconds, on_answer=on_answer
+    )
     log.info("agent %d serving %s", os.getpid(), spool_path)
     try:
         asyncio.run(run_agent(agent, lock, wakeup.WakeupListener(spool_path)))

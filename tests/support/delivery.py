@@ -17,6 +17,7 @@ from typing import Any
 from oneiric_session.spool import Spool
 
 CLI = [sys.executable, "-m", "oneiric_session"]
+KILLING_AGENT = str(Path(__file__).with_name("killing_agent.py"))
 # Every wait on another process is bounded by this (CI machines are slow, 2 cores).
 WAIT_SECONDS = 60.0
 _POLL_SECONDS = 0.05
@@ -122,9 +123,14 @@ class Scene:
         assert imported_mcp == "False"
         return handles.split()
 
-    def agent(self, *args: str, env: Mapping[str, str] | None = None) -> subprocess.Popen[str]:
+    def agent(
+        self, *args: str, env: Mapping[str, str] | None = None, kill_after: str | None = None
+    ) -> subprocess.Popen[str]:
+        """`oneiric-session agent --foreground`; with `kill_after` ("start", "end:3", ...) it
+        SIGKILLs itself after such an answer, before the acknowledgement (support/killing_agent.py)."""
+        command = [*CLI, "agent"] if kill_after is None else [sys.executable, KILLING_AGENT, kill_after]
         return subprocess.Popen(
-            [*CLI, "agent", "--foreground", "--spool", str(self.spool_path), *args],
+            [*command, "--foreground", "--spool", str(self.spool_path), *args],
             env={**self.env, **(env or {})},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

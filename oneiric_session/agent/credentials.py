@@ -1,0 +1,67 @@
+"""The agent's credentials: tokens and secret server.env values, in memory only, each keyed by
+the destination it was given for (from the spawning shell's environment, then each wake-up).
+
+A destination with no token gets none: never another destination's, never a default. A
+token the server refused is remembered by digest only (never the token itself), so a shell
+still holding an old token cannot undo the new one a later shell brought.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Mapping
+
+from oneiric_session.digest import sha256_hex
+
+__all__ = ["Credentials"]
+
+
+def _digest(token: str) -> str:
+    return sha256_hex(token.encode())
+
+
+class Credentials:
+    def __init__(
+        self,
+        tokens: Mapping[str, str] | None = None,
+        secrets: Mapping[str, Mapping[str, str]] | None = None,
+    ) -> None:
+        self._tokens: dict[str, str] = {}
+        self._refused: collections.defaultdict[str, set[str]] = collections.defaultdict(set)
+        # Secret server.env values per destination key (destination.SECRET_REFERENCE).
+        self._secrets: dict[str, dict[str, str]] = {k: dict(v) for k, v in (secrets or {}).items()}
+        self.initial_tokens = dict(tokens or {})  # taken when delivery starts (`take_tokens`)
+
+    def token(self, key: str) -> str | None:
+        """The token given for destination `key`, or None."""
+        return self._tokens.get(key)
+
+    def secrets(self, key: str) -> dict[str, str] | None:
+        return self._secrets.get(key)
+
+    def take_tokens(self, tokens: Mapping[str, str]) -> list[str]:
+        """Take new tokens, except ones already refused; the keys whose token changed."""
+        fresh = {
+            key: token
+            for key, token in tokens.items()
+            if token and self._tokens.get(key) != token and _digest(token) not in self._refused[key]
+        }
+        self._tokens.update(fresh)
+        return list(fresh)
+
+    def take_secrets(self, secrets: Mapping[str, Mapping[str, str]]) -> list[str]:
+        """Take secret server.env values; the keys whose values changed."""
+        changed = [
+            key for key, values in secrets.items() if values and self._secrets.get(key) != dict(values)
+        ]
+        for key in changed:
+            self._secrets[key] = dict(secrets[key])
+        return changed
+
+    def refuse(self, key: str) -> bool:
+        """The server refused `key`'s current token (or its lack of one): True the first time."""
+        token = self._tokens.get(key)
+        digest = _digest(token) if token else ""  # "": no token at all (never a token's digest)
+        first = digest not in self._refused[key]
+        self._refused[key].add(digest)
+        return first

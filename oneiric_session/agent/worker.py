@@ -1,0 +1,259 @@
+"""One destination's delivery, in the agent: its client, its back-off, draining its due rows
+(`pipeline`), sending one row, and what an error means for the row (`classify`).
+
+Transient failures back off per destination (capped exponential, beyond the transport's own
+retries; at least the breaker's reset while the breaker is open); refusals become dead letters
+with the server's message; an authentication failure is a dead letter of category "auth",
+requeued by the agent when a different token for that destination arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import oneiric_session.agent.pipeline as pipeline
+from oneiric_session.agent.credentials import Credentials
+from oneiric_session.delivery_status import DestinationStatus
+from oneiric_session.destination import Destination
+from oneiric_session.errors import (
+    AuthenticationError,
+    CircuitOpenError,
+    DeliveryError,
+    SpoolError,
+    TransientDeliveryError,
+)
+from oneiric_session.resilience import capped_delay
+from oneiric_session.spool import DEAD_AUTH, DEAD_REJECTED, Spool, SpooledEvent
+
+__all__ = ["Client", "ClientFactory", "DestinationWorker", "Outcome", "Tally", "classify"]
+
+logger = logging.getLogger("oneiric_session.agent")
+
+
+class Client(Protocol):
+    """What the agent needs of `transport.SessionBuddyClient`."""
+
+    @property
+    def breaker_state(self) -> str: ...
+
+    async def start_session(self, event: Mapping[str, Any]) -> str: ...
+
+    async def end_session(self, event: Mapping[str, Any]) -> str: ...
+
+    async def aclose(self) -> None: ...
+
+
+ClientFactory = Callable[[Destination, Callable[[], str | None]], Client]
+
+
+class Outcome(enum.Enum):
+    """What a failed delivery means for its row."""
+
+    RETRY = "retry"  # transient (or a bug below us): the destination backs off, the row waits
+    REFUSED = "refused"  # the server refused this event: a dead letter with its message
+    AUTH = "auth"  # the server refused the token: a dead letter until a new token arrives
+
+
+def classify(exc: BaseException) -> Outcome:
+    if isinstance(exc, AuthenticationError):
+        return Outcome.AUTH
+    if isinstance(exc, DeliveryError) and exc.permanent:
+        return Outcome.REFUSED
+    return Outcome.RETRY
+
+
+@dataclass
+class Tally:
+    """The agent's counts across destinations (`spool replay` prints them)."""
+
+    delivered: int = 0
+    dead_lettered: int = 0
+    progress: Callable[[int], None] | None = None
+
+
+class _BackOff(Exception):
+    """Raised out of `pipeline.drain` when the destination must back off before its next row."""
+
+
+@dataclass
+class DestinationWorker:
+    """Delivery state of one destination, in memory; `status()` is what the agent publishes."""
+
+    key: str
+    describe: str
+    spool: Spool
+    credentials: Credentials
+    client_factory: ClientFactory
+    mono: Callable[[], float]
+    wall: Callable[[], float]
+    tally: Tally
+    changed: Callable[[], None]  # the published status may have changed
+    # Called with each answered row before its acknowledgement (tests kill the agent there).
+    on_answer: Callable[[SpooledEvent], None] | None = None
+    client: Client | None = None
+    failures: int = 0  # consecutive transient failures
+    retry_at: float = 0.0  # monotonic: no attempt before this
+    last_error: str | None = None
+    auth_error: str | None = None  # the server refused the token; cleared by a new token or a delivery
+    failing_since: float | None = None  # wall clock
+    last_used: float = 0.0  # monotonic
+    # Rows this agent backed off (row id, event id): due again when retry_at passes (agent.clock).
+    deferred: set[tuple[int, str]] = field(default_factory=set, repr=False)
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def status(self) -> DestinationStatus:
+        return DestinationStatus(
+            target=self.describe,
+            breaker=self.client.breaker_state if self.client is not None else "closed",
+            last_error=self.last_error,
+            auth_error=self.auth_error,
+            failing_since=self.failing_since,
+            consecutive_failures=self.failures,
+        )
+
+    async def drain(self, *, replaying: bool, stopping: Callable[[], bool]) -> None:
+        """Deliver the due rows oldest first, up to the window of calls in flight (`pipeline`),
+        until none is left or the destination must back off."""
+        with contextlib.suppress(_BackOff):
+            await pipeline.drain(
+                self.spool,
+                self.key,
+                # A replay sends rows still waiting out a back-off too: that is what it is for.
+                due=float("inf") if replaying else None,
+                stopping=stopping,
+                prepare=self._prepare,
+                deliver=self.deliver,
+                window=self._window,
+            )
+
+    def _prepare(self, row: SpooledEvent) -> DestinationWorker | None:
+        if row.destination is None:
+            self._dead(row, f"destination {self.key} is unknown to the spool")
+            return None
+        try:
+            self._connect(row.destination)
+        except TransientDeliveryError as exc:  # a secret not brought yet: back off, keep the row
+            self._failed(row, exc)
+            raise _BackOff from None
+        return self
+
+    def _connect(self, destination: Destination) -> None:
+        if self.client is not None:
+            return
+        destination = destination.with_secrets(self.credentials.secrets(self.key))
+        missing = destination.missing_secrets()
+        if missing:
+            raise TransientDeliveryError(
+                f"server.env {', '.join(missing)} is kept in memory only and this agent has not "
+                "received it yet: it waits for a shell (or `spool replay`) with these settings"
+            )
+        self.client = self.client_factory(destination, lambda: self.credentials.token(self.key))
+
+    def _window(self, _state: DestinationWorker, row: SpooledEvent) -> int:
+        """Calls allowed in flight to this destination (`pipeline.window_size`)."""
+        configured = row.destination.tuning.window if row.destination is not None else 0
+        return pipeline.window_size(configured, getattr(self.client, "server_name", None))
+
+    async def deliver(
+        self, row: SpooledEvent, _state: DestinationWorker, acks: pipeline.Acknowledgements | None = None
+    ) -> bool:
+        """Send one row; False when the destination must back off (transient failure).
+
+        The answer is acknowledged in the spool at once, or held in `acks` (committed in batches).
+        """
+        assert self.client is not None
+        self.last_used = self.mono()
+        try:
+            if row.kind == "start":
+                server_id = await self.client.start_session(row.arguments())
+                self._answered(row)
+                if acks is None:
+                    self.spool.ack_start(row, server_id)
+                else:
+                    acks.start(row, server_id)
+            else:
+                await self.client.end_session(row.arguments())
+                self._answered(row)
+                if acks is None:
+                    self.spool.ack_end(row)
+                else:
+                    acks.end(row)
+        except SpoolError:
+            raise
+        except Exception as exc:
+            outcome = classify(exc)
+            if outcome is Outcome.AUTH:
+                self._auth_failed(row, exc)
+            elif outcome is Outcome.REFUSED:
+                self._dead(row, str(exc))
+            else:
+                if not isinstance(exc, DeliveryError):  # a bug below us must not stop delivery
+                    logger.exception("unexpected error delivering %s %s", row.kind, row.handle)
+                self._failed(row, exc)
+                return False
+        else:
+            self._succeeded()
+        self.changed()
+        return True
+
+    def _answered(self, row: SpooledEvent) -> None:
+        if self.on_answer is not None:
+            self.on_answer(row)
+
+    def _succeeded(self) -> None:
+        self.tally.delivered += 1
+        if self.failures or self.last_error:
+            logger.info("delivering to %s again", self.describe)
+        self.failures, self.last_error, self.failing_since = 0, None, None
+        self.auth_error = None
+        if self.tally.progress is not None:
+            self.tally.progress(self.tally.delivered)
+
+    def _dead(
+        self, row: SpooledEvent, reason: str, category: str = DEAD_REJECTED, *, log: bool = True
+    ) -> None:
+        if log:
+            logger.warning(
+                "%s of %s refused, kept as a dead letter (%s): %s", row.kind, row.handle, category, reason
+            )
+        self.spool.dead_letter(row, reason, category=category)
+        self.tally.dead_lettered += 1
+
+    def _auth_failed(self, row: SpooledEvent, exc: Exception) -> None:
+        """Park the row until a new token arrives; say so once per refused token, not once per event."""
+        first = self.credentials.refuse(self.key)
+        self.auth_error = f"{exc} (events kept as dead letters until a new token arrives)"
+        if first:
+            logger.warning("authentication failed at %s: %s", self.describe, self.auth_error)
+        self._dead(row, str(exc), DEAD_AUTH, log=False)
+
+    def _failed(self, row: SpooledEvent, exc: BaseException) -> None:
+        tuning = row.destination.tuning if row.destination is not None else Destination().tuning
+        self.failures += 1
+        delay = capped_delay(
+            max(tuning.wait_min_seconds, 0.5), tuning.multiplier, self.failures, tuning.wait_max_seconds
+        )
+        if isinstance(exc, CircuitOpenError):
+            delay = max(delay, min(tuning.breaker_reset_seconds, tuning.wait_max_seconds))
+        self.retry_at = self.mono() + delay
+        message = str(exc) or type(exc).__name__
+        if self.last_error is None:
+            logger.warning("cannot deliver to %s (will retry): %s", self.describe, message)
+        self.last_error = message
+        if self.failing_since is None:
+            self.failing_since = self.wall()
+        self.spool.record_failure(row, message, self.wall() + delay)
+        self.deferred.add((row.row_id, row.event_id))
+        self.changed()
+
+    async def close_client(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.aclose()
