@@ -1,4 +1,11 @@
-"""Retry policy (tenacity) and a circuit breaker, both on injected time so tests never wait.
+"""The one retry policy of a destination (`RetryPolicy`, on tenacity) and its circuit breaker,
+both on injected time so tests never wait. The agent's destination worker owns one of each;
+the transport makes one attempt per call.
+
+The schedule after a failure, with the default tuning (docs/architecture.md): a row gets
+`attempts` tries, `backoff()` apart; when they are spent, the destination waits
+`backoff_seconds(failures)` before its next row; `breaker_threshold` failed tries in a row open
+the breaker, and then nothing is tried until the breaker lets one probe through.
 
 The breaker is our own: pybreaker, aiobreaker, purgatory and circuitbreaker
 each lack one of a single-probe half-open state, asyncio support, or an
@@ -7,6 +14,8 @@ injectable clock, and all three are needed here.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -17,7 +26,7 @@ import tenacity
 from oneiric_session.destination import Tuning
 from oneiric_session.errors import CircuitOpenError, TransientDeliveryError
 
-__all__ = ["BreakerState", "CircuitBreaker", "backoff", "is_retryable", "retrying"]
+__all__ = ["CircuitBreaker", "RetryPolicy", "Stopped", "backoff", "is_retryable", "retrying"]
 
 T = TypeVar("T")
 BreakerState = Literal["closed", "open", "half_open"]
@@ -37,7 +46,9 @@ def capped_delay(first_seconds: float, multiplier: float, attempt: int, cap_seco
         return cap_seconds
 
 
-def backoff(tuning: Tuning) -> Callable[[tenacity.RetryCallState], float]:
+def backoff(
+    tuning: Tuning, jitter: Callable[[float, float], float] = random.uniform
+) -> Callable[[tenacity.RetryCallState], float]:
     """Wait before retry n: min(max, wait_min * multiplier**(n-1) + uniform(0, wait_min)).
 
     The jitter spreads clients that failed together; the cap bounds the wait.
@@ -49,16 +60,18 @@ def backoff(tuning: Tuning) -> Callable[[tenacity.RetryCallState], float]:
         base = capped_delay(
             tuning.wait_min_seconds, tuning.multiplier, state.attempt_number, tuning.wait_max_seconds
         )
-        return min(tuning.wait_max_seconds, base + random.uniform(0, tuning.wait_min_seconds))
+        return min(tuning.wait_max_seconds, base + jitter(0, tuning.wait_min_seconds))
 
     return wait
 
 
-def retrying(tuning: Tuning, *, sleep: Sleep) -> tenacity.AsyncRetrying:
+def retrying(
+    tuning: Tuning, *, sleep: Sleep, jitter: Callable[[float, float], float] = random.uniform
+) -> tenacity.AsyncRetrying:
     """`tuning.attempts` tries, capped exponential back-off with jitter, the last error re-raised as is."""
     return tenacity.AsyncRetrying(
         stop=tenacity.stop_after_attempt(tuning.attempts),
-        wait=backoff(tuning),
+        wait=backoff(tuning, jitter),
         retry=tenacity.retry_if_exception(is_retryable),
         sleep=sleep,
         reraise=True,
@@ -153,3 +166,64 @@ class CircuitBreaker:
             self._opened_at = self._clock()
         elif self._opened_at is None and self._failures >= self._threshold:
             self._opened_at = self._clock()
+
+
+class Stopped(Exception):
+    """A retry wait was cut short because the agent is stopping: the row is left as it was."""
+
+
+class RetryPolicy:
+    """How one destination retries: the attempts of one call, the waits between them, the breaker
+    every attempt goes through, and the destination's back-off once a call's attempts are spent.
+
+    `stop` cuts every wait short (raising `Stopped`): a stopping agent never sits out a back-off.
+    `sleep` replaces the wait in tests (then `stop` is not looked at).
+    """
+
+    def __init__(
+        self,
+        tuning: Tuning,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Sleep | None = None,
+        stop: asyncio.Event | None = None,
+        jitter: Callable[[float, float], float] = random.uniform,
+    ) -> None:
+        self.tuning = tuning
+        self.breaker = CircuitBreaker(
+            threshold=tuning.breaker_threshold, reset_seconds=tuning.breaker_reset_seconds, clock=clock
+        )
+        self._sleep = sleep
+        self._stop = stop
+        self._jitter = jitter
+
+    async def call(self, send: Callable[[], Awaitable[T]]) -> T:
+        """`send()` up to `tuning.attempts` times while it fails transiently, through the breaker."""
+        async for attempt in retrying(self.tuning, sleep=self._wait, jitter=self._jitter):
+            with attempt:
+                return await self.breaker.call(send)
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    def backoff_seconds(self, failures: int, exc: BaseException) -> float:
+        """How long the destination waits after its `failures`-th call in a row whose attempts were
+        spent (at least 0.5 s); with the breaker open, until it may probe (up to wait_max)."""
+        tuning = self.tuning
+        delay = capped_delay(
+            max(tuning.wait_min_seconds, 0.5), tuning.multiplier, failures, tuning.wait_max_seconds
+        )
+        if isinstance(exc, CircuitOpenError):
+            delay = max(delay, min(tuning.breaker_reset_seconds, tuning.wait_max_seconds))
+        return delay
+
+    async def _wait(self, seconds: float) -> None:
+        if self._sleep is not None:
+            await self._sleep(seconds)
+            return
+        if self._stop is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._stop.wait()
+        if self._stop.is_set():
+            raise Stopped("the agent is stopping")

@@ -124,8 +124,6 @@ class _Server:
 
 
 class _Client:
-    breaker_state = "closed"
-
     def __init__(self, server: _Server) -> None:
         self.server = server
 

@@ -21,6 +21,7 @@ from oneiric_session.destination import Destination, Tuning
 from oneiric_session.errors import CircuitOpenError, DeliveryTimeoutError
 from oneiric_session.events import build_end_event, build_start_event
 from oneiric_session.limits import Limits
+from oneiric_session.resilience import RetryPolicy
 from oneiric_session.transport import SessionBuddyClient
 from tests.support.delivery import WAIT_SECONDS, Scene, wait_until
 from tests.support.faults import FAULT_SERVER
@@ -170,13 +171,14 @@ async def test_the_client_reopens_a_session_the_server_forgot(server: HttpServer
     destination = Destination(
         transport="http", url=server.url, tuning=Tuning(attempts=1, breaker_threshold=1, connect_seconds=10)
     )
+    policy = RetryPolicy(destination.tuning)
     async with SessionBuddyClient(destination) as client:
-        session_id = await client.start_session(start_event())
+        session_id = await policy.call(lambda: client.start_session(start_event()))
         server.kill()
         server.start()
-        assert await client.end_session(end_event(session_id)) == "ended"
-        assert client.breaker_state == "closed"
-        second = await client.start_session(start_event("api"))
+        assert await policy.call(lambda: client.end_session(end_event(session_id))) == "ended"
+        assert policy.breaker.state == "closed"
+        second = await policy.call(lambda: client.start_session(start_event("api")))
     assert [(r["session_id"], r["status"]) for r in server.rows()] == [
         (session_id, "ended"),
         (second, "open"),
@@ -240,15 +242,16 @@ TIMING = Tuning(
 
 
 async def _times_out_twice_then_breaker_opens(url: str, match: str, tuning: Tuning = TIMING) -> None:
+    policy = RetryPolicy(tuning)
     async with SessionBuddyClient(Destination(transport="http", url=url, tuning=tuning)) as client:
         started = time.monotonic()
         with pytest.raises(DeliveryTimeoutError, match=match):
-            await client.start_session(start_event())
+            await policy.call(lambda: client.start_session(start_event()))
         assert 1.0 <= time.monotonic() - started < 10.0  # two attempts of 0.5 s each, then given up
-        assert client.breaker_state == "open"
+        assert policy.breaker.state == "open"
         started = time.monotonic()
         with pytest.raises(CircuitOpenError):
-            await client.start_session(start_event())
+            await policy.call(lambda: client.start_session(start_event()))
         assert time.monotonic() - started < 0.5
 
 

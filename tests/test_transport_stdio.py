@@ -23,6 +23,7 @@ from oneiric_session.errors import (
 )
 from oneiric_session.events import build_end_event, build_start_event
 from oneiric_session.limits import Limits
+from oneiric_session.resilience import RetryPolicy
 from oneiric_session.transport import SessionBuddyClient
 from tests.support.faults import (
     fault_destination,
@@ -89,9 +90,10 @@ async def test_token_is_an_argument_only_when_present(tmp_path: Path) -> None:
 async def test_authentication_failure_is_permanent_and_never_retried(tmp_path: Path, modes: str) -> None:
     """Each real form of 'Authentication failed' is an AuthenticationError, sent once, token not shown."""
     destination = fault_destination(tmp_path, modes, attempts=3)
-    async with SessionBuddyClient(destination, token=lambda: TOKEN, sleep=no_sleep) as client:
+    policy = RetryPolicy(destination.tuning, sleep=no_sleep)
+    async with SessionBuddyClient(destination, token=lambda: TOKEN) as client:
         with pytest.raises(AuthenticationError) as caught:
-            await client.start_session(start_event())
+            await policy.call(lambda: client.start_session(start_event()))
     assert TOKEN not in str(caught.value)
     assert len(tool_calls(tmp_path)) == 1
 
@@ -102,10 +104,11 @@ async def test_authentication_failure_is_permanent_and_never_retried(tmp_path: P
 async def test_refusal_is_not_retried(tmp_path: Path, modes: str, words: str) -> None:
     """status "error" and isError validation text are RejectedError after exactly one server call."""
     destination = fault_destination(tmp_path, modes, attempts=3)
-    async with SessionBuddyClient(destination, sleep=no_sleep) as client:
+    policy = RetryPolicy(destination.tuning, sleep=no_sleep)
+    async with SessionBuddyClient(destination) as client:
         with pytest.raises(RejectedError, match=words) as caught:
-            await client.start_session(start_event())
-        assert client.breaker_state == "closed"  # a refusal proves the server is up
+            await policy.call(lambda: client.start_session(start_event()))
+        assert policy.breaker.state == "closed"  # a refusal proves the server is up
     assert not isinstance(caught.value, AuthenticationError)
     assert len(tool_calls(tmp_path)) == 1
 
@@ -128,9 +131,10 @@ async def test_server_that_refuses_to_start_is_retried_then_reported(tmp_path: P
     async def record_sleep(seconds: float) -> None:
         waits.append(seconds)
 
-    async with SessionBuddyClient(destination, sleep=record_sleep) as client:
+    policy = RetryPolicy(destination.tuning, sleep=record_sleep)
+    async with SessionBuddyClient(destination) as client:
         with pytest.raises(ServerUnavailableError, match="refusing to start"):
-            await client.start_session(start_event())
+            await policy.call(lambda: client.start_session(start_event()))
     assert len(server_pids(tmp_path)) == 2
     assert len(waits) == 1
 
@@ -151,9 +155,10 @@ async def test_hang_on_initialize_times_out_and_kills_the_server(tmp_path: Path)
 async def test_hang_on_call_times_out_then_reconnects(tmp_path: Path) -> None:
     """A call past call_seconds times out; the hung server is killed; the retry gets a new one."""
     destination = fault_destination(tmp_path, "hang_call", call_seconds=0.5, attempts=2)
-    async with SessionBuddyClient(destination, sleep=no_sleep) as client:
+    policy = RetryPolicy(destination.tuning, sleep=no_sleep)
+    async with SessionBuddyClient(destination) as client:
         with pytest.raises(DeliveryTimeoutError, match=r"no answer within 0\.5 s"):
-            await client.start_session(start_event())
+            await policy.call(lambda: client.start_session(start_event()))
     pids = server_pids(tmp_path)
     assert len(pids) == 2
     assert all(wait_dead(pid, 5.0) for pid in pids)
@@ -162,9 +167,10 @@ async def test_hang_on_call_times_out_then_reconnects(tmp_path: Path) -> None:
 async def test_crash_mid_session_reconnects_on_the_next_attempt(tmp_path: Path) -> None:
     """The server exits instead of answering; the retry starts a new server and is answered."""
     destination = fault_destination(tmp_path, "exit_after", attempts=2)
-    async with SessionBuddyClient(destination, sleep=no_sleep) as client:
-        session_id = await client.start_session(start_event())
-        assert await client.end_session(end_event(session_id)) == "ended"
+    policy = RetryPolicy(destination.tuning, sleep=no_sleep)
+    async with SessionBuddyClient(destination) as client:
+        session_id = await policy.call(lambda: client.start_session(start_event()))
+        assert await policy.call(lambda: client.end_session(end_event(session_id))) == "ended"
     assert len(server_pids(tmp_path)) == 2
 
 
@@ -172,7 +178,7 @@ async def test_server_stderr_never_repeats_the_token(tmp_path: Path) -> None:
     """A server that echoes the token on stderr and dies: the error quotes its stderr, minus the token."""
     token = "SECRET-TOKEN-abc123"
     destination = fault_destination(tmp_path, "echo_token")
-    async with SessionBuddyClient(destination, token=lambda: token, sleep=no_sleep) as client:
+    async with SessionBuddyClient(destination, token=lambda: token) as client:
         with pytest.raises(ServerUnavailableError) as info:
             await client.start_session(start_event())
     message = str(info.value)
@@ -210,25 +216,30 @@ async def test_breaker_opens_probes_half_open_and_closes(tmp_path: Path) -> None
     destination = fault_destination(
         tmp_path, env={"FAULT_REFUSE_FILE": str(refuse)}, breaker_threshold=2, breaker_reset_seconds=30.0
     )
-    async with SessionBuddyClient(destination, clock=lambda: now[0]) as client:
+    policy = RetryPolicy(destination.tuning, clock=lambda: now[0])
+    async with SessionBuddyClient(destination) as client:
+
+        async def start() -> str:
+            return await policy.call(lambda: client.start_session(start_event()))
+
         for _ in range(2):
             with pytest.raises(ServerUnavailableError):
-                await client.start_session(start_event())
-        assert client.breaker_state == "open"
+                await start()
+        assert policy.breaker.state == "open"
         with pytest.raises(CircuitOpenError):
-            await client.start_session(start_event())
+            await start()
         assert len(server_pids(tmp_path)) == 2  # the open circuit launched nothing
 
         now[0] += 30.0
-        assert client.breaker_state == "half_open"
+        assert policy.breaker.state == "half_open"
         with pytest.raises(ServerUnavailableError):  # the probe fails: open again
-            await client.start_session(start_event())
-        assert client.breaker_state == "open"
+            await start()
+        assert policy.breaker.state == "open"
 
         refuse.unlink()
         now[0] += 30.0
-        assert (await client.start_session(start_event())).startswith("demo-")
-        assert client.breaker_state == "closed"
+        assert (await start()).startswith("demo-")
+        assert policy.breaker.state == "closed"
 
 
 async def test_close_is_idempotent_and_leaves_no_process_or_pipe(tmp_path: Path) -> None:

@@ -40,6 +40,7 @@ from oneiric_session.config.sources import DEFAULT_IDLE_EXIT_SECONDS
 from oneiric_session.delivery_status import publish_destinations
 from oneiric_session.destination import Destination
 from oneiric_session.errors import SpoolError
+from oneiric_session.resilience import RetryPolicy
 from oneiric_session.spool import DEAD_AUTH, OpenSession, Spool, SpooledEvent
 from oneiric_session.wakeup import AgentLock, WakeupListener
 
@@ -110,7 +111,7 @@ class DeliveryAgent:
         self._due_at: float | None = None  # monotonic: when the earliest row not yet due becomes due
         self._changed = asyncio.Event()
         self._watch = SessionWatch(spool, wall=wall, on_end=self._changed.set)
-        self._stopping = False
+        self._stop = asyncio.Event()  # stop() or a hand-over: cuts every retry wait short
         self._replaying = False
 
     @property
@@ -170,6 +171,7 @@ class DeliveryAgent:
                 mono=self._mono,
                 wall=self._wall,
                 tally=self._tally,
+                policy=RetryPolicy(destination.tuning, clock=self._mono, stop=self._stop),
                 changed=self._publish,
                 on_answer=self._on_answer,
             )
@@ -210,7 +212,7 @@ class DeliveryAgent:
                 if wait > 0:  # not due yet: the loop sleeps until then (or a wake-up)
                     self._due_at = min(self._due_at or float("inf"), now + wait)
                     continue
-            drain = worker.drain(replaying=self._replaying, stopping=lambda: self._stopping)
+            drain = worker.drain(replaying=self._replaying, stopping=self._stop.is_set)
             worker.task = asyncio.create_task(drain, name=f"deliver-{worker.key}")
             worker.task.add_done_callback(functools.partial(self._worker_done, worker))
             started += 1
@@ -240,7 +242,7 @@ class DeliveryAgent:
     # -- the long-running agent -----------------------------------------------
 
     def stop(self) -> None:
-        self._stopping = True
+        self._stop.set()
         self._changed.set()
 
     async def serve(self, lock: AgentLock, listener: WakeupListener | None = None) -> None:
@@ -250,7 +252,7 @@ class DeliveryAgent:
         self.update_tokens(self._credentials.initial_tokens)
         idle_since: float | None = None
         try:
-            while not self._stopping:
+            while not self._stop.is_set():
                 wakeup = doorbell.drain()
                 if wakeup is not None:
                     self.update_secrets(wakeup.secrets)
@@ -293,11 +295,12 @@ class DeliveryAgent:
         """Let each worker of a healthy destination finish the row it is sending (bounded), so the
         next deliverer never sends a row this one sent already; then nothing more is started.
 
-        A destination that is failing is not waited for: its call in flight is a retry (often
-        inside the transport's own back-off), and trying again now is what the replay is for;
-        it is cancelled, as on any stop, and a server idempotent on event_id absorbs a repeat.
+        A destination that is failing is not waited for: its call in flight is a retry, and trying
+        again now is what the replay is for; it is cancelled, as on any stop, and a server
+        idempotent on event_id absorbs a repeat. A retry waiting between tries ends at once
+        (`RetryPolicy`'s stop), leaving its row as it was.
         """
-        self._stopping = True
+        self._stop.set()
         healthy = [w.task for w in self._destinations.values() if w.task is not None and not w.failures]
         if healthy:
             await asyncio.wait(healthy, timeout=HANDOVER_GRACE_SECONDS)
@@ -317,7 +320,7 @@ class DeliveryAgent:
         self._replaying = True
         self.update_tokens(self._credentials.initial_tokens)
         try:
-            while not self._stopping:
+            while not self._stop.is_set():
                 self.watch_sessions()
                 if not self._schedule():
                     break

@@ -1,10 +1,11 @@
-"""One destination's delivery, in the agent: its client, its back-off, draining its due rows
-(`pipeline`), sending one row, and what an error means for the row (`classify`).
+"""One destination's delivery, in the agent: its client, its retry policy and breaker, draining
+its due rows (`pipeline`), sending one row, and what an error means for the row (`classify`).
 
-Transient failures back off per destination (capped exponential, beyond the transport's own
-retries; at least the breaker's reset while the breaker is open); refusals become dead letters
-with the server's message; an authentication failure is a dead letter of category "auth",
-requeued by the agent when a different token for that destination arrives.
+The worker is the one owner of retrying (`resilience.RetryPolicy`): a row's call gets the
+configured attempts through the destination's breaker (the client makes one attempt per call);
+once they are spent the destination backs off and the row keeps its place. Refusals become dead
+letters with the server's message; an authentication failure is a dead letter of category
+"auth", requeued by the agent when a different token for that destination arrives.
 """
 
 from __future__ import annotations
@@ -21,14 +22,8 @@ import oneiric_session.agent.pipeline as pipeline
 from oneiric_session.agent.credentials import Credentials
 from oneiric_session.delivery_status import DestinationStatus
 from oneiric_session.destination import Destination
-from oneiric_session.errors import (
-    AuthenticationError,
-    CircuitOpenError,
-    DeliveryError,
-    SpoolError,
-    TransientDeliveryError,
-)
-from oneiric_session.resilience import capped_delay
+from oneiric_session.errors import AuthenticationError, DeliveryError, SpoolError, TransientDeliveryError
+from oneiric_session.resilience import RetryPolicy, Stopped
 from oneiric_session.spool import DEAD_AUTH, DEAD_REJECTED, Spool, SpooledEvent
 
 __all__ = ["Client", "ClientFactory", "DestinationWorker", "Outcome", "Tally", "classify"]
@@ -37,10 +32,7 @@ logger = logging.getLogger("oneiric_session.agent")
 
 
 class Client(Protocol):
-    """What the agent needs of `transport.SessionBuddyClient`."""
-
-    @property
-    def breaker_state(self) -> str: ...
+    """What the agent needs of `transport.SessionBuddyClient`: one attempt per call."""
 
     async def start_session(self, event: Mapping[str, Any]) -> str: ...
 
@@ -93,6 +85,7 @@ class DestinationWorker:
     mono: Callable[[], float]
     wall: Callable[[], float]
     tally: Tally
+    policy: RetryPolicy  # attempts, waits, the breaker and the back-off: the one owner of retrying
     changed: Callable[[], None]  # the published status may have changed
     # Called with each answered row before its acknowledgement (tests kill the agent there).
     on_answer: Callable[[SpooledEvent], None] | None = None
@@ -110,7 +103,7 @@ class DestinationWorker:
     def status(self) -> DestinationStatus:
         return DestinationStatus(
             target=self.describe,
-            breaker=self.client.breaker_state if self.client is not None else "closed",
+            breaker=self.policy.breaker.state,
             last_error=self.last_error,
             auth_error=self.auth_error,
             failing_since=self.failing_since,
@@ -167,18 +160,19 @@ class DestinationWorker:
 
         The answer is acknowledged in the spool at once, or held in `acks` (committed in batches).
         """
-        assert self.client is not None
+        client = self.client
+        assert client is not None
         self.last_used = self.mono()
         try:
             if row.kind == "start":
-                server_id = await self.client.start_session(row.arguments())
+                server_id = await self.policy.call(lambda: client.start_session(row.arguments()))
                 self._answered(row)
                 if acks is None:
                     self.spool.ack_start(row, server_id)
                 else:
                     acks.start(row, server_id)
             else:
-                await self.client.end_session(row.arguments())
+                await self.policy.call(lambda: client.end_session(row.arguments()))
                 self._answered(row)
                 if acks is None:
                     self.spool.ack_end(row)
@@ -186,6 +180,8 @@ class DestinationWorker:
                     acks.end(row)
         except SpoolError:
             raise
+        except Stopped:  # the agent is stopping: this row stays as it was, the calls in flight finish
+            return True
         except Exception as exc:
             outcome = classify(exc)
             if outcome is Outcome.AUTH:
@@ -234,13 +230,8 @@ class DestinationWorker:
         self._dead(row, str(exc), DEAD_AUTH, log=False)
 
     def _failed(self, row: SpooledEvent, exc: BaseException) -> None:
-        tuning = row.destination.tuning if row.destination is not None else Destination().tuning
         self.failures += 1
-        delay = capped_delay(
-            max(tuning.wait_min_seconds, 0.5), tuning.multiplier, self.failures, tuning.wait_max_seconds
-        )
-        if isinstance(exc, CircuitOpenError):
-            delay = max(delay, min(tuning.breaker_reset_seconds, tuning.wait_max_seconds))
+        delay = self.policy.backoff_seconds(self.failures, exc)
         self.retry_at = self.mono() + delay
         message = str(exc) or type(exc).__name__
         if self.last_error is None:

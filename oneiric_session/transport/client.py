@@ -1,54 +1,38 @@
-"""SessionBuddyClient: deliver start/end events to one server, with retry, breaker and reconnects."""
+"""SessionBuddyClient: deliver start/end events to one server, one attempt per call, reconnecting.
+
+Retrying, back-off and the breaker are the caller's (`resilience.RetryPolicy`, owned by the
+agent's destination worker); the one resend here is the protocol's: an HTTP server that
+forgot our session never ran the call, which then goes once more on a new session.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from oneiric_session.destination import Destination
 from oneiric_session.errors import ServerUnavailableError, TransientDeliveryError
-from oneiric_session.resilience import BreakerState, CircuitBreaker, retrying
 from oneiric_session.transport.answers import read_end_answer, read_start_answer
 from oneiric_session.transport.connection import Connection
 
 __all__ = ["SessionBuddyClient"]
-
-T = TypeVar("T")
 
 
 class SessionBuddyClient:
     """Keeps one MCP session to `destination` for all calls and reconnects after a failure.
 
     Every method raises `oneiric_session.errors` types only: RejectedError /
-    AuthenticationError (permanent, never retried), TransientDeliveryError
-    subclasses after the configured attempts, CircuitOpenError at once while
-    the breaker is open. Use it from one event loop.
+    AuthenticationError (permanent), TransientDeliveryError subclasses (worth
+    another attempt). Use it from one event loop.
     """
 
-    def __init__(
-        self,
-        destination: Destination,
-        *,
-        token: Callable[[], str | None] = lambda: None,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ) -> None:
+    def __init__(self, destination: Destination, *, token: Callable[[], str | None] = lambda: None) -> None:
         self.destination = destination
         self._token = token
-        self._sleep = sleep
-        tuning = destination.tuning
-        self._breaker = CircuitBreaker(
-            threshold=tuning.breaker_threshold, reset_seconds=tuning.breaker_reset_seconds, clock=clock
-        )
         self._connection: Connection | None = None
         self._connect_lock = asyncio.Lock()
         self._closed = False
-
-    @property
-    def breaker_state(self) -> BreakerState:
-        return self._breaker.state
 
     @property
     def connected(self) -> bool:
@@ -92,12 +76,6 @@ class SessionBuddyClient:
         await self.aclose()
 
     async def _deliver(self, tool: str, event: Mapping[str, Any], read: Callable[..., str]) -> str:
-        async for attempt in retrying(self.destination.tuning, sleep=self._sleep):
-            with attempt:
-                return await self._breaker.call(lambda: self._attempt(tool, event, read))
-        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
-
-    async def _attempt(self, tool: str, event: Mapping[str, Any], read: Callable[..., str]) -> str:
         if self._closed:
             raise ServerUnavailableError("the client is closed")
         arguments = {key: value for key, value in event.items() if key != "token"}
@@ -112,7 +90,7 @@ class SessionBuddyClient:
             except TransientDeliveryError:
                 await self._drop(connection)
                 # The HTTP server forgot our session (it restarted): it never ran the call, so open
-                # a new session and send it once more now, costing no retry and no breaker failure.
+                # a new session and send it once more now: to the caller, one attempt that succeeded.
                 if connection.session_lost and not resent:
                     resent = True
                     continue

@@ -31,6 +31,7 @@ from oneiric_session.config import load_config
 from oneiric_session.errors import AuthenticationError, RejectedError
 from oneiric_session.events import build_end_event, build_start_event
 from oneiric_session.limits import Limits
+from oneiric_session.resilience import RetryPolicy
 from oneiric_session.transport import SessionBuddyClient
 from oneiric_session.transport.answers import USER_ID_DEFECT_EXPLAINED
 from tests.integration.conftest import ServerLaunch, write_settings
@@ -164,9 +165,10 @@ class Records(logging.Handler):
 
 @dataclasses.dataclass
 class Shared:
-    """One client and one real server for the module's transport tests."""
+    """One client, its retry policy, and one real server for the module's transport tests."""
 
     client: SessionBuddyClient
+    policy: RetryPolicy
     server: LoggedServer
     records: Records
     sleeps: list[float]
@@ -245,8 +247,9 @@ async def shared(
     async def sleep(seconds: float) -> None:  # records retry waits instead of waiting
         sleeps.append(seconds)
 
-    client = SessionBuddyClient(load_config(server.settings_dir).destination(), sleep=sleep)
-    yield Shared(client, server, records, sleeps)
+    destination = load_config(server.settings_dir).destination()
+    client = SessionBuddyClient(destination)
+    yield Shared(client, RetryPolicy(destination.tuning, sleep=sleep), server, records, sleeps)
     await client.aclose()
     assert not processes_under(server.launch.home), "the server outlived aclose()"
 
@@ -273,10 +276,12 @@ async def test_start_and_end_are_accepted_over_one_session_despite_the_stdout_no
 @pytest.mark.asyncio(loop_scope="module")
 async def test_a_refused_event_is_permanent_and_sent_exactly_once(shared: Shared) -> None:
     client, home = shared.client, shared.server.launch.home
-    assert client.destination.tuning.attempts == 3  # a transient error would be retried
+    assert shared.policy.tuning.attempts == 3  # a transient error would be retried
     shared.sleeps.clear()
     with pytest.raises(RejectedError) as refused:
-        await client.start_session(start_event("real-refused", home / "not-there"))
+        await shared.policy.call(
+            lambda: client.start_session(start_event("real-refused", home / "not-there"))
+        )
     assert not isinstance(refused.value, AuthenticationError)
     assert refused.value.permanent
     assert "Path does not exist" in str(refused.value)
@@ -290,7 +295,7 @@ async def test_a_refused_event_is_permanent_and_sent_exactly_once(shared: Shared
     assert shared.server.starts("real-after-refusal", "tracked") == [session_id]
     assert shared.server.starts("real-refused") == ["None"]
     assert shared.server.lines("Session start failed: Path does not exist: .*component=real-refused")
-    assert client.breaker_state == "closed"
+    assert shared.policy.breaker.state == "closed"
 
 
 @pytest.mark.asyncio(loop_scope="module")
@@ -304,16 +309,16 @@ async def test_auth_on_no_token_and_the_0_23_0_valid_token_defect_are_permanent(
     async def sleep(seconds: float) -> None:
         sleeps.append(seconds)
 
-    async with SessionBuddyClient(
-        load_config(server.settings_dir).destination(), token=lambda: token[0], sleep=sleep
-    ) as client:
+    destination = load_config(server.settings_dir).destination()
+    policy = RetryPolicy(destination.tuning, sleep=sleep)
+    async with SessionBuddyClient(destination, token=lambda: token[0]) as client:
         with pytest.raises(AuthenticationError) as missing:
-            await client.start_session(start_event("real-auth", server.launch.home))
+            await policy.call(lambda: client.start_session(start_event("real-auth", server.launch.home)))
         assert "Authentication failed: Token required" in str(missing.value)
 
         token[0] = valid_token()
         with pytest.raises(AuthenticationError) as defect:
-            await client.start_session(start_event("real-auth", server.launch.home))
+            await policy.call(lambda: client.start_session(start_event("real-auth", server.launch.home)))
     assert defect.value.permanent
     message = str(defect.value)
     assert message.startswith(f"track_session_start: {USER_ID_DEFECT_EXPLAINED} (server said: ")
