@@ -27,6 +27,20 @@ _ERROR_CHARS = 2000
 _SETTINGS_HELP = "settings directory (default: $ONEIRIC_SESSION_SETTINGS_DIR, else ./settings)"
 
 
+def add_db_option(parser: argparse._ActionsContainer) -> None:
+    """`--db PATH`: the bundled server's database, one option for every command that serves or reads it.
+
+    None when not given: the command asks `paths.default_server_db_path()`, which the help describes.
+    """
+    parser.add_argument(
+        "--db",
+        metavar="PATH",
+        default=None,
+        help="session database (default: $ONEIRIC_SESSION_DB, "
+        "else $XDG_DATA_HOME/oneiric-session/sessions.sqlite3)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="oneiric-session",

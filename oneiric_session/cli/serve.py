@@ -15,6 +15,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from oneiric_session.cli import add_db_option
 from oneiric_session.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -73,13 +74,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Run the bundled Session-Buddy-compatible MCP server on stdio (default) or "
         "Streamable HTTP. Tokens are checked when SESSION_BUDDY_SECRET (or BODAI_SHARED_SECRET) is set.",
     )
-    parser.add_argument(
-        "--db",
-        metavar="PATH",
-        default=None,
-        help="session database (default: $ONEIRIC_SESSION_DB, "
-        "else $XDG_DATA_HOME/oneiric-session/sessions.sqlite3)",
-    )
+    add_db_option(parser)
     parser.add_argument(
         "--http",
         metavar="HOST:PORT",

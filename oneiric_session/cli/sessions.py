@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from oneiric_session.cli import add_db_option
 from oneiric_session.safetext import terminal_safe
 
 # What a table cell shows of one value at most.
@@ -19,13 +20,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="list the sessions the bundled server recorded",
         description="List the sessions the bundled server recorded, in the order it recorded them.",
     )
-    parser.add_argument(
-        "--db",
-        metavar="PATH",
-        default=None,
-        help="session database (default: $ONEIRIC_SESSION_DB, "
-        "else $XDG_DATA_HOME/oneiric-session/sessions.sqlite3)",
-    )
+    add_db_option(parser)
     parser.add_argument("--json", action="store_true", help="print a JSON list of objects")
     parser.set_defaults(func=run)
 

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from oneiric_session.cli import add_db_option
 from oneiric_session.cli._who_query import TOKEN_ENV, Query, Result, fetch, fill_idle_seconds
 from oneiric_session.safetext import terminal_safe
 
@@ -43,13 +44,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     for parser, func in ((who, run_who), (last, run_last)):
         source = parser.add_mutually_exclusive_group()
-        source.add_argument(
-            "--db",
-            metavar="PATH",
-            default=None,
-            help="session database (default: $ONEIRIC_SESSION_DB, "
-            "else $XDG_DATA_HOME/oneiric-session/sessions.sqlite3)",
-        )
+        add_db_option(source)
         source.add_argument(
             "--url",
             metavar="URL",

@@ -151,13 +151,12 @@ def load_shell_view(
     environ: Mapping[str, str] | None = None,
 ) -> ShellView:
     """The view from the cache, else from a full validation (then cached). Raises ConfigError."""
-    env = os.environ if environ is None else environ
-    key = cache_key(settings_dir, overrides=overrides, environ=env)
-    view = _read_entry(key, env) if key is not None else None
-    if view is not None:
-        return view
+    cached, key = cached_view(settings_dir, overrides=overrides, environ=environ)
+    if cached is not None:
+        return cached
     from oneiric_session.config.loader import load_config
 
+    env = os.environ if environ is None else environ
     view = ShellView.from_config(load_config(settings_dir, overrides=overrides, environ=env))
     store(view, key, settings_dir, overrides=overrides, environ=env)
     return view
@@ -172,7 +171,9 @@ def cached_view(
     """(the cached view or None, the key to store under or None when this configuration cannot be cached)."""
     env = os.environ if environ is None else environ
     key = cache_key(settings_dir, overrides=overrides, environ=env)
-    return (_read_entry(key, env) if key is not None else None), key
+    cached = read_cached(key, env) if key is not None else None
+    # A bare selection (left for a provider needing no settings) is no view: validate again.
+    return (cached if isinstance(cached, ShellView) else None), key
 
 
 def read_cached(key: str, environ: Mapping[str, str]) -> ShellView | tuple[str, str] | None:
@@ -203,13 +204,7 @@ def store_selection(
 ) -> None:
     """Remember which provider these inputs select, for a provider that needs no settings (noop,
     memory): its next shell start then parses no settings file at all. Never raises."""
-    if key is None:
-        return
-    env = os.environ if environ is None else environ
-    if cache_key(settings_dir, overrides=overrides, environ=env) != key:
-        return
-    with contextlib.suppress(OSError, TypeError, ValueError):
-        _write_entry(key, None, selection=(provider, source))
+    _store_if_unchanged(key, settings_dir, overrides, environ, None, selection=(provider, source))
 
 
 def store(
@@ -221,18 +216,31 @@ def store(
     environ: Mapping[str, str] | None = None,
 ) -> None:
     """Remember `view` under `key`, unless the inputs changed while it was validated. Never raises."""
-    if key is None:
-        return
     if view.destination.secrets():
         # A secret server.env value is never stored at rest: such a configuration is validated at
         # each shell start (the view would otherwise hold only a reference the shell cannot resolve).
         return
+    _store_if_unchanged(key, settings_dir, overrides, environ, view)
+
+
+def _store_if_unchanged(
+    key: str | None,
+    settings_dir: str | os.PathLike[str] | None,
+    overrides: Mapping[str, Any] | None,
+    environ: Mapping[str, str] | None,
+    view: ShellView | None,
+    *,
+    selection: tuple[str, str] | None = None,
+) -> None:
+    """Write the entry (a view, or a bare selection) under `key` if the inputs still hash to it."""
+    if key is None:  # these inputs cannot be cached
+        return
     env = os.environ if environ is None else environ
     if cache_key(settings_dir, overrides=overrides, environ=env) != key:
-        return  # a file or variable changed during validation: the view may be of neither version
+        return  # a file or variable changed during validation: the entry may be of neither version
     # The cache is an optimisation: when it cannot be written, the next start validates again.
     with contextlib.suppress(OSError, TypeError, ValueError):
-        _write_entry(key, view)
+        _write_entry(key, view, selection=selection)
 
 
 def cache_dir() -> Path:
@@ -305,6 +313,7 @@ def _read_trusted(key: str) -> dict[str, Any] | None:
     path = _entry_path(key)
     try:
         with open(path, "rb") as file:
+            # An entry names the server command the agent runs: trust only our own, in our own directory.
             if not (_ours(os.fstat(file.fileno())) and _ours(os.stat(path.parent))):
                 return None
             entry = json.loads(file.read())
@@ -313,21 +322,6 @@ def _read_trusted(key: str) -> dict[str, Any] | None:
     if not isinstance(entry, dict) or entry.get("format") != CACHE_FORMAT or entry.get("key") != key:
         return None
     return entry
-
-
-def _read_entry(key: str, environ: Mapping[str, str]) -> ShellView | None:
-    path = _entry_path(key)
-    try:
-        with open(path, "rb") as file:
-            # An entry names the server command the agent runs: trust only our own, in our own directory.
-            if not (_ours(os.fstat(file.fileno())) and _ours(os.stat(path.parent))):
-                return None
-            entry = json.loads(file.read())
-        if entry.get("format") != CACHE_FORMAT or entry.get("key") != key:
-            return None
-        return ShellView.from_json(entry["view"], environ)
-    except Exception:  # absent, unreadable, corrupt or foreign: validate again
-        return None
 
 
 def _ours(st: os.stat_result) -> bool:

@@ -6,10 +6,12 @@ sends: the dict as `structuredContent` and the same compact JSON as one `TextCon
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import sqlite3
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -42,11 +44,29 @@ def refusal(message: str) -> Answer:
     return tool_result(message, is_error=True)
 
 
+def tracking_answer(session_id: str | None, status: str, error: str | None = None) -> Answer:
+    """The one answer shape of both tracking tools, keys in the real server's order.
+
+    `status: "error"` (with `error` set) refuses the event itself: the client dead-letters it
+    rather than sending it again.
+    """
+    return answer({"session_id": session_id, "status": status, "error": error})
+
+
 def storage_failure(exc: sqlite3.Error) -> Exception:
     # A JSON-RPC error, not `status: "error"`: a busy or broken database is the server's
     # trouble, not the event's, so the client must keep the event and retry it later.
     logger.error("session store failed: %s", exc)
     return server_error(types.INTERNAL_ERROR, f"session store unavailable: {exc}")
+
+
+@contextlib.contextmanager
+def storage_errors() -> Iterator[None]:
+    """Around every store call of a tool: a database error leaves as `storage_failure`, never as an answer."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise storage_failure(exc) from exc
 
 
 def _exit_reason(metadata: dict[str, Any]) -> str | None:
@@ -115,14 +135,12 @@ class SessionTools:
                 metadata=metadata or {},
             )
         except ValidationError as exc:
-            return answer(
-                {"session_id": None, "status": "error", "error": f"Session start tracking failed: {exc}"}
-            )
+            return tracking_answer(None, "error", f"Session start tracking failed: {exc}")
         try:
             # The real server's id: the timestamp's own digits (no time-zone conversion).
             second = datetime.fromisoformat(event.timestamp).strftime("%Y%m%d-%H%M%S")
         except ValueError as exc:
-            return answer({"session_id": None, "status": "error", "error": f"Session start failed: {exc}"})
+            return tracking_answer(None, "error", f"Session start failed: {exc}")
         new = NewSession(
             event_id=event.event_id,
             base_session_id=f"{event.component_name}-{second}",
@@ -135,12 +153,10 @@ class SessionTools:
             started_at=event.timestamp,
             metadata=_stored_metadata(event.metadata, "session start"),
         )
-        try:
+        with storage_errors():
             session_id = self._store.record_start(new)
-        except sqlite3.Error as exc:
-            raise storage_failure(exc) from exc
         logger.info("session started: %s (%s)", session_id, event.shell_type)
-        return answer({"session_id": session_id, "status": "tracked", "error": None})
+        return tracking_answer(session_id, "tracked")
 
     def track_session_end(
         self,
@@ -158,10 +174,8 @@ class SessionTools:
                 session_id=session_id, timestamp=timestamp, event_type=event_type, metadata=metadata or {}
             )
         except ValidationError as exc:
-            return answer(
-                {"session_id": session_id, "status": "error", "error": f"Session end tracking failed: {exc}"}
-            )
-        try:
+            return tracking_answer(session_id, "error", f"Session end tracking failed: {exc}")
+        with storage_errors():
             status = self._store.record_end(
                 event.session_id,
                 ended_at=event.timestamp,
@@ -169,10 +183,8 @@ class SessionTools:
                 duration_seconds=_duration_seconds(event.metadata),
                 metadata=_stored_metadata(event.metadata, "session end"),
             )
-        except sqlite3.Error as exc:
-            raise storage_failure(exc) from exc
         logger.info("session end: %r -> %s", event.session_id, status)
-        return answer({"session_id": session_id, "status": status, "error": None})
+        return tracking_answer(session_id, status)
 
     def list_sessions(
         self,
@@ -203,19 +215,16 @@ class SessionTools:
                 since=parse_instant(since, "since") if since else None,
                 until=parse_instant(until, "until") if until else None,
             )
-            page = self._store.list_page(where, limit=limit, cursor=cursor)
+            with storage_errors():
+                page = self._store.list_page(where, limit=limit, cursor=cursor)
         except BadQuery as exc:
             return answer({"sessions": [], "next_cursor": None, "status": "error", "error": str(exc)})
-        except sqlite3.Error as exc:
-            raise storage_failure(exc) from exc
         return answer(
             {"sessions": page.sessions, "next_cursor": page.next_cursor, "status": "ok", "error": None}
         )
 
     def health_check(self) -> str:
         """Report that the server is up and its session store answers."""
-        try:
+        with storage_errors():
             count = self._store.count_sessions()
-        except sqlite3.Error as exc:
-            raise storage_failure(exc) from exc
         return f"✅ MCP server is operational and responding to requests.\nSessions recorded: {count}"
