@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from oneiric_session.errors import SpoolError
-from oneiric_session.spool import Spool
+from oneiric_session.spool import Outbox
 from oneiric_session.wakeup import agent_holds_lock
 
 __all__ = [
@@ -77,7 +77,7 @@ class DestinationStatus:
 
 
 def publish_destinations(
-    spool: Spool, statuses: Mapping[str, DestinationStatus], previous: str | None
+    spool: Outbox, statuses: Mapping[str, DestinationStatus], previous: str | None
 ) -> str:
     """Write the agent's view of its destinations unless it is `previous` (the text last written)."""
     text = json.dumps({key: dataclasses.asdict(statuses[key]) for key in sorted(statuses)}, sort_keys=True)
@@ -86,7 +86,7 @@ def publish_destinations(
     return text
 
 
-def read_destinations(spool: Spool) -> dict[str, DestinationStatus]:
+def read_destinations(spool: Outbox) -> dict[str, DestinationStatus]:
     """The agent's last published view of its destinations, by destination key ({} if none)."""
     try:
         value = json.loads(spool.meta_get(META_DESTINATIONS) or "{}")
@@ -98,12 +98,12 @@ def read_destinations(spool: Spool) -> dict[str, DestinationStatus]:
     return {key: status for key, status in parsed.items() if status is not None}
 
 
-def answering_destinations(spool: Spool) -> set[str]:
+def answering_destinations(spool: Outbox) -> set[str]:
     """Keys of destinations the agent is delivering to without trouble (no error, no failures)."""
     return {key for key, status in read_destinations(spool).items() if status.answering}
 
 
-def failing_destination(spool: Spool, key: str) -> tuple[int, str | None]:
+def failing_destination(spool: Outbox, key: str) -> tuple[int, str | None]:
     """Events waiting in the spool, and the agent's last error for destination `key` (None if fine)."""
     status = read_destinations(spool).get(key) or DestinationStatus()
     return spool.stats().depth, status.last_error
@@ -134,7 +134,7 @@ def delivery_status(
         report["warnings"] = problems
     if not path.exists():
         return report
-    spool = Spool(path, read_only=True)  # status never creates, converts or moves a file
+    spool = Outbox(path, read_only=True)  # status never creates, converts or moves a file
     try:
         stats = spool.stats()
         pid = spool.meta_get(META_PID)

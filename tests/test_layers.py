@@ -44,9 +44,6 @@ SHELL_SIDE = (
     "oneiric_session.spool.connection",
     "oneiric_session.spool.records",
     "oneiric_session.spool.retention",
-    "oneiric_session.spool.due",
-    "oneiric_session.spool.outcomes",
-    "oneiric_session.spool.queue",
     "oneiric_session.spool.outbox",
     "oneiric_session.spool.rejoin",  # loaded only after the WAL files were deleted under a shell
     "oneiric_session.wakeup",
@@ -71,6 +68,25 @@ SHELL_USE = {
     ),
 }
 TRANSPORT_MUST_NOT_IMPORT = ("oneiric_session.spool", "oneiric_session.agent")
+# The agent's side of the spool: a shell writes through spool.Outbox and never loads these.
+AGENT_SIDE = (
+    "oneiric_session.agent",
+    "oneiric_session.spool.due",
+    "oneiric_session.spool.outcomes",
+    "oneiric_session.spool.queue",
+    "oneiric_session.spool.full",
+)
+SHELL_WRITES = (
+    "import tempfile, pathlib\n"
+    "from oneiric_session.destination import Destination\n"
+    "from oneiric_session.spool import Outbox\n"
+    "outbox = Outbox(pathlib.Path(tempfile.mkdtemp()) / 'spool.sqlite3')\n"
+    "event = {'event_id': '00000000-0000-4000-8000-000000000001', 'event_type': 'session_start'}\n"
+    "assert outbox.append_start('local-1', Destination(command='x'), event, pid=None,"
+    " pid_start_time=None, boot_id=None)\n"
+    "assert outbox.stats().depth == 1\n"
+    "outbox.close()"
+)
 
 
 def _imported_after(code: str) -> list[str]:
@@ -95,6 +111,14 @@ def test_importing_a_shell_side_module_loads_no_heavy_dependency(module: str) ->
 def test_using_a_shell_side_tracker_loads_no_heavy_dependency(use: str) -> None:
     loaded = _imported_after(SHELL_USE[use])
     assert [name for name in loaded if name in HEAVY] == [], f"{use} imports {loaded}"
+
+
+@pytest.mark.parametrize("code", [f"import {m}" for m in SHELL_SIDE] + [SHELL_WRITES])
+def test_the_shell_side_never_loads_the_agents_queue(code: str) -> None:
+    probe = f"{code}\nimport sys\nprint(sorted(n for n in {AGENT_SIDE!r} if n in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]", code
 
 
 def test_the_transport_never_imports_the_spool_or_the_agent() -> None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from oneiric_session import events, procinfo, wakeup
 from oneiric_session.config.shell_view import ShellView
 from oneiric_session.errors import ConfigError, UnsafeSpoolError
-from oneiric_session.spool import Spool
+from oneiric_session.spool import Outbox
 
 if TYPE_CHECKING:
     from oneiric_session.config.loader import LoadedConfig
@@ -60,7 +60,7 @@ class SessionBuddyTracker:
         self.spool_path = Path(view.spool_path)
         self.exit_wait_seconds = view.exit_wait_seconds
         self._report_cwd = view.report_cwd
-        self._spool = Spool(
+        self._spool = Outbox(
             self.spool_path,
             max_rows=view.spool_max_rows,
             max_bytes=view.spool_max_bytes,

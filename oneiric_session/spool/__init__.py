@@ -26,13 +26,18 @@ moved, replaced or corrupt: moved aside), `connection` (reads and writes that re
 meta key-value table), `records` (the rows as readers see them), `retention` (the caps),
 `due` (what the agent sends next, and when), `outcomes` (what becomes of a row: acknowledged,
 failed, dead, requeued), `queue` (the agent's side: both of those, the sessions it watches,
-its claim), `outbox` (`Spool`: the shell's appends on top of the queue, and the totals),
-`rejoin` (after the WAL files were deleted under a running process).
+its claim), `outbox` (`Outbox`: the shell's appends, and the totals), `full` (`Spool`: the
+outbox, the queue and the operator's lists, for the agent and the CLI), `rejoin` (after the
+WAL files were deleted under a running process).
 
-Standard library only: this package is imported by every shell.
+Standard library only: this package is imported by every shell, which writes with `Outbox`;
+`Spool` is loaded on first use, so a shell never loads the agent's queue.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from oneiric_session.spool.connection import (
     DEFAULT_BUSY_TIMEOUT_SECONDS,
@@ -40,7 +45,7 @@ from oneiric_session.spool.connection import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_ROWS,
 )
-from oneiric_session.spool.outbox import Spool
+from oneiric_session.spool.outbox import Outbox
 from oneiric_session.spool.records import (
     DEAD_AUTH,
     DEAD_REJECTED,
@@ -55,6 +60,9 @@ from oneiric_session.spool.records import (
     SpoolStats,
 )
 from oneiric_session.spool.schema import SCHEMA_VERSION
+
+if TYPE_CHECKING:
+    from oneiric_session.spool.full import Spool
 
 __all__ = [
     "DEAD_AUTH",
@@ -71,7 +79,14 @@ __all__ = [
     "SCHEMA_VERSION",
     "STATE_DEAD",
     "OpenSession",
+    "Outbox",
     "Spool",
     "SpoolStats",
     "SpooledEvent",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name != "Spool":
+        raise AttributeError(f"module 'oneiric_session.spool' has no attribute {name!r}")
+    return importlib.import_module("oneiric_session.spool.full").Spool

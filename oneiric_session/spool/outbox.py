@@ -1,6 +1,6 @@
 """The durable outbox a shell appends to: its two writes, the caps they apply, and the totals.
 
-Standard library only: every shell imports the spool.
+Standard library only: every shell imports this (and never the agent's queue: `full.Spool`).
 """
 
 from __future__ import annotations
@@ -10,25 +10,27 @@ from collections.abc import Mapping
 from typing import Any
 
 from oneiric_session.destination import Destination
-from oneiric_session.spool.queue import DeliveryQueue
+from oneiric_session.spool.connection import SpoolConnection
 from oneiric_session.spool.records import (
     DEAD_START_REFUSED,
     DROP_NO_START,
     SESSION_DROPS_PREFIX,
     STATE_DEAD,
     STATE_PENDING,
-    SpooledEvent,
     SpoolStats,
+    bury,
     clip,
     encode,
+    save_destination,
 )
 from oneiric_session.spool.retention import count_drop, enforce
 
-__all__ = ["Spool"]
+__all__ = ["Outbox"]
 
 
-class Spool(DeliveryQueue):
-    """The durable outbox at `path` (see the package's doc). Thread-safe; one instance per process.
+class Outbox(SpoolConnection):
+    """What a shell writes with: the spool at `path` (see the package's doc). Thread-safe; one
+    instance per process.
 
     Every public method raises only SpoolError (after recovery from corruption was tried).
     """
@@ -54,7 +56,7 @@ class Spool(DeliveryQueue):
 
         def write(conn: sqlite3.Connection) -> bool:
             now = self._clock()
-            self._save_destination(conn, destination)
+            save_destination(conn, destination)
             cur = conn.execute(
                 "INSERT OR IGNORE INTO sessions (handle, destination_key, pid, pid_start_time, boot_id,"
                 " started_at, last_seen_alive, host, pid_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -93,7 +95,7 @@ class Spool(DeliveryQueue):
             if end_spooled:
                 return False
             if destination is not None and destination.key == key:
-                self._save_destination(conn, destination)
+                save_destination(conn, destination)
             conn.execute("UPDATE sessions SET end_spooled = 1 WHERE handle = ?", (handle,))
             written = self._insert_event(conn, event_id, "end", handle, key, payload, now)
             refused = conn.execute(
@@ -102,7 +104,7 @@ class Spool(DeliveryQueue):
                 (handle,),
             ).fetchone()
             if refused is not None:
-                self._bury(
+                bury(
                     conn,
                     "kind = 'end' AND handle = ?",
                     (handle,),
@@ -153,12 +155,6 @@ class Spool(DeliveryQueue):
             )
 
         return self._read(read)
-
-    def list_pending(self, limit: int | None = None) -> list[SpooledEvent]:
-        return self._select_events(f"e.state = '{STATE_PENDING}'", [], limit)
-
-    def list_dead(self, limit: int | None = None) -> list[SpooledEvent]:
-        return self._select_events(f"e.state = '{STATE_DEAD}'", [], limit)
 
     def _insert_event(
         self,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
-from typing import Any
 
 from oneiric_session.destination import Destination
 from oneiric_session.spool.connection import SpoolConnection
@@ -23,7 +22,9 @@ from oneiric_session.spool.records import (
     STATE_DEAD,
     STATE_PENDING,
     SpooledEvent,
+    bury,
     clip,
+    save_destination,
 )
 
 __all__ = ["RowOutcomes"]
@@ -92,9 +93,9 @@ class RowOutcomes(SpoolConnection):
         def write(conn: sqlite3.Connection) -> bool:
             this_row = (row.row_id, row.event_id)
             conn.execute("UPDATE events SET attempts = attempts + 1 WHERE id = ? AND event_id = ?", this_row)
-            moved = self._bury(conn, "id = ? AND event_id = ?", this_row, category, clip(reason))
+            moved = bury(conn, "id = ? AND event_id = ?", this_row, category, clip(reason))
             if moved and row.kind == "start":
-                self._bury(
+                bury(
                     conn,
                     f"kind = 'end' AND handle = ? AND state = '{STATE_PENDING}'",
                     (row.handle,),
@@ -141,7 +142,7 @@ class RowOutcomes(SpoolConnection):
 
         def write(conn: sqlite3.Connection) -> int:
             now = self._clock()
-            self._save_destination(conn, destination)
+            save_destination(conn, destination)
             cond, params = "destination_key != ?", [destination.key]
             if old_key is not None:
                 cond, params = "destination_key = ? AND destination_key != ?", [old_key, destination.key]
@@ -159,20 +160,3 @@ class RowOutcomes(SpoolConnection):
             return moved
 
         return self._write(write)
-
-    def _save_destination(self, conn: sqlite3.Connection, destination: Destination) -> None:
-        text = destination.to_json()
-        conn.execute(
-            "INSERT INTO destinations (key, json) VALUES (?, ?)"
-            " ON CONFLICT (key) DO UPDATE SET json = excluded.json WHERE json != excluded.json",
-            (destination.key, text),
-        )
-
-    @staticmethod
-    def _bury(
-        conn: sqlite3.Connection, cond: str, params: tuple[Any, ...], category: str, reason: str
-    ) -> int:
-        return conn.execute(
-            f"UPDATE events SET state = '{STATE_DEAD}', dead_category = ?, dead_reason = ? WHERE {cond}",
-            (category, reason, *params),
-        ).rowcount

@@ -6,6 +6,7 @@ Standard library only: every shell imports the spool.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Mapping
 from typing import Any, Final, Literal, NamedTuple
 
@@ -28,9 +29,11 @@ __all__ = [
     "OpenSession",
     "SpoolStats",
     "SpooledEvent",
+    "bury",
     "clip",
     "encode",
     "event_from_row",
+    "save_destination",
 ]
 
 # last_error and dead reasons are server messages: keep them readable, not unbounded.
@@ -180,3 +183,20 @@ def event_from_row(r: tuple[Any, ...], destination: Destination | None) -> Spool
         dead_reason=reason,
         server_session_id=server_id,
     )
+
+
+def save_destination(conn: sqlite3.Connection, destination: Destination) -> None:
+    """Store (or update) a destination's launch line or URL and tuning, inside a write."""
+    conn.execute(
+        "INSERT INTO destinations (key, json) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET json = excluded.json WHERE json != excluded.json",
+        (destination.key, destination.to_json()),
+    )
+
+
+def bury(conn: sqlite3.Connection, cond: str, params: tuple[Any, ...], category: str, reason: str) -> int:
+    """Make the rows matching `cond` dead letters of `category`, inside a write; how many."""
+    return conn.execute(
+        f"UPDATE events SET state = '{STATE_DEAD}', dead_category = ?, dead_reason = ? WHERE {cond}",
+        (category, reason, *params),
+    ).rowcount
