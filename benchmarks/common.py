@@ -17,9 +17,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO))  # the checkout: tests.support, the one import root of the test helpers
 
-from support.delivery import Scene, process_gone, wait_until  # noqa: E402  (tests/ is on the path only now)
+from tests.support.delivery import Scene, process_gone, wait_until  # noqa: E402  (on the path only now)
 
 __all__ = [
     "REPO",

@@ -28,9 +28,9 @@ from typing import Any
 from common import REPO, Scene
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
-from support.server_process import SERVE, end_event, isolated_env, start_event
 
 from oneiric_session.config.loader import SESSION_BUDDY_STDIO_CODE as SB_SERVE
+from tests.support.server_process import SERVE, end_event, isolated_env, start_event
 
 WORKER = str(REPO / "benchmarks" / "provider_worker.py")
 # Long enough that the agent stays warm between rounds (the scene reaps it at the end).
@@ -227,7 +227,7 @@ def session_buddy_python(environ: Mapping[str, str]) -> tuple[Path | None, str]:
     if configured:
         path = Path(configured)
         return (path, "") if path.exists() else (None, f"SESSION_BUDDY_PYTHON={configured} does not exist")
-    from integration.conftest import env_dir  # the directory scripts/real-envs.sh builds
+    from tests.integration.conftest import env_dir  # the directory scripts/real-envs.sh builds
 
     venv = env_dir("session-buddy-0.23.0", "session-buddy-0.23.0.txt")
     stamp = venv / ".real-envs-stamp"

@@ -41,13 +41,13 @@ from common import REPO, Scene, proc_memory_kb, wait_until
 from delivery import AGENT_IDLE_SECONDS, CALL_TIMEOUT_SECONDS, recorded, run_worker
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
-from support.http_server import HttpServer
-from support.server_process import end_event, start_event
 
 from oneiric_session import events
 from oneiric_session.config.loader import load_config
 from oneiric_session.limits import Limits
 from oneiric_session.spool import Spool
+from tests.support.http_server import HttpServer
+from tests.support.server_process import end_event, start_event
 
 PROXY = str(REPO / "benchmarks" / "delay_proxy.py")
 RTT_MS = 20.0

@@ -28,8 +28,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from common import reap  # also puts tests/ on the path, for support.*
-from support.pty_driver import PtyProcess
+from common import reap  # also puts the checkout on the path, for tests.support
+
+from tests.support.pty_driver import PtyProcess
 
 PROMPT = {"stdlib": r">>> ", "ipython": r"In \[1\]: "}
 TARGET_PROMPT_MS = 5.0

@@ -71,8 +71,10 @@ def _uses() -> dict[Path, tuple[set[tuple[str, str]], set[str]]]:
     """Per file: (module, name) pairs imported with `from module import name`, and every attribute
     name read or string written."""
     found: dict[Path, tuple[set[tuple[str, str]], set[str]]] = {}
-    for folder in ("oneiric_session", "tests", "benchmarks", "scripts"):
-        for path in REPO.glob(f"{folder}/**/*.py"):
+    # The package where it is imported from (a non-editable install too), the rest in the checkout.
+    folders = [PACKAGE, REPO / "tests", REPO / "benchmarks", REPO / "scripts"]
+    for folder in folders:
+        for path in folder.glob("**/*.py"):
             if path.resolve() == Path(__file__).resolve():
                 continue  # PUBLIC_UNUSED names them all
             imports: set[tuple[str, str]] = set()
@@ -103,7 +105,7 @@ def _used_elsewhere(
     module: str, names: Iterable[str], uses: dict[Path, tuple[set[tuple[str, str]], set[str]]]
 ) -> list[str]:
     """The names that a file other than the module's own imports from it, reads or names."""
-    base = REPO.joinpath(*module.split("."))
+    base = PACKAGE.parent.joinpath(*module.split("."))
     own = base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
     return sorted(
         name

@@ -95,8 +95,6 @@ class DeliveryAgent:
         progress: Callable[[int], None] | None = None,
         on_answer: Callable[[SpooledEvent], None] | None = None,
     ) -> None:
-        """`on_answer(row)` runs after each answer, before its acknowledgement: the crash window
-        that exactly-once must survive, where tests kill the agent (tests/support/killing_agent.py)."""
         self.spool = spool
         self._credentials = Credentials(tokens, secrets)
         self._client_factory = client_factory
@@ -105,6 +103,8 @@ class DeliveryAgent:
         self._mono = monotonic
         self._wall = wall
         self._tally = Tally(progress=progress)
+        # Run after each answer, before its acknowledgement: the crash window exactly-once must
+        # survive, where tests kill the agent (tests/support/killing_agent.py).
         self._on_answer = on_answer
         self._destinations: dict[str, DestinationWorker] = {}
         self._published: str | None = None
@@ -306,11 +306,10 @@ class DeliveryAgent:
             await asyncio.wait(healthy, timeout=HANDOVER_GRACE_SECONDS)
 
     async def _shutdown(self) -> None:
-        for task in self._workers():
+        tasks = self._workers()
+        for task in tasks:
             task.cancel()
-        for task in self._workers():
-            with contextlib.suppress(BaseException):
-                await task
+        await asyncio.gather(*tasks, return_exceptions=True)  # each worker's end, whatever it was
         await self._close_idle_clients(force=True)
 
     # -- the foreground replay ------------------------------------------------
