@@ -42,10 +42,10 @@ from delivery import AGENT_IDLE_SECONDS, CALL_TIMEOUT_SECONDS, recorded, run_wor
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 
-from oneiric_session import events
 from oneiric_session.config.loader import load_config
-from oneiric_session.limits import Limits
 from oneiric_session.spool import Spool
+from oneiric_session.tracking import events
+from oneiric_session.tracking.limits import Limits
 from tests.support.http_server import HttpServer
 from tests.support.server_process import end_event, start_event
 
@@ -58,7 +58,7 @@ POLL_SECONDS = 0.05
 HOST_SHELL = textwrap.dedent(
     """
     import sys
-    from oneiric_session.registry import resolve_tracker
+    from oneiric_session.tracking.registry import resolve_tracker
     tracker = resolve_tracker()
     print("ready", flush=True)
     sys.stdin.readline()

@@ -21,9 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 from measure_delivery import append_to_answer
 
-from oneiric_session.registry import resolve_tracker
 from oneiric_session.spool import Spool
-from oneiric_session.tracker import Tracker
+from oneiric_session.tracking.registry import resolve_tracker
+from oneiric_session.tracking.tracker import Tracker
 
 # Polling the spool competes with the agent for 2 cores: 1 ms keeps that small at ~ms resolution.
 POLL_SECONDS = 0.001

@@ -374,15 +374,15 @@ def _load() -> list[float]:
 def text_report(result: dict[str, Any]) -> str:
     """A short human summary; --json has everything."""
     lines = [f"benchmarks ({result['mode']}, {result['elapsed_seconds']} s) - {PROVISIONAL}"]
-    s = result["startup_exit"]
-    if "error" not in s:
+    s = result.get("startup_exit", {})
+    if s and "error" not in s:
         for name in ("up", "hung", "missing"):
             lines.append(
                 f"  startup {name:<8} prompt +{s[name]['prompt_added_ms']['median']} ms  "
                 f"exit +{s[name]['exit_added_ms']['median']} ms  (targets +5/+10)"
             )
-    c = result["shell_side"]
-    if "error" not in c:
+    c = result.get("shell_side", {})
+    if c and "error" not in c:
         lines.append(
             f"  start() median {c['start_ms']['median']} ms p99 {c['start_ms']['p99']} ms; "
             f"end() median {c['end_ms']['median']} ms p99 {c['end_ms']['p99']} ms (target < 2)"
@@ -392,15 +392,15 @@ def text_report(result: dict[str, Any]) -> str:
                 f"  provider {name:<14} resolve {p['resolve_ms']['median']} ms  "
                 f"RSS +{p['rss_added_kb']['median']} kB  mcp imported: {p['mcp_imported']}"
             )
-    t = result["throughput"]
-    if "error" not in t:
+    t = result.get("throughput", {})
+    if t and "error" not in t:
         lines.append(
             f"  throughput ratio {t['ratio']['median']} (agent {t['agent_sessions_per_second']['median']}"
             f"/s vs bare {t['bare_client_sessions_per_second']['median']}/s), exactly once: "
             f"{t['exactly_once']}"
         )
-    lat = result["latency"]
-    if "error" not in lat:
+    lat = result.get("latency", {})
+    if lat and "error" not in lat:
         for name in ("bundled", "real_session_buddy"):
             f = lat[name]
             if "skipped" in f:
@@ -410,15 +410,15 @@ def text_report(result: dict[str, Any]) -> str:
                     f"  latency {name}: warm {f['warm_ms']['median']} ms (+{f['warm_added_ms']}), "
                     f"cold {f['cold_ms']['median']} ms (+{f['cold_added_ms']})"
                 )
-    sc = result["scale"]
-    if "error" not in sc:
+    sc = result.get("scale", {})
+    if sc and "error" not in sc:
         for n, r in sc["runs"].items():
             lines.append(
                 f"  scale N={n:<4} slowest +{r['slowest_added_ms']} ms  once: {r['exactly_once']}  "
                 f"servers {r['server_processes']['in_all']}  agent RSS {r['agent_memory']['rss_kb']} kB"
                 f"  server RSS {r['server_memory']['rss_kb']} kB"
             )
-    if "error" not in (q := result["sessions_query"]):
+    if (q := result.get("sessions_query", {})) and "error" not in q:
         page = q["query_ms"]["last_first_page"]
         lines.append(f"  last over {q['sessions']} sessions: first page {page['median']} ms (target < 100)")
     h = result.get("http_rtt", {})
@@ -455,6 +455,12 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run (figures not to quote)")
     parser.add_argument("--no-real", action="store_true", help="skip the real Session-Buddy latency")
+    parser.add_argument(
+        "--only",
+        metavar="SECTION[,SECTION]",
+        default=None,
+        help="run only these sections (names as in the JSON)",
+    )
     args = parser.parse_args()
     plan = QUICK if args.quick else FULL
     fleet_plan = QUICK_FLEET if args.quick else FULL_FLEET
@@ -480,6 +486,12 @@ def main() -> int:
         ("backlog", lambda tmp: backlog(tmp, fleet_plan)),
         ("fleet", lambda tmp: fleet_figures(tmp, fleet_plan)),
     ]
+    if args.only:
+        wanted = set(args.only.split(","))
+        unknown = wanted - {name for name, _ in sections}
+        if unknown:
+            parser.error(f"unknown sections: {', '.join(sorted(unknown))}")
+        sections = [(name, section) for name, section in sections if name in wanted]
     with tempfile.TemporaryDirectory(prefix="oneiric-bench-") as tmp:
         for number, (name, section) in enumerate(sections, 1):
             log(f"{number}/{len(sections)} {name}")

@@ -42,7 +42,7 @@ SHELL = textwrap.dedent(
     print("ready", flush=True)
     sys.stdin.readline()
     began = time.perf_counter()
-    from oneiric_session.registry import resolve_tracker
+    from oneiric_session.tracking.registry import resolve_tracker
     tracker = resolve_tracker()
     resolved = time.perf_counter()
     handle = tracker.start(component_name=sys.argv[1], shell_type="ScaleShell")

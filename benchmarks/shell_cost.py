@@ -43,7 +43,7 @@ def sample(provider: str, calls: int) -> dict[str, object]:
 
     rss_before = _rss_kb()
     began = time.perf_counter()
-    from oneiric_session.registry import resolve_tracker
+    from oneiric_session.tracking.registry import resolve_tracker
 
     tracker = resolve_tracker(provider=provider)
     resolved = time.perf_counter()

@@ -19,14 +19,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from oneiric_session.destination import Destination
 from oneiric_session.spool import Spool
+from oneiric_session.tracking.destination import Destination
 
 COLD = """
 import sys, time
 t0 = time.perf_counter()
 from oneiric_session.spool import Spool
-from oneiric_session.destination import Destination
+from oneiric_session.tracking.destination import Destination
 t1 = time.perf_counter()
 sp = Spool(sys.argv[1])
 event = {"event_id": sys.argv[2], "event_type": "session_start"}

@@ -13,9 +13,9 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "ConfigError": "oneiric_session.errors",
-    "SessionEventEmitter": "oneiric_session.emitter",
-    "Tracker": "oneiric_session.tracker",
-    "activate_oneiric": "oneiric_session.oneiric_shells",
+    "SessionEventEmitter": "oneiric_session.shell.emitter",
+    "Tracker": "oneiric_session.tracking.tracker",
+    "activate_oneiric": "oneiric_session.shell.oneiric_shells",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]

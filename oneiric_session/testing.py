@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from oneiric_session.tracker import Tracker
+    from oneiric_session.tracking.tracker import Tracker
 
 PROVIDERS = ("memory", "noop")
 
@@ -34,11 +34,11 @@ def session_tracker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
         raise pytest.UsageError(f"session_tracker: provider must be one of {PROVIDERS}, got {provider!r}")
     monkeypatch.setenv("ONEIRIC_SESSION_PROVIDER", provider)
     if provider == "noop":
-        from oneiric_session.providers.noop import NoopTracker
+        from oneiric_session.tracking.providers.noop import NoopTracker
 
         yield NoopTracker()
         return
-    from oneiric_session.providers.memory import SHARED_LOG, MemoryTracker
+    from oneiric_session.tracking.providers.memory import SHARED_LOG, MemoryTracker
 
     SHARED_LOG.clear()
     try:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from oneiric_session.spool import Spool
-    from oneiric_session.tracker import Tracker
+    from oneiric_session.tracking.tracker import Tracker
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -92,8 +92,8 @@ def main() -> int:
             "ONEIRIC_SESSION_AGENT__IDLE_EXIT_SECONDS": "5",
         }
     )
-    from oneiric_session.registry import resolve_tracker
     from oneiric_session.spool import Spool
+    from oneiric_session.tracking.registry import resolve_tracker
     from oneiric_session.wakeup import agent_holds_lock
 
     tracker = resolve_tracker()

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from oneiric_session.config.loader import SESSION_BUDDY_STDIO_CODE as SERVE
-from oneiric_session.destination import Destination, Tuning
-from oneiric_session.events import build_end_event, build_start_event
-from oneiric_session.limits import Limits
+from oneiric_session.tracking.destination import Destination, Tuning
+from oneiric_session.tracking.events import build_end_event, build_start_event
+from oneiric_session.tracking.limits import Limits
 from oneiric_session.transport import SessionBuddyClient
 
 LIMITS = Limits()

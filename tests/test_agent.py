@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from oneiric_session import wakeup
+from oneiric_session.agent.status import delivery_status
 from oneiric_session.config.loader import load_config
-from oneiric_session.delivery_status import delivery_status
 from tests.support.delivery import WAIT_SECONDS, Scene, process_gone, wait_until
 
 

@@ -220,7 +220,7 @@ CROWD_SHELL = textwrap.dedent(
     import oneiric_session.shell
     print("ready", flush=True)
     sys.stdin.readline()
-    from oneiric_session.registry import resolve_tracker
+    from oneiric_session.tracking.registry import resolve_tracker
     tracker = resolve_tracker()
     handle = tracker.start(component_name=sys.argv[1], shell_type="CrowdShell")
     assert handle is not None and tracker.end(handle)

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from oneiric_session import procinfo
 from oneiric_session.agent import ALIVE_WRITE_SECONDS, DeliveryAgent
-from oneiric_session.destination import Destination
-from oneiric_session.events import build_start_event
-from oneiric_session.limits import Limits
 from oneiric_session.spool import Spool
+from oneiric_session.tracking import procinfo
+from oneiric_session.tracking.destination import Destination
+from oneiric_session.tracking.events import build_start_event
+from oneiric_session.tracking.limits import Limits
 
 
 class Clock:

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from oneiric_session.agent.clock import sleep_seconds
-from oneiric_session.agent.worker import Outcome, classify
-from oneiric_session.delivery_status import (
+from oneiric_session.agent.status import (
     META_DESTINATIONS,
     DestinationStatus,
     publish_destinations,
     read_destinations,
 )
+from oneiric_session.agent.worker import Outcome, classify
 from oneiric_session.errors import (
     AuthenticationError,
     CircuitOpenError,

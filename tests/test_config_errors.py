@@ -9,7 +9,7 @@ import pytest
 
 from oneiric_session.config.loader import load_config
 from oneiric_session.errors import ConfigError
-from oneiric_session.registry import build_tracker
+from oneiric_session.tracking.registry import build_tracker
 
 
 def settings_dir(tmp_path: Path, **files: str) -> Path:

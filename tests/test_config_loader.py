@@ -13,9 +13,9 @@ from pydantic import BaseModel
 from oneiric_session.config import sources
 from oneiric_session.config.loader import SESSION_BUDDY_STDIO_CODE, load_config
 from oneiric_session.config.models import SessionBuddySettings
-from oneiric_session.destination import Tuning
 from oneiric_session.errors import ConfigError
-from oneiric_session.limits import Limits
+from oneiric_session.tracking.destination import Tuning
+from oneiric_session.tracking.limits import Limits
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from oneiric_session import paths
+from oneiric_session.common import paths
 from oneiric_session.config import shell_view
 from oneiric_session.config.loader import load_config
 from oneiric_session.config.shell_view import ShellView, cache_dir, cached_view, load_shell_view
 from oneiric_session.errors import ConfigError
-from oneiric_session.providers.noop import NoopTracker
-from oneiric_session.providers.session_buddy import SessionBuddyTracker
-from oneiric_session.registry import resolve_tracker
+from oneiric_session.tracking.providers.noop import NoopTracker
+from oneiric_session.tracking.providers.session_buddy import SessionBuddyTracker
+from oneiric_session.tracking.registry import resolve_tracker
 
 SETTINGS = """\
 selections:
@@ -238,7 +238,7 @@ def test_a_hit_imports_neither_pydantic_nor_yaml(home: Path) -> None:
     code = textwrap.dedent(
         """
         import json, sys
-        from oneiric_session.registry import resolve_tracker
+        from oneiric_session.tracking.registry import resolve_tracker
         tracker = resolve_tracker()
         tracker._waker = lambda *args, **kwargs: "failed"  # no agent: this test stays in-process
         handle = tracker.start(component_name="c", shell_type="AdminShell", metadata={"k": 1})

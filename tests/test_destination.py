@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from oneiric_session.destination import Destination, Tuning
+from oneiric_session.tracking.destination import Destination, Tuning
 
 
 def test_key_ignores_tuning_and_follows_the_launch_line() -> None:

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from oneiric_session.events import (
+from oneiric_session.common.safetext import sanitize_text
+from oneiric_session.tracking.events import (
     build_end_event,
     build_start_event,
     sanitize_component_name,
     sanitize_metadata,
 )
-from oneiric_session.limits import Limits
-from oneiric_session.safetext import sanitize_text
+from oneiric_session.tracking.limits import Limits
 
 # The real server's timestamp rule (CONTRACT.md).
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?$")
@@ -232,7 +232,7 @@ def test_end_event_carries_exit_reason_and_duration_in_metadata() -> None:
 def test_events_module_needs_only_the_standard_library() -> None:
     """It runs in the shell's process: importing it must not pull in mcp or pydantic."""
     code = (
-        "import sys, oneiric_session.events\n"
+        "import sys, oneiric_session.tracking.events\n"
         "heavy = {'mcp', 'pydantic', 'anyio', 'tenacity'} & set(sys.modules)\n"
         "assert not heavy, heavy"
     )

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from oneiric_session.exit_signals import ExitSignals
+from oneiric_session.shell.exit_signals import ExitSignals
 
 
 class Unwound(Exception):

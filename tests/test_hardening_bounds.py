@@ -28,7 +28,8 @@ MAX_RSS_BYTES = 200 * 1024 * 1024
 # in cli/check.py, plus the interpreter's own exit).
 MARGIN_SECONDS = 1.0
 _CHECK_IMPORTS = (
-    "import mcp, oneiric_session.transport.client, oneiric_session.config.loader, oneiric_session.events"
+    "import mcp, oneiric_session.transport.client, oneiric_session.config.loader, "
+    "oneiric_session.tracking.events"
 )
 
 

@@ -18,13 +18,14 @@ from typing import Any
 
 import pytest
 
-from oneiric_session import events, procinfo, wakeup
+from oneiric_session import wakeup
 from oneiric_session.agent import DeliveryAgent
 from oneiric_session.config.loader import load_config
-from oneiric_session.destination import Destination, Tuning
 from oneiric_session.errors import ServerUnavailableError
-from oneiric_session.limits import Limits
 from oneiric_session.spool import Spool
+from oneiric_session.tracking import events, procinfo
+from oneiric_session.tracking.destination import Destination, Tuning
+from oneiric_session.tracking.limits import Limits
 from tests.support.delivery import Scene, wait_until
 
 DAY = 86400.0

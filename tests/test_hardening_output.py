@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from oneiric_session.agent import DeliveryAgent
-from oneiric_session.events import build_start_event
-from oneiric_session.limits import Limits
 from oneiric_session.spool import Spool
+from oneiric_session.tracking.events import build_start_event
+from oneiric_session.tracking.limits import Limits
 from tests.support.faults import fault_destination, fault_server_env, isolated_env
 from tests.support.server_process import connect, end_event, start_event
 

@@ -19,11 +19,13 @@ from typing import Any
 
 import pytest
 
-from oneiric_session import events, privacy, wakeup
+from oneiric_session import wakeup
+from oneiric_session.common import privacy
 from oneiric_session.config.loader import load_config
-from oneiric_session.destination import Destination
-from oneiric_session.limits import Limits
 from oneiric_session.spool import Spool
+from oneiric_session.tracking import events
+from oneiric_session.tracking.destination import Destination
+from oneiric_session.tracking.limits import Limits
 from tests.support.delivery import WAIT_SECONDS, Scene, process_gone, wait_until
 
 SERVE = [sys.executable, "-m", "oneiric_session", "serve"]

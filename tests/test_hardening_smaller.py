@@ -31,7 +31,7 @@ HOSTILE_SHELL = textwrap.dedent(
     """
     import itertools, sys, time
     from collections.abc import Mapping
-    from oneiric_session.providers.session_buddy import create
+    from oneiric_session.tracking.providers.session_buddy import create
 
     class ItemsRaise(Mapping):
         def __getitem__(self, key): return 1

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 
 from oneiric_session import wakeup
+from oneiric_session.agent.resilience import RetryPolicy
+from oneiric_session.agent.status import delivery_status
 from oneiric_session.config.loader import load_config
-from oneiric_session.delivery_status import delivery_status
-from oneiric_session.destination import Destination, Tuning
 from oneiric_session.errors import CircuitOpenError, DeliveryTimeoutError
-from oneiric_session.events import build_end_event, build_start_event
-from oneiric_session.limits import Limits
-from oneiric_session.resilience import RetryPolicy
+from oneiric_session.tracking.destination import Destination, Tuning
+from oneiric_session.tracking.events import build_end_event, build_start_event
+from oneiric_session.tracking.limits import Limits
 from oneiric_session.transport import SessionBuddyClient
 from tests.support.delivery import WAIT_SECONDS, Scene, wait_until
 from tests.support.faults import FAULT_SERVER

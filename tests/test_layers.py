@@ -23,19 +23,19 @@ HEAVY = ("mcp", "pydantic", "pydantic_settings", "anyio", "asyncio", "tenacity")
 # events, the spool (the shell's appends), the agent's wake-up, and the settings' cached view.
 SHELL_SIDE = (
     "oneiric_session",
-    "oneiric_session.providers.noop",
-    "oneiric_session.providers.memory",
-    "oneiric_session.providers.session_buddy",
-    "oneiric_session.emitter",
+    "oneiric_session.tracking.providers.noop",
+    "oneiric_session.tracking.providers.memory",
+    "oneiric_session.tracking.providers.session_buddy",
+    "oneiric_session.shell.emitter",
     "oneiric_session.shell",
-    "oneiric_session.exit_signals",
-    "oneiric_session.tracker",
-    "oneiric_session.registry",
-    "oneiric_session.events",
-    "oneiric_session.limits",
-    "oneiric_session.destination",
-    "oneiric_session.procinfo",
-    "oneiric_session.safetext",
+    "oneiric_session.shell.exit_signals",
+    "oneiric_session.tracking.tracker",
+    "oneiric_session.tracking.registry",
+    "oneiric_session.tracking.events",
+    "oneiric_session.tracking.limits",
+    "oneiric_session.tracking.destination",
+    "oneiric_session.tracking.procinfo",
+    "oneiric_session.common.safetext",
     "oneiric_session.spool",
     "oneiric_session.spool.schema",
     "oneiric_session.spool.transaction",
@@ -59,11 +59,11 @@ SHELL_SIDE = (
 # A shell that uses a tracker, not only imports it (no settings, so nothing validates them).
 SHELL_USE = {
     "noop tracker start and end": (
-        "from oneiric_session.providers.noop import NoopTracker\n"
+        "from oneiric_session.tracking.providers.noop import NoopTracker\n"
         "t = NoopTracker(); t.end(t.start(component_name='demo', shell_type='TestShell')); t.close()"
     ),
     "memory tracker start and end": (
-        "from oneiric_session.providers.memory import MemoryTracker\n"
+        "from oneiric_session.tracking.providers.memory import MemoryTracker\n"
         "t = MemoryTracker(); t.end(t.start(component_name='demo', shell_type='TestShell')); t.close()"
     ),
 }
@@ -78,7 +78,7 @@ AGENT_SIDE = (
 )
 SHELL_WRITES = (
     "import tempfile, pathlib\n"
-    "from oneiric_session.destination import Destination\n"
+    "from oneiric_session.tracking.destination import Destination\n"
     "from oneiric_session.spool import Outbox\n"
     "outbox = Outbox(pathlib.Path(tempfile.mkdtemp()) / 'spool.sqlite3')\n"
     "event = {'event_id': '00000000-0000-4000-8000-000000000001', 'event_type': 'session_start'}\n"
@@ -156,9 +156,9 @@ CONFIG_MUST_NOT_IMPORT = (
     "oneiric_session.spool",
     "oneiric_session.agent",
     "oneiric_session.transport",
-    "oneiric_session.providers",
+    "oneiric_session.tracking.providers",
     "oneiric_session.shell",
-    "oneiric_session.emitter",
+    "oneiric_session.shell.emitter",
     "oneiric_session.server",
 )
 

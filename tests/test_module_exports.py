@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]  # the checkout, whichever copy of th
 # Exported for callers outside this repository: the types of public results and the wire's constants.
 PUBLIC_UNUSED = {
     "oneiric_session": {"ConfigError", "activate_oneiric"},  # the package's lazy names; the activation call
-    "oneiric_session.oneiric_shells": {"is_active"},
+    "oneiric_session.shell.oneiric_shells": {"is_active"},
     "oneiric_session.agent.pipeline": {"ACK_BATCH_ROWS", "PIPELINE_SAFE_SERVERS"},
     "oneiric_session.transport.answers": {"MAX_SESSION_ID_CHARS"},
     "oneiric_session.transport.bounded_http": {"AnswerTooLargeError"},
@@ -31,9 +31,9 @@ PUBLIC_UNUSED = {
     "oneiric_session.config": {"LoadedConfig", "SessionBuddySettings"},
     "oneiric_session.agent": {"ABNORMAL_EXIT_REASON", "ReplayResult"},
     "oneiric_session.config.shell_view": {"CACHE_DIR_NAME"},
-    "oneiric_session.events": {"EVENT_VERSION"},
-    "oneiric_session.providers.session_buddy": {"HANDLE_PREFIX"},
-    "oneiric_session.safetext": {"DEFAULT_TERMINAL_CHARS"},
+    "oneiric_session.tracking.events": {"EVENT_VERSION"},
+    "oneiric_session.tracking.providers.session_buddy": {"HANDLE_PREFIX"},
+    "oneiric_session.common.safetext": {"DEFAULT_TERMINAL_CHARS"},
     "oneiric_session.spool": {
         "DEFAULT_MAX_AGE_SECONDS",
         "DEFAULT_MAX_BYTES",

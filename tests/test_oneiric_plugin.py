@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
-from oneiric_session import oneiric_plugin
 from oneiric_session.errors import ConfigError
-from oneiric_session.providers.memory import MemoryTracker
-from oneiric_session.providers.noop import NoopTracker
-from oneiric_session.providers.session_buddy import SessionBuddyTracker
+from oneiric_session.tracking import oneiric_plugin
+from oneiric_session.tracking.providers.memory import MemoryTracker
+from oneiric_session.tracking.providers.noop import NoopTracker
+from oneiric_session.tracking.providers.session_buddy import SessionBuddyTracker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ import json, sys
 from importlib.metadata import EntryPoint
 before = set(sys.modules)
 adapters = EntryPoint(
-    name="oneiric-session", value="oneiric_session.oneiric_plugin:adapters", group="oneiric.adapters"
+    name="oneiric-session", value="oneiric_session.tracking.oneiric_plugin:adapters", group="oneiric.adapters"
 ).load()
 payload = adapters()
 print(json.dumps({
@@ -61,7 +61,7 @@ class CandidateSource(str, enum.Enum):
 def heavy(modules: list[str], *, oneiric_present: bool = False) -> list[str]:
     """Modules the call should not pay for; with Oneiric present, it and our (stdlib) registry are due."""
     roots = {"pydantic", "yaml", "mcp"} | (set() if oneiric_present else {"oneiric"})
-    ours = () if oneiric_present else ("oneiric_session.registry", "oneiric_session.config")
+    ours = () if oneiric_present else ("oneiric_session.tracking.registry", "oneiric_session.config")
     return [m for m in modules if m.split(".")[0] in roots or m.startswith(ours)]
 
 

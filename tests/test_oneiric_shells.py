@@ -15,7 +15,7 @@ PROBE = """
 import sys
 import oneiric_session
 first, second = oneiric_session.activate_oneiric(), oneiric_session.activate_oneiric()
-from oneiric_session.oneiric_shells import is_active
+from oneiric_session.shell.oneiric_shells import is_active
 print(first, second, is_active(), "mcp" in sys.modules, "pydantic" in sys.modules)
 """
 

@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 
-from oneiric_session import events, wakeup
+from oneiric_session import wakeup
 from oneiric_session.agent.pipeline import DEFAULT_WINDOW, MAX_WINDOW, window_size
 from oneiric_session.config.loader import load_config
-from oneiric_session.limits import Limits
+from oneiric_session.tracking import events
+from oneiric_session.tracking.limits import Limits
 from tests.support.delivery import WAIT_SECONDS, Scene, wait_until
 from tests.support.faults import FAULT_SERVER
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from oneiric_session import procinfo
+from oneiric_session.tracking import procinfo
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 

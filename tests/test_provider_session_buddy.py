@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
-from oneiric_session import procinfo
 from oneiric_session.config.loader import load_config
-from oneiric_session.providers.session_buddy import LOSS_SPOOL, SessionBuddyTracker, create
 from oneiric_session.spool import Spool
-from oneiric_session.tracker import Tracker
+from oneiric_session.tracking import procinfo
+from oneiric_session.tracking.providers.session_buddy import LOSS_SPOOL, SessionBuddyTracker, create
+from oneiric_session.tracking.tracker import Tracker
 from tests.support.delivery import WAIT_SECONDS, Scene, wait_until
 
 TOKEN = "tok-" + "s3cr3t" * 6
@@ -107,7 +107,7 @@ def test_the_shell_side_never_imports_mcp_and_returns_before_delivery(tmp_path: 
     script = textwrap.dedent(
         """
         import sys, time
-        from oneiric_session.registry import resolve_tracker
+        from oneiric_session.tracking.registry import resolve_tracker
         tracker = resolve_tracker()
         began = time.perf_counter()
         handle = tracker.start(component_name="demo", shell_type="TestShell")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 
-from oneiric_session.providers import memory, noop
-from oneiric_session.providers.memory import MemoryTracker, SessionLog
-from oneiric_session.tracker import Tracker
+from oneiric_session.tracking.providers import memory, noop
+from oneiric_session.tracking.providers.memory import MemoryTracker, SessionLog
+from oneiric_session.tracking.tracker import Tracker
 
 
 class StepClock:

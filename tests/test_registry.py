@@ -13,9 +13,9 @@ import pytest
 
 from oneiric_session.config.loader import LoadedConfig
 from oneiric_session.errors import ConfigError
-from oneiric_session.providers.memory import MemoryTracker
-from oneiric_session.providers.noop import NoopTracker
-from oneiric_session.registry import (
+from oneiric_session.tracking.providers.memory import MemoryTracker
+from oneiric_session.tracking.providers.noop import NoopTracker
+from oneiric_session.tracking.registry import (
     BUILTINS,
     Candidate,
     Registry,
@@ -177,7 +177,7 @@ def test_light_path_imports_neither_pydantic_nor_mcp(tmp_path: Path, provider: s
     result, _ = _run(
         """
         import json, sys
-        from oneiric_session.registry import resolve_tracker
+        from oneiric_session.tracking.registry import resolve_tracker
         tracker = resolve_tracker()
         loaded = {m.split(".")[0] for m in sys.modules}
         heavy = sorted(loaded & {"pydantic", "pydantic_settings", "mcp", "anyio"})
@@ -194,20 +194,20 @@ def _fake_distribution(root: Path, entry_points: str, module: str) -> Path:
     dist = root / "fake_tracker-1.0.dist-info"
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-tracker\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text(f"[oneiric_session.providers]\n{entry_points}")
+    (dist / "entry_points.txt").write_text(f"[oneiric_session.tracking.providers]\n{entry_points}")
     (root / "fake_tracker.py").write_text(textwrap.dedent(module))
     return root
 
 
 def test_third_party_provider_from_entry_point(tmp_path: Path) -> None:
-    """An installed distribution adds a provider through the `oneiric_session.providers` group;
+    """An installed distribution adds a provider through the `oneiric_session.tracking.providers` group;
     a broken entry point is skipped with a log line."""
     site = _fake_distribution(
         tmp_path / "site",
         "fake = fake_tracker:candidates\nbroken = fake_tracker:missing\nshadow = fake_tracker:shadow\n",
         """
-        from oneiric_session.providers.memory import MemoryTracker
-        from oneiric_session.registry import Candidate
+        from oneiric_session.tracking.providers.memory import MemoryTracker
+        from oneiric_session.tracking.registry import Candidate
 
         class FakeTracker(MemoryTracker):
             provider = "fake"
@@ -222,7 +222,7 @@ def test_third_party_provider_from_entry_point(tmp_path: Path) -> None:
     result, stderr = _run(
         """
         import json, logging
-        from oneiric_session.registry import build_tracker, default_registry
+        from oneiric_session.tracking.registry import build_tracker, default_registry
         logging.basicConfig(level=logging.WARNING, format="%(message)s")
         ranking = [r.as_dict() for r in default_registry().explain(None)]
         tracker = build_tracker(provider="fake", environ={})

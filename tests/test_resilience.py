@@ -6,14 +6,14 @@ import asyncio
 
 import pytest
 
-from oneiric_session.destination import Tuning
+from oneiric_session.agent.resilience import CircuitBreaker, backoff, capped_delay, is_retryable, retrying
 from oneiric_session.errors import (
     CircuitOpenError,
     DeliveryTimeoutError,
     RejectedError,
     ServerUnavailableError,
 )
-from oneiric_session.resilience import CircuitBreaker, backoff, capped_delay, is_retryable, retrying
+from oneiric_session.tracking.destination import Tuning
 
 
 class FakeClock:

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from oneiric_session import events
 from oneiric_session.agent.credentials import Credentials
+from oneiric_session.agent.resilience import RetryPolicy, Stopped
 from oneiric_session.agent.worker import DestinationWorker, Tally
-from oneiric_session.destination import Destination, Tuning
 from oneiric_session.errors import ServerUnavailableError
-from oneiric_session.limits import Limits
-from oneiric_session.resilience import RetryPolicy, Stopped
 from oneiric_session.spool import Spool
+from oneiric_session.tracking import events
+from oneiric_session.tracking.destination import Destination, Tuning
+from oneiric_session.tracking.limits import Limits
 from oneiric_session.transport.scripted import ScriptedClient
 
 START = 1_800_000_000.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from oneiric_session.safetext import sanitize_text, terminal_safe
+from oneiric_session.common.safetext import sanitize_text, terminal_safe
 
 HOSTILE = [
     "\x1b[31mred\x1b[0m",  # SGR colour

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 PROBE = (
-    "import sys; from oneiric_session.registry import resolve_tracker; t = resolve_tracker(); "
+    "import sys; from oneiric_session.tracking.registry import resolve_tracker; t = resolve_tracker(); "
     "print(type(t).__name__, 'yaml' in sys.modules, 'pydantic' in sys.modules)"
 )
 

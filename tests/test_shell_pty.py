@@ -166,7 +166,7 @@ def bundled_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One spool, agent and bundled server for the module: the agent stays warm between tests."""
     home = tmp_path_factory.mktemp("bundled")
     yield home
-    from oneiric_session.delivery_status import delivery_status
+    from oneiric_session.agent.status import delivery_status
     from oneiric_session.wakeup import agent_holds_lock
 
     spool = home / "state" / "oneiric-session" / "spool.sqlite3"

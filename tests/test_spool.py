@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from oneiric_session import spool as spool_module
-from oneiric_session.destination import Destination, Tuning
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool import DEAD_AUTH, DEAD_START_REFUSED, DROP_NO_START, Spool
 from oneiric_session.spool.records import encode
+from oneiric_session.tracking.destination import Destination, Tuning
 
 HERE = Destination(command="srv", args=("--here",))
 THERE = Destination(transport="http", url="http://there:8678/mcp")
@@ -361,7 +361,7 @@ def test_all_names_exist() -> None:
 def test_import_is_light() -> None:
     """The shell pays for the standard library only: no pydantic, no mcp, no platformdirs."""
     code = (
-        "import sys, oneiric_session.spool, oneiric_session.procinfo\n"
+        "import sys, oneiric_session.spool, oneiric_session.tracking.procinfo\n"
         "heavy = {'pydantic', 'mcp', 'platformdirs', 'yaml', 'tenacity', 'anyio'} & set(sys.modules)\n"
         "assert not heavy, heavy\n"
     )

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from oneiric_session.destination import Destination
 from oneiric_session.spool import Spool
+from oneiric_session.tracking.destination import Destination
 
 needs_setconfig = pytest.mark.skipif(
     not hasattr(sqlite3, "SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE"), reason="Python 3.12+ can tell SQLite"

@@ -14,7 +14,7 @@ SESSIONS = 40
 
 WRITER = """
 import sys
-from oneiric_session.destination import Destination
+from oneiric_session.tracking.destination import Destination
 from oneiric_session.spool import Spool
 
 path, name, sessions = sys.argv[1], sys.argv[2], int(sys.argv[3])

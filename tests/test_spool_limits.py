@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from oneiric_session.destination import Destination
 from oneiric_session.spool import DROP_MAX_AGE, DROP_MAX_BYTES, DROP_MAX_ROWS, DROP_NO_START, Spool
+from oneiric_session.tracking.destination import Destination
 
 DEST = Destination(command="srv")
 DAY = 86400.0

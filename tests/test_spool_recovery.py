@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from oneiric_session.destination import Destination
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool import SCHEMA_VERSION, Spool
+from oneiric_session.tracking.destination import Destination
 
 DEST = Destination(command="srv")
 LOGGER = "oneiric_session.spool"

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from oneiric_session.agent.status import META_DESTINATIONS
 from oneiric_session.cli.spool import _retarget
-from oneiric_session.delivery_status import META_DESTINATIONS
-from oneiric_session.destination import Destination
 from oneiric_session.spool import Spool
+from oneiric_session.tracking.destination import Destination
 
 BROKEN = Destination(command="/nowhere/server")
 FLEET = Destination(transport="http", url="http://fleet.example:8678/mcp")

@@ -12,7 +12,7 @@ import pytest
 PROJECT_TESTS = '''
 import os
 import pytest
-from oneiric_session.registry import resolve_tracker
+from oneiric_session.tracking.registry import resolve_tracker
 
 def run_shell(component):
     """What an embedding project does: resolve its tracker from configuration and use it."""

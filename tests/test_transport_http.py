@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from oneiric_session.destination import Destination, Tuning
 from oneiric_session.errors import RejectedError, ServerUnavailableError
-from oneiric_session.events import build_end_event, build_start_event
-from oneiric_session.limits import Limits
+from oneiric_session.tracking.destination import Destination, Tuning
+from oneiric_session.tracking.events import build_end_event, build_start_event
+from oneiric_session.tracking.limits import Limits
 from oneiric_session.transport import SessionBuddyClient
 from tests.support.faults import FAULT_SERVER, isolated_env, tool_calls
 

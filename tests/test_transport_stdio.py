@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from oneiric_session.destination import Destination, Tuning
+from oneiric_session.agent.resilience import RetryPolicy
 from oneiric_session.errors import (
     AuthenticationError,
     CircuitOpenError,
@@ -21,9 +21,9 @@ from oneiric_session.errors import (
     RejectedError,
     ServerUnavailableError,
 )
-from oneiric_session.events import build_end_event, build_start_event
-from oneiric_session.limits import Limits
-from oneiric_session.resilience import RetryPolicy
+from oneiric_session.tracking.destination import Destination, Tuning
+from oneiric_session.tracking.events import build_end_event, build_start_event
+from oneiric_session.tracking.limits import Limits
 from oneiric_session.transport import SessionBuddyClient
 from tests.support.faults import (
     fault_destination,
@@ -264,8 +264,8 @@ def test_no_orphan_after_the_client_is_killed(tmp_path: Path) -> None:
         sys.path.insert(0, {str(Path(__file__).parent.parent)!r})
         from tests.support.faults import fault_destination
         from pathlib import Path
-        from oneiric_session.events import build_start_event
-        from oneiric_session.limits import Limits
+        from oneiric_session.tracking.events import build_start_event
+        from oneiric_session.tracking.limits import Limits
         from oneiric_session.transport import SessionBuddyClient
 
         async def main():

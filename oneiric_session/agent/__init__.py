@@ -2,18 +2,35 @@
 
 By job: `core` (`DeliveryAgent`: scheduling the destination workers, the serve loop and its
 idle hand-over, the foreground replay), `worker` (one destination: its client, back-off, one
-row sent, and `classify(error)`), `pipeline` (a window of calls in flight on one session,
-batched acknowledgements), `credentials` (tokens and secrets in memory, per destination),
-`doorbell` (the wake-up listener on the event loop), `clock` (when a destination may send
-again, whatever the wall clock does), `watch` (the pids of open sessions, and the "abnormal"
-end of a shell that died). The shell's
-side is elsewhere: it only appends to the spool and wakes the agent (`wakeup`).
+row sent, and `classify(error)`), `resilience` (the one retry policy and the circuit breaker),
+`pipeline` (a window of calls in flight on one session, batched acknowledgements),
+`credentials` (tokens and secrets in memory, per destination), `doorbell` (the wake-up
+listener on the event loop), `clock` (when a destination may send again, whatever the wall
+clock does), `watch` (the pids of open sessions, and the "abnormal" end of a shell that died),
+`status` (what the agent publishes about each destination: its one writer is here, its readers
+are `status`, `spool replay` and a shell's exit notice, so it is standard library only).
+
+Names are loaded on first use: reading `agent.status` loads nothing else of the agent.
 """
 
 from __future__ import annotations
 
-from oneiric_session.agent.core import DeliveryAgent, ReplayResult, run_agent, uncapped_spool
-from oneiric_session.agent.watch import ABNORMAL_EXIT_REASON, ALIVE_WRITE_SECONDS, FOREIGN_STALE_SECONDS
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from oneiric_session.agent.core import DeliveryAgent, ReplayResult, run_agent, uncapped_spool
+    from oneiric_session.agent.watch import ABNORMAL_EXIT_REASON, ALIVE_WRITE_SECONDS, FOREIGN_STALE_SECONDS
+
+_EXPORTS = {
+    "ABNORMAL_EXIT_REASON": "oneiric_session.agent.watch",
+    "ALIVE_WRITE_SECONDS": "oneiric_session.agent.watch",
+    "FOREIGN_STALE_SECONDS": "oneiric_session.agent.watch",
+    "DeliveryAgent": "oneiric_session.agent.core",
+    "ReplayResult": "oneiric_session.agent.core",
+    "run_agent": "oneiric_session.agent.core",
+    "uncapped_spool": "oneiric_session.agent.core",
+}
 
 __all__ = [
     "ABNORMAL_EXIT_REASON",
@@ -24,3 +41,10 @@ __all__ = [
     "run_agent",
     "uncapped_spool",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'oneiric_session.agent' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from oneiric_session.destination import Destination
 from oneiric_session.spool import Spool
+from oneiric_session.tracking.destination import Destination
 
 
 class _State(Protocol):

@@ -34,14 +34,14 @@ from dataclasses import dataclass
 import oneiric_session.agent.clock as agent_clock
 from oneiric_session.agent.credentials import Credentials
 from oneiric_session.agent.doorbell import Doorbell
+from oneiric_session.agent.resilience import RetryPolicy
+from oneiric_session.agent.status import publish_destinations
 from oneiric_session.agent.watch import SessionWatch
 from oneiric_session.agent.worker import Client, ClientFactory, DestinationWorker, Tally
 from oneiric_session.config.sources import DEFAULT_IDLE_EXIT_SECONDS
-from oneiric_session.delivery_status import publish_destinations
-from oneiric_session.destination import Destination
 from oneiric_session.errors import SpoolError
-from oneiric_session.resilience import RetryPolicy
 from oneiric_session.spool import DEAD_AUTH, OpenSession, Spool, SpooledEvent
+from oneiric_session.tracking.destination import Destination
 from oneiric_session.wakeup import AgentLock, WakeupListener
 
 __all__ = ["DeliveryAgent", "ReplayResult", "run_agent", "uncapped_spool"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Mapping
 
-from oneiric_session.digest import sha256_hex
+from oneiric_session.common.digest import sha256_hex
 
 __all__ = ["Credentials"]
 

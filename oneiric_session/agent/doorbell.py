@@ -12,7 +12,7 @@ import logging
 import os
 from collections.abc import Callable
 
-from oneiric_session.delivery_status import META_PID
+from oneiric_session.agent.status import META_PID
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool import Spool
 from oneiric_session.wakeup import AgentLock, Wakeup, WakeupListener

@@ -13,9 +13,9 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from oneiric_session import events, procinfo
-from oneiric_session.limits import Limits
 from oneiric_session.spool import OpenSession, Spool
+from oneiric_session.tracking import events, procinfo
+from oneiric_session.tracking.limits import Limits
 
 __all__ = ["ABNORMAL_EXIT_REASON", "ALIVE_WRITE_SECONDS", "FOREIGN_STALE_SECONDS", "SessionWatch"]
 

@@ -20,11 +20,11 @@ from typing import Any, Protocol
 
 import oneiric_session.agent.pipeline as pipeline
 from oneiric_session.agent.credentials import Credentials
-from oneiric_session.delivery_status import DestinationStatus
-from oneiric_session.destination import Destination
+from oneiric_session.agent.resilience import RetryPolicy, Stopped
+from oneiric_session.agent.status import DestinationStatus
 from oneiric_session.errors import AuthenticationError, DeliveryError, SpoolError, TransientDeliveryError
-from oneiric_session.resilience import RetryPolicy, Stopped
 from oneiric_session.spool import DEAD_AUTH, DEAD_REJECTED, Spool, SpooledEvent
+from oneiric_session.tracking.destination import Destination
 
 __all__ = ["Client", "ClientFactory", "DestinationWorker", "Outcome", "Tally", "classify"]
 

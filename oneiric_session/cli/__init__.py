@@ -14,8 +14,8 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
+from oneiric_session.common.safetext import terminal_safe
 from oneiric_session.errors import ConfigError, OneiricSessionError
-from oneiric_session.safetext import terminal_safe
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -20,8 +20,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from oneiric_session.common.safetext import terminal_safe
 from oneiric_session.errors import ConfigError
-from oneiric_session.safetext import terminal_safe
 
 TOKEN_ENV = "SESSION_BUDDY_TOKEN"
 _RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
@@ -108,7 +108,7 @@ def _collect(pages: Iterable[tuple[list[dict[str, Any]], bool]], query: Query) -
 def _local(args: argparse.Namespace, query: Query) -> Result:
     import sqlite3
 
-    from oneiric_session.paths import default_server_db_path
+    from oneiric_session.common.paths import default_server_db_path
     from oneiric_session.server.listing import BadQuery, SessionFilter
     from oneiric_session.server.store import SessionStore
 
@@ -150,8 +150,8 @@ def _remote(url: str, query: Query) -> Result:
     try:
         return asyncio.run(_remote_pages(url, query))
     except RemoteError as exc:
-        from oneiric_session.destination import Destination
         from oneiric_session.errors import OneiricSessionError
+        from oneiric_session.tracking.destination import Destination
 
         # describe(): without any credentials the URL may carry.
         where = Destination(transport="http", url=url).describe().removeprefix("http ")
@@ -159,8 +159,8 @@ def _remote(url: str, query: Query) -> Result:
 
 
 async def _remote_pages(url: str, query: Query) -> Result:
-    from oneiric_session.destination import Destination, Tuning
     from oneiric_session.errors import DeliveryError
+    from oneiric_session.tracking.destination import Destination, Tuning
     from oneiric_session.transport.answers import server_text
     from oneiric_session.transport.connection import Connection
 

@@ -72,7 +72,7 @@ class _PrivateLog(logging.handlers.RotatingFileHandler):
     """The agent's log: 0600, never opened through a symlink, never another user's file."""
 
     def _open(self):  # type: ignore[no-untyped-def]  # the base class's signature
-        from oneiric_session.privacy import open_private
+        from oneiric_session.common.privacy import open_private
 
         fd = open_private(self.baseFilename, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
@@ -82,7 +82,7 @@ class _SafeFormatter(logging.Formatter):
     """Every log line terminal-safe: a server's, a client's or a file's text cannot hide escapes in it."""
 
     def format(self, record: logging.LogRecord) -> str:
-        from oneiric_session.safetext import safe_lines
+        from oneiric_session.common.safetext import safe_lines
 
         return safe_lines(super().format(record))
 
@@ -91,7 +91,7 @@ def _setup_logging(log_file: str | None) -> None:
     handler: logging.Handler = logging.StreamHandler(sys.stderr)
     if log_file:
         try:
-            from oneiric_session.privacy import private_dir
+            from oneiric_session.common.privacy import private_dir
 
             private_dir(Path(log_file).parent)
             handler = _PrivateLog(log_file, maxBytes=LOG_MAX_BYTES, backupCount=1)
@@ -143,7 +143,7 @@ def run(args: argparse.Namespace, *, on_answer: Callable[[SpooledEvent], None] |
     tokens = wakeup.tokens_from_environment()  # always removed, even by an agent that exits now
     secrets = wakeup.secrets_from_environment()
     wakeup.clear_spawn_marker(spool_path)  # before the lock: see wakeup.waker's module doc
-    from oneiric_session.privacy import foreign_reason
+    from oneiric_session.common.privacy import foreign_reason
 
     refused = foreign_reason(spool_path)
     if refused is not None:  # its launch lines and wake-ups could be another user's: run nothing

@@ -69,7 +69,7 @@ def _process_age_seconds() -> float:
     """Seconds since this process started (0 where /proc cannot tell): interpreter start-up counts."""
     import os
 
-    from oneiric_session.procinfo import pid_start_time
+    from oneiric_session.tracking.procinfo import pid_start_time
 
     try:
         ticks = pid_start_time(os.getpid())
@@ -85,7 +85,7 @@ async def _round_trip(config: Any, timeout: float | None) -> dict[str, Any]:
     import asyncio
 
     from oneiric_session.errors import DeliveryError, DeliveryTimeoutError
-    from oneiric_session.events import build_end_event, build_start_event
+    from oneiric_session.tracking.events import build_end_event, build_start_event
     from oneiric_session.transport import SessionBuddyClient
 
     destination = config.destination()
@@ -156,8 +156,8 @@ async def _teardown(client: Any, *, ok: bool, deadline: float | None) -> None:
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
+    from oneiric_session.common.safetext import terminal_safe
     from oneiric_session.config import load_config
-    from oneiric_session.safetext import terminal_safe
 
     config = load_config(args.settings)
     config.token()  # a token_file problem is a ConfigError: report it before any connection

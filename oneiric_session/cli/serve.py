@@ -92,7 +92,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     # Logs go to stderr: in stdio mode stdout carries JSON-RPC and nothing else.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="oneiric-session serve: %(message)s")
-    from oneiric_session.paths import default_server_db_path
+    from oneiric_session.common.paths import default_server_db_path
     from oneiric_session.server.auth import TokenVerifier, secret_from_env
 
     bind = parse_bind(args.http) if args.http else None

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from oneiric_session.cli import add_db_option
-from oneiric_session.safetext import terminal_safe
+from oneiric_session.common.safetext import terminal_safe
 
 # What a table cell shows of one value at most.
 _CELL_CHARS = 200
@@ -28,8 +28,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     import sqlite3
 
+    from oneiric_session.common.paths import default_server_db_path
     from oneiric_session.errors import ConfigError
-    from oneiric_session.paths import default_server_db_path
     from oneiric_session.server.store import LISTED_COLUMNS, SessionStore
 
     db_path = Path(args.db) if args.db else default_server_db_path()

@@ -9,11 +9,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from oneiric_session.safetext import terminal_safe
+from oneiric_session.common.safetext import terminal_safe
 
 if TYPE_CHECKING:
-    from oneiric_session.destination import Destination
     from oneiric_session.spool import Spool, SpooledEvent
+    from oneiric_session.tracking.destination import Destination
 
 # How long `replay` waits for a running agent to step aside (it finishes the call in flight).
 HANDOVER_SECONDS = 15.0
@@ -141,8 +141,8 @@ def run_replay(args: argparse.Namespace) -> int:
     tokens = {destination.key: token} if token else None
     if not path.exists():
         return _replay_report(args, destination.describe(), 0, 0, 0)
+    from oneiric_session.common.privacy import foreign_reason
     from oneiric_session.errors import UnsafeSpoolError
-    from oneiric_session.privacy import foreign_reason
 
     refused = foreign_reason(path)
     if refused is not None:  # its launch lines could be another user's: run none of them
@@ -187,7 +187,7 @@ def _retarget(spool: Spool, destination: Destination, *, everything: bool) -> No
     The spool is shared by every settings directory of the user: replay in one project must not
     take a healthy fleet server's events from another project.
     """
-    from oneiric_session.delivery_status import answering_destinations
+    from oneiric_session.agent.status import answering_destinations
 
     if everything:
         spool.retarget(None, destination)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from oneiric_session.config.loader import LoadedConfig
-    from oneiric_session.registry import Registry
+    from oneiric_session.tracking.registry import Registry
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from oneiric_session.safetext import safe_lines
+    from oneiric_session.common.safetext import safe_lines
 
     report = collect(args.settings)
     # JSON escapes every control (ensure_ascii); the text form is made safe line by line.
@@ -38,7 +38,7 @@ def collect(
 ) -> dict[str, Any]:
     """The status report as plain data; raises ConfigError."""
     from oneiric_session.config.loader import load_config
-    from oneiric_session.registry import CATEGORY, DOMAIN, default_registry
+    from oneiric_session.tracking.registry import CATEGORY, DOMAIN, default_registry
 
     config = load_config(settings_dir, environ=environ)
     registry = registry or default_registry()
@@ -74,7 +74,7 @@ def token_section(config: LoadedConfig) -> dict[str, Any]:
 
 def delivery_section(config: LoadedConfig) -> dict[str, Any]:
     """The agent (running, pid), the breaker, the spool's depth, oldest event, dead letters and drops."""
-    from oneiric_session.delivery_status import delivery_status
+    from oneiric_session.agent.status import delivery_status
 
     return delivery_status(config.spool_path(), destination_key=config.destination().key)
 

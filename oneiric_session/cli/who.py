@@ -19,7 +19,7 @@ from typing import Any
 
 from oneiric_session.cli import add_db_option
 from oneiric_session.cli._who_query import TOKEN_ENV, Query, Result, fetch, fill_idle_seconds
-from oneiric_session.safetext import terminal_safe
+from oneiric_session.common.safetext import terminal_safe
 
 DEFAULT_COUNT = 100
 # How a session that ended badly reads in `last`, as Unix `last` says it.

@@ -11,14 +11,14 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from oneiric_session import paths
+from oneiric_session.common import paths
 from oneiric_session.config import sources
 from oneiric_session.config.models import SessionBuddySettings
 from oneiric_session.config.redact import redact
 from oneiric_session.config.sources import read_token
-from oneiric_session.destination import Destination, Tuning
 from oneiric_session.errors import ConfigError
-from oneiric_session.limits import Limits
+from oneiric_session.tracking.destination import Destination, Tuning
+from oneiric_session.tracking.limits import Limits
 
 # Session-Buddy 0.23.0 has no stdio entry point; this is the launch line that serves stdio.
 # What environment.cwd carries on http when report_cwd is unset: the real server refuses a cwd

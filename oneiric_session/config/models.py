@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from oneiric_session.config.sources import DEFAULT_IDLE_EXIT_SECONDS, DEFAULT_PROVIDER
-from oneiric_session.destination import Tuning
-from oneiric_session.limits import Limits
+from oneiric_session.tracking.destination import Tuning
+from oneiric_session.tracking.limits import Limits
 
 # The defaults live in the shell-side value types; read them from instances (NamedTuple fields).
 _TUNING = Tuning()

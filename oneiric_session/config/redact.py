@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from oneiric_session.destination import is_secret_env
+from oneiric_session.tracking.destination import is_secret_env
 
 REDACTED = "<redacted>"
 

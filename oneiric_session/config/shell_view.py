@@ -29,16 +29,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import oneiric_session
+from oneiric_session.common.digest import sha256_hex
 from oneiric_session.config import sources
 from oneiric_session.config.files import read_bounded
 from oneiric_session.config.sources import read_token
-from oneiric_session.digest import sha256_hex
 from oneiric_session.errors import ConfigError
 
 if TYPE_CHECKING:
     from oneiric_session.config.loader import LoadedConfig
-    from oneiric_session.destination import Destination
-    from oneiric_session.limits import Limits
+    from oneiric_session.tracking.destination import Destination
+    from oneiric_session.tracking.limits import Limits
 
 __all__ = [
     "CACHE_DIR_NAME",
@@ -67,9 +67,9 @@ _CODE_FILES = (
     "config/sources.py",
     "config/files.py",
     "config/shell_view.py",
-    "destination.py",
-    "limits.py",
-    "paths.py",
+    "tracking/destination.py",
+    "tracking/limits.py",
+    "common/paths.py",
 )
 
 
@@ -133,8 +133,8 @@ class ShellView(NamedTuple):
     @classmethod
     def from_json(cls, data: Mapping[str, Any], environ: Mapping[str, str]) -> ShellView:
         # Imported here: a shell whose provider needs no settings (noop) never loads them.
-        from oneiric_session.destination import Destination
-        from oneiric_session.limits import Limits
+        from oneiric_session.tracking.destination import Destination
+        from oneiric_session.tracking.limits import Limits
 
         fields = dict(data)
         fields["destination"] = Destination.from_json(json.dumps(fields["destination"]))
@@ -252,7 +252,7 @@ def cache_dir() -> Path:
             base = os.path.join(home, ".local", "state") if os.path.isabs(home) else ""
         if base:
             return Path(base) / "oneiric-session" / CACHE_DIR_NAME
-    from oneiric_session import paths
+    from oneiric_session.common import paths
 
     return paths.state_dir() / CACHE_DIR_NAME
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from oneiric_session.privacy import open_private, private_dir
+from oneiric_session.common.privacy import open_private, private_dir
 from oneiric_session.server.listing import INDEXES, Page, SessionFilter, select_page
 
 # Long enough to sit out another server process's write burst, short enough that a wedged

@@ -25,8 +25,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Self, TypeVar
 
+from oneiric_session.common.privacy import foreign_reason
 from oneiric_session.errors import SpoolError, UnsafeSpoolError
-from oneiric_session.privacy import foreign_reason
 from oneiric_session.spool.opening import (
     connect,
     create_file,

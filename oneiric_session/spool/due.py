@@ -13,9 +13,9 @@ import sqlite3
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from oneiric_session.destination import Destination
 from oneiric_session.spool.connection import SpoolConnection
 from oneiric_session.spool.records import EVENT_COLUMNS, STATE_PENDING, SpooledEvent, event_from_row
+from oneiric_session.tracking.destination import Destination
 
 __all__ = ["DueRows"]
 

@@ -9,7 +9,6 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from oneiric_session.destination import Destination
 from oneiric_session.spool.connection import SpoolConnection
 from oneiric_session.spool.records import (
     DEAD_START_REFUSED,
@@ -24,6 +23,7 @@ from oneiric_session.spool.records import (
     save_destination,
 )
 from oneiric_session.spool.retention import count_drop, enforce
+from oneiric_session.tracking.destination import Destination
 
 __all__ = ["Outbox"]
 

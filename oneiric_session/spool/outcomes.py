@@ -13,7 +13,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-from oneiric_session.destination import Destination
 from oneiric_session.spool.connection import SpoolConnection
 from oneiric_session.spool.records import (
     DEAD_REJECTED,
@@ -26,6 +25,7 @@ from oneiric_session.spool.records import (
     clip,
     save_destination,
 )
+from oneiric_session.tracking.destination import Destination
 
 __all__ = ["RowOutcomes"]
 

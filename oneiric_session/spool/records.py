@@ -10,8 +10,8 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any, Final, Literal, NamedTuple
 
-from oneiric_session.destination import Destination
 from oneiric_session.errors import SpoolError
+from oneiric_session.tracking.destination import Destination
 
 __all__ = [
     "DEAD_AUTH",

@@ -12,8 +12,8 @@ import json
 import re
 from typing import Any, Protocol
 
+from oneiric_session.common.safetext import sanitize_text
 from oneiric_session.errors import AuthenticationError, RejectedError
-from oneiric_session.safetext import sanitize_text
 
 __all__ = [
     "MAX_SESSION_ID_CHARS",

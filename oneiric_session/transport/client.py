@@ -11,8 +11,8 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from oneiric_session.destination import Destination
 from oneiric_session.errors import ServerUnavailableError, TransientDeliveryError
+from oneiric_session.tracking.destination import Destination
 from oneiric_session.transport.answers import read_end_answer, read_start_answer
 from oneiric_session.transport.connection import Connection
 

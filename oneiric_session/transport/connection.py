@@ -20,13 +20,13 @@ from pydantic import ValidationError
 
 from oneiric_session import __version__
 from oneiric_session import mcp_compat as mcp
-from oneiric_session.destination import Destination
 from oneiric_session.errors import (
     DeliveryError,
     DeliveryTimeoutError,
     RejectedError,
     ServerUnavailableError,
 )
+from oneiric_session.tracking.destination import Destination
 from oneiric_session.transport.answers import server_text
 from oneiric_session.transport.bounded_http import BoundedHttp
 from oneiric_session.transport.stdio import MAX_LINE_BYTES, ServerProcess, child_environment

@@ -24,8 +24,8 @@ from typing import Any
 import anyio
 import anyio.abc
 
+from oneiric_session.common.safetext import sanitize_text
 from oneiric_session.mcp_compat import SessionMessage, dump_message, parse_message
-from oneiric_session.safetext import sanitize_text
 
 __all__ = ["ServerProcess", "child_environment"]
 

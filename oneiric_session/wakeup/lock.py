@@ -54,7 +54,7 @@ class AgentLock:
         """
         if self._fd is not None:
             return True
-        from oneiric_session.privacy import PrivatePathError, foreign_reason, open_private, private_dir
+        from oneiric_session.common.privacy import PrivatePathError, foreign_reason, open_private, private_dir
 
         refused = foreign_reason(self.spool_path)
         if refused is not None:
@@ -89,9 +89,9 @@ class AgentLock:
         return True
 
     def _claim(self) -> bool:
-        from oneiric_session import procinfo
         from oneiric_session.errors import SpoolError
         from oneiric_session.spool import Spool
+        from oneiric_session.tracking import procinfo
 
         me = procinfo.identify()
         owner = json.dumps({"pid": me.pid, "start_time": me.start_time, "boot_id": me.boot_id})

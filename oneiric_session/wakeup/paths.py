@@ -14,7 +14,7 @@ import os
 import stat
 from pathlib import Path
 
-from oneiric_session.digest import sha256_hex
+from oneiric_session.common.digest import sha256_hex
 
 __all__ = [
     "agent_log_path",

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from oneiric_session.delivery_status import delivery_status
+from oneiric_session.agent.status import delivery_status
 from oneiric_session.spool import DEFAULT_BUSY_TIMEOUT_SECONDS, SpooledEvent
 from tests.support.delivery import WAIT_SECONDS, Scene, process_gone, wait_until
 
@@ -42,7 +42,7 @@ CROWDED_BLOCKED_BOUND_SECONDS = DEFAULT_BUSY_TIMEOUT_SECONDS
 SHELL = textwrap.dedent(
     """
     import json, sys, time
-    from oneiric_session.registry import resolve_tracker
+    from oneiric_session.tracking.registry import resolve_tracker
 
     def clock():
         try:

@@ -224,7 +224,7 @@ def test_a_mahavishnu_like_subclass_is_tracked_after_the_explicit_call(
     run = run_shell([str(oneiric_python), "-c", MAHAVISHNU_LIKE, loop], root, env, SLEEP_LINE + "\n")
 
     assert "ACTIVATED [True, True]" in run.stdout
-    assert "TRACKER oneiric_session.emitter" in run.stdout
+    assert "TRACKER oneiric_session.shell.emitter" in run.stdout
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
     assert run.after_input_seconds < PROMPT_EXIT_SECONDS, run.after_input_seconds
     session = delivered(oneiric_python, env)

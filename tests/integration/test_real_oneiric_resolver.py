@@ -213,4 +213,4 @@ def test_oneiric_cli_swaps_to_the_selected_provider(oneiric_python: Path, tmp_pa
 
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Swapped adapter:session_tracker" in proc.stdout
-    assert "oneiric_session.providers.memory.MemoryTracker object" in proc.stdout
+    assert "oneiric_session.tracking.providers.memory.MemoryTracker object" in proc.stdout

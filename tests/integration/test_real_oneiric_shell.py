@@ -259,7 +259,7 @@ def test_oneirics_shell_session_reaches_the_bundled_server_with_its_end(
 
     assert "Out[1]: 42" in run.stdout
     assert run.stderr == ""
-    assert run.marks["emitter_class"] == "oneiric_session.emitter"  # Oneiric built ours
+    assert run.marks["emitter_class"] == "oneiric_session.shell.emitter"  # Oneiric built ours
     assert "emitter" in run.marks  # ... and awaited its start
     assert len(run.marks["shutdowns"]) == 1  # our exit hook ran, once
 
@@ -296,7 +296,7 @@ def test_adminshell_in_a_terminal_ends_on_ctrl_d(oneiric_python: Path, user: One
         terminal.close()
     assert_quiet(terminal.text)
     marked = json.loads(marks.read_text())
-    assert (marked["emitter_class"], len(marked["shutdowns"])) == ("oneiric_session.emitter", 1)
+    assert (marked["emitter_class"], len(marked["shutdowns"])) == ("oneiric_session.shell.emitter", 1)
 
     session = delivered_session(user)
     assert (session["component_name"], session["shell_type"]) == ("demo", "DemoShell")

@@ -27,11 +27,11 @@ import jwt
 import pytest
 import pytest_asyncio
 
+from oneiric_session.agent.resilience import RetryPolicy
 from oneiric_session.config import load_config
 from oneiric_session.errors import AuthenticationError, RejectedError
-from oneiric_session.events import build_end_event, build_start_event
-from oneiric_session.limits import Limits
-from oneiric_session.resilience import RetryPolicy
+from oneiric_session.tracking.events import build_end_event, build_start_event
+from oneiric_session.tracking.limits import Limits
 from oneiric_session.transport import SessionBuddyClient
 from oneiric_session.transport.answers import USER_ID_DEFECT_EXPLAINED
 from tests.integration.conftest import ServerLaunch, write_settings

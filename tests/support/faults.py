@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from oneiric_session.destination import Destination, Tuning
+from oneiric_session.tracking.destination import Destination, Tuning
 
 FAULT_SERVER = str(Path(__file__).with_name("fault_server.py"))
 

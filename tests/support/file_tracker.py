@@ -93,7 +93,7 @@ def create(config: object = None) -> FileTracker:
 
 def install() -> None:
     """Make provider `file` selectable in this process."""
-    from oneiric_session.registry import Candidate, default_registry
+    from oneiric_session.tracking.registry import Candidate, default_registry
 
     default_registry().register(Candidate("file", create, "test: records to a file", needs_config=False))
 

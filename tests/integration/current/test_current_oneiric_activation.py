@@ -224,7 +224,7 @@ def test_mahavishnu_0_36_0_shell_is_tracked_after_the_explicit_call(
 
     assert "ACTIVATED True True" in run.stdout
     assert "REPOS ['agno', 'llamaindex', 'prefect']" in run.stdout  # its magics were registered
-    assert "TRACKER oneiric_session.emitter" in run.stdout
+    assert "TRACKER oneiric_session.shell.emitter" in run.stdout
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
     assert run.after_input_seconds < activation.PROMPT_EXIT_SECONDS, run.after_input_seconds
     session = activation.delivered(oneiric_python, env)

@@ -9,7 +9,7 @@ returns what it could build. Oneiric is imported only inside it, so this module
 costs nothing (and `adapters()` returns []) where Oneiric is absent.
 
 The factories are callables (Oneiric rejects import strings outside `oneiric.`),
-module-level so Oneiric names them `oneiric_session.oneiric_plugin:create_<provider>`.
+module-level so Oneiric names them `oneiric_session.tracking.oneiric_plugin:create_<provider>`.
 Each builds our tracker for the provider Oneiric selected, from our settings
 (`$ONEIRIC_SESSION_SETTINGS_DIR` or ./settings). A configuration error raises
 ConfigError there, inside Oneiric's `LifecycleManager.activate()`, which reports a
@@ -29,7 +29,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from oneiric_session.tracker import Tracker
+    from oneiric_session.tracking.tracker import Tracker
 
 CATEGORY = "session_tracker"
 
@@ -37,7 +37,7 @@ logger = logging.getLogger("oneiric_session")
 
 
 def _build(provider: str) -> Tracker:
-    from oneiric_session.registry import build_tracker
+    from oneiric_session.tracking.registry import build_tracker
 
     return build_tracker(provider=provider)
 
@@ -49,14 +49,14 @@ def create_session_buddy() -> Tracker:
 
 def create_noop() -> Tracker:
     """Oneiric's factory for `noop`: tracking off. Reads no settings, so a broken file cannot stop it."""
-    from oneiric_session.providers.noop import create
+    from oneiric_session.tracking.providers.noop import create
 
     return create()
 
 
 def create_memory() -> Tracker:
     """Oneiric's factory for `memory`: sessions recorded in this process, for tests. Reads no settings."""
-    from oneiric_session.providers.memory import create
+    from oneiric_session.tracking.providers.memory import create
 
     return create()
 
@@ -76,7 +76,7 @@ def adapters() -> list[Any]:
         from oneiric.core.resolution import CandidateSource
 
         from oneiric_session import __version__
-        from oneiric_session.registry import BUILTINS
+        from oneiric_session.tracking.registry import BUILTINS
     except Exception as exc:  # a broken install must not break the host's boot
         if not (isinstance(exc, ModuleNotFoundError) and exc.name == "oneiric"):  # absent: say nothing
             logger.warning("oneiric-session: no Oneiric adapters offered: %s: %s", type(exc).__name__, exc)
@@ -108,7 +108,7 @@ def adapters() -> list[Any]:
 
 def _activate_shells() -> None:
     try:
-        from oneiric_session.oneiric_shells import activate_oneiric
+        from oneiric_session.shell.oneiric_shells import activate_oneiric
 
         activate_oneiric()
     except Exception as exc:  # activate_oneiric never raises; an import failure must not either

@@ -176,7 +176,8 @@ def delivery_status(
 
 def _privacy_problems(path: Path) -> list[str]:
     """Why this spool is refused (another user could write it), and paths of ours others can read."""
-    from oneiric_session import privacy, wakeup
+    from oneiric_session import wakeup
+    from oneiric_session.common import privacy
 
     problems = []
     reason = privacy.foreign_reason(path)

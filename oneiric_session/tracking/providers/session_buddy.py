@@ -20,10 +20,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from oneiric_session import events, procinfo, wakeup
+from oneiric_session import wakeup
 from oneiric_session.config.shell_view import ShellView
 from oneiric_session.errors import ConfigError, UnsafeSpoolError
 from oneiric_session.spool import Outbox
+from oneiric_session.tracking import events, procinfo
 
 if TYPE_CHECKING:
     from oneiric_session.config.loader import LoadedConfig
@@ -171,7 +172,7 @@ class SessionBuddyTracker:
         if not self._started and not self._ended:
             return None
         try:
-            from oneiric_session.delivery_status import failing_destination
+            from oneiric_session.agent.status import failing_destination
 
             depth, reason = failing_destination(self._spool, self.destination.key)
         except Exception:

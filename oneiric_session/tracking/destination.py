@@ -19,7 +19,7 @@ import json
 import re
 from typing import Literal, NamedTuple
 
-from oneiric_session.digest import sha256_hex
+from oneiric_session.common.digest import sha256_hex
 
 TransportName = Literal["stdio", "http"]
 

@@ -23,8 +23,8 @@ from typing import Literal, TypeVar
 
 import tenacity
 
-from oneiric_session.destination import Tuning
 from oneiric_session.errors import CircuitOpenError, TransientDeliveryError
+from oneiric_session.tracking.destination import Tuning
 
 __all__ = ["CircuitBreaker", "RetryPolicy", "Stopped", "backoff", "is_retryable", "retrying"]
 

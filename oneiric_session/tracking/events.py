@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from oneiric_session.limits import Limits
-from oneiric_session.safetext import sanitize_text
+from oneiric_session.common.safetext import sanitize_text
+from oneiric_session.tracking.limits import Limits
 
 __all__ = [
     "EVENT_VERSION",

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from oneiric_session.tracker import Tracker
+from oneiric_session.tracking.tracker import Tracker
 
 logger = logging.getLogger("oneiric_session")
 
@@ -220,7 +220,7 @@ class SessionEventEmitter:
     def _get_tracker(self) -> Tracker:
         with self._cond:
             if self._tracker is None:
-                from oneiric_session.registry import resolve_tracker
+                from oneiric_session.tracking.registry import resolve_tracker
 
                 overrides = (
                     {"session_buddy_path": self.session_buddy_path} if self.session_buddy_path else None

@@ -5,7 +5,7 @@ first, then higher priority, then higher stack_level, then the last registered.
 The configuration always selects a provider (default `session-buddy`), so an
 installed third-party provider never takes over silently: it must be selected.
 Third-party providers register through the entry-point group
-`oneiric_session.providers`: each entry point loads a `Candidate`, a list of them,
+`oneiric_session.tracking.providers`: each entry point loads a `Candidate`, a list of them,
 or a callable returning either. Built-in names are reserved, so selecting a
 built-in never scans entry points (~100 ms in a large environment).
 """
@@ -24,11 +24,11 @@ from oneiric_session.errors import ConfigError
 if TYPE_CHECKING:
     from oneiric_session.config.loader import LoadedConfig
     from oneiric_session.config.shell_view import ShellView
-    from oneiric_session.tracker import Tracker
+    from oneiric_session.tracking.tracker import Tracker
 
 DOMAIN = "adapter"
 CATEGORY = sources.CATEGORY
-ENTRY_POINT_GROUP = "oneiric_session.providers"
+ENTRY_POINT_GROUP = "oneiric_session.tracking.providers"
 
 logger = logging.getLogger("oneiric_session")
 
@@ -85,7 +85,7 @@ class Ranked(NamedTuple):
 BUILTINS = (
     Candidate(
         "session-buddy",
-        "oneiric_session.providers.session_buddy:create",
+        "oneiric_session.tracking.providers.session_buddy:create",
         "Spools events on disk; a per-user agent delivers them to a Session-Buddy MCP server.",
         stack_level=10,
         takes_view=True,
@@ -93,14 +93,14 @@ BUILTINS = (
     ),
     Candidate(
         "noop",
-        "oneiric_session.providers.noop:create",
+        "oneiric_session.tracking.providers.noop:create",
         "Tracking off: records nothing, imports nothing heavy.",
         needs_config=False,
         origin="builtin",
     ),
     Candidate(
         "memory",
-        "oneiric_session.providers.memory:create",
+        "oneiric_session.tracking.providers.memory:create",
         "Records sessions in this process, for tests.",
         needs_config=False,
         origin="builtin",
@@ -254,6 +254,6 @@ def resolve_tracker(
     except Exception as exc:  # a tracking problem must never stop the shell
         kind = "configuration error" if isinstance(exc, ConfigError) else type(exc).__name__
         logger.warning("session tracking is off (provider noop): %s: %s", kind, exc)
-        from oneiric_session.providers.noop import NoopTracker
+        from oneiric_session.tracking.providers.noop import NoopTracker
 
         return NoopTracker()

@@ -93,7 +93,7 @@ def _tracking_selected(settings_dir: str | os.PathLike[str] | None) -> bool:
     """Whether our settings (Oneiric's selection included) choose a provider that tracks."""
     from oneiric_session.config import sources
     from oneiric_session.errors import ConfigError
-    from oneiric_session.registry import BUILTIN_NAMES, default_registry
+    from oneiric_session.tracking.registry import BUILTIN_NAMES, default_registry
 
     try:
         provider, source = sources.read(settings_dir).selection()
@@ -180,7 +180,7 @@ def _start_now(shell: Any, original: Any) -> None:
 
 def _adopt(shell: Any) -> None:
     """Put our emitter in `shell.session_tracker` unless it holds one of ours or a host's own."""
-    from oneiric_session.emitter import SessionEventEmitter
+    from oneiric_session.shell.emitter import SessionEventEmitter
 
     current = getattr(shell, "session_tracker", None)
     if isinstance(current, SessionEventEmitter):

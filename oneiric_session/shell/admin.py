@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from oneiric_session.emitter import SessionEventEmitter
-from oneiric_session.exit_signals import REASONS, ExitSignals
-from oneiric_session.tracker import Tracker
+from oneiric_session.shell.emitter import SessionEventEmitter
+from oneiric_session.shell.exit_signals import REASONS, ExitSignals
+from oneiric_session.tracking.tracker import Tracker
 
 logger = logging.getLogger("oneiric_session")
 

@@ -1,0 +1,3 @@
+"""Small standard-library helpers both processes use: `paths` (per-user locations), `privacy`
+(private files, and paths another user could have written), `safetext` (text safe on one
+terminal or log line), `digest` (SHA-256)."""
