@@ -10,10 +10,10 @@ import pytest
 
 from oneiric_session.agent.clock import sleep_seconds
 from oneiric_session.agent.status import (
-    META_DESTINATIONS,
     DestinationStatus,
     publish_destinations,
     read_destinations,
+    status_path,
 )
 from oneiric_session.agent.worker import Outcome, classify
 from oneiric_session.errors import (
@@ -52,11 +52,12 @@ def test_the_published_status_reads_back_typed(tmp_path: Path) -> None:
         consecutive_failures=3,
     )
     with Spool(tmp_path / "spool.sqlite3") as spool:
-        text = publish_destinations(spool, {"b": failing, "a": DestinationStatus(target="http")}, None)
+        text = publish_destinations(spool.path, {"b": failing, "a": DestinationStatus(target="http")}, None)
         assert (
-            publish_destinations(spool, {"b": failing, "a": DestinationStatus(target="http")}, text) == text
+            publish_destinations(spool.path, {"b": failing, "a": DestinationStatus(target="http")}, text)
+            == text
         )
-        read = read_destinations(spool)
+        read = read_destinations(spool.path)
     assert read == {"a": DestinationStatus(target="http"), "b": failing}
     assert read["a"].answering and not read["b"].answering
 
@@ -66,18 +67,17 @@ def test_the_published_status_reads_back_typed(tmp_path: Path) -> None:
     ["not json", "[1, 2]", json.dumps({"k": "a string", "j": [1]})],
 )
 def test_a_damaged_published_status_reads_as_nothing(tmp_path: Path, text: str) -> None:
-    with Spool(tmp_path / "spool.sqlite3") as spool:
-        spool.meta_set(META_DESTINATIONS, text)
-        assert read_destinations(spool) == {}
+    path = tmp_path / "spool.sqlite3"
+    status_path(path).write_text(text)
+    assert read_destinations(path) == {}
 
 
 def test_wrong_types_in_a_published_status_are_ignored_field_by_field(tmp_path: Path) -> None:
-    with Spool(tmp_path / "spool.sqlite3") as spool:
-        spool.meta_set(
-            META_DESTINATIONS,
-            json.dumps({"k": {"last_error": 7, "consecutive_failures": "3", "breaker": None, "target": "t"}}),
-        )
-        assert read_destinations(spool) == {"k": DestinationStatus(target="t")}
+    path = tmp_path / "spool.sqlite3"
+    status_path(path).write_text(
+        json.dumps({"k": {"last_error": 7, "consecutive_failures": "3", "breaker": None, "target": "t"}})
+    )
+    assert read_destinations(path) == {"k": DestinationStatus(target="t")}
 
 
 @pytest.mark.parametrize(

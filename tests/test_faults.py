@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import pytest
 
+from oneiric_session import wakeup
 from tests.faults.harness import (
     CROWDED_BLOCKED_BOUND_SECONDS,
     SHELL_CALL_BOUND_SECONDS,
@@ -399,7 +400,7 @@ def test_the_agent_killed_with_sigkill(scene: FaultScene, outcome: Outcome, case
 
 
 def test_the_spool_file_corrupted(scene: FaultScene, outcome: Outcome) -> None:
-    """Garbage over the spool's first page: the next shell moves it aside, starts afresh, says so once."""
+    """Garbage over the spool's first page: the next agent moves it aside, starts afresh, says so once."""
     outcome.id, outcome.side, outcome.order = "ours/spool_corrupted", "ours", OURS_ORDER + 10
     outcome.fault = "The spool file is corrupted (its first page overwritten)"
     scene.break_server("refuse_start")
@@ -413,9 +414,12 @@ def test_the_spool_file_corrupted(scene: FaultScene, outcome: Outcome) -> None:
     after_runs = scene.shells(1, sessions=2, prefix="c")
     runs = before + after_runs
     outcome.shell = check_shells(runs)
-    notices = [line for run in after_runs for line in run.stderr.splitlines() if "moved it aside" in line]
-    assert len(notices) == 1, [run.stderr for run in after_runs]
-    aside = Path(scene.status()["moved_aside"])
+    # The shells wrote only their outbox: the agent they woke finds the corrupt file and says so.
+    aside = Path(wait_until(lambda: scene.status().get("moved_aside"), what="the corrupt spool moved aside"))
+    log = wakeup.agent_log_path(scene.spool_path).read_text()
+    notices = [line for line in log.splitlines() if "moved it aside" in line]
+    assert len(notices) == 1, log
+    assert not [line for run in after_runs for line in run.stderr.splitlines() if "moved it aside" in line]
     assert aside.read_bytes() == corrupt, "the corrupt file must be kept as it was"
     wait_until(lambda: scene.last_error() is not None, what="the new agent to fail")
     during = account(scene, runs, moved_aside=4)
@@ -425,8 +429,9 @@ def test_the_spool_file_corrupted(scene: FaultScene, outcome: Outcome) -> None:
     outcome.after = delivered_once(scene, runs, skip=[c for run in before for c in run.components])
     _no_server_left(scene)
     outcome.happened = (
-        "the first shell to touch it moves it aside (one log line; `status` names the file), starts a "
-        "fresh spool and carries on; the events in the corrupt file are kept there, not delivered"
+        "the agent moves it aside when it next takes the shells' records in (one line in its log; "
+        "`status` names the file), starts a fresh spool and carries on; the shells never notice (they "
+        "write only their outbox); the events in the corrupt file are kept there, not delivered"
     )
     outcome.during, outcome.cleared_by = during, FIXED + HEALED_BY["agent"]
 

@@ -13,7 +13,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,26 +30,9 @@ from tests.support.delivery import WAIT_SECONDS, Scene, process_gone, wait_until
 SERVE = [sys.executable, "-m", "oneiric_session", "serve"]
 PROXY = str(Path(__file__).parent / "support" / "recording_proxy.py")
 SECRET = "hardening-secrets-test-secret-" + "0123456789abcdef" * 2
-OTHER_USER = "i13sec-mallory"
 
 
 # -- fixtures and helpers ------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def other_user() -> Iterator[pwd.struct_passwd]:
-    """A real second local user (we are root): the attacker, or a victim that root's bypass would hide."""
-    if os.getuid() != 0:
-        pytest.skip("creating a second user needs root")
-    created = False
-    try:
-        pwd.getpwnam(OTHER_USER)
-    except KeyError:
-        subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", OTHER_USER], check=True)
-        created = True
-    yield pwd.getpwnam(OTHER_USER)
-    if created:
-        subprocess.run(["userdel", OTHER_USER], check=False)
 
 
 def make_token(secret: str) -> str:
@@ -361,7 +343,7 @@ def test_the_socket_accepts_wakeups_from_its_own_user_only(
             [
                 "runuser",
                 "-u",
-                OTHER_USER,
+                other_user.pw_name,
                 "--",
                 _system_python(),
                 "-c",

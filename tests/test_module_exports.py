@@ -28,7 +28,7 @@ PUBLIC_UNUSED = {
     "oneiric_session.transport.answers": {"MAX_SESSION_ID_CHARS"},
     "oneiric_session.transport.bounded_http": {"AnswerTooLargeError"},
     "oneiric_session.wakeup": {"MAX_DATAGRAM_BYTES", "SECRETS_ENV"},  # the wire: datagram, spawn env
-    "oneiric_session.config": {"LoadedConfig", "SessionBuddySettings"},
+    "oneiric_session.config": {"SessionBuddySettings"},
     "oneiric_session.agent": {"ABNORMAL_EXIT_REASON", "ReplayResult"},
     "oneiric_session.config.shell_view": {"CACHE_DIR_NAME"},
     "oneiric_session.tracking.events": {"EVENT_VERSION"},

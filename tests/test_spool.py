@@ -12,7 +12,7 @@ import pytest
 from oneiric_session import spool as spool_module
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool import DEAD_AUTH, DEAD_START_REFUSED, DROP_NO_START, Spool
-from oneiric_session.spool.records import encode
+from oneiric_session.spool.outbox import encode
 from oneiric_session.tracking.destination import Destination, Tuning
 
 HERE = Destination(command="srv", args=("--here",))

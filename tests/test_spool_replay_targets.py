@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from oneiric_session.agent.status import META_DESTINATIONS
+from oneiric_session.agent.status import status_path
 from oneiric_session.cli.spool import _retarget
 from oneiric_session.spool import Spool
 from oneiric_session.tracking.destination import Destination
@@ -37,7 +37,7 @@ def spool(tmp_path: Path) -> Spool:
             BROKEN.key: {"last_error": "server command not found", "consecutive_failures": 3},
             FLEET.key: {"last_error": None, "auth_error": None, "consecutive_failures": 0},
         }
-        s.meta_set(META_DESTINATIONS, json.dumps(agent_view))
+        status_path(s.path).write_text(json.dumps(agent_view))
         yield s
 
 

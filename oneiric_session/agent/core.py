@@ -113,6 +113,7 @@ class DeliveryAgent:
         self._watch = SessionWatch(spool, wall=wall, on_end=self._changed.set)
         self._stop = asyncio.Event()  # stop() or a hand-over: cuts every retry wait short
         self._replaying = False
+        self._intake_error: str | None = None  # the last reason the outbox could not be taken in
 
     @property
     def delivered(self) -> int:
@@ -229,9 +230,30 @@ class DeliveryAgent:
                 await worker.close_client()
 
     def _publish(self) -> None:
-        """Mirror breaker state and last errors to the spool meta (only when they change)."""
+        """Publish breaker state and last errors beside the spool (only when they change)."""
         statuses = {key: worker.status() for key, worker in self._destinations.items()}
-        self._published = publish_destinations(self.spool, statuses, self._published)
+        for key, status in statuses.items():
+            if status.last_error is not None:  # a shell's exit notice says how many wait
+                with contextlib.suppress(SpoolError):
+                    statuses[key] = status._replace(waiting=self.spool.waiting(key))
+        try:
+            self._published = publish_destinations(self.spool.path, statuses, self._published)
+        except OSError as exc:  # what `status` shows may lag; delivery goes on
+            logger.debug("could not publish the destinations' status: %s", exc)
+
+    def take_in(self) -> None:
+        """Take the records the shells wrote into the spool (`Intake.take_in`); a failure is logged
+        once (the records stay in the outbox) and tried again at the next wake-up or poll."""
+        try:
+            taken = self.spool.take_in()
+        except SpoolError as exc:
+            if str(exc) != self._intake_error:
+                logger.warning("the shells' records cannot be taken in: %s", exc)
+            self._intake_error = str(exc)
+            return
+        self._intake_error = None
+        if taken and any(w.last_error is not None for w in self._destinations.values()):
+            self._publish()  # the count of what waits for a failing destination changed
 
     # -- abnormal ends --------------------------------------------------------
 
@@ -262,6 +284,7 @@ class DeliveryAgent:
                         await self._finish_in_flight()
                         return
                 self._changed.clear()
+                self.take_in()
                 open_sessions = self.watch_sessions()
                 self._schedule()
                 await self._close_idle_clients()
@@ -320,6 +343,7 @@ class DeliveryAgent:
         self.update_tokens(self._credentials.initial_tokens)
         try:
             while not self._stop.is_set():
+                self.take_in()
                 self.watch_sessions()
                 if not self._schedule():
                     break

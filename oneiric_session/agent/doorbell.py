@@ -65,14 +65,18 @@ class Doorbell:
     def hand_over(self) -> bool:
         """Idle exit without a gap: unbind, unlock, then look once more. True when this agent may exit.
 
-        A shell that appended just before we unbound finds its row in the last look; one that
+        A shell that wrote just before we unbound finds its record in the last look; one that
         appended after sees nobody listening and spawns an agent that can take the lock. When
         the last look finds work and the lock is taken again, the caller calls `open()` again.
         """
         self.close()
         self._lock.release()
         try:
-            work = bool(self._spool.pending_destinations() or self._spool.open_sessions())
+            work = bool(
+                self._spool.pending_destinations()
+                or self._spool.open_sessions()
+                or self._spool.outbox_records()
+            )
         except SpoolError:
             work = False
         try:

@@ -1,26 +1,32 @@
-"""What `status` shows about delivery: the agent, the breaker, the spool (standard library only).
+"""What the agent publishes about its destinations, and what `status` shows about delivery.
 
-Read from the spool file and the agent's lock; never creates a spool, never shows a token.
+The agent's view of each destination (`DestinationStatus`: breaker, last error, failures) has
+one writer, `publish_destinations` (the agent, when it changes), and one reader,
+`read_destinations` (for `status`, `spool replay` and a shell's exit notice). It is a small
+JSON file beside the spool (`status_path`), not a row in it: a shell leaving reads it to say
+whether its events wait for an unreachable server, and opening the database for that would
+cost it `sqlite3` (about 5 ms at exit, measured); only when its destination is failing does it
+count what waits. Written whole (a new file renamed into place), private, never followed
+through a symlink; a file that is not ours, not a file or not a status reads as nothing.
+
+`delivery_status` is the delivery section of `status`: read from the spool file, the outbox and
+the agent's lock; it never creates a spool and never shows a token. Standard library only, and
+light: a shell's exit imports this module.
 """
 
-from __future__ import annotations
-
 import contextlib
-import dataclasses
-import datetime as dt
 import json
 import os
+import stat
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from oneiric_session.errors import SpoolError
-from oneiric_session.spool import Outbox
 from oneiric_session.wakeup import agent_holds_lock
 
 __all__ = [
-    "META_DESTINATIONS",
     "META_PID",
     "DestinationStatus",
     "answering_destinations",
@@ -28,19 +34,19 @@ __all__ = [
     "failing_destination",
     "publish_destinations",
     "read_destinations",
+    "status_path",
 ]
 
 # Written by a process that joined the spool again after its WAL files were deleted (spool/rejoin.py).
 META_REJOINED = "spool.rejoined"
-# Written by the agent: its pid, and its view of each destination (`publish_destinations`).
+# Written by the agent in the spool's meta table: its pid.
 META_PID = "agent.pid"
-META_DESTINATIONS = "agent.destinations"
+# The published file is a few hundred bytes per destination; more is not a status.
+_MAX_STATUS_BYTES = 256 * 1024
 
 
-@dataclass(frozen=True)
-class DestinationStatus:
-    """What the agent publishes about one destination: one writer (`publish_destinations`, called
-    by the agent), one reader (`read_destinations`, for `status`, the shells and `spool replay`)."""
+class DestinationStatus(NamedTuple):
+    """What the agent publishes about one destination."""
 
     target: str = ""
     breaker: str = "closed"
@@ -48,6 +54,8 @@ class DestinationStatus:
     auth_error: str | None = None
     failing_since: float | None = None  # wall clock
     consecutive_failures: int = 0
+    # Rows waiting for it when it is failing (the exit notice's count; 0 while it answers).
+    waiting: int = 0
 
     @property
     def answering(self) -> bool:
@@ -55,8 +63,8 @@ class DestinationStatus:
         return not (self.last_error or self.auth_error or self.consecutive_failures)
 
     @classmethod
-    def _parse(cls, value: object) -> DestinationStatus | None:
-        """From the spool's text, which any version of the agent (or a damaged file) wrote."""
+    def parse(cls, value: object) -> "DestinationStatus | None":
+        """From the published text, which any version of the agent (or a damaged file) wrote."""
         if not isinstance(value, dict):
             return None
 
@@ -66,6 +74,7 @@ class DestinationStatus:
 
         since = value.get("failing_since")
         failures = value.get("consecutive_failures")
+        waiting = value.get("waiting")
         return cls(
             target=text("target") or "",
             breaker=text("breaker") or "closed",
@@ -73,40 +82,80 @@ class DestinationStatus:
             auth_error=text("auth_error"),
             failing_since=float(since) if isinstance(since, int | float) else None,
             consecutive_failures=failures if isinstance(failures, int) else 0,
+            waiting=waiting if isinstance(waiting, int) else 0,
         )
 
 
+def status_path(spool_path: str | os.PathLike[str]) -> Path:
+    """Where the agent of the spool at `spool_path` publishes: beside the spool's real path."""
+    return Path(os.path.realpath(spool_path) + ".status.json")
+
+
 def publish_destinations(
-    spool: Outbox, statuses: Mapping[str, DestinationStatus], previous: str | None
+    spool_path: str | os.PathLike[str], statuses: Mapping[str, DestinationStatus], previous: str | None
 ) -> str:
     """Write the agent's view of its destinations unless it is `previous` (the text last written)."""
-    text = json.dumps({key: dataclasses.asdict(statuses[key]) for key in sorted(statuses)}, sort_keys=True)
+    text = json.dumps({key: statuses[key]._asdict() for key in sorted(statuses)}, sort_keys=True)
     if text != previous:
-        spool.meta_set(META_DESTINATIONS, text)
+        target = status_path(spool_path)
+        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)  # a crashed agent's, of the same pid
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            with open(fd, "w", encoding="utf-8") as file:
+                file.write(text)
+            os.replace(temporary, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
     return text
 
 
-def read_destinations(spool: Outbox) -> dict[str, DestinationStatus]:
+def read_destinations(spool_path: str | os.PathLike[str]) -> dict[str, DestinationStatus]:
     """The agent's last published view of its destinations, by destination key ({} if none)."""
     try:
-        value = json.loads(spool.meta_get(META_DESTINATIONS) or "{}")
-    except ValueError:
+        fd = os.open(status_path(spool_path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
         return {}
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+            return {}
+        value = json.loads(os.read(fd, _MAX_STATUS_BYTES))
+    except (OSError, ValueError):
+        return {}
+    finally:
+        os.close(fd)
     if not isinstance(value, dict):
         return {}
-    parsed = {key: DestinationStatus._parse(item) for key, item in value.items()}
+    parsed = {key: DestinationStatus.parse(item) for key, item in value.items()}
     return {key: status for key, status in parsed.items() if status is not None}
 
 
-def answering_destinations(spool: Outbox) -> set[str]:
+def answering_destinations(spool_path: str | os.PathLike[str]) -> set[str]:
     """Keys of destinations the agent is delivering to without trouble (no error, no failures)."""
-    return {key for key, status in read_destinations(spool).items() if status.answering}
+    return {key for key, status in read_destinations(spool_path).items() if status.answering}
 
 
-def failing_destination(spool: Outbox, key: str) -> tuple[int, str | None]:
-    """Events waiting in the spool, and the agent's last error for destination `key` (None if fine)."""
-    status = read_destinations(spool).get(key) or DestinationStatus()
-    return spool.stats().depth, status.last_error
+def failing_destination(spool_path: str | os.PathLike[str], key: str) -> tuple[int, str | None]:
+    """Events waiting, and the agent's last error for destination `key`; (0, None) when it is fine.
+
+    Reads two small things, never the database (a shell's exit notice asks this): the published
+    status, whose count is of the rows in the spool at its last publish, and the records the
+    shells wrote that the agent has not taken in yet, which wait too.
+    """
+    status = read_destinations(spool_path).get(key) or DestinationStatus()
+    if status.last_error is None:
+        return 0, None
+    from oneiric_session.spool.outbox import outbox_dir
+
+    try:
+        written = sum(1 for name in os.listdir(outbox_dir(spool_path)) if name.endswith((".start", ".end")))
+    except OSError:
+        written = 0
+    return status.waiting + written, status.last_error
 
 
 def delivery_status(
@@ -132,15 +181,21 @@ def delivery_status(
     problems = _privacy_problems(path)
     if problems:
         report["warnings"] = problems
-    if not path.exists():
+    from oneiric_session.spool.intake import Intake, read_outbox
+
+    if not path.exists():  # no agent made it yet: what the shells wrote waits in the outbox
+        waiting = read_outbox(path)
+        if waiting:
+            oldest = max(0.0, time.time() - min(r.created_at for r in waiting))
+            report.update(depth=len(waiting), oldest_event_age_seconds=round(oldest, 1))
+            report["open_sessions"] = sum(1 for r in waiting if r.kind == "start")
         return report
-    spool = Outbox(path, read_only=True)  # status never creates, converts or moves a file
+    spool = Intake(path, read_only=True)  # status never creates, converts or moves a file
     try:
         stats = spool.stats()
         pid = spool.meta_get(META_PID)
         rejoined = spool.meta_get(META_REJOINED)
         disk = spool.disk_bytes()
-        destinations = read_destinations(spool)
     except SpoolError as exc:
         report["error"] = str(exc)
         return report
@@ -148,7 +203,7 @@ def delivery_status(
         spool.close()
     if running and pid and pid.isdigit():
         report["agent_pid"] = int(pid)
-    status = destinations.get(destination_key or "") or DestinationStatus()
+    status = read_destinations(path).get(destination_key or "") or DestinationStatus()
     report.update(
         breaker=status.breaker,
         last_error=status.last_error,
@@ -169,7 +224,7 @@ def delivery_status(
     if rejoined:
         with contextlib.suppress(ValueError, TypeError, KeyError):
             notice = json.loads(rejoined)
-            when = dt.datetime.fromtimestamp(float(notice["at"]), dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+            when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(float(notice["at"])))
             report["spool_rejoined"] = f"{when}: {notice['message']}"
     return report
 
@@ -183,8 +238,19 @@ def _privacy_problems(path: Path) -> list[str]:
     reason = privacy.foreign_reason(path)
     if reason is not None:
         problems.append(f"spool refused: {reason} (another user could have written its launch lines)")
+    from oneiric_session.spool.outbox import outbox_dir, outbox_problem
+
+    problem = outbox_problem(outbox_dir(path))
+    if problem is not None:
+        problems.append(f"outbox refused: {problem} (another user could have written its records)")
     real = os.path.realpath(path)
-    paths = [os.path.dirname(real), *privacy.spool_companions(real), str(wakeup.agent_log_path(Path(real)))]
+    paths = [
+        os.path.dirname(real),
+        *privacy.spool_companions(real),
+        str(wakeup.agent_log_path(Path(real))),
+        outbox_dir(real),
+        str(status_path(real)),
+    ]
     socket = wakeup.socket_path(path)
     if socket is not None:
         paths.append(str(socket.parent))

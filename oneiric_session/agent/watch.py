@@ -47,27 +47,27 @@ class SessionWatch:
         now = self._wall()
         still_open = []
         for session in self._spool.open_sessions():
-            if session.pid is None:
-                still_open.append(session)  # nothing to watch: only its own end closes it
-                continue
-            if not procinfo.is_visible(session.host, session.pid_ns):
-                if now - max(session.last_seen_alive, session.started_at) < FOREIGN_STALE_SECONDS:
-                    still_open.append(session)  # left to an agent that can see it
-                else:
-                    self._end_abnormally(session, stale=True)
-                continue
-            if procinfo.is_alive(session.pid, session.pid_start_time, session.boot_id):
-                self._seen_alive[session.handle] = now
-                if (
-                    now - self._alive_written.get(session.handle, session.last_seen_alive)
-                    >= ALIVE_WRITE_SECONDS
-                ):
-                    self._spool.mark_alive(session.handle, now)
-                    self._alive_written[session.handle] = now
+            if self._alive(session, now) or self._spool.outbox_has(session.handle, "end"):
+                # (An end in the outbox: the shell wrote it before it died; it is taken in next.)
                 still_open.append(session)
                 continue
-            self._end_abnormally(session)
+            self._end_abnormally(session, stale=not procinfo.is_visible(session.host, session.pid_ns))
         return still_open
+
+    def _alive(self, session: OpenSession, now: float) -> bool:
+        """Whether this session's shell may still be running (what cannot be judged here counts)."""
+        if session.pid is None:
+            return True  # nothing to watch: only its own end closes it
+        if not procinfo.is_visible(session.host, session.pid_ns):
+            # Left to an agent that can see it, until nothing was heard of it for FOREIGN_STALE_SECONDS.
+            return now - max(session.last_seen_alive, session.started_at) < FOREIGN_STALE_SECONDS
+        if not procinfo.is_alive(session.pid, session.pid_start_time, session.boot_id):
+            return False
+        self._seen_alive[session.handle] = now
+        if now - self._alive_written.get(session.handle, session.last_seen_alive) >= ALIVE_WRITE_SECONDS:
+            self._spool.mark_alive(session.handle, now)
+            self._alive_written[session.handle] = now
+        return True
 
     def _end_abnormally(self, session: OpenSession, *, stale: bool = False) -> None:
         last_seen = max(session.last_seen_alive, self._seen_alive.pop(session.handle, 0.0))

@@ -192,7 +192,7 @@ def _retarget(spool: Spool, destination: Destination, *, everything: bool) -> No
     if everything:
         spool.retarget(None, destination)
         return
-    answering = answering_destinations(spool)
+    answering = answering_destinations(spool.path)
     for old in spool.pending_destinations():
         if old.key != destination.key and old.key not in answering:
             spool.retarget(old.key, destination)

@@ -17,8 +17,6 @@ at most `MAX_ENTRIES` are kept. A corrupt or foreign entry is ignored (and
 replaced by the next store). The token is never part of an entry or its key.
 """
 
-from __future__ import annotations
-
 import contextlib
 import json
 import os
@@ -78,8 +76,8 @@ class ShellView(NamedTuple):
 
     provider: str
     provider_source: str
-    destination: Destination
-    limits: Limits
+    destination: "Destination"
+    limits: "Limits"
     spool_path: Path
     spool_max_rows: int
     spool_max_bytes: int
@@ -97,7 +95,7 @@ class ShellView(NamedTuple):
         return f"ShellView(provider={self.provider!r}, destination={self.destination.describe()!r})"
 
     @classmethod
-    def from_config(cls, config: LoadedConfig) -> ShellView:
+    def from_config(cls, config: "LoadedConfig") -> "ShellView":
         s = config.settings
         return cls(
             provider=s.provider.strip(),  # as the registry selects it
@@ -131,7 +129,7 @@ class ShellView(NamedTuple):
         return data
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], environ: Mapping[str, str]) -> ShellView:
+    def from_json(cls, data: Mapping[str, Any], environ: Mapping[str, str]) -> "ShellView":
         # Imported here: a shell whose provider needs no settings (noop) never loads them.
         from oneiric_session.tracking.destination import Destination
         from oneiric_session.tracking.limits import Limits

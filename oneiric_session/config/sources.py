@@ -9,8 +9,6 @@ Every value keeps the label of the layer it came from: "default", "file:<path>",
 `LoadedConfig` and the shell's cached `ShellView` both call it; it is never stored).
 """
 
-from __future__ import annotations
-
 import json
 import os
 import stat

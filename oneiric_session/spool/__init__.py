@@ -1,13 +1,14 @@
-"""The durable outbox: every start and end is written here before the shell moves on.
+"""The durable spool: every start and end is on disk before the shell moves on, until its server answered.
 
-One SQLite file in WAL mode, shared by every shell of the user (each in its own process)
-and read by the one delivery agent. Writers take the lock with BEGIN IMMEDIATE and hold it
-for one short transaction; each append is fsync'ed (synchronous=FULL) before it returns.
-The agent's connection may commit with synchronous=NORMAL (`durable=False`): in WAL mode a
-commit then survives the process's crash but not a power loss, and what such a loss undoes
-is only the agent's bookkeeping (an acknowledgement, a failure count, a dead letter), so the
-row is sent again and the server's idempotence on event_id absorbs it. A shell's later FULL
-commit syncs the whole log, the agent's earlier commits included.
+A shell writes each event as one small file in the spool's outbox directory, flushed to disk
+before `start()` or `end()` returns (`outbox`: no SQLite in the shell's process). The one
+delivery agent takes those records into one SQLite file in WAL mode (`intake`), and delivers
+from there. Writers take the lock with BEGIN IMMEDIATE and hold it for one short transaction.
+The agent's connection commits with synchronous=NORMAL (`durable=False`): in WAL mode a commit
+then survives the process's crash but not a power loss, and what such a loss undoes is only
+the agent's bookkeeping (an acknowledgement, a failure count, a dead letter), so the row is
+sent again and the server's idempotence on event_id absorbs it; taking records in is the
+exception, flushed to disk before their files are deleted.
 
 Rows are delivered oldest first. A start's acknowledgement deletes its row and records the
 server's session id in the same transaction; an end is deliverable only once its session has
@@ -26,12 +27,13 @@ moved, replaced or corrupt: moved aside), `connection` (reads and writes that re
 meta key-value table), `records` (the rows as readers see them), `retention` (the caps),
 `due` (what the agent sends next, and when), `outcomes` (what becomes of a row: acknowledged,
 failed, dead, requeued), `queue` (the agent's side: both of those, the sessions it watches,
-its claim), `outbox` (`Outbox`: the shell's appends, and the totals), `full` (`Spool`: the
-outbox, the queue and the operator's lists, for the agent and the CLI), `rejoin` (after the
-WAL files were deleted under a running process).
+its claim), `outbox` (`Outbox`: the shell's writes, one file per event), `intake` (`Intake`:
+events entering the database, the outbox taken in, the totals), `full` (`Spool`: the intake,
+the queue and the operator's lists, for the agent and the CLI), `rejoin` (after the WAL files
+were deleted under a running process).
 
-Standard library only: this package is imported by every shell, which writes with `Outbox`;
-`Spool` is loaded on first use, so a shell never loads the agent's queue.
+Standard library only. Names are loaded on first use: a shell imports `spool.outbox` alone,
+and never `sqlite3`.
 """
 
 from __future__ import annotations
@@ -39,30 +41,50 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from oneiric_session.spool.connection import (
-    DEFAULT_BUSY_TIMEOUT_SECONDS,
-    DEFAULT_MAX_AGE_SECONDS,
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_ROWS,
-)
-from oneiric_session.spool.outbox import Outbox
-from oneiric_session.spool.records import (
-    DEAD_AUTH,
-    DEAD_REJECTED,
-    DEAD_START_REFUSED,
-    DROP_MAX_AGE,
-    DROP_MAX_BYTES,
-    DROP_MAX_ROWS,
-    DROP_NO_START,
-    STATE_DEAD,
-    OpenSession,
-    SpooledEvent,
-    SpoolStats,
-)
-from oneiric_session.spool.schema import SCHEMA_VERSION
-
 if TYPE_CHECKING:
+    from oneiric_session.spool.connection import (
+        DEFAULT_BUSY_TIMEOUT_SECONDS,
+        DEFAULT_MAX_AGE_SECONDS,
+        DEFAULT_MAX_BYTES,
+        DEFAULT_MAX_ROWS,
+    )
     from oneiric_session.spool.full import Spool
+    from oneiric_session.spool.records import (
+        DEAD_AUTH,
+        DEAD_REJECTED,
+        DEAD_START_REFUSED,
+        DROP_MAX_AGE,
+        DROP_MAX_BYTES,
+        DROP_MAX_ROWS,
+        DROP_NO_START,
+        STATE_DEAD,
+        OpenSession,
+        SpooledEvent,
+        SpoolStats,
+    )
+    from oneiric_session.spool.schema import SCHEMA_VERSION
+
+_RECORDS = "oneiric_session.spool.records"
+_CONNECTION = "oneiric_session.spool.connection"
+_EXPORTS = {
+    "DEAD_AUTH": _RECORDS,
+    "DEAD_REJECTED": _RECORDS,
+    "DEAD_START_REFUSED": _RECORDS,
+    "DEFAULT_BUSY_TIMEOUT_SECONDS": _CONNECTION,
+    "DEFAULT_MAX_AGE_SECONDS": _CONNECTION,
+    "DEFAULT_MAX_BYTES": _CONNECTION,
+    "DEFAULT_MAX_ROWS": _CONNECTION,
+    "DROP_MAX_AGE": _RECORDS,
+    "DROP_MAX_BYTES": _RECORDS,
+    "DROP_MAX_ROWS": _RECORDS,
+    "DROP_NO_START": _RECORDS,
+    "SCHEMA_VERSION": "oneiric_session.spool.schema",
+    "STATE_DEAD": _RECORDS,
+    "OpenSession": _RECORDS,
+    "Spool": "oneiric_session.spool.full",
+    "SpoolStats": _RECORDS,
+    "SpooledEvent": _RECORDS,
+}
 
 __all__ = [
     "DEAD_AUTH",
@@ -79,7 +101,6 @@ __all__ = [
     "SCHEMA_VERSION",
     "STATE_DEAD",
     "OpenSession",
-    "Outbox",
     "Spool",
     "SpoolStats",
     "SpooledEvent",
@@ -87,6 +108,7 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name != "Spool":
+    module = _EXPORTS.get(name)
+    if module is None:
         raise AttributeError(f"module 'oneiric_session.spool' has no attribute {name!r}")
-    return importlib.import_module("oneiric_session.spool.full").Spool
+    return getattr(importlib.import_module(module), name)

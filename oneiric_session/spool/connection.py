@@ -1,8 +1,8 @@
 """The spool's connection, one per process: reads and writes that recover, and the meta table.
 
-Used in every process of the spool: each shell (through `Spool`'s appends), the agent, and the
-command line (read-only for `status` and `spool list`).
-SpoolConnection knows nothing of rows: `Spool` (spool/outbox.py) builds the shell's appends and
+Used by the agent (which takes the shells' outbox in and delivers), by the command line (read-only
+for `status` and `spool list`), and by tests; a shell never opens the database (spool/outbox.py).
+SpoolConnection knows nothing of rows: `Intake` (spool/intake.py) builds the appends and
 the agent's queue on `_write` (one BEGIN IMMEDIATE transaction) and `_read`. Both take a
 callback, not a `with` block, because after a corrupt file was moved aside the same work runs
 once more on the fresh spool. It opens the file through spool/opening.py, follows a file moved
@@ -10,7 +10,7 @@ or replaced and moves a corrupt one aside through spool/recovery.py, and joins a
 WAL files were deleted through spool/rejoin.py. A small key-value table (meta) lives here too:
 recovery records in it where the corrupt file went, and the agent publishes its status through it.
 
-Standard library only: every shell imports the spool.
+Standard library only (`status` reads it without importing mcp or pydantic).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ class SpoolConnection:
         self._read_only = read_only
         # False (the agent): commits skip the fsync (synchronous=NORMAL), see the module doc.
         self._synchronous = "FULL" if durable else "NORMAL"
-        # False (a shell): closing never checkpoints the WAL, where SQLite can be told so (Python 3.12+).
+        # False: closing never checkpoints the WAL, where SQLite can be told so (Python 3.12+).
         # Every append is already durable in the WAL; the agent's connection checkpoints it.
         self._checkpoint_on_close = checkpoint_on_close
         self.max_rows = max_rows
@@ -155,14 +155,25 @@ class SpoolConnection:
 
     # ----------------------------------------------------------------- internals: connection
 
-    def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        """Run `fn` in one BEGIN IMMEDIATE transaction, recovering once from a corrupt file."""
+    def _write(self, fn: Callable[[sqlite3.Connection], _T], *, sync: bool = False) -> _T:
+        """Run `fn` in one BEGIN IMMEDIATE transaction, recovering once from a corrupt file.
+
+        `sync`: the commit is flushed to disk even on a connection that does not flush its own
+        (`durable=False`): what it writes has no other copy once it returns.
+        """
 
         def txn(conn: sqlite3.Connection) -> _T:
             with immediate(conn):
                 return fn(conn)
 
-        return self._read(txn)
+        def synced(conn: sqlite3.Connection) -> _T:
+            conn.execute("PRAGMA synchronous = FULL")
+            try:
+                return txn(conn)
+            finally:
+                conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+
+        return self._read(synced if sync and self._synchronous != "FULL" else txn)
 
     def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
         with self._lock:
@@ -175,7 +186,7 @@ class SpoolConnection:
                     raise SpoolError(f"spool {self.path} cannot be used: {exc}") from exc
                 if self._read_only:
                     raise SpoolError(
-                        f"{self.path} is not a usable spool ({exc}); left untouched (only a shell "
+                        f"{self.path} is not a usable spool ({exc}); left untouched (only the agent "
                         "or the agent moves such a file aside)"
                     ) from exc
                 failure: BaseException = exc

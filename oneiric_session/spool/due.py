@@ -2,8 +2,7 @@
 is due, and the destinations the rows go to.
 
 Read by the delivery agent, and by the command line (`spool list` and `spool replay`); a shell
-never reads them. Standard library only: every shell imports the spool (a shell itself only
-appends: spool/outbox.py).
+never reads them (it only writes its outbox: spool/outbox.py). Standard library only.
 """
 
 from __future__ import annotations
@@ -107,6 +106,17 @@ class DueRows(SpoolConnection):
         keys = self._read(read)
         found = (self.destination(k) for k in keys)
         return [d for d in found if d is not None]
+
+    def waiting(self, key: str) -> int:
+        """How many rows wait to be sent to the destination `key` (pending, not dead)."""
+        return int(
+            self._read(
+                lambda conn: conn.execute(
+                    f"SELECT COUNT(*) FROM events WHERE destination_key = ? AND state = '{STATE_PENDING}'",
+                    (key,),
+                ).fetchone()[0]
+            )
+        )
 
     def destination(self, key: str) -> Destination | None:
         """The destination stored under `key` (None if unknown or unreadable)."""

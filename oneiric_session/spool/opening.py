@@ -1,10 +1,10 @@
 """Opening one SQLite connection to the spool: its private file, the pragmas, the schema check.
 
 `SpoolConnection` (spool/connection.py) opens through these, in every process of the spool: a
-shell's (durable appends, no checkpoint on close), the agent's (commits without fsync), and the
+writer's (durable commits), the agent's (commits without fsync), and the
 read-only one of `status` and `spool list`, which never creates, converts nor moves a file.
 
-Standard library only: every shell imports the spool.
+Standard library only.
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@ A pending row is acknowledged (deleted; a start's server session id recorded), f
 (counted, due again later) or is refused for good (a dead letter, its end along with a refused
 start). Dead letters come back with `requeue_dead`, rows go to another destination with
 `retarget`. Written by the delivery agent, and by the command line's `spool replay`; a shell
-never writes these (it only appends: spool/outbox.py). Standard library only: every shell
-imports the spool.
+never writes these (it only writes its outbox: spool/outbox.py). Standard library only.
 """
 
 from __future__ import annotations

@@ -4,8 +4,7 @@
 send now, when to look again) and `RowOutcomes` (spool/outcomes.py: acknowledgements, failures,
 dead letters) under one connection, and here the sessions the agent watches for their shells'
 exit and its claim to be the spool's one deliverer. The command line reads the open sessions
-too (`who`). Standard library only: every shell imports the spool (a shell itself only
-appends: spool/outbox.py).
+too (`who`). Standard library only (a shell only writes its outbox: spool/outbox.py).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ _META_OWNER = "agent.owner"
 
 
 class DeliveryQueue(DueRows, RowOutcomes):
-    """What the delivery agent reads and writes; `Spool` adds the shell's appends and the totals."""
+    """What the delivery agent reads and writes; `Spool` adds the appends and the totals."""
 
     def open_sessions(self) -> list[OpenSession]:
         """Sessions whose end is not spooled yet (for watching their pids), oldest first."""

@@ -1,16 +1,14 @@
 """What the spool holds, as its readers see it: rows, open sessions, totals, and their names.
 
-Standard library only: every shell imports the spool.
+Standard library only.
 """
 
 from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Mapping
 from typing import Any, Final, Literal, NamedTuple
 
-from oneiric_session.errors import SpoolError
 from oneiric_session.tracking.destination import Destination
 
 __all__ = [
@@ -31,7 +29,6 @@ __all__ = [
     "SpooledEvent",
     "bury",
     "clip",
-    "encode",
     "event_from_row",
     "save_destination",
 ]
@@ -56,14 +53,12 @@ DROP_NO_START = "no_start"
 # The drops table also counts whole sessions per reason, under this prefix (SpoolStats.dropped_sessions).
 SESSION_DROPS_PREFIX = "sessions:"
 
-_SECRET_KEYS = frozenset({"token"})
-
 EVENT_COLUMNS = (
     "e.id, e.event_id, e.kind, e.handle, e.destination_key, e.payload, e.attempts, e.last_error,"
     " e.created_at, e.next_attempt_at, e.state, e.dead_category, e.dead_reason, s.server_session_id"
 )
 
-# NamedTuples, not dataclasses: the shell imports this module, and they cost a tenth to define.
+# NamedTuples, not dataclasses: `status` imports this module, and they cost a tenth to define.
 # A row is named by its id AND its event_id: after the file was moved aside and started afresh,
 # ids begin again at 1, and an agent still holding an old row must not touch an unrelated one.
 DELETE_ROW = "DELETE FROM events WHERE id = ? AND event_id = ?"
@@ -123,25 +118,7 @@ class SpoolStats(NamedTuple):
     drops: dict[str, int]
     moved_aside: str | None  # the last corrupt file moved aside, if any
     dropped_sessions: dict[str, int]  # whole sessions dropped, by reason (rows are in drops)
-
-
-def _strip_secrets(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {
-            str(k): _strip_secrets(v)
-            for k, v in value.items()
-            if not (isinstance(k, str) and k.lower() in _SECRET_KEYS)
-        }
-    if isinstance(value, list | tuple):
-        return [_strip_secrets(v) for v in value]
-    return value
-
-
-def encode(event: Mapping[str, Any]) -> str:
-    try:
-        return json.dumps(_strip_secrets(event), separators=(",", ":"), ensure_ascii=False, default=str)
-    except (ValueError, TypeError, RecursionError) as exc:
-        raise SpoolError(f"event cannot be spooled: {type(exc).__name__}") from None
+    outbox: int = 0  # records the shells wrote that the agent has not taken in yet (counted in depth)
 
 
 def clip(text: str) -> str:

@@ -4,9 +4,9 @@
 `-wal` and `-shm` files with the ones it opened (device and inode): a database moved away or
 replaced is followed by its path, deleted WAL files are joined again (spool/rejoin.py). When
 SQLite finds the file damaged or foreign, `move_aside` moves it (and its WAL) aside, once, under
-a lock on its directory that every process of the spool takes: each shell and the agent.
+a lock on its directory that every process writing the spool takes: the agent, `spool replay`.
 
-Standard library only: every shell imports the spool.
+Standard library only.
 """
 
 from __future__ import annotations

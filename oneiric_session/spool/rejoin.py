@@ -7,7 +7,7 @@ deleted, the old and the new connections each see a different spool. Closing an 
 connection the usual way is worse: being the last one it knows of, SQLite checkpoints the
 deleted WAL into the database file and deletes the new WAL by name.
 
-So every user of the spool (the agent and each shell) compares, before each use, the files it
+So every user of the spool (the agent, the command line) compares, before each use, the files it
 holds with the ones on disk (device and inode). When they differ it joins again:
 
 1. it reads everything it still sees through its old connection (a snapshot of "its" spool);
@@ -26,7 +26,7 @@ holds with the ones on disk (device and inode). When they differ it joins again:
 
 `join_again` runs these steps for `SpoolConnection` (spool/connection.py), in whichever process
 noticed. It is said once per join in the log, and in `status` (meta key `spool.rejoined`).
-Standard library only: shells import this on that rare path only.
+Standard library only, loaded on that rare path only.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The spool's caps (rows, bytes, age): the oldest sessions are dropped whole, and counted by reason.
 
-Runs inside a shell's append transaction. Standard library only: every shell imports the spool.
+Runs inside each append's transaction (a shell's record taken in applies that shell's caps).
+Standard library only.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The spool's SQLite schema: created in a new file, checked in an existing one, grown in place.
 
-Standard library only: every shell imports the spool.
+Standard library only.
 """
 
 from __future__ import annotations
@@ -72,6 +72,10 @@ CREATE TABLE meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+-- The outbox records taken in whose files may still exist (spool/intake.py): never taken twice.
+CREATE TABLE taken (
+    name TEXT PRIMARY KEY
+);
 """
 TABLES = frozenset({"destinations", "sessions", "events", "totals", "drops", "meta"})
 
@@ -89,6 +93,9 @@ def check_schema(conn: sqlite3.Connection) -> None:
             raise NeedsFreshSpool(f"schema version {version} without tables {sorted(TABLES - tables.keys())}")
         if "pid_ns" not in (tables["sessions"] or ""):
             _add_session_origin(conn)
+        if "taken" not in tables:
+            with immediate(conn):
+                conn.execute("CREATE TABLE IF NOT EXISTS taken (name TEXT PRIMARY KEY)")
         return
     if version != 0:
         raise NeedsFreshSpool(f"schema version {version}, expected {SCHEMA_VERSION}")

@@ -1,9 +1,10 @@
 """The spool's one way to write: BEGIN IMMEDIATE ... COMMIT, rolled back on any error.
 
 IMMEDIATE takes SQLite's write lock at the start, so a writer waits (busy_timeout) before it
-has read anything, never half way. Used by every write: the shells' appends and the agent's
+has read anything, never half way. Used by every write: the appends (the shells' records taken
+in) and the agent's
 bookkeeping (`SpoolConnection._write`), the schema's creation and growth, and a rejoin's merge.
-Standard library only: every shell imports the spool.
+Standard library only.
 """
 
 from __future__ import annotations

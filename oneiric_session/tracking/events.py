@@ -8,20 +8,21 @@ The token is never part of an event: the transport adds it at send time.
 
 from __future__ import annotations
 
-import datetime as _dt
 import itertools
 import json
-import math
 import os
 import re
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from oneiric_session.common.safetext import sanitize_text
 from oneiric_session.tracking.limits import Limits
+
+if TYPE_CHECKING:  # the shell never imports datetime (~1 ms): timestamps come from `time`
+    import datetime as _dt
 
 __all__ = [
     "EVENT_VERSION",
@@ -85,10 +86,18 @@ def sanitize_component_name(value: object, max_chars: int) -> str:
 
 def _timestamp(now: _dt.datetime | None) -> str:
     """UTC ISO 8601 with a `Z`, as the contract's pattern wants (naive datetimes are taken as UTC)."""
-    moment = now or _dt.datetime.now(_dt.UTC)
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=_dt.UTC)
-    return moment.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if now is None:
+        moment = time.time()
+        whole = int(moment)
+        micro = min(999_999, int((moment - whole) * 1_000_000))
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + f".{micro:06d}Z"
+    utc = sys.modules["datetime"].UTC  # a datetime was given: its module is loaded
+    moment_dt = now if now.tzinfo is not None else now.replace(tzinfo=utc)
+    return moment_dt.astimezone(utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _is_finite(value: float) -> bool:
+    return value - value == 0.0  # inf - inf and nan - nan are nan (`math` costs the shell an import)
 
 
 class _Budget:
@@ -132,15 +141,16 @@ class _Budget:
             # Huge ints: str() refuses past 4300 digits, and peers choke past 64 bits.
             return int(value) if value.bit_length() <= 63 else f"<int of {value.bit_length()} bits>"
         if isinstance(value, float):
-            if math.isfinite(value):
+            if _is_finite(value):
                 return float(value)
-            return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+            return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
         cap = self.limits.max_string_chars
         if isinstance(value, str):
             return sanitize_text(value, cap)
         if isinstance(value, bytes | bytearray | memoryview):
             return sanitize_text(bytes(value[: cap * 4]).decode("utf-8", "replace"), cap)
-        if isinstance(value, _dt.datetime | _dt.date | _dt.time):
+        dates = sys.modules.get("datetime")  # not loaded: no value can be one of its types
+        if dates is not None and isinstance(value, dates.datetime | dates.date | dates.time):
             return value.isoformat()
         if isinstance(value, os.PathLike) or _is_uuid(value):
             return sanitize_text(str(value), cap)
@@ -367,7 +377,7 @@ def _duration(value: float | None) -> float | None:
         seconds = float(value)
     except (TypeError, ValueError):
         return None
-    return round(seconds, 3) if math.isfinite(seconds) and seconds >= 0 else None
+    return round(seconds, 3) if _is_finite(seconds) and seconds >= 0 else None
 
 
 def build_end_event(

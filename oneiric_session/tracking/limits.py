@@ -1,7 +1,5 @@
 """Sanitization limits applied to every event before it is spooled or sent (standard library only)."""
 
-from __future__ import annotations
-
 from typing import NamedTuple
 
 

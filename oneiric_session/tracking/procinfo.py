@@ -8,8 +8,6 @@ sharing the state directory, or on another host sharing an NFS home, records its
 and PID namespace too, and `is_visible` tells whether this process can judge that pid at all.
 """
 
-from __future__ import annotations
-
 import os
 from pathlib import Path
 from typing import NamedTuple

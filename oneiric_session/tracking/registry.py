@@ -10,8 +10,6 @@ or a callable returning either. Built-in names are reserved, so selecting a
 built-in never scans entry points (~100 ms in a large environment).
 """
 
-from __future__ import annotations
-
 import importlib
 import logging
 import os
@@ -54,7 +52,7 @@ class Candidate(NamedTuple):
     category: str = CATEGORY
     origin: str = "manual"
 
-    def create(self, config: LoadedConfig | ShellView | None) -> Tracker:
+    def create(self, config: "LoadedConfig | ShellView | None") -> "Tracker":
         factory = self.factory
         if isinstance(factory, str):
             module, _, attribute = factory.partition(":")
@@ -203,7 +201,7 @@ def build_tracker(
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     registry: Registry | None = None,
-) -> Tracker:
+) -> "Tracker":
     """The configured tracker. Raises ConfigError (for the CLI); the shell uses resolve_tracker()."""
     if provider is not None:
         overrides = {**(overrides or {}), "provider": provider}
@@ -245,7 +243,7 @@ def resolve_tracker(
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     registry: Registry | None = None,
-) -> Tracker:
+) -> "Tracker":
     """The configured tracker; never raises: on any failure, one log line and the noop tracker."""
     try:
         return build_tracker(

@@ -6,8 +6,6 @@ secret server.env values, or asks the agent to step aside for `spool replay` is 
 object. A malformed datagram is read as a plain wake-up, never as an error.
 """
 
-from __future__ import annotations
-
 import json
 from collections.abc import Mapping
 from types import MappingProxyType

@@ -152,10 +152,10 @@ def test_auto_load_without_selection_activates_session_buddy(oneiric_python: Pat
         "session-buddy",
         True,
     )
-    # Health opened the spool: it lives in the test's XDG_STATE_HOME, nowhere else.
+    # Health made the spool's outbox (what a shell writes): in the test's XDG_STATE_HOME, nowhere else.
     spool = Path(tracker["spool_path"])
     assert spool.is_relative_to(Path(env["XDG_STATE_HOME"]))
-    assert spool.is_file()
+    assert Path(f"{spool}.outbox").is_dir()
 
 
 def test_unwritable_spool_fails_activation(oneiric_python: Path, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from oneiric_session.spool import Spool
+from oneiric_session.spool.intake import read_outbox
 
 CLI = [sys.executable, "-m", "oneiric_session"]
 KILLING_AGENT = str(Path(__file__).with_name("killing_agent.py"))
@@ -147,8 +148,9 @@ class Scene:
         return Spool(self.spool_path)
 
     def depth(self) -> int:
+        """Events waiting: in the spool, and in the shells' outbox (before any agent made the spool)."""
         if not self.spool_path.exists():
-            return 0
+            return len(read_outbox(self.spool_path))
         with self.spool() as spool:
             return spool.stats().depth
 

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from oneiric_session import wakeup
 from oneiric_session.config.shell_view import ShellView
 from oneiric_session.errors import ConfigError, UnsafeSpoolError
-from oneiric_session.spool import Outbox
+from oneiric_session.spool.outbox import Outbox
 from oneiric_session.tracking import events, procinfo
 
 if TYPE_CHECKING:
@@ -61,13 +61,9 @@ class SessionBuddyTracker:
         self.spool_path = Path(view.spool_path)
         self.exit_wait_seconds = view.exit_wait_seconds
         self._report_cwd = view.report_cwd
-        self._spool = Outbox(
-            self.spool_path,
-            max_rows=view.spool_max_rows,
-            max_bytes=view.spool_max_bytes,
-            max_age_seconds=view.spool_max_age_seconds,
-            # The agent holds the spool open and checkpoints it: a shell's exit never waits for that.
-            checkpoint_on_close=False,
+        # Each event one file, taken into the spool by the agent: no SQLite in the shell.
+        self._outbox = Outbox(
+            self.spool_path, caps=(view.spool_max_rows, view.spool_max_bytes, view.spool_max_age_seconds)
         )
         self._clock = clock
         self._waker = waker
@@ -95,7 +91,7 @@ class SessionBuddyTracker:
             handle = HANDLE_PREFIX + os.urandom(16).hex()  # random like uuid4().hex; `uuid` costs ~2 ms
             me, where = procinfo.identify(), procinfo.origin()
             started = self._clock()
-            self._spool.append_start(
+            self._outbox.append_start(
                 handle,
                 self.destination,
                 event,
@@ -136,12 +132,12 @@ class SessionBuddyTracker:
                 metadata=metadata,
                 limits=self.limits,
             )
-            written = self._spool.append_end(handle, self.destination, event)
+            written = self._outbox.append_end(handle, self.destination, event)
         except Exception as exc:  # SpoolError, or anything else: never into the shell
             self._lost(LOSS_SPOOL, "session end", exc)
             return False
         if not written:
-            # The start is unknown to the spool (dropped by a cap) or its end is already there.
+            # This session's end is written already (by another thread or process of this shell).
             self.losses[LOSS_NO_START] += 1
             return False
         with self._lock:
@@ -152,18 +148,13 @@ class SessionBuddyTracker:
 
     def health(self) -> bool:
         """True when the spool can take events (not: the server is up)."""
-        try:
-            self._spool.open()
-        except Exception:
-            return False
-        return os.access(self.spool_path, os.W_OK) and os.access(self.spool_path.parent, os.W_OK | os.X_OK)
+        return self._outbox.writable()
 
     def close(self) -> None:
-        """Release the spool connection; idempotent (a later call opens it again)."""
+        """Say so on stderr when this shell's events still wait for the server; idempotent."""
         notice = self.pending_notice()
         if notice:
             print(notice, file=sys.stderr)
-        self._spool.close()
 
     # -- reporting ------------------------------------------------------------
 
@@ -174,7 +165,7 @@ class SessionBuddyTracker:
         try:
             from oneiric_session.agent.status import failing_destination
 
-            depth, reason = failing_destination(self._spool, self.destination.key)
+            depth, reason = failing_destination(self.spool_path, self.destination.key)
         except Exception:
             return None
         if not depth or reason is None:

@@ -1,0 +1,411 @@
+"""Events entering the spool's database: the two appends, the caps they apply, the shells' outbox
+taken in, and the totals.
+
+A shell writes its records to the outbox (`spool/outbox.py`); the agent takes them in here
+(`Intake.take_in`), each as the append the shell would once have made itself, with that
+shell's caps, in one transaction for all the records found. The agent also appends here
+itself (the "abnormal" end of a shell that died), and so do the tests.
+
+Taking in is exactly once, whatever is killed when: the names taken in are recorded in the
+same transaction (table `taken`), committed with an fsync even on the agent's unsynced
+connection (the record's file is deleted next, so the database is then its only copy), the
+files are deleted and their directory flushed, and a name is forgotten only once its file is
+gone. A record that cannot be read (not ours, not private, not a record of this format) is
+left where it is and named in the log once; one still being written (no final newline) is left
+for the next look, and deleted once a minute old (its shell died writing it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Collection, Mapping
+from typing import Any, NamedTuple
+
+from oneiric_session.errors import SpoolError
+from oneiric_session.spool.connection import SpoolConnection
+from oneiric_session.spool.outbox import FORMAT, MAX_RECORD_BYTES, encode, outbox_dir, outbox_problem
+from oneiric_session.spool.records import (
+    DEAD_START_REFUSED,
+    DROP_NO_START,
+    SESSION_DROPS_PREFIX,
+    STATE_DEAD,
+    STATE_PENDING,
+    SpoolStats,
+    bury,
+    clip,
+    save_destination,
+)
+from oneiric_session.spool.retention import count_drop, enforce
+from oneiric_session.tracking.destination import Destination
+
+__all__ = ["Intake", "OutboxRecord", "read_outbox"]
+
+logger = logging.getLogger("oneiric_session.spool")
+
+# A record without its final newline this old was left by a shell that died writing it, before
+# its start() or end() returned (a write takes about a millisecond): nothing was promised for it.
+STALE_UNFINISHED_SECONDS = 60.0
+_KINDS = ("start", "end")
+
+
+class Unfinished(Exception):
+    """A record still being written (no final newline yet); `args[0]`: seconds since its last write."""
+
+
+class OutboxRecord(NamedTuple):
+    """One record a shell wrote to the outbox (`spool/outbox.py`), as read back."""
+
+    name: str
+    kind: str
+    handle: str
+    event_id: str
+    created_at: float
+    destination: Destination | None
+    payload: str
+    caps: tuple[int, int, float]
+    shell: dict[str, Any]
+
+
+class Intake(SpoolConnection):
+    """The spool at `path`: appends, the outbox taken in, the totals. Thread-safe.
+
+    Every public method raises only SpoolError (after recovery from corruption was tried).
+    """
+
+    def append_start(
+        self,
+        handle: str,
+        destination: Destination,
+        event: Mapping[str, Any],
+        *,
+        pid: int | None,
+        pid_start_time: int | None,
+        boot_id: str | None,
+        host: str | None = None,
+        pid_ns: str | None = None,
+    ) -> bool:
+        """Spool a session start durably. False if this event_id or handle was already spooled.
+
+        `pid` is the shell's, on `host` in PID namespace `pid_ns` (procinfo.identify()).
+        """
+        payload = encode(event)
+        event_id = str(event.get("event_id") or f"start:{handle}")
+        shell = {
+            "pid": pid,
+            "pid_start_time": pid_start_time,
+            "boot_id": boot_id,
+            "host": host,
+            "pid_ns": pid_ns,
+        }
+
+        def write(conn: sqlite3.Connection) -> bool:
+            now = self._clock()
+            written = _insert_start(conn, handle, event_id, destination, payload, shell, now)
+            self._enforce(conn, now)
+            return written
+
+        return self._write(write)
+
+    def append_end(self, handle: str, destination: Destination | None, event: Mapping[str, Any]) -> bool:
+        """Spool a session end durably; it goes where its start went (`destination` is a fallback).
+
+        False if the end was already spooled, or its start is unknown here (dropped, never
+        spooled): that loss is counted as "no_start".
+        """
+        payload = encode(event)
+
+        def write(conn: sqlite3.Connection) -> bool:
+            now = self._clock()
+            written = _insert_end(conn, handle, destination, payload, now)
+            self._enforce(conn, now)
+            return written
+
+        return self._write(write)
+
+    def take_in(self) -> int:
+        """Move the shells' records from the outbox into the spool (see the module doc); how many."""
+        directory = outbox_dir(self.path)
+        problem = outbox_problem(directory)
+        if problem is not None:
+            raise SpoolError(f"outbox refused: {problem}; its records are left where they are")
+        names = _record_names(directory)
+        if names is None:
+            return 0
+        records = [r for r in (self._read_record(directory, name) for name in names) if r is not None]
+        # Oldest first, a start before its end: the order the shells' own appends had.
+        records.sort(key=lambda r: (r.created_at, _KINDS.index(r.kind)))
+        present = set(names)
+
+        def write(conn: sqlite3.Connection) -> list[str]:
+            known = {row[0] for row in conn.execute("SELECT name FROM taken")}
+            gone = known - present
+            conn.executemany("DELETE FROM taken WHERE name = ?", [(name,) for name in gone])
+            fresh = [r for r in records if r.name not in known]
+            for record in fresh:
+                _take(conn, record)
+                conn.execute("INSERT INTO taken (name) VALUES (?)", (record.name,))
+            return [r.name for r in records]
+
+        taken = self._write(write, sync=True) if records else []
+        for name in taken:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(directory, name))
+        if taken:
+            _sync_directory(directory)
+        return len(taken)
+
+    def outbox_has(self, handle: str, kind: str) -> bool:
+        """Whether the outbox holds this session's record of `kind` ("start" or "end"), not taken in yet."""
+        return os.path.lexists(os.path.join(outbox_dir(self.path), f"{handle}.{kind}"))
+
+    def outbox_records(self) -> list[OutboxRecord]:
+        """The records waiting in the outbox that are not taken in yet (for `status` and `spool list`)."""
+        return read_outbox(self.path, taken=self._taken_names())
+
+    def enforce_limits(self) -> dict[str, int]:
+        """Apply the caps now (appends do it too); returns the rows dropped by reason."""
+        return self._write(lambda conn: self._enforce(conn, self._clock()))
+
+    def _enforce(self, conn: sqlite3.Connection, now: float) -> dict[str, int]:
+        return enforce(
+            conn, now, max_rows=self.max_rows, max_bytes=self.max_bytes, max_age_seconds=self.max_age_seconds
+        )
+
+    def stats(self) -> SpoolStats:
+        """The spool's totals; the records still in the outbox count as waiting."""
+        waiting = self.outbox_records()
+
+        def read(conn: sqlite3.Connection) -> SpoolStats:
+            now = self._clock()
+            depth, oldest = conn.execute(
+                f"SELECT COUNT(*), MIN(created_at) FROM events WHERE state = '{STATE_PENDING}'"
+            ).fetchone()
+            dead = conn.execute(f"SELECT COUNT(*) FROM events WHERE state = '{STATE_DEAD}'").fetchone()[0]
+            rows, size = conn.execute("SELECT rows, bytes FROM totals WHERE id = 1").fetchone()
+            opened = conn.execute("SELECT COUNT(*) FROM sessions WHERE end_spooled = 0").fetchone()[0]
+            counted = dict(conn.execute("SELECT reason, count FROM drops ORDER BY reason").fetchall())
+            drops = {k: v for k, v in counted.items() if not k.startswith(SESSION_DROPS_PREFIX)}
+            whole = {
+                k.removeprefix(SESSION_DROPS_PREFIX): v
+                for k, v in counted.items()
+                if k.startswith(SESSION_DROPS_PREFIX)
+            }
+            aside = conn.execute("SELECT value FROM meta WHERE key = 'moved_aside'").fetchone()
+            times = [t for t in (oldest, *(r.created_at for r in waiting)) if t is not None]
+            oldest = min(times) if times else None
+            return SpoolStats(
+                depth=depth + len(waiting),
+                oldest_pending_age_seconds=None if oldest is None else max(0.0, now - oldest),
+                dead=dead,
+                rows=rows,
+                bytes=size,
+                open_sessions=opened + sum(1 for r in waiting if r.kind == "start"),
+                drops=drops,
+                moved_aside=None if aside is None else aside[0],
+                dropped_sessions=whole,
+                outbox=len(waiting),
+            )
+
+        return self._read(read)
+
+    def _taken_names(self) -> set[str]:
+        def read(conn: sqlite3.Connection) -> set[str]:
+            try:
+                return {row[0] for row in conn.execute("SELECT name FROM taken")}
+            except sqlite3.OperationalError:  # a spool made before the outbox: nothing taken yet
+                return set()
+
+        return self._read(read)
+
+    def _read_record(self, directory: str, name: str) -> OutboxRecord | None:
+        path = os.path.join(directory, name)
+        try:
+            return _load_record(directory, name)
+        except Unfinished as unfinished:
+            if unfinished.args[0] >= STALE_UNFINISHED_SECONDS:
+                logger.warning(
+                    "outbox record %s was never finished (its shell died writing it): deleted", path
+                )
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            if name not in _reported:
+                _reported.add(name)
+                logger.warning("outbox record %s left where it is: %s", path, problem)
+            return None
+
+
+# Records already named in the log as unreadable (once each per process).
+_reported: set[str] = set()
+
+
+def read_outbox(spool_path: str | os.PathLike[str], *, taken: Collection[str] = ()) -> list[OutboxRecord]:
+    """The readable records in the outbox of `spool_path` not in `taken`, oldest first; reads only."""
+    directory = outbox_dir(spool_path)
+    if outbox_problem(directory) is not None:
+        return []
+    records = []
+    for name in _record_names(directory) or ():
+        if name in taken:
+            continue
+        with contextlib.suppress(Unfinished, OSError, ValueError, KeyError, TypeError):
+            records.append(_load_record(directory, name))
+    records.sort(key=lambda r: (r.created_at, _KINDS.index(r.kind)))
+    return records
+
+
+def _record_names(directory: str) -> list[str] | None:
+    """The names of the records in `directory`, oldest name first (None if it does not exist)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return None
+    return sorted(name for name in names if name.endswith((".start", ".end")) and not name.startswith("."))
+
+
+def _load_record(directory: str, name: str) -> OutboxRecord:
+    """One record, read only if it is ours and private; ValueError if it is not a record."""
+    fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError("not a regular file")
+        if st.st_uid != os.getuid():
+            raise ValueError(f"belongs to another user (uid {st.st_uid})")
+        if st.st_mode & 0o022:
+            raise ValueError(f"writable by other users (mode {oct(stat.S_IMODE(st.st_mode))})")
+        if st.st_size > MAX_RECORD_BYTES:
+            raise ValueError(f"{st.st_size} bytes, more than a record holds")
+        data = os.read(fd, MAX_RECORD_BYTES + 1)
+    finally:
+        os.close(fd)
+    if not data.endswith(b"\n"):
+        raise Unfinished(time.time() - st.st_mtime)
+    record = json.loads(data)
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ValueError("not an outbox record of this version")
+    handle, kind = str(record["handle"]), str(record["kind"])
+    if kind not in _KINDS or name != f"{handle}.{kind}":
+        raise ValueError("its name and its content disagree")
+    destination = record.get("destination")
+    if kind == "start" and destination is None:
+        raise ValueError("a start without a destination")
+    max_rows, max_bytes, max_age = record["caps"]
+    return OutboxRecord(
+        name=name,
+        kind=kind,
+        handle=handle,
+        event_id=str(record["event_id"]),
+        created_at=float(record["created_at"]),
+        destination=None if destination is None else Destination.from_json(str(destination)),
+        payload=str(record["payload"]),
+        caps=(int(max_rows), int(max_bytes), float(max_age)),
+        shell=dict(record.get("shell") or {}),
+    )
+
+
+def _take(conn: sqlite3.Connection, record: OutboxRecord) -> None:
+    """Append one record as its shell would have, with its caps."""
+    now = record.created_at
+    if record.destination is not None and record.kind == "start":
+        _insert_start(
+            conn, record.handle, record.event_id, record.destination, record.payload, record.shell, now
+        )
+    else:
+        _insert_end(conn, record.handle, record.destination, record.payload, now)
+    max_rows, max_bytes, max_age = record.caps
+    enforce(conn, now, max_rows=max_rows, max_bytes=max_bytes, max_age_seconds=max_age)
+
+
+def _insert_start(
+    conn: sqlite3.Connection,
+    handle: str,
+    event_id: str,
+    destination: Destination,
+    payload: str,
+    shell: Mapping[str, Any],
+    now: float,
+) -> bool:
+    save_destination(conn, destination)
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO sessions (handle, destination_key, pid, pid_start_time, boot_id,"
+        " started_at, last_seen_alive, host, pid_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            handle,
+            destination.key,
+            shell.get("pid"),
+            shell.get("pid_start_time"),
+            shell.get("boot_id"),
+            now,
+            now,
+            shell.get("host"),
+            shell.get("pid_ns"),
+        ),
+    )
+    if cur.rowcount == 0:
+        return False
+    if not _insert_event(conn, event_id, "start", handle, destination.key, payload, now):
+        # This start is spooled already under another handle: no second session for it.
+        conn.execute("DELETE FROM sessions WHERE handle = ?", (handle,))
+        return False
+    return True
+
+
+def _insert_end(
+    conn: sqlite3.Connection, handle: str, destination: Destination | None, payload: str, now: float
+) -> bool:
+    # One end per session: a second end (the shell's and the agent's "abnormal") is ignored.
+    row = conn.execute(
+        "SELECT destination_key, end_spooled FROM sessions WHERE handle = ?", (handle,)
+    ).fetchone()
+    if row is None:
+        count_drop(conn, DROP_NO_START, 1)
+        return False
+    key, end_spooled = row
+    if end_spooled:
+        return False
+    if destination is not None and destination.key == key:
+        save_destination(conn, destination)
+    conn.execute("UPDATE sessions SET end_spooled = 1 WHERE handle = ?", (handle,))
+    written = _insert_event(conn, f"end:{handle}", "end", handle, key, payload, now)
+    refused = conn.execute(
+        f"SELECT dead_reason FROM events WHERE handle = ? AND kind = 'start' AND state = '{STATE_DEAD}'",
+        (handle,),
+    ).fetchone()
+    if refused is not None:
+        bury(
+            conn,
+            "kind = 'end' AND handle = ?",
+            (handle,),
+            DEAD_START_REFUSED,
+            clip(f"start refused: {refused[0]}"),
+        )
+    return written
+
+
+def _insert_event(
+    conn: sqlite3.Connection, event_id: str, kind: str, handle: str, key: str, payload: str, now: float
+) -> bool:
+    cur = conn.execute(
+        "INSERT OR IGNORE INTO events (event_id, kind, handle, destination_key, payload, size,"
+        " created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (event_id, kind, handle, key, payload, len(payload.encode()), now, now),
+    )
+    return cur.rowcount > 0
+
+
+def _sync_directory(directory: str) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
