@@ -281,7 +281,13 @@ def new_server(name: str, *, version: str, instructions: str, log_level: LogLeve
     if MCP_MAJOR >= 2:
         from mcp.server.mcpserver import MCPServer  # type: ignore[import-not-found, unused-ignore]  # 2.x only
 
-        return MCPServer(name, version=version, instructions=instructions, log_level=log_level, tools=tools)
+        server = MCPServer(name, version=version, instructions=instructions, log_level=log_level, tools=tools)
+        # 2.x wraps every request in an OpenTelemetry span, a no-op until an exporter is installed;
+        # the bundled server installs none, and the wrapping costs it CPU on every call.
+        lowlevel_server(server).middleware = [
+            m for m in lowlevel_server(server).middleware if type(m).__name__ != "OpenTelemetryMiddleware"
+        ]
+        return server
     fastmcp: Any = importlib.import_module("mcp.server.fastmcp")  # 1.x only
     server = fastmcp.FastMCP(name, instructions=instructions, log_level=log_level, tools=tools)
     server._mcp_server.version = version

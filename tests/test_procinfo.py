@@ -82,6 +82,8 @@ def test_without_proc_it_degrades_to_the_signal_check(
     """Where /proc is missing: no start time, no boot id, existence by signal 0 only."""
     monkeypatch.setattr(procinfo, "_PROC", tmp_path / "no-proc")
     monkeypatch.setattr(procinfo, "_BOOT_ID", tmp_path / "no-proc" / "boot_id")
+    monkeypatch.setattr(procinfo, "_boot_id", procinfo._UNREAD)  # read once per process: again here
+    monkeypatch.setattr(procinfo, "_own", None)
     me = procinfo.identify()
     assert me == (os.getpid(), None, None)
     assert procinfo.is_alive(*me)

@@ -78,17 +78,17 @@ def test_a_token_in_an_event_never_reaches_the_disk(tmp_path: Path) -> None:
     assert b"tok-secret" not in record.read_bytes()
 
 
-def test_records_are_taken_in_oldest_first_and_their_files_deleted(tmp_path: Path) -> None:
+def test_records_are_taken_in_oldest_first_and_their_files_released_once_flushed(tmp_path: Path) -> None:
     spool_path = tmp_path / "spool.sqlite3"
     outbox = Outbox(spool_path, caps=CAPS)
     for n in range(3):
         _start(outbox, f"local-{n}", component=f"c{n}")
     _end(outbox, "local-1")
+    directory = Path(outbox_dir(spool_path))
     with Spool(spool_path) as spool:
         assert spool.stats().depth == 4 and spool.stats().outbox == 4  # counted while still in the outbox
         assert [r.row_id for r in spool.list_pending()] == [0, 0, 0, 0]
         assert spool.take_in() == 4
-        assert list(Path(outbox_dir(spool_path)).iterdir()) == []
         rows = spool.list_pending()
         assert [(r.kind, r.payload.get("component_name")) for r in rows[:3]] == [
             ("start", "c0"),
@@ -96,25 +96,30 @@ def test_records_are_taken_in_oldest_first_and_their_files_deleted(tmp_path: Pat
             ("start", "c2"),
         ]
         assert rows[3].kind == "end" and rows[3].handle == "local-1"
-        assert spool.stats().outbox == 0 and spool.take_in() == 0
+        assert len(rows) == 4 and spool.stats().outbox == 0  # taken in: counted once, in the spool
+        assert len(list(directory.iterdir())) == 4  # the files wait for the flush
+        assert spool.take_in() == 0
+        assert spool.release_taken() == 4
+        assert list(directory.iterdir()) == []
+        assert spool.release_taken() == 0 and len(spool.list_pending()) == 4
 
 
-def test_a_record_whose_file_outlived_its_taking_in_is_never_taken_twice(tmp_path: Path) -> None:
-    """The crash window between the commit and the unlink: the file is back, the row was delivered."""
+def test_a_record_taken_in_but_not_released_is_never_taken_twice(tmp_path: Path) -> None:
+    """An agent killed between taking in and releasing: its successor finds the files, and the row
+    was meanwhile delivered and acknowledged; the record is not appended again."""
     spool_path = tmp_path / "spool.sqlite3"
-    outbox = Outbox(spool_path, caps=CAPS)
-    _start(outbox, "local-x")
+    _start(Outbox(spool_path, caps=CAPS), "local-x")
     record = Path(outbox_dir(spool_path)) / "local-x.start"
-    kept = record.read_bytes()
     with Spool(spool_path) as spool:
         assert spool.take_in() == 1
         (row,) = spool.list_pending()
         assert spool.ack_start(row, "server-1")
-        record.write_bytes(kept)  # as if the agent died before deleting it
-        os.chmod(record, 0o600)
-        assert spool.take_in() == 1  # seen, deleted, not appended again
-        assert spool.list_pending() == [] and not record.exists()
-        (session,) = spool.open_sessions()
+    assert record.exists()
+    with Spool(spool_path) as successor:
+        assert successor.take_in() == 0  # seen, known, not appended again
+        assert successor.list_pending() == []
+        assert successor.release_taken() == 1 and not record.exists()
+        (session,) = successor.open_sessions()
         assert session.server_session_id == "server-1"
 
 
@@ -149,6 +154,7 @@ def test_an_end_waiting_in_the_outbox_is_not_taken_for_a_dead_shell(tmp_path: Pa
         (still_open,) = watch.check()
         assert still_open.handle == "local-gone"
         assert spool.take_in() == 1
+        assert spool.release_taken() == 2
         assert watch.check() == []
         (_, end) = spool.list_pending()
         assert end.payload["metadata"]["exit_reason"] == "user_exit"
@@ -187,6 +193,7 @@ def test_the_exit_notice_reads_no_database(tmp_path: Path) -> None:
     assert failing_destination(spool_path, DESTINATION.key) == (0, None)
     with Spool(spool_path) as spool:
         spool.take_in()
+        spool.release_taken()  # (at once while a destination fails: agent.core.take_in)
     from oneiric_session.agent.status import DestinationStatus
 
     failing = DestinationStatus(target="srv", last_error="server command not found", waiting=1)

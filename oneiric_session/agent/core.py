@@ -50,6 +50,11 @@ logger = logging.getLogger("oneiric_session.agent")
 
 # Fallback poll when no wake-up arrives (a shell that could not reach the socket, a dead pid).
 POLL_SECONDS = 1.0
+# While delivering, wake-ups arriving within this long are taken in together.
+GATHER_SECONDS = 0.005
+# At most this long between releases of the outbox's files taken in (one fsync for all of them),
+# while shells keep writing: a power loss then re-sends at most this much, never loses it.
+RELEASE_SECONDS = 1.0
 # How long a handover waits for the rows in flight to be answered: below `spool replay`'s 15 s wait.
 HANDOVER_GRACE_SECONDS = 10.0
 
@@ -114,6 +119,10 @@ class DeliveryAgent:
         self._stop = asyncio.Event()  # stop() or a hand-over: cuts every retry wait short
         self._replaying = False
         self._intake_error: str | None = None  # the last reason the outbox could not be taken in
+        self._released_at = 0.0  # monotonic: when the outbox's taken files were last released
+        self._unreleased = False  # records taken in since then (their files wait for a release)
+        self._watched: list[OpenSession] = []  # the open sessions the last watch found
+        self._watched_at: float | None = None  # monotonic: when
 
     @property
     def delivered(self) -> int:
@@ -186,9 +195,9 @@ class DeliveryAgent:
             worker.retry_at = self._mono() + self.poll_seconds
         self._changed.set()
 
-    def _schedule(self) -> int:
-        """Start a worker for each destination with pending rows that is not busy or backing off."""
-        started = 0
+    def _schedule(self) -> list[Destination]:
+        """Start a worker for each destination with pending rows that is not busy or backing off;
+        the destinations with pending rows."""
         now = self._mono()
         destinations = self.spool.pending_destinations()
         waits = None  # (a replay sends what is waiting out a back-off too)
@@ -216,8 +225,7 @@ class DeliveryAgent:
             drain = worker.drain(replaying=self._replaying, stopping=self._stop.is_set)
             worker.task = asyncio.create_task(drain, name=f"deliver-{worker.key}")
             worker.task.add_done_callback(functools.partial(self._worker_done, worker))
-            started += 1
-        return started
+        return destinations
 
     def _workers(self) -> list[asyncio.Task[None]]:
         return [w.task for w in self._destinations.values() if w.task is not None]
@@ -242,24 +250,41 @@ class DeliveryAgent:
             logger.debug("could not publish the destinations' status: %s", exc)
 
     def take_in(self) -> None:
-        """Take the records the shells wrote into the spool (`Intake.take_in`); a failure is logged
+        """Take the records the shells wrote into the spool (`Intake.take_in`), and release their
+        files once nothing new came in, or every RELEASE_SECONDS under a stream of shells, or at
+        once while a destination fails (its exit notices count the files). A failure is logged
         once (the records stay in the outbox) and tried again at the next wake-up or poll."""
         try:
             taken = self.spool.take_in()
+            self._unreleased = self._unreleased or bool(taken)
+            failing = any(w.last_error is not None for w in self._destinations.values())
+            now = self._mono()
+            due = not taken or failing or now - self._released_at >= RELEASE_SECONDS
+            if self._unreleased and due:
+                self.spool.release_taken()
+                self._released_at, self._unreleased = now, False
         except SpoolError as exc:
             if str(exc) != self._intake_error:
                 logger.warning("the shells' records cannot be taken in: %s", exc)
             self._intake_error = str(exc)
             return
         self._intake_error = None
-        if taken and any(w.last_error is not None for w in self._destinations.values()):
+        if taken and failing:
             self._publish()  # the count of what waits for a failing destination changed
 
     # -- abnormal ends --------------------------------------------------------
 
     def watch_sessions(self) -> list[OpenSession]:
         """Check the pid of every open session; end the dead ones as "abnormal". The ones still open."""
-        return self._watch.check()
+        self._watched = self._watch.check()
+        self._watched_at = self._mono()
+        return self._watched
+
+    def _watch_at_most_every(self, seconds: float) -> list[OpenSession]:
+        """`watch_sessions()`, or what it found last when that was less than `seconds` ago."""
+        if self._watched_at is None or self._mono() - self._watched_at >= seconds:
+            return self.watch_sessions()
+        return self._watched
 
     # -- the long-running agent -----------------------------------------------
 
@@ -285,10 +310,10 @@ class DeliveryAgent:
                         return
                 self._changed.clear()
                 self.take_in()
-                open_sessions = self.watch_sessions()
-                self._schedule()
+                open_sessions = self._watch_at_most_every(self.poll_seconds)
+                pending = self._schedule()
                 await self._close_idle_clients()
-                busy = bool(self._workers() or open_sessions or self.spool.pending_destinations())
+                busy = bool(self._workers() or open_sessions or pending)
                 now = self._mono()
                 if busy:
                     idle_since = None
@@ -310,6 +335,10 @@ class DeliveryAgent:
                         agent_clock.sleep_seconds(moments, now=now, poll=self.poll_seconds)
                     ):
                         await self._changed.wait()
+                if self._workers():
+                    # Delivering already: let the wake-ups of a stream of shells gather for a moment,
+                    # so one look takes in many records (each look costs a few queries).
+                    await asyncio.sleep(max(0.0, now + GATHER_SECONDS - self._mono()))
         finally:
             await self._shutdown()
             doorbell.close()
@@ -334,6 +363,8 @@ class DeliveryAgent:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)  # each worker's end, whatever it was
         await self._close_idle_clients(force=True)
+        with contextlib.suppress(SpoolError):
+            self.spool.release_taken()  # (left behind, they would only wait for the next agent)
 
     # -- the foreground replay ------------------------------------------------
 
@@ -345,7 +376,8 @@ class DeliveryAgent:
             while not self._stop.is_set():
                 self.take_in()
                 self.watch_sessions()
-                if not self._schedule():
+                self._schedule()
+                if not self._workers():
                     break
                 await asyncio.gather(*self._workers(), return_exceptions=True)
             remaining = self.spool.stats().depth

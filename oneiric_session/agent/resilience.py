@@ -198,10 +198,27 @@ class RetryPolicy:
         self._jitter = jitter
 
     async def call(self, send: Callable[[], Awaitable[T]]) -> T:
-        """`send()` up to `tuning.attempts` times while it fails transiently, through the breaker."""
+        """`send()` up to `tuning.attempts` times while it fails transiently, through the breaker.
+
+        The first try goes straight through the breaker: a call that succeeds (nearly all of
+        them) costs no retrying object. Once a try failed transiently, tenacity takes over with
+        that failure as its own first attempt, so the schedule is tenacity's from the start.
+        """
+        try:
+            return await self.breaker.call(send)
+        except Exception as exc:
+            if self.tuning.attempts <= 1 or not is_retryable(exc):
+                raise
+            made = [exc]
+
+        async def again() -> T:
+            if made:
+                raise made.pop()  # the try already made, as tenacity's attempt 1
+            return await self.breaker.call(send)
+
         async for attempt in retrying(self.tuning, sleep=self._wait, jitter=self._jitter):
             with attempt:
-                return await self.breaker.call(send)
+                return await again()
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     def backoff_seconds(self, failures: int, exc: BaseException) -> float:

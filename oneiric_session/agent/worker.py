@@ -163,6 +163,7 @@ class DestinationWorker:
         client = self.client
         assert client is not None
         self.last_used = self.mono()
+        before = self.status()
         try:
             if row.kind == "start":
                 server_id = await self.policy.call(lambda: client.start_session(row.arguments()))
@@ -195,7 +196,8 @@ class DestinationWorker:
                 return False
         else:
             self._succeeded()
-        self.changed()
+        if self.status() != before:  # (a healthy destination's stays as it was: nothing to publish)
+            self.changed()
         return True
 
     def _answered(self, row: SpooledEvent) -> None:

@@ -116,7 +116,9 @@ def run(args: argparse.Namespace) -> int:
         _exit_on_signals(store)
     try:
         if sock is None:
-            server.run("stdio")
+            from oneiric_session.server.stdio import serve_stdio
+
+            serve_stdio(server)
         else:
             import anyio
 

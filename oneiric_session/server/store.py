@@ -5,16 +5,18 @@ Standard library only, so `oneiric-session sessions` can read it without importi
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
 import sqlite3
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from oneiric_session.common.privacy import open_private, private_dir
 from oneiric_session.server.listing import INDEXES, Page, SessionFilter, select_page
@@ -28,6 +30,8 @@ SCHEMA_VERSION = 2
 _MAX_REMEMBERED_BASES = 4096
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -166,34 +170,39 @@ class SessionStore:
 
     def record_start(self, session: NewSession, *, now: datetime | None = None) -> str:
         """Record a start and return its session id; a start already seen returns the id it got then."""
+        return self._alone(self.start_work(session, now=now))
+
+    def start_work(
+        self, session: NewSession, *, now: datetime | None = None
+    ) -> Callable[[sqlite3.Connection], str]:
+        """`record_start` as a write for `commit` (several writes in one transaction)."""
         recorded_at = (now or datetime.now(UTC)).isoformat()
-        self._same_file()
-        with self._transaction():
-            row = self._db.execute(
-                "SELECT session_id FROM sessions WHERE event_id = ?", (session.event_id,)
-            ).fetchone()
-            if row is not None:
-                return str(row["session_id"])
-            session_id = self._free_session_id(session.base_session_id)
-            self._db.execute(
-                "INSERT INTO sessions (session_id, event_id, component_name, shell_type, hostname, pid,"
-                " user, environment, started_at, start_metadata, recorded_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    session_id,
-                    session.event_id,
-                    session.component_name,
-                    session.shell_type,
-                    session.hostname,
-                    session.pid,
-                    _json(session.user),
-                    _json(session.environment),
-                    session.started_at,
-                    _json(session.metadata),
-                    recorded_at,
-                ),
-            )
-            return session_id
+        return functools.partial(self._insert_start, session=session, recorded_at=recorded_at)
+
+    def _insert_start(self, db: sqlite3.Connection, *, session: NewSession, recorded_at: str) -> str:
+        row = db.execute("SELECT session_id FROM sessions WHERE event_id = ?", (session.event_id,)).fetchone()
+        if row is not None:
+            return str(row["session_id"])
+        session_id = self._free_session_id(session.base_session_id)
+        db.execute(
+            "INSERT INTO sessions (session_id, event_id, component_name, shell_type, hostname, pid,"
+            " user, environment, started_at, start_metadata, recorded_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                session_id,
+                session.event_id,
+                session.component_name,
+                session.shell_type,
+                session.hostname,
+                session.pid,
+                _json(session.user),
+                _json(session.environment),
+                session.started_at,
+                _json(session.metadata),
+                recorded_at,
+            ),
+        )
+        return session_id
 
     def _free_session_id(self, base: str) -> str:
         """`base`, else `base-2`, `base-3`, ...: another event started in the same second.
@@ -223,23 +232,68 @@ class SessionStore:
         metadata: dict[str, Any],
     ) -> EndStatus:
         """Close a session. An unknown id is `not_found`; a session already ended stays as it was."""
-        self._same_file()
-        with self._transaction():
-            row = self._db.execute(
+        work = self.end_work(
+            session_id,
+            ended_at=ended_at,
+            exit_reason=exit_reason,
+            duration_seconds=duration_seconds,
+            metadata=metadata,
+        )
+        return self._alone(work)
+
+    def end_work(
+        self,
+        session_id: str,
+        *,
+        ended_at: str,
+        exit_reason: str | None,
+        duration_seconds: float | None,
+        metadata: dict[str, Any],
+    ) -> Callable[[sqlite3.Connection], EndStatus]:
+        """`record_end` as a write for `commit` (several writes in one transaction)."""
+
+        def end(db: sqlite3.Connection) -> EndStatus:
+            row = db.execute(
                 "SELECT status, started_at FROM sessions WHERE session_id = ?", (session_id,)
             ).fetchone()
             if row is None:
                 return "not_found"
             if row["status"] == "ended":
                 return "ended"
-            if duration_seconds is None:
-                duration_seconds = _elapsed_seconds(row["started_at"], ended_at)
-            self._db.execute(
+            duration = duration_seconds
+            if duration is None:
+                duration = _elapsed_seconds(row["started_at"], ended_at)
+            db.execute(
                 "UPDATE sessions SET status = 'ended', ended_at = ?, exit_reason = ?,"
                 " duration_seconds = ?, end_metadata = ? WHERE session_id = ?",
-                (ended_at, exit_reason, duration_seconds, _json(metadata), session_id),
+                (ended_at, exit_reason, duration, _json(metadata), session_id),
             )
             return "ended"
+
+        return end
+
+    def commit(self, works: Sequence[Callable[[sqlite3.Connection], Any]]) -> list[tuple[bool, Any]]:
+        """Run `works` in one transaction, each in its own savepoint (one that raises is undone alone);
+        per work, (True, its result) or (False, its exception). Raises only when the transaction or
+        its commit fails, and then none of it holds (`server.group_commit` batches tool calls here)."""
+        self._same_file()
+        outcomes: list[tuple[bool, Any]] = []
+        with self._transaction():
+            for work in works:
+                self._db.execute("SAVEPOINT write")
+                try:
+                    outcomes.append((True, work(self._db)))
+                except Exception as exc:
+                    outcomes.append((False, exc))
+                    self._db.execute("ROLLBACK TO write")
+                self._db.execute("RELEASE write")
+        return outcomes
+
+    def _alone(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        ((ok, value),) = self.commit([work])
+        if not ok:
+            raise value
+        return value  # type: ignore[no-any-return]
 
     def list_sessions(self) -> list[dict[str, Any]]:
         """Every recorded session in the order they were recorded, with the listed columns."""

@@ -6,19 +6,21 @@ sends: the dict as `structuredContent` and the same compact JSON as one `TextCon
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import json
 import logging
 import math
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import anyio.to_thread
 from pydantic import ValidationError
 
 from oneiric_session.mcp_compat import server_error, tool_result, types
 from oneiric_session.server.auth import TokenVerifier
+from oneiric_session.server.group_commit import GroupCommit
 from oneiric_session.server.listing import BadQuery, SessionFilter, parse_instant
 from oneiric_session.server.models import EnvironmentInfo, SessionEndEvent, SessionStartEvent, UserInfo
 from oneiric_session.server.store import NewSession, SessionStore
@@ -30,6 +32,8 @@ MAX_EXIT_REASON_CHARS = 200
 MAX_STORED_METADATA_BYTES = 64 * 1024
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # The SDK derives the output schema from this: an object, like the real server's.
 Answer = Annotated[types.CallToolResult, dict[str, Any]]
@@ -60,13 +64,18 @@ def storage_failure(exc: sqlite3.Error) -> Exception:
     return server_error(types.INTERNAL_ERROR, f"session store unavailable: {exc}")
 
 
-@contextlib.contextmanager
-def storage_errors() -> Iterator[None]:
-    """Around every store call of a tool: a database error leaves as `storage_failure`, never as an answer."""
+async def stored(call: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """A store call from a tool, awaited off the event loop's thread (a read on a worker thread, a
+    write in the next group commit), so the loop goes on serving the other calls in flight on any
+    SDK version; a database error leaves as `storage_failure`, never as an answer."""
     try:
-        yield
+        return await call(*args)
     except sqlite3.Error as exc:
         raise storage_failure(exc) from exc
+
+
+async def _on_thread(call: Callable[[], T]) -> T:
+    return await anyio.to_thread.run_sync(call)
 
 
 def _exit_reason(metadata: dict[str, Any]) -> str | None:
@@ -95,6 +104,8 @@ class SessionTools:
     def __init__(self, store: SessionStore, verifier: TokenVerifier | None = None) -> None:
         self._store = store
         self._verifier = verifier
+        # Concurrent starts and ends (a client's calls in flight, many hosts) share one commit.
+        self._commits = GroupCommit(store.commit)
 
     def _refused(self, token: str | None) -> Answer | None:
         if self._verifier is None:
@@ -102,7 +113,7 @@ class SessionTools:
         message = self._verifier.failure(token)
         return None if message is None else refusal(message)
 
-    def track_session_start(
+    async def track_session_start(
         self,
         event_version: str,
         event_id: str,
@@ -153,12 +164,11 @@ class SessionTools:
             started_at=event.timestamp,
             metadata=_stored_metadata(event.metadata, "session start"),
         )
-        with storage_errors():
-            session_id = self._store.record_start(new)
+        session_id = await stored(self._commits.run, self._store.start_work(new))
         logger.info("session started: %s (%s)", session_id, event.shell_type)
         return tracking_answer(session_id, "tracked")
 
-    def track_session_end(
+    async def track_session_end(
         self,
         session_id: str,
         timestamp: str,
@@ -175,18 +185,18 @@ class SessionTools:
             )
         except ValidationError as exc:
             return tracking_answer(session_id, "error", f"Session end tracking failed: {exc}")
-        with storage_errors():
-            status = self._store.record_end(
-                event.session_id,
-                ended_at=event.timestamp,
-                exit_reason=_exit_reason(event.metadata),
-                duration_seconds=_duration_seconds(event.metadata),
-                metadata=_stored_metadata(event.metadata, "session end"),
-            )
+        work = self._store.end_work(
+            event.session_id,
+            ended_at=event.timestamp,
+            exit_reason=_exit_reason(event.metadata),
+            duration_seconds=_duration_seconds(event.metadata),
+            metadata=_stored_metadata(event.metadata, "session end"),
+        )
+        status = await stored(self._commits.run, work)
         logger.info("session end: %r -> %s", event.session_id, status)
         return tracking_answer(session_id, status)
 
-    def list_sessions(
+    async def list_sessions(
         self,
         open_only: bool = False,
         component: str | None = None,
@@ -215,16 +225,15 @@ class SessionTools:
                 since=parse_instant(since, "since") if since else None,
                 until=parse_instant(until, "until") if until else None,
             )
-            with storage_errors():
-                page = self._store.list_page(where, limit=limit, cursor=cursor)
+            read = functools.partial(self._store.list_page, where, limit=limit, cursor=cursor)
+            page = await stored(_on_thread, read)
         except BadQuery as exc:
             return answer({"sessions": [], "next_cursor": None, "status": "error", "error": str(exc)})
         return answer(
             {"sessions": page.sessions, "next_cursor": page.next_cursor, "status": "ok", "error": None}
         )
 
-    def health_check(self) -> str:
+    async def health_check(self) -> str:
         """Report that the server is up and its session store answers."""
-        with storage_errors():
-            count = self._store.count_sessions()
+        count = await stored(_on_thread, self._store.count_sessions)
         return f"✅ MCP server is operational and responding to requests.\nSessions recorded: {count}"

@@ -7,17 +7,22 @@ shell's caps, in one transaction for all the records found. The agent also appen
 itself (the "abnormal" end of a shell that died), and so do the tests.
 
 Taking in is exactly once, whatever is killed when: the names taken in are recorded in the
-same transaction (table `taken`), committed with an fsync even on the agent's unsynced
-connection (the record's file is deleted next, so the database is then its only copy), the
-files are deleted and their directory flushed, and a name is forgotten only once its file is
-gone. A record that cannot be read (not ours, not private, not a record of this format) is
-left where it is and named in the log once; one still being written (no final newline) is left
-for the next look, and deleted once a minute old (its shell died writing it).
+same transaction (table `taken`), and their files stay until `release_taken` has flushed the
+spool to disk (one write committed with an fsync, even on the agent's unsynced connection,
+for every record taken in since), deleted the files and flushed their directory; a name is
+forgotten only once its file is gone. So each record costs the agent no fsync of its own,
+and a power loss before the release finds the files again (taken in again, their rows sent
+again: the agent's own acknowledgements are not flushed either, see `spool`).
+
+A record that cannot be read (not ours, not private, not a record of this format) is left
+where it is and named in the log once; one still being written (no final newline) is left for
+the next look, and deleted once a minute old (its shell died writing it).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -48,6 +53,8 @@ __all__ = ["Intake", "OutboxRecord", "read_outbox"]
 
 logger = logging.getLogger("oneiric_session.spool")
 
+# When the outbox's files were last released (`release_taken`): a write that flushes the spool.
+_META_RELEASED = "outbox.released"
 # A record without its final newline this old was left by a shell that died writing it, before
 # its start() or end() returned (a write takes about a millisecond): nothing was promised for it.
 STALE_UNFINISHED_SECONDS = 60.0
@@ -129,36 +136,60 @@ class Intake(SpoolConnection):
         return self._write(write)
 
     def take_in(self) -> int:
-        """Move the shells' records from the outbox into the spool (see the module doc); how many."""
-        directory = outbox_dir(self.path)
-        problem = outbox_problem(directory)
-        if problem is not None:
-            raise SpoolError(f"outbox refused: {problem}; its records are left where they are")
+        """Append the shells' new records to the spool, in one transaction; how many.
+
+        Not flushed to disk yet, and their files stay: `release_taken` flushes and deletes them,
+        for many records at once (see the module doc).
+        """
+        directory = self._outbox()
         names = _record_names(directory)
         if names is None:
             return 0
-        records = [r for r in (self._read_record(directory, name) for name in names) if r is not None]
+        present = set(names)
+        known = self._taken_names()
+        records = [
+            record
+            for record in (self._read_record(directory, name) for name in names if name not in known)
+            if record is not None
+        ]
+        if not records and not known - present:
+            return 0
         # Oldest first, a start before its end: the order the shells' own appends had.
         records.sort(key=lambda r: (r.created_at, _KINDS.index(r.kind)))
-        present = set(names)
 
-        def write(conn: sqlite3.Connection) -> list[str]:
-            known = {row[0] for row in conn.execute("SELECT name FROM taken")}
-            gone = known - present
-            conn.executemany("DELETE FROM taken WHERE name = ?", [(name,) for name in gone])
+        def write(conn: sqlite3.Connection) -> int:
+            known = {row[0] for row in conn.execute("SELECT name FROM taken")}  # again, under the lock
+            conn.executemany("DELETE FROM taken WHERE name = ?", [(name,) for name in known - present])
             fresh = [r for r in records if r.name not in known]
             for record in fresh:
                 _take(conn, record)
                 conn.execute("INSERT INTO taken (name) VALUES (?)", (record.name,))
-            return [r.name for r in records]
+            return len(fresh)
 
-        taken = self._write(write, sync=True) if records else []
+        return self._write(write)
+
+    def release_taken(self) -> int:
+        """Flush the spool to disk, then delete the outbox files of the records it holds; how many."""
+        directory = self._outbox()
+        names = _record_names(directory) or []
+        taken = self._taken_names().intersection(names)
+        if not taken:
+            return 0
+        # A write committed with an fsync: every commit before it (the records taken in) is on disk.
+        self.meta_set(_META_RELEASED, repr(self._clock()), sync=True)
         for name in taken:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(directory, name))
-        if taken:
-            _sync_directory(directory)
+        _sync_directory(directory)
         return len(taken)
+
+    def _outbox(self) -> str:
+        """The outbox directory; SpoolError when another user could have written it."""
+        directory = outbox_dir(self.path)
+        problem = outbox_problem(directory)
+        if problem is not None:
+            raise SpoolError(f"outbox refused: {problem}; its records are left where they are")
+        return directory
 
     def outbox_has(self, handle: str, kind: str) -> bool:
         """Whether the outbox holds this session's record of `kind` ("start" or "end"), not taken in yet."""
@@ -179,7 +210,7 @@ class Intake(SpoolConnection):
 
     def stats(self) -> SpoolStats:
         """The spool's totals; the records still in the outbox count as waiting."""
-        waiting = self.outbox_records()
+        waiting = _outbox_waiting(self.path, self._taken_names())
 
         def read(conn: sqlite3.Connection) -> SpoolStats:
             now = self._clock()
@@ -197,7 +228,7 @@ class Intake(SpoolConnection):
                 if k.startswith(SESSION_DROPS_PREFIX)
             }
             aside = conn.execute("SELECT value FROM meta WHERE key = 'moved_aside'").fetchone()
-            times = [t for t in (oldest, *(r.created_at for r in waiting)) if t is not None]
+            times = [t for t in (oldest, *waiting.values()) if t is not None]
             oldest = min(times) if times else None
             return SpoolStats(
                 depth=depth + len(waiting),
@@ -205,7 +236,7 @@ class Intake(SpoolConnection):
                 dead=dead,
                 rows=rows,
                 bytes=size,
-                open_sessions=opened + sum(1 for r in waiting if r.kind == "start"),
+                open_sessions=opened + sum(1 for name in waiting if name.endswith(".start")),
                 drops=drops,
                 moved_aside=None if aside is None else aside[0],
                 dropped_sessions=whole,
@@ -262,6 +293,19 @@ def read_outbox(spool_path: str | os.PathLike[str], *, taken: Collection[str] = 
     return records
 
 
+def _outbox_waiting(spool_path: str | os.PathLike[str], taken: Collection[str]) -> dict[str, float]:
+    """The records waiting in the outbox, not read: name -> when it was written (its mtime)."""
+    directory = outbox_dir(spool_path)
+    if outbox_problem(directory) is not None:
+        return {}
+    waiting = {}
+    for name in _record_names(directory) or ():
+        if name not in taken:
+            with contextlib.suppress(OSError):
+                waiting[name] = os.lstat(os.path.join(directory, name)).st_mtime
+    return waiting
+
+
 def _record_names(directory: str) -> list[str] | None:
     """The names of the records in `directory`, oldest name first (None if it does not exist)."""
     try:
@@ -305,11 +349,17 @@ def _load_record(directory: str, name: str) -> OutboxRecord:
         handle=handle,
         event_id=str(record["event_id"]),
         created_at=float(record["created_at"]),
-        destination=None if destination is None else Destination.from_json(str(destination)),
+        destination=None if destination is None else _destination(str(destination)),
         payload=str(record["payload"]),
         caps=(int(max_rows), int(max_bytes), float(max_age)),
         shell=dict(record.get("shell") or {}),
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _destination(text: str) -> Destination:
+    """A record's destination (the shells of one configuration write the same text: parsed once)."""
+    return Destination.from_json(text)
 
 
 def _take(conn: sqlite3.Connection, record: OutboxRecord) -> None:

@@ -118,6 +118,9 @@ class Outbox:
         self.spool_path = os.fspath(spool_path)
         self.caps = caps
         self._clock = clock
+        # The outbox directory once checked (and made): a shell checks it once, as it once checked
+        # the spool once when it opened it; checked again if a write finds it gone.
+        self._checked: str | None = None
 
     @property
     def directory(self) -> str:
@@ -158,14 +161,14 @@ class Outbox:
     def writable(self) -> bool:
         """Whether records can be written here now (the directory is ours, or can be made)."""
         try:
-            self._directory()
+            self._checked = self._check()
         except SpoolError:
             return False
         return True
 
     # -- internals --------------------------------------------------------------
 
-    def _directory(self) -> str:
+    def _check(self) -> str:
         """The outbox directory, made private if missing; UnsafeSpoolError if another user could write it."""
         reason = foreign_reason(self.spool_path)
         directory = self.directory
@@ -216,23 +219,33 @@ class Outbox:
         if len(data) > MAX_RECORD_BYTES:
             raise SpoolError(f"event cannot be spooled: {len(data)} bytes (at most {MAX_RECORD_BYTES})")
         try:
-            directory = self._directory()
             try:
-                fd = os.open(os.path.join(directory, f"{handle}.{kind}"), _CREATE, 0o600)
-            except FileExistsError:
-                return False  # written already (a second end of one session)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fdatasync(fd)
-            finally:
-                os.close(fd)
-            _sync_directory(directory)  # the file's name is as durable as its content
+                return self._create(handle, kind, data)
+            except FileNotFoundError:  # the directory went away since it was checked: check it again
+                self._checked = None
+                return self._create(handle, kind, data)
         except SpoolError:
             raise
         except OSError as exc:
             raise SpoolError(f"outbox {self.directory}: {exc.strerror or exc}") from exc
+
+    def _create(self, handle: str, kind: str, data: bytes) -> bool:
+        """Write the record's file, flushed with its directory; False if it exists already."""
+        if self._checked is None:
+            self._checked = self._check()
+        directory = self._checked
+        try:
+            fd = os.open(os.path.join(directory, f"{handle}.{kind}"), _CREATE, 0o600)
+        except FileExistsError:
+            return False  # written already (a second end of one session)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        _sync_directory(directory)  # the file's name is as durable as its content
         return True
 
 

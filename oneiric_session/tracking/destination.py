@@ -13,6 +13,7 @@ environment), and the agent puts them back (`with_secrets`) before it launches t
 This module is imported by the shell side: standard library only.
 """
 
+import functools
 import json
 from typing import Literal, NamedTuple
 
@@ -66,15 +67,7 @@ class Destination(NamedTuple):
     @property
     def key(self) -> str:
         """A short stable identifier, equal for equal launch lines or URLs."""
-        ident = {
-            "transport": self.transport,
-            "command": self.command,
-            "args": list(self.args),
-            "env": self._env_at_rest(),
-            "cwd": self.cwd,
-            "url": self.url,
-        }
-        return sha256_hex(json.dumps(ident, sort_keys=True).encode())[:16]
+        return _key(self)
 
     def describe(self) -> str:
         """A one-line human description (no environment values, no URL credentials: they are secrets)."""
@@ -121,6 +114,20 @@ class Destination(NamedTuple):
             url=data.get("url"),
             tuning=Tuning(**{k: v for k, v in dict(data.get("tuning", {})).items() if k in known}),
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _key(destination: Destination) -> str:
+    """`Destination.key`, worked out once per destination (the agent asks it for every row)."""
+    ident = {
+        "transport": destination.transport,
+        "command": destination.command,
+        "args": list(destination.args),
+        "env": destination._env_at_rest(),
+        "cwd": destination.cwd,
+        "url": destination.url,
+    }
+    return sha256_hex(json.dumps(ident, sort_keys=True).encode())[:16]
 
 
 def _without_credentials(url: str) -> str:

@@ -8,6 +8,7 @@ The token is never part of an event: the transport adds it at send time.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -286,12 +287,18 @@ def _username() -> str:
     for name in ("LOGNAME", "USER", "LNAME", "USERNAME"):
         if user := os.environ.get(name):
             return user
+    return _account_name(os.getuid() if hasattr(os, "getuid") else -1)
+
+
+@functools.lru_cache(maxsize=4)
+def _account_name(uid: int) -> str:
+    """The passwd name of `uid` (read once: /etc/passwd each start would cost a shell a file read)."""
     try:
         import pwd
 
-        return pwd.getpwuid(os.getuid()).pw_name
+        return pwd.getpwuid(uid).pw_name
     except (ImportError, OSError, KeyError):  # no passwd entry (containers), or not POSIX
-        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+        return str(uid) if uid >= 0 else "unknown"
 
 
 def _hostname() -> str:

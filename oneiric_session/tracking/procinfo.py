@@ -20,6 +20,11 @@ _STATE_FIELD = 0
 _STARTTIME_FIELD = 19
 
 
+_UNREAD = object()
+_boot_id: object = _UNREAD  # boot_id(), once read
+_own: "ProcessIdentity | None" = None  # identify() of this process, once read
+
+
 class ProcessIdentity(NamedTuple):
     pid: int
     start_time: int | None
@@ -74,11 +79,15 @@ def is_visible(host: str | None, pid_ns: str | None) -> bool:
 
 
 def boot_id() -> str | None:
-    """This boot's random id (Linux), or None where the system does not expose one."""
-    try:
-        return _BOOT_ID.read_text().strip() or None
-    except OSError:
-        return None
+    """This boot's random id (Linux), or None where the system does not expose one (read once: a
+    process lives within one boot)."""
+    global _boot_id
+    if _boot_id is _UNREAD:
+        try:
+            _boot_id = _BOOT_ID.read_text().strip() or None
+        except OSError:
+            _boot_id = None
+    return _boot_id  # type: ignore[return-value]  # read above
 
 
 def _stat_fields(pid: int) -> list[str] | None:
@@ -103,8 +112,12 @@ def pid_start_time(pid: int) -> int | None:
 
 
 def identify(pid: int | None = None) -> ProcessIdentity:
-    """The identity of `pid` (default: this process) to store with its session."""
-    pid = os.getpid() if pid is None else pid
+    """The identity of `pid` (default: this process, read once per process) to store with its session."""
+    global _own
+    if pid is None:
+        if _own is None or _own.pid != os.getpid():  # (a forked child is another process)
+            _own = identify(os.getpid())
+        return _own
     return ProcessIdentity(pid, pid_start_time(pid), boot_id())
 
 

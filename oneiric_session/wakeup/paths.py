@@ -10,6 +10,7 @@ the tokens a wake-up may carry, so a directory that is not ours and private is n
 
 from __future__ import annotations
 
+import functools
 import os
 import stat
 from pathlib import Path
@@ -100,9 +101,15 @@ def socket_dir_problems() -> list[str]:
     return problems
 
 
+@functools.lru_cache(maxsize=8)
+def _socket_name(spool_path: str) -> str:
+    """A hash of the spool's real path (worked out once per path: a shell wakes at each event)."""
+    return sha256_hex(os.path.realpath(spool_path).encode())[:20] + ".sock"
+
+
 def socket_path(spool_path: Path) -> Path | None:
     """The agent's socket for this spool, in a private directory; None when no usable one exists."""
-    name = sha256_hex(os.path.realpath(spool_path).encode())[:20] + ".sock"
+    name = _socket_name(os.fspath(spool_path))
     for candidate in _runtime_dirs():
         if len(os.fsencode(candidate / name)) > _MAX_SOCKET_PATH_BYTES:
             continue
