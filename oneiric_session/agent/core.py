@@ -50,7 +50,7 @@ logger = logging.getLogger("oneiric_session.agent")
 
 # Fallback poll when no wake-up arrives (a shell that could not reach the socket, a dead pid).
 POLL_SECONDS = 1.0
-# While delivering, wake-ups arriving within this long are taken in together.
+# Wake-ups arriving within this long of the agent's last look are taken in together.
 GATHER_SECONDS = 0.005
 # At most this long between releases of the outbox's files taken in (one fsync for all of them),
 # while shells keep writing: a power loss then re-sends at most this much, never loses it.
@@ -335,10 +335,10 @@ class DeliveryAgent:
                         agent_clock.sleep_seconds(moments, now=now, poll=self.poll_seconds)
                     ):
                         await self._changed.wait()
-                if self._workers():
-                    # Delivering already: let the wake-ups of a stream of shells gather for a moment,
-                    # so one look takes in many records (each look costs a few queries).
-                    await asyncio.sleep(max(0.0, now + GATHER_SECONDS - self._mono()))
+                # At most one look every GATHER_SECONDS: the wake-ups of a stream of shells gather,
+                # so one look takes in many records (each look costs a few queries); a wake-up after
+                # a quiet moment is looked at at once.
+                await asyncio.sleep(max(0.0, now + GATHER_SECONDS - self._mono()))
         finally:
             await self._shutdown()
             doorbell.close()
