@@ -6,8 +6,7 @@ nothing until a name is used (a shell with tracking off pays nothing).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from oneiric_session.common.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -21,8 +20,4 @@ _EXPORTS = {
 __all__ = ["__version__", *sorted(_EXPORTS)]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'oneiric_session' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -160,8 +160,8 @@ def _one_pass(agent: DeliveryAgent) -> None:
     """One scheduling pass of the agent, its workers run to their end."""
 
     async def go() -> None:
-        agent._schedule()
-        await asyncio.gather(*agent._workers())
+        agent._destinations.schedule(replaying=False)
+        await asyncio.gather(*agent._destinations.tasks())
         await asyncio.sleep(0)  # the workers' done callbacks
 
     asyncio.run(go())

@@ -32,6 +32,7 @@ SHELL_SIDE = (
     "oneiric_session.tracking.tracker",
     "oneiric_session.tracking.registry",
     "oneiric_session.tracking.events",
+    "oneiric_session.tracking.metadata",
     "oneiric_session.tracking.limits",
     "oneiric_session.tracking.destination",
     "oneiric_session.tracking.procinfo",
@@ -59,6 +60,7 @@ DATABASE_SIDE = (
     "oneiric_session.spool.records",
     "oneiric_session.spool.retention",
     "oneiric_session.spool.intake",
+    "oneiric_session.spool.outbox_reader",
     "oneiric_session.spool.rejoin",
     "oneiric_session.agent.status",
 )

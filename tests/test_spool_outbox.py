@@ -22,8 +22,8 @@ from oneiric_session.agent.status import failing_destination, publish_destinatio
 from oneiric_session.agent.watch import SessionWatch
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool import Spool
-from oneiric_session.spool.intake import STALE_UNFINISHED_SECONDS
 from oneiric_session.spool.outbox import Outbox, outbox_dir
+from oneiric_session.spool.outbox_reader import STALE_UNFINISHED_SECONDS
 from oneiric_session.tracking import events
 from oneiric_session.tracking.destination import Destination
 from oneiric_session.tracking.limits import Limits

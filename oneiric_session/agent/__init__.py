@@ -15,8 +15,9 @@ Names are loaded on first use: reading `agent.status` loads nothing else of the 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from oneiric_session.common.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from oneiric_session.agent.core import DeliveryAgent, ReplayResult, run_agent, uncapped_spool
@@ -43,8 +44,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'oneiric_session.agent' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

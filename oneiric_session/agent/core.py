@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import os
 import signal
@@ -33,11 +32,10 @@ from dataclasses import dataclass
 
 import oneiric_session.agent.clock as agent_clock
 from oneiric_session.agent.credentials import Credentials
+from oneiric_session.agent.destinations import Destinations
 from oneiric_session.agent.doorbell import Doorbell
-from oneiric_session.agent.resilience import RetryPolicy
-from oneiric_session.agent.status import publish_destinations
 from oneiric_session.agent.watch import SessionWatch
-from oneiric_session.agent.worker import Client, ClientFactory, DestinationWorker, Tally
+from oneiric_session.agent.worker import Client, ClientFactory, Tally
 from oneiric_session.config.sources import DEFAULT_IDLE_EXIT_SECONDS
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool import DEAD_AUTH, OpenSession, Spool, SpooledEvent
@@ -102,22 +100,28 @@ class DeliveryAgent:
     ) -> None:
         self.spool = spool
         self._credentials = Credentials(tokens, secrets)
-        self._client_factory = client_factory
         self.idle_exit_seconds = idle_exit_seconds
         self.poll_seconds = poll_seconds
         self._mono = monotonic
         self._wall = wall
         self._tally = Tally(progress=progress)
-        # Run after each answer, before its acknowledgement: the crash window exactly-once must
-        # survive, where tests kill the agent (tests/support/killing_agent.py).
-        self._on_answer = on_answer
-        self._destinations: dict[str, DestinationWorker] = {}
-        self._published: str | None = None
-        self._due_at: float | None = None  # monotonic: when the earliest row not yet due becomes due
         self._changed = asyncio.Event()
-        self._watch = SessionWatch(spool, wall=wall, on_end=self._changed.set)
         self._stop = asyncio.Event()  # stop() or a hand-over: cuts every retry wait short
-        self._replaying = False
+        self._destinations = Destinations(
+            spool,
+            credentials=self._credentials,
+            client_factory=client_factory,
+            mono=monotonic,
+            wall=wall,
+            tally=self._tally,
+            stop=self._stop,
+            poll_seconds=poll_seconds,
+            changed=self._changed.set,
+            # Run after each answer, before its acknowledgement: the crash window exactly-once must
+            # survive, where tests kill the agent (tests/support/killing_agent.py).
+            on_answer=on_answer,
+        )
+        self._watch = SessionWatch(spool, wall=wall, on_end=self._changed.set)
         self._intake_error: str | None = None  # the last reason the outbox could not be taken in
         self._released_at = 0.0  # monotonic: when the outbox's taken files were last released
         self._unreleased = False  # records taken in since then (their files wait for a release)
@@ -144,10 +148,10 @@ class DeliveryAgent:
         if not fresh:
             return 0
         for key in fresh:
-            worker = self._destinations.get(key)
+            worker = self._destinations.workers.get(key)
             if worker is not None and worker.auth_error:
                 worker.auth_error = None
-                self._publish()
+                self._destinations.publish()
         try:
             requeued = self.spool.requeue_dead(DEAD_AUTH)
         except SpoolError as exc:
@@ -162,92 +166,10 @@ class DeliveryAgent:
         """Take secret server.env values (at start, then from each wake-up); a destination that was
         waiting for them is tried again at once."""
         for key in self._credentials.take_secrets(secrets):
-            worker = self._destinations.get(key)
+            worker = self._destinations.workers.get(key)
             if worker is not None and worker.client is None:
                 worker.retry_at = 0.0
                 self._changed.set()
-
-    # -- the destination workers ----------------------------------------------
-
-    def _worker(self, destination: Destination) -> DestinationWorker:
-        worker = self._destinations.get(destination.key)
-        if worker is None:
-            worker = self._destinations[destination.key] = DestinationWorker(
-                key=destination.key,
-                describe=destination.describe(),
-                spool=self.spool,
-                credentials=self._credentials,
-                client_factory=self._client_factory,
-                mono=self._mono,
-                wall=self._wall,
-                tally=self._tally,
-                policy=RetryPolicy(destination.tuning, clock=self._mono, stop=self._stop),
-                changed=self._publish,
-                on_answer=self._on_answer,
-            )
-        return worker
-
-    def _worker_done(self, worker: DestinationWorker, task: asyncio.Task[None]) -> None:
-        if worker.task is task:
-            worker.task = None
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("delivery to %s stopped: %s", worker.key, task.exception())
-            worker.retry_at = self._mono() + self.poll_seconds
-        self._changed.set()
-
-    def _schedule(self) -> list[Destination]:
-        """Start a worker for each destination with pending rows that is not busy or backing off;
-        the destinations with pending rows."""
-        now = self._mono()
-        destinations = self.spool.pending_destinations()
-        waits = None  # (a replay sends what is waiting out a back-off too)
-        if not self._replaying:  # seconds until each destination's earliest deliverable row is due
-            waits = agent_clock.due_waits(
-                self.spool,
-                self._destinations.values(),
-                destinations,
-                mono=now,
-                wall=self._wall(),
-                floor=self.poll_seconds,
-            )
-        self._due_at = None
-        for destination in destinations:
-            worker = self._worker(destination)
-            if worker.task is not None or worker.retry_at > now:
-                continue
-            if waits is not None:
-                wait = waits.get(worker.key)
-                if wait is None:
-                    continue  # nothing deliverable yet (ends wait for their start)
-                if wait > 0:  # not due yet: the loop sleeps until then (or a wake-up)
-                    self._due_at = min(self._due_at or float("inf"), now + wait)
-                    continue
-            drain = worker.drain(replaying=self._replaying, stopping=self._stop.is_set)
-            worker.task = asyncio.create_task(drain, name=f"deliver-{worker.key}")
-            worker.task.add_done_callback(functools.partial(self._worker_done, worker))
-        return destinations
-
-    def _workers(self) -> list[asyncio.Task[None]]:
-        return [w.task for w in self._destinations.values() if w.task is not None]
-
-    async def _close_idle_clients(self, *, force: bool = False) -> None:
-        now = self._mono()
-        for worker in self._destinations.values():
-            idle = force or now - worker.last_used >= self.idle_exit_seconds
-            if worker.client is not None and worker.task is None and idle:
-                await worker.close_client()
-
-    def _publish(self) -> None:
-        """Publish breaker state and last errors beside the spool (only when they change)."""
-        statuses = {key: worker.status() for key, worker in self._destinations.items()}
-        for key, status in statuses.items():
-            if status.last_error is not None:  # a shell's exit notice says how many wait
-                with contextlib.suppress(SpoolError):
-                    statuses[key] = status._replace(waiting=self.spool.waiting(key))
-        try:
-            self._published = publish_destinations(self.spool.path, statuses, self._published)
-        except OSError as exc:  # what `status` shows may lag; delivery goes on
-            logger.debug("could not publish the destinations' status: %s", exc)
 
     def take_in(self) -> None:
         """Take the records the shells wrote into the spool (`Intake.take_in`), and release their
@@ -257,7 +179,7 @@ class DeliveryAgent:
         try:
             taken = self.spool.take_in()
             self._unreleased = self._unreleased or bool(taken)
-            failing = any(w.last_error is not None for w in self._destinations.values())
+            failing = self._destinations.failing()
             now = self._mono()
             due = not taken or failing or now - self._released_at >= RELEASE_SECONDS
             if self._unreleased and due:
@@ -270,7 +192,7 @@ class DeliveryAgent:
             return
         self._intake_error = None
         if taken and failing:
-            self._publish()  # the count of what waits for a failing destination changed
+            self._destinations.publish()  # the count of what waits for a failing destination changed
 
     # -- abnormal ends --------------------------------------------------------
 
@@ -311,9 +233,9 @@ class DeliveryAgent:
                 self._changed.clear()
                 self.take_in()
                 open_sessions = self._watch_at_most_every(self.poll_seconds)
-                pending = self._schedule()
-                await self._close_idle_clients()
-                busy = bool(self._workers() or open_sessions or pending)
+                pending = self._destinations.schedule(replaying=False)
+                await self._destinations.close_idle_clients(self.idle_exit_seconds)
+                busy = bool(self._destinations.tasks() or open_sessions or pending)
                 now = self._mono()
                 if busy:
                     idle_since = None
@@ -326,10 +248,7 @@ class DeliveryAgent:
                     idle_since = None
                     continue
                 idle_at = None if idle_since is None else idle_since + self.idle_exit_seconds
-                backoffs = [
-                    w.retry_at for w in self._destinations.values() if w.task is None and w.retry_at > now
-                ]
-                moments = [*backoffs, self._due_at, idle_at]
+                moments = [*self._destinations.backoffs(now), self._destinations.due_at, idle_at]
                 with contextlib.suppress(TimeoutError):  # sleep until then, or until woken
                     async with asyncio.timeout(
                         agent_clock.sleep_seconds(moments, now=now, poll=self.poll_seconds)
@@ -353,16 +272,17 @@ class DeliveryAgent:
         (`RetryPolicy`'s stop), leaving its row as it was.
         """
         self._stop.set()
-        healthy = [w.task for w in self._destinations.values() if w.task is not None and not w.failures]
+        workers = self._destinations.workers.values()
+        healthy = [w.task for w in workers if w.task is not None and not w.failures]
         if healthy:
             await asyncio.wait(healthy, timeout=HANDOVER_GRACE_SECONDS)
 
     async def _shutdown(self) -> None:
-        tasks = self._workers()
+        tasks = self._destinations.tasks()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)  # each worker's end, whatever it was
-        await self._close_idle_clients(force=True)
+        await self._destinations.close_idle_clients(self.idle_exit_seconds, force=True)
         with contextlib.suppress(SpoolError):
             self.spool.release_taken()  # (left behind, they would only wait for the next agent)
 
@@ -370,16 +290,15 @@ class DeliveryAgent:
 
     async def replay(self) -> ReplayResult:
         """Deliver every pending row now, without waiting out back-offs. The caller holds the lock."""
-        self._replaying = True
         self.update_tokens(self._credentials.initial_tokens)
         try:
             while not self._stop.is_set():
                 self.take_in()
                 self.watch_sessions()
-                self._schedule()
-                if not self._workers():
+                self._destinations.schedule(replaying=True)
+                if not self._destinations.tasks():
                     break
-                await asyncio.gather(*self._workers(), return_exceptions=True)
+                await asyncio.gather(*self._destinations.tasks(), return_exceptions=True)
             remaining = self.spool.stats().depth
         finally:
             await self._shutdown()

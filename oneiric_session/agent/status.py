@@ -17,12 +17,12 @@ light: a shell's exit imports this module.
 import contextlib
 import json
 import os
-import stat
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from oneiric_session.common.privacy import ownership_problem, write_private
 from oneiric_session.errors import SpoolError
 from oneiric_session.wakeup import agent_holds_lock
 
@@ -97,19 +97,7 @@ def publish_destinations(
     """Write the agent's view of its destinations unless it is `previous` (the text last written)."""
     text = json.dumps({key: statuses[key]._asdict() for key in sorted(statuses)}, sort_keys=True)
     if text != previous:
-        target = status_path(spool_path)
-        temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)  # a crashed agent's, of the same pid
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            with open(fd, "w", encoding="utf-8") as file:
-                file.write(text)
-            os.replace(temporary, target)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        write_private(status_path(spool_path), text)
     return text
 
 
@@ -120,8 +108,7 @@ def read_destinations(spool_path: str | os.PathLike[str]) -> dict[str, Destinati
     except OSError:
         return {}
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        if ownership_problem(status_path(spool_path), os.fstat(fd)) is not None:
             return {}
         value = json.loads(os.read(fd, _MAX_STATUS_BYTES))
     except (OSError, ValueError):
@@ -181,7 +168,8 @@ def delivery_status(
     problems = _privacy_problems(path)
     if problems:
         report["warnings"] = problems
-    from oneiric_session.spool.intake import Intake, read_outbox
+    from oneiric_session.spool.intake import Intake
+    from oneiric_session.spool.outbox_reader import read_outbox
 
     if not path.exists():  # no agent made it yet: what the shells wrote waits in the outbox
         waiting = read_outbox(path)

@@ -14,6 +14,7 @@ check `status` warns about: a path of ours that others can read.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterable
@@ -24,8 +25,10 @@ __all__ = [
     "foreign_reason",
     "not_private",
     "open_private",
+    "ownership_problem",
     "private_dir",
     "spool_companions",
+    "write_private",
 ]
 
 
@@ -131,13 +134,44 @@ def foreign_reason(path: str | os.PathLike[str], companions: Iterable[str] | Non
             continue  # absent (or a file in the way of its directory: the caller's error says so)
         except OSError as exc:
             return f"{name} cannot be examined: {exc.strerror or exc}"
-        if not stat.S_ISREG(st.st_mode):
-            return f"{name} is not a regular file"
-        if st.st_uid != os.getuid():
-            return f"{name} belongs to another user (uid {st.st_uid})"
-        if _others_can_write(st):
-            return f"{name} is writable by other users (mode {_mode(st)})"
+        problem = ownership_problem(name, st)
+        if problem is not None:
+            return problem
     return None
+
+
+def ownership_problem(
+    name: str | os.PathLike[str], st: os.stat_result, *, directory: bool = False
+) -> str | None:
+    """Why `name` (its `lstat`) may hold what another user wrote: not a regular file (or, with
+    `directory`, not a directory), another user's, or writable by others; None when it is ours."""
+    if directory and not stat.S_ISDIR(st.st_mode):
+        return f"{name} is not a directory"
+    if not directory and not stat.S_ISREG(st.st_mode):
+        return f"{name} is not a regular file"
+    if st.st_uid != os.getuid():
+        return f"{name} belongs to another user (uid {st.st_uid})"
+    if _others_can_write(st):
+        return f"{name} is writable by other users (mode {_mode(st)})"
+    return None
+
+
+def write_private(path: str | os.PathLike[str], text: str) -> None:
+    """Replace the file at `path` with `text` whole (a private file renamed into place): a reader
+    sees the old or the new, never half; never written through a symlink."""
+    target = os.fspath(path)
+    temporary = os.path.join(os.path.dirname(target), f".{os.path.basename(target)}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)  # a crashed writer's, of the same pid
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with open(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
 
 
 def not_private(paths: Iterable[str | os.PathLike[str]]) -> list[str]:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import oneiric_session
 from oneiric_session.common.digest import sha256_hex
+from oneiric_session.common.privacy import private_dir, write_private
 from oneiric_session.config import sources
 from oneiric_session.config.files import read_bounded
 from oneiric_session.config.sources import read_token
@@ -328,29 +329,10 @@ def _ours(st: os.stat_result) -> bool:
 
 
 def _write_entry(key: str, view: ShellView | None, *, selection: tuple[str, str] | None = None) -> None:
-    directory = cache_dir()
-    missing = []
-    parent = directory
-    while not parent.is_dir() and parent != parent.parent:
-        missing.append(parent)
-        parent = parent.parent
-    for path in reversed(missing):  # each private (0700) whatever the umask says, as the spool's are
-        with contextlib.suppress(FileExistsError):
-            path.mkdir(mode=0o700)
-            path.chmod(0o700)
+    directory = private_dir(cache_dir())  # each directory made private (0700), as the spool's are
     content = {"view": view.to_json()} if view is not None else {"selection": list(selection or ())}
-    text = json.dumps({"format": CACHE_FORMAT, "key": key, **content}, sort_keys=True)
     target = directory / f"{key}.json"
-    temporary = directory / f".{key}.{os.getpid()}.tmp"
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with open(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
+    write_private(target, json.dumps({"format": CACHE_FORMAT, "key": key, **content}, sort_keys=True))
     _prune(directory, keep=target)
 
 

@@ -38,8 +38,9 @@ and never `sqlite3`.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from oneiric_session.common.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from oneiric_session.spool.connection import (
@@ -107,8 +108,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'oneiric_session.spool' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 
-from oneiric_session.spool.intake import Intake, OutboxRecord
+from oneiric_session.spool.intake import Intake
+from oneiric_session.spool.outbox_reader import OutboxRecord
 from oneiric_session.spool.queue import DeliveryQueue
 from oneiric_session.spool.records import STATE_DEAD, STATE_PENDING, SpooledEvent
 

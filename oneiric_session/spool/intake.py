@@ -22,19 +22,26 @@ the next look, and deleted once a minute old (its shell died writing it).
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import logging
 import os
 import sqlite3
-import stat
-import time
-from collections.abc import Collection, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Mapping
+from typing import Any
 
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool.connection import SpoolConnection
-from oneiric_session.spool.outbox import FORMAT, MAX_RECORD_BYTES, encode, outbox_dir, outbox_problem
+from oneiric_session.spool.outbox import encode, outbox_dir, outbox_problem, shell_identity, sync_directory
+from oneiric_session.spool.outbox_reader import (
+    KINDS,
+    STALE_UNFINISHED_SECONDS,
+    UNREADABLE,
+    OutboxRecord,
+    Unfinished,
+    load_record,
+    outbox_waiting,
+    read_outbox,
+    record_names,
+)
 from oneiric_session.spool.records import (
     DEAD_START_REFUSED,
     DROP_NO_START,
@@ -49,34 +56,12 @@ from oneiric_session.spool.records import (
 from oneiric_session.spool.retention import count_drop, enforce
 from oneiric_session.tracking.destination import Destination
 
-__all__ = ["Intake", "OutboxRecord", "read_outbox"]
+__all__ = ["Intake"]
 
 logger = logging.getLogger("oneiric_session.spool")
 
 # When the outbox's files were last released (`release_taken`): a write that flushes the spool.
 _META_RELEASED = "outbox.released"
-# A record without its final newline this old was left by a shell that died writing it, before
-# its start() or end() returned (a write takes about a millisecond): nothing was promised for it.
-STALE_UNFINISHED_SECONDS = 60.0
-_KINDS = ("start", "end")
-
-
-class Unfinished(Exception):
-    """A record still being written (no final newline yet); `args[0]`: seconds since its last write."""
-
-
-class OutboxRecord(NamedTuple):
-    """One record a shell wrote to the outbox (`spool/outbox.py`), as read back."""
-
-    name: str
-    kind: str
-    handle: str
-    event_id: str
-    created_at: float
-    destination: Destination | None
-    payload: str
-    caps: tuple[int, int, float]
-    shell: dict[str, Any]
 
 
 class Intake(SpoolConnection):
@@ -103,13 +88,7 @@ class Intake(SpoolConnection):
         """
         payload = encode(event)
         event_id = str(event.get("event_id") or f"start:{handle}")
-        shell = {
-            "pid": pid,
-            "pid_start_time": pid_start_time,
-            "boot_id": boot_id,
-            "host": host,
-            "pid_ns": pid_ns,
-        }
+        shell = shell_identity(pid, pid_start_time, boot_id, host, pid_ns)
 
         def write(conn: sqlite3.Connection) -> bool:
             now = self._clock()
@@ -142,7 +121,7 @@ class Intake(SpoolConnection):
         for many records at once (see the module doc).
         """
         directory = self._outbox()
-        names = _record_names(directory)
+        names = record_names(directory)
         if names is None:
             return 0
         present = set(names)
@@ -155,7 +134,7 @@ class Intake(SpoolConnection):
         if not records and not known - present:
             return 0
         # Oldest first, a start before its end: the order the shells' own appends had.
-        records.sort(key=lambda r: (r.created_at, _KINDS.index(r.kind)))
+        records.sort(key=lambda r: (r.created_at, KINDS.index(r.kind)))
 
         def write(conn: sqlite3.Connection) -> int:
             known = {row[0] for row in conn.execute("SELECT name FROM taken")}  # again, under the lock
@@ -171,7 +150,7 @@ class Intake(SpoolConnection):
     def release_taken(self) -> int:
         """Flush the spool to disk, then delete the outbox files of the records it holds; how many."""
         directory = self._outbox()
-        names = _record_names(directory) or []
+        names = record_names(directory) or []
         taken = self._taken_names().intersection(names)
         if not taken:
             return 0
@@ -180,7 +159,8 @@ class Intake(SpoolConnection):
         for name in taken:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(directory, name))
-        _sync_directory(directory)
+        with contextlib.suppress(OSError):
+            sync_directory(directory)
         return len(taken)
 
     def _outbox(self) -> str:
@@ -210,7 +190,7 @@ class Intake(SpoolConnection):
 
     def stats(self) -> SpoolStats:
         """The spool's totals; the records still in the outbox count as waiting."""
-        waiting = _outbox_waiting(self.path, self._taken_names())
+        waiting = outbox_waiting(self.path, self._taken_names())
 
         def read(conn: sqlite3.Connection) -> SpoolStats:
             now = self._clock()
@@ -257,7 +237,7 @@ class Intake(SpoolConnection):
     def _read_record(self, directory: str, name: str) -> OutboxRecord | None:
         path = os.path.join(directory, name)
         try:
-            return _load_record(directory, name)
+            return load_record(directory, name)
         except Unfinished as unfinished:
             if unfinished.args[0] >= STALE_UNFINISHED_SECONDS:
                 logger.warning(
@@ -266,7 +246,7 @@ class Intake(SpoolConnection):
                 with contextlib.suppress(OSError):
                     os.unlink(path)
             return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except UNREADABLE as exc:
             problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             if name not in _reported:
                 _reported.add(name)
@@ -276,90 +256,6 @@ class Intake(SpoolConnection):
 
 # Records already named in the log as unreadable (once each per process).
 _reported: set[str] = set()
-
-
-def read_outbox(spool_path: str | os.PathLike[str], *, taken: Collection[str] = ()) -> list[OutboxRecord]:
-    """The readable records in the outbox of `spool_path` not in `taken`, oldest first; reads only."""
-    directory = outbox_dir(spool_path)
-    if outbox_problem(directory) is not None:
-        return []
-    records = []
-    for name in _record_names(directory) or ():
-        if name in taken:
-            continue
-        with contextlib.suppress(Unfinished, OSError, ValueError, KeyError, TypeError):
-            records.append(_load_record(directory, name))
-    records.sort(key=lambda r: (r.created_at, _KINDS.index(r.kind)))
-    return records
-
-
-def _outbox_waiting(spool_path: str | os.PathLike[str], taken: Collection[str]) -> dict[str, float]:
-    """The records waiting in the outbox, not read: name -> when it was written (its mtime)."""
-    directory = outbox_dir(spool_path)
-    if outbox_problem(directory) is not None:
-        return {}
-    waiting = {}
-    for name in _record_names(directory) or ():
-        if name not in taken:
-            with contextlib.suppress(OSError):
-                waiting[name] = os.lstat(os.path.join(directory, name)).st_mtime
-    return waiting
-
-
-def _record_names(directory: str) -> list[str] | None:
-    """The names of the records in `directory`, oldest name first (None if it does not exist)."""
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return None
-    return sorted(name for name in names if name.endswith((".start", ".end")) and not name.startswith("."))
-
-
-def _load_record(directory: str, name: str) -> OutboxRecord:
-    """One record, read only if it is ours and private; ValueError if it is not a record."""
-    fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValueError("not a regular file")
-        if st.st_uid != os.getuid():
-            raise ValueError(f"belongs to another user (uid {st.st_uid})")
-        if st.st_mode & 0o022:
-            raise ValueError(f"writable by other users (mode {oct(stat.S_IMODE(st.st_mode))})")
-        if st.st_size > MAX_RECORD_BYTES:
-            raise ValueError(f"{st.st_size} bytes, more than a record holds")
-        data = os.read(fd, MAX_RECORD_BYTES + 1)
-    finally:
-        os.close(fd)
-    if not data.endswith(b"\n"):
-        raise Unfinished(time.time() - st.st_mtime)
-    record = json.loads(data)
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise ValueError("not an outbox record of this version")
-    handle, kind = str(record["handle"]), str(record["kind"])
-    if kind not in _KINDS or name != f"{handle}.{kind}":
-        raise ValueError("its name and its content disagree")
-    destination = record.get("destination")
-    if kind == "start" and destination is None:
-        raise ValueError("a start without a destination")
-    max_rows, max_bytes, max_age = record["caps"]
-    return OutboxRecord(
-        name=name,
-        kind=kind,
-        handle=handle,
-        event_id=str(record["event_id"]),
-        created_at=float(record["created_at"]),
-        destination=None if destination is None else _destination(str(destination)),
-        payload=str(record["payload"]),
-        caps=(int(max_rows), int(max_bytes), float(max_age)),
-        shell=dict(record.get("shell") or {}),
-    )
-
-
-@functools.lru_cache(maxsize=64)
-def _destination(text: str) -> Destination:
-    """A record's destination (the shells of one configuration write the same text: parsed once)."""
-    return Destination.from_json(text)
 
 
 def _take(conn: sqlite3.Connection, record: OutboxRecord) -> None:
@@ -450,12 +346,3 @@ def _insert_event(
         (event_id, kind, handle, key, payload, len(payload.encode()), now, now),
     )
     return cur.rowcount > 0
-
-
-def _sync_directory(directory: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

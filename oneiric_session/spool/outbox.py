@@ -28,12 +28,11 @@ from __future__ import annotations
 import errno
 import json
 import os
-import stat
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from oneiric_session.common.privacy import foreign_reason
+from oneiric_session.common.privacy import foreign_reason, ownership_problem, private_dir
 from oneiric_session.errors import SpoolError, UnsafeSpoolError
 from oneiric_session.tracking.destination import Destination
 
@@ -44,6 +43,8 @@ __all__ = [
     "encode",
     "outbox_dir",
     "outbox_problem",
+    "shell_identity",
+    "sync_directory",
 ]
 
 OUTBOX_SUFFIX = ".outbox"
@@ -73,13 +74,14 @@ def outbox_problem(directory: str) -> str | None:
         return None
     except OSError as exc:
         return f"{directory} cannot be examined: {exc.strerror or exc}"
-    if not stat.S_ISDIR(st.st_mode):
-        return f"{directory} is not a directory"
-    if st.st_uid != os.getuid():
-        return f"{directory} belongs to another user (uid {st.st_uid})"
-    if st.st_mode & 0o022:
-        return f"{directory} is writable by other users (mode {oct(stat.S_IMODE(st.st_mode))})"
-    return None
+    return ownership_problem(directory, st, directory=True)
+
+
+def shell_identity(
+    pid: int | None, pid_start_time: int | None, boot_id: str | None, host: str | None, pid_ns: str | None
+) -> dict[str, Any]:
+    """Who a session's shell is (`procinfo`), as a start record and the spool's sessions table keep it."""
+    return {"pid": pid, "pid_start_time": pid_start_time, "boot_id": boot_id, "host": host, "pid_ns": pid_ns}
 
 
 def _strip_secrets(value: Any) -> Any:
@@ -142,13 +144,7 @@ class Outbox:
 
         `pid` is the shell's, on `host` in PID namespace `pid_ns` (procinfo.identify()).
         """
-        shell = {
-            "pid": pid,
-            "pid_start_time": pid_start_time,
-            "boot_id": boot_id,
-            "host": host,
-            "pid_ns": pid_ns,
-        }
+        shell = shell_identity(pid, pid_start_time, boot_id, host, pid_ns)
         return self._write(handle, "start", destination, event, shell)
 
     def append_end(self, handle: str, destination: Destination | None, event: Mapping[str, Any]) -> bool:
@@ -180,8 +176,7 @@ class Outbox:
             except OSError as exc:
                 if exc.errno != errno.ENOENT:
                     raise SpoolError(f"outbox {directory} cannot be created: {exc.strerror or exc}") from exc
-                _make_parents(directory)
-                os.mkdir(directory, 0o700)
+                private_dir(directory)
             else:
                 os.chmod(directory, 0o700)  # whatever the umask says
             reason = outbox_problem(directory)
@@ -245,26 +240,11 @@ class Outbox:
             os.fdatasync(fd)
         finally:
             os.close(fd)
-        _sync_directory(directory)  # the file's name is as durable as its content
+        sync_directory(directory)  # the file's name is as durable as its content
         return True
 
 
-def _make_parents(directory: str) -> None:
-    """The missing directories above the outbox, each private (0700)."""
-    missing = []
-    parent = os.path.dirname(directory)
-    while not os.path.isdir(parent) and parent != os.path.dirname(parent):
-        missing.append(parent)
-        parent = os.path.dirname(parent)
-    for each in reversed(missing):
-        try:
-            os.mkdir(each, 0o700)
-        except FileExistsError:
-            continue
-        os.chmod(each, 0o700)
-
-
-def _sync_directory(directory: str) -> None:
+def sync_directory(directory: str) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)

@@ -126,40 +126,9 @@ def clip(text: str) -> str:
 
 
 def event_from_row(r: tuple[Any, ...], destination: Destination | None) -> SpooledEvent:
-    """A row of EVENT_COLUMNS as a SpooledEvent."""
-    (
-        row_id,
-        event_id,
-        kind,
-        handle,
-        key,
-        payload,
-        attempts,
-        last_error,
-        created,
-        next_at,
-        state,
-        category,
-        reason,
-        server_id,
-    ) = r
-    return SpooledEvent(
-        row_id=row_id,
-        event_id=event_id,
-        kind=kind,
-        handle=handle,
-        destination_key=key,
-        destination=destination,
-        payload=json.loads(payload),
-        attempts=attempts,
-        last_error=last_error,
-        created_at=created,
-        next_attempt_at=next_at,
-        state=state,
-        dead_category=category,
-        dead_reason=reason,
-        server_session_id=server_id,
-    )
+    """A row of EVENT_COLUMNS as a SpooledEvent: the columns in its fields' order, with the
+    destination after the key and the payload parsed."""
+    return SpooledEvent._make((*r[:5], destination, json.loads(r[5]), *r[6:]))
 
 
 def save_destination(conn: sqlite3.Connection, destination: Destination) -> None:

@@ -22,9 +22,9 @@ wakes a listening agent loads neither (each module costs a shell ~0.2 ms before 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from oneiric_session.common.lazy import lazy_exports
 from oneiric_session.wakeup.message import MAX_DATAGRAM_BYTES, Wakeup, decode_wakeup, encode_wakeup
 from oneiric_session.wakeup.paths import (
     agent_log_path,
@@ -82,8 +82,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'oneiric_session.wakeup' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_exports(__name__, _LAZY)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from oneiric_session.spool import Spool
-from oneiric_session.spool.intake import read_outbox
+from oneiric_session.spool.outbox_reader import read_outbox
 
 CLI = [sys.executable, "-m", "oneiric_session"]
 KILLING_AGENT = str(Path(__file__).with_name("killing_agent.py"))

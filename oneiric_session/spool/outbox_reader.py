@@ -1,0 +1,137 @@
+"""Reading the shells' outbox back: its records as the agent takes them in and as `status` and
+`spool list` show them (never a shell: a shell only writes, `spool/outbox.py`).
+
+A record is read only if it is a regular file of ours that nobody else can write, not bigger
+than a record can be, of this format, and its name and content agree; a file without its final
+newline is one still being written (`Unfinished`). Standard library only.
+"""
+
+import contextlib
+import functools
+import json
+import os
+import time
+from collections.abc import Collection
+from typing import Any, NamedTuple
+
+from oneiric_session.common.privacy import ownership_problem
+from oneiric_session.spool.outbox import FORMAT, MAX_RECORD_BYTES, outbox_dir, outbox_problem
+from oneiric_session.tracking.destination import Destination
+
+__all__ = [
+    "KINDS",
+    "STALE_UNFINISHED_SECONDS",
+    "UNREADABLE",
+    "OutboxRecord",
+    "Unfinished",
+    "load_record",
+    "outbox_waiting",
+    "read_outbox",
+    "record_names",
+]
+
+# A record without its final newline this old was left by a shell that died writing it, before
+# its start() or end() returned (a write takes about a millisecond): nothing was promised for it.
+STALE_UNFINISHED_SECONDS = 60.0
+KINDS = ("start", "end")
+# What reading a record that is not one of ours, or not a record, raises.
+UNREADABLE = (OSError, ValueError, KeyError, TypeError)
+
+
+class Unfinished(Exception):
+    """A record still being written (no final newline yet); `args[0]`: seconds since its last write."""
+
+
+class OutboxRecord(NamedTuple):
+    """One record a shell wrote to the outbox (`spool/outbox.py`), as read back."""
+
+    name: str
+    kind: str
+    handle: str
+    event_id: str
+    created_at: float
+    destination: Destination | None
+    payload: str
+    caps: tuple[int, int, float]
+    shell: dict[str, Any]
+
+
+def read_outbox(spool_path: str | os.PathLike[str], *, taken: Collection[str] = ()) -> list[OutboxRecord]:
+    """The readable records in the outbox of `spool_path` not in `taken`, oldest first; reads only."""
+    directory = outbox_dir(spool_path)
+    if outbox_problem(directory) is not None:
+        return []
+    records = []
+    for name in record_names(directory) or ():
+        if name in taken:
+            continue
+        with contextlib.suppress(Unfinished, *UNREADABLE):
+            records.append(load_record(directory, name))
+    records.sort(key=lambda r: (r.created_at, KINDS.index(r.kind)))
+    return records
+
+
+def outbox_waiting(spool_path: str | os.PathLike[str], taken: Collection[str]) -> dict[str, float]:
+    """The records waiting in the outbox, not read: name -> when it was written (its mtime)."""
+    directory = outbox_dir(spool_path)
+    if outbox_problem(directory) is not None:
+        return {}
+    waiting = {}
+    for name in record_names(directory) or ():
+        if name not in taken:
+            with contextlib.suppress(OSError):
+                waiting[name] = os.lstat(os.path.join(directory, name)).st_mtime
+    return waiting
+
+
+def record_names(directory: str) -> list[str] | None:
+    """The names of the records in `directory`, oldest name first (None if it does not exist)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return None
+    return sorted(name for name in names if name.endswith((".start", ".end")) and not name.startswith("."))
+
+
+def load_record(directory: str, name: str) -> OutboxRecord:
+    """One record, read only if it is ours and private; ValueError if it is not a record."""
+    fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        problem = ownership_problem(name, st)
+        if problem is not None:
+            raise ValueError(problem)
+        if st.st_size > MAX_RECORD_BYTES:
+            raise ValueError(f"{st.st_size} bytes, more than a record holds")
+        data = os.read(fd, MAX_RECORD_BYTES + 1)
+    finally:
+        os.close(fd)
+    if not data.endswith(b"\n"):
+        raise Unfinished(time.time() - st.st_mtime)
+    record = json.loads(data)
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise ValueError("not an outbox record of this version")
+    handle, kind = str(record["handle"]), str(record["kind"])
+    if kind not in KINDS or name != f"{handle}.{kind}":
+        raise ValueError("its name and its content disagree")
+    destination = record.get("destination")
+    if kind == "start" and destination is None:
+        raise ValueError("a start without a destination")
+    max_rows, max_bytes, max_age = record["caps"]
+    return OutboxRecord(
+        name=name,
+        kind=kind,
+        handle=handle,
+        event_id=str(record["event_id"]),
+        created_at=float(record["created_at"]),
+        destination=None if destination is None else _destination(str(destination)),
+        payload=str(record["payload"]),
+        caps=(int(max_rows), int(max_bytes), float(max_age)),
+        shell=dict(record.get("shell") or {}),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _destination(text: str) -> Destination:
+    """A record's destination (the shells of one configuration write the same text: parsed once)."""
+    return Destination.from_json(text)
