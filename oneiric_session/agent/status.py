@@ -24,7 +24,6 @@ from typing import Any, NamedTuple
 
 from oneiric_session.common.privacy import ownership_problem, write_private
 from oneiric_session.errors import SpoolError
-from oneiric_session.wakeup import agent_holds_lock
 
 __all__ = [
     "META_PID",
@@ -150,6 +149,8 @@ def delivery_status(
 ) -> dict[str, Any]:
     """The delivery section of `status`: flat, JSON-ready; `destination_key` picks whose breaker to show."""
     path = Path(spool_path)
+    from oneiric_session.wakeup import agent_holds_lock  # (the lock's module: `status` only, not a shell)
+
     running = agent_holds_lock(path)
     report: dict[str, Any] = {
         "spool_path": str(path),
