@@ -124,24 +124,17 @@ class ServerProcess:
         async def pump_stdout() -> None:
             assert process.stdout is not None
             async with read_writer:
-                buffer = b""
-                while True:
-                    try:
-                        chunk = await process.stdout.receive(_READ_CHUNK_BYTES)
-                    except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-                        return
-                    *lines, buffer = (buffer + chunk).split(b"\n")
-                    if len(buffer) > MAX_LINE_BYTES:
-                        self.failure = f"the server wrote a line longer than {MAX_LINE_BYTES} bytes"
-                        self.abort()
-                        return
-                    for line in lines:
+                try:
+                    async for line in _lines(process.stdout, limit=MAX_LINE_BYTES):
                         message = self._parse(line)
                         if message is not None:
                             try:
                                 await read_writer.send(message)
                             except (anyio.ClosedResourceError, anyio.BrokenResourceError):
                                 return
+                except _LineTooLong:
+                    self.failure = f"the server wrote a line longer than {MAX_LINE_BYTES} bytes"
+                    self.abort()
 
         async def write_stdin() -> None:
             assert process.stdin is not None
@@ -156,18 +149,10 @@ class ServerProcess:
 
         async def read_stderr() -> None:
             assert process.stderr is not None
-            buffer = b""
-            while True:
-                try:
-                    chunk = await process.stderr.receive(_READ_CHUNK_BYTES)
-                except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
-                    return
-                *lines, buffer = (buffer + chunk).split(b"\n")
-                buffer = buffer[-_READ_CHUNK_BYTES:]
-                for line in lines:
-                    text = sanitize_text(line.decode("utf-8", "replace"), _TAIL_LINE_CHARS).strip()
-                    if text:
-                        self._stderr.append(text)
+            async for line in _lines(process.stderr, limit=_READ_CHUNK_BYTES, trim=True):
+                text = sanitize_text(line.decode("utf-8", "replace"), _TAIL_LINE_CHARS).strip()
+                if text:
+                    self._stderr.append(text)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(read_stdout)
@@ -219,3 +204,25 @@ class ServerProcess:
             logger.warning("server process %d survived SIGKILL; abandoning it", process.pid)
         with anyio.move_on_after(REAP_SECONDS):
             await process.aclose()
+
+
+class _LineTooLong(Exception):
+    """The line being read went past its limit."""
+
+
+async def _lines(stream: Any, *, limit: int, trim: bool = False) -> AsyncIterator[bytes]:
+    """The lines of `stream` (without their newline) until it ends or fails. A line longer than
+    `limit` raises `_LineTooLong`, or with `trim` keeps only its last `limit` bytes."""
+    buffer = b""
+    while True:
+        try:
+            chunk = await stream.receive(_READ_CHUNK_BYTES)
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            return
+        *lines, buffer = (buffer + chunk).split(b"\n")
+        if len(buffer) > limit:
+            if not trim:
+                raise _LineTooLong
+            buffer = buffer[-limit:]
+        for line in lines:
+            yield line
