@@ -39,10 +39,12 @@ WORKER_TIMEOUT_SECONDS = 180.0
 CALL_TIMEOUT_SECONDS = 60.0
 BEYOND = (
     "The agent keeps up to agent.window calls in flight per destination on its one MCP session "
-    "(16 for the bundled server) and acknowledges answers in batches; an end still waits for its "
-    "start's answer. What bounds it then is the server's own cost per call (its fsync'd write and "
-    "the MCP SDK's per-call work on both sides); beyond that would take a batch tool on the "
-    "server (one call, many events), which the real Session-Buddy 0.23.0 does not offer."
+    "(16 for the bundled server), takes the shells' records in and acknowledges answers in "
+    "batches, and the bundled server commits concurrent calls together; an end still waits for "
+    "its start's answer. What bounds it on two cores is CPU and the disk: each event's record "
+    "is flushed by its shell (fdatasync and the directory's fsync) before start() returns, and "
+    "the MCP SDK's work per call costs the agent about 1 ms and the server about 0.65 ms. The "
+    "baseline gains from the same server: its calls are answered faster too."
 )
 
 # The real server's stdout noise is logged by the SDK as full tracebacks.

@@ -127,6 +127,12 @@ def test_a_restarted_http_server_is_reached_again_without_a_failure(fleet: Fleet
     assert holder.stdout is not None and holder.stdin is not None
     holder.stdout.readline()
     wait_until(lambda: [r for r in server.rows() if r["status"] == "open"], what="the start")
+
+    def acknowledged() -> bool:  # the answer reached the agent, not only the server's database
+        with scene.spool() as spool:
+            return any(s.server_session_id for s in spool.open_sessions())
+
+    wait_until(acknowledged, what="the start's answer acknowledged by the agent")
     agent_pid = scene.agent_pid()
 
     server.kill()

@@ -377,3 +377,32 @@ def test_a_termination_signal_ends_the_server_cleanly(tmp_path: Path, signum: in
         _, stderr = process.communicate()
     assert process.returncode == 0, stderr
     assert b"Traceback" not in stderr
+
+
+@pytest.mark.parametrize("stdin", ["devnull", "file"])
+def test_input_an_event_loop_cannot_watch_is_served_to_its_end(tmp_path: Path, stdin: str) -> None:
+    """/dev/null or a regular file as stdin (epoll refuses both): the server reads them to their end
+    and exits 0, as with a pipe; a request in the file is answered."""
+    source = tmp_path / "requests.jsonl"
+    request = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        },
+    }
+    source.write_text(json.dumps(request) + "\n")
+    with open(source if stdin == "file" else "/dev/null", "rb") as given:
+        done = subprocess.run(
+            [*SERVE, "--db", str(tmp_path / "s.sqlite3")],
+            stdin=given,
+            capture_output=True,
+            timeout=30,
+            env=isolated_env(tmp_path / "home"),
+        )
+    assert done.returncode == 0, done.stderr
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [a["id"] for a in answers] == ([1] if stdin == "file" else [])

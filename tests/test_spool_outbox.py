@@ -14,7 +14,9 @@ import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -240,3 +242,119 @@ def test_a_spool_moved_to_another_directory_keeps_its_own_outbox(tmp_path: Path)
     _start(Outbox(link / "spool.sqlite3", caps=CAPS), "local-l")
     assert (real / "spool.sqlite3.outbox" / "local-l.start").exists()
     shutil.rmtree(real)
+
+
+def _rewrite(record: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    data = json.loads(record.read_text())
+    change(data)
+    record.write_text(json.dumps(data) + "\n")
+    os.chmod(record, 0o600)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda r: r.update(destination="[1]"),  # JSON, not a destination
+        lambda r: r.update(payload="not json"),
+        lambda r: r["shell"].update(pid={"a": 1}),  # a type SQLite cannot store
+    ],
+    ids=["destination", "payload", "shell"],
+)
+def test_a_damaged_record_is_left_alone_and_the_others_are_taken_in(
+    tmp_path: Path, damage: Callable[[dict[str, Any]], None], caplog: pytest.LogCaptureFixture
+) -> None:
+    spool_path = tmp_path / "spool.sqlite3"
+    outbox = Outbox(spool_path, caps=CAPS)
+    _start(outbox, "local-bad")
+    _start(outbox, "local-good")
+    bad = Path(outbox_dir(spool_path)) / "local-bad.start"
+    _rewrite(bad, damage)
+    with Spool(spool_path) as spool:
+        assert spool.take_in() == 1
+        assert [s.handle for s in spool.open_sessions()] == ["local-good"]
+        assert spool.take_in() == 0  # and no error at the next look either
+    assert bad.exists() and "local-bad.start left where it is" in caplog.text
+
+
+def test_an_end_stamped_before_its_start_follows_it_all_the_same(tmp_path: Path) -> None:
+    """The wall clock stepped back between a short session's start and end, both taken in at once."""
+    spool_path = tmp_path / "spool.sqlite3"
+    outbox = Outbox(spool_path, caps=CAPS)
+    _start(outbox, "local-s")
+    _end(outbox, "local-s")
+    end = Path(outbox_dir(spool_path)) / "local-s.end"
+    _rewrite(end, lambda r: r.update(created_at=r["created_at"] - 3600))
+    with Spool(spool_path) as spool:
+        assert spool.take_in() == 2
+        assert [r.kind for r in spool.list_pending()] == ["start", "end"]
+        assert spool.stats().drops == {}  # not a "no_start" end
+
+
+def test_an_unfinished_record_its_shell_still_holds_is_never_deleted(tmp_path: Path) -> None:
+    """A shell stopped while it writes (SIGSTOP, a frozen VM) holds its record's lock: however old
+    the record gets, the agent leaves it; once the shell is gone it goes."""
+    spool_path = tmp_path / "spool.sqlite3"
+    Outbox(spool_path, caps=CAPS).writable()
+    record = Path(outbox_dir(spool_path)) / "local-stopped.start"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys; fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600); "
+            "os.lockf(fd, os.F_LOCK, 0); print('locked', flush=True); sys.stdin.read()",
+            str(record),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        old = time.time() - STALE_UNFINISHED_SECONDS - 1
+        os.utime(record, (old, old))
+        with Spool(spool_path) as spool:
+            assert spool.take_in() == 0 and record.exists()
+            holder.communicate("", timeout=WAIT_SECONDS)  # the shell goes away
+            assert spool.take_in() == 0 and not record.exists()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+
+
+def test_a_dead_shell_whose_end_never_reads_gets_its_abnormal_end(tmp_path: Path) -> None:
+    """An end record that is not a record (not ours, damaged) keeps no session open forever."""
+    spool_path = tmp_path / "spool.sqlite3"
+    outbox = Outbox(spool_path, caps=CAPS)
+    probe = [sys.executable, "-c", "import os; print(os.getpid())"]
+    dead_pid = int(subprocess.run(probe, capture_output=True, text=True, check=True).stdout)
+    _start(outbox, "local-gone", pid=dead_pid)
+    with Spool(spool_path) as spool:
+        assert spool.take_in() == 1
+        assert _end(outbox, "local-gone")
+        _rewrite(Path(outbox_dir(spool_path)) / "local-gone.end", lambda r: r.update(format=99))
+        watch = SessionWatch(spool, wall=time.time, on_end=lambda: None)
+        assert watch.check() == []
+        (_, end) = spool.list_pending()
+        assert end.payload["metadata"]["exit_reason"] == "abnormal"
+
+
+def test_a_new_agent_replaces_a_dead_agents_published_view(scene: Scene) -> None:
+    """The file a killed agent left says its destination failed: the next agent starts from nothing,
+    so shells leaving do not report events waiting for a server that answers."""
+    from oneiric_session.agent.status import DestinationStatus, read_destinations
+
+    key = DESTINATION.key
+    stale = DestinationStatus(
+        target="srv", last_error="connection refused", consecutive_failures=3, waiting=7
+    )
+    scene.run_shell(1)  # an agent made the spool and delivered; its view is healthy
+    scene.stop_agents()
+    publish_destinations(scene.spool_path, {key: stale}, None)  # as an agent killed while failing left it
+    assert failing_destination(scene.spool_path, key)[1] == "connection refused"
+    agent = scene.agent()
+    try:
+        wait_until(lambda: key not in read_destinations(scene.spool_path), what="the view published afresh")
+        assert failing_destination(scene.spool_path, key) == (0, None)
+    finally:
+        scene.stop_agents()
+        agent.wait(WAIT_SECONDS)

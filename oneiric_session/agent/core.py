@@ -218,6 +218,7 @@ class DeliveryAgent:
         """Deliver until idle for `idle_exit_seconds` (or stop()). The caller holds `lock`."""
         doorbell = Doorbell(self.spool, lock, listener, self._changed.set)
         doorbell.open()
+        self._destinations.publish()  # nothing known yet: a dead agent's view is not this one's
         self.update_tokens(self._credentials.initial_tokens)
         idle_since: float | None = None
         try:

@@ -46,7 +46,13 @@ class GroupCommit:
         self._queue.append((work, done))
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_all(), name="group-commit")
+            self._committer.add_done_callback(self._ended)
         return await done
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        """A committer cancelled before it ran never reached its `finally`: the next write starts one."""
+        if self._committer is task:
+            self._committer = None
 
     async def _commit_all(self) -> None:
         try:
@@ -70,4 +76,5 @@ class GroupCommit:
                     else:
                         done.set_exception(value)
         finally:
+            # In the same step as the last look at the queue: a write queued after it starts a new one.
             self._committer = None

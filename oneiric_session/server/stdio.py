@@ -39,14 +39,15 @@ def serve_stdio(server: Any) -> None:
 
 
 def _pollable(fd: int) -> bool:
-    """Whether an event loop can watch `fd` (a pipe, a socket or a terminal; not a regular file)."""
+    """Whether an event loop can watch `fd`: a pipe, a socket or a terminal (not a regular file, nor
+    a device such as /dev/null, which epoll refuses)."""
     import stat
 
     try:
         mode = os.fstat(fd).st_mode
     except OSError:
         return False
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or os.isatty(fd)
 
 
 @contextlib.contextmanager
@@ -54,6 +55,9 @@ def _wire() -> Iterator[tuple[int, int]]:
     """The wire's two descriptors, copied; fd 0 reads /dev/null and fd 1 writes to stderr meanwhile."""
     wire_in, wire_out = os.dup(0), os.dup(1)
     saved_in, saved_out = os.dup(0), os.dup(1)
+    # The event loop makes the pipes non-blocking, and that flag belongs to the open file itself,
+    # which fd 0 and fd 1 (and whoever started us) share: it is put back as it was.
+    blocking = os.get_blocking(saved_in), os.get_blocking(saved_out)
     null = os.open(os.devnull, os.O_RDONLY)
     try:
         os.dup2(null, 0)
@@ -62,6 +66,9 @@ def _wire() -> Iterator[tuple[int, int]]:
     finally:
         os.dup2(saved_in, 0)
         os.dup2(saved_out, 1)
+        for fd, was in zip((0, 1), blocking, strict=True):
+            with contextlib.suppress(OSError):
+                os.set_blocking(fd, was)
         for fd in (null, saved_in, saved_out):
             os.close(fd)
 

@@ -37,6 +37,7 @@ from oneiric_session.spool.outbox_reader import (
     UNREADABLE,
     OutboxRecord,
     Unfinished,
+    abandoned,
     load_record,
     outbox_waiting,
     read_outbox,
@@ -53,6 +54,7 @@ from oneiric_session.spool.records import (
     clip,
     save_destination,
 )
+from oneiric_session.spool.recovery import is_corruption, is_lost_wal
 from oneiric_session.spool.retention import count_drop, enforce
 from oneiric_session.tracking.destination import Destination
 
@@ -121,7 +123,7 @@ class Intake(SpoolConnection):
         for many records at once (see the module doc).
         """
         directory = self._outbox()
-        names = record_names(directory)
+        names = _names(directory)
         if names is None:
             return 0
         present = set(names)
@@ -133,35 +135,73 @@ class Intake(SpoolConnection):
         ]
         if not records and not known - present:
             return 0
-        # Oldest first, a start before its end: the order the shells' own appends had.
-        records.sort(key=lambda r: (r.created_at, KINDS.index(r.kind)))
+        # Oldest first, as the shells' own appends once were; a session's end never before its
+        # start, whatever the wall clock did between the two.
+        starts = {r.handle: r.created_at for r in records if r.kind == "start"}
+
+        def when(record: OutboxRecord) -> tuple[float, int]:
+            at = max(record.created_at, starts.get(record.handle, record.created_at))
+            return at, KINDS.index(record.kind)
+
+        records.sort(key=when)
 
         def write(conn: sqlite3.Connection) -> int:
             known = {row[0] for row in conn.execute("SELECT name FROM taken")}  # again, under the lock
             conn.executemany("DELETE FROM taken WHERE name = ?", [(name,) for name in known - present])
-            fresh = [r for r in records if r.name not in known]
-            for record in fresh:
-                _take(conn, record)
-                conn.execute("INSERT INTO taken (name) VALUES (?)", (record.name,))
-            return len(fresh)
+            taken = 0
+            for record in records:
+                if record.name not in known and self._take_alone(conn, record):
+                    conn.execute("INSERT INTO taken (name) VALUES (?)", (record.name,))
+                    taken += 1
+            return taken
 
         return self._write(write)
 
     def release_taken(self) -> int:
         """Flush the spool to disk, then delete the outbox files of the records it holds; how many."""
         directory = self._outbox()
-        names = record_names(directory) or []
-        taken = self._taken_names().intersection(names)
-        if not taken:
+        present = set(_names(directory) or ())
+        if not present:
             return 0
-        # A write committed with an fsync: every commit before it (the records taken in) is on disk.
-        self.meta_set(_META_RELEASED, repr(self._clock()), sync=True)
+
+        def write(conn: sqlite3.Connection) -> list[str]:
+            # Read with the write, in it: after a corrupt spool was replaced, the fresh one holds none.
+            taken = [row[0] for row in conn.execute("SELECT name FROM taken") if row[0] in present]
+            if taken:  # a write committed with an fsync: every commit before it is on disk
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (_META_RELEASED, repr(self._clock())),
+                )
+            return taken
+
+        taken = self._write(write, sync=True)
         for name in taken:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(os.path.join(directory, name))
-        with contextlib.suppress(OSError):
-            sync_directory(directory)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise SpoolError(f"outbox {directory}: {exc.strerror or exc}") from exc
+        if taken:
+            with contextlib.suppress(OSError):
+                sync_directory(directory)
         return len(taken)
+
+    def _take_alone(self, conn: sqlite3.Connection, record: OutboxRecord) -> bool:
+        """`_take` in its own savepoint: a record the database refuses is left out (and said once)."""
+        conn.execute("SAVEPOINT record")
+        try:
+            _take(conn, record)
+        except sqlite3.Error as exc:
+            if is_corruption(exc) or is_lost_wal(exc):
+                raise  # the spool's own trouble: recovery, not this record's
+            conn.execute("ROLLBACK TO record")
+            conn.execute("RELEASE record")
+            self._report(record.name, f"the spool refused it: {exc}")
+            return False
+        conn.execute("RELEASE record")
+        return True
 
     def _outbox(self) -> str:
         """The outbox directory; SpoolError when another user could have written it."""
@@ -172,8 +212,17 @@ class Intake(SpoolConnection):
         return directory
 
     def outbox_has(self, handle: str, kind: str) -> bool:
-        """Whether the outbox holds this session's record of `kind` ("start" or "end"), not taken in yet."""
-        return os.path.lexists(os.path.join(outbox_dir(self.path), f"{handle}.{kind}"))
+        """Whether the outbox holds this session's record of `kind` ("start" or "end") to take in:
+        a record that reads, or one its shell is still writing (not one that never will be)."""
+        directory = outbox_dir(self.path)
+        name = f"{handle}.{kind}"
+        try:
+            load_record(directory, name)
+        except Unfinished as unfinished:
+            return bool(unfinished.args[0] < STALE_UNFINISHED_SECONDS)
+        except UNREADABLE:
+            return False
+        return True
 
     def outbox_records(self) -> list[OutboxRecord]:
         """The records waiting in the outbox that are not taken in yet (for `status` and `spool list`)."""
@@ -239,7 +288,7 @@ class Intake(SpoolConnection):
         try:
             return load_record(directory, name)
         except Unfinished as unfinished:
-            if unfinished.args[0] >= STALE_UNFINISHED_SECONDS:
+            if unfinished.args[0] >= STALE_UNFINISHED_SECONDS and abandoned(path):
                 logger.warning(
                     "outbox record %s was never finished (its shell died writing it): deleted", path
                 )
@@ -247,15 +296,26 @@ class Intake(SpoolConnection):
                     os.unlink(path)
             return None
         except UNREADABLE as exc:
-            problem = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-            if name not in _reported:
-                _reported.add(name)
-                logger.warning("outbox record %s left where it is: %s", path, problem)
+            self._report(name, exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc))
             return None
+
+    def _report(self, name: str, problem: str) -> None:
+        where = os.path.join(outbox_dir(self.path), name)
+        if where not in _reported:
+            _reported.add(where)
+            logger.warning("outbox record %s left where it is: %s", where, problem)
 
 
 # Records already named in the log as unreadable (once each per process).
 _reported: set[str] = set()
+
+
+def _names(directory: str) -> list[str] | None:
+    """`record_names`, its failure a SpoolError (the agent says it once and looks again later)."""
+    try:
+        return record_names(directory)
+    except OSError as exc:
+        raise SpoolError(f"outbox {directory} cannot be read: {exc.strerror or exc}") from exc
 
 
 def _take(conn: sqlite3.Connection, record: OutboxRecord) -> None:

@@ -25,7 +25,7 @@ Standard library only, and nothing more than a shell needs: this is all a shell 
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import json
 import os
 import time
@@ -170,15 +170,9 @@ class Outbox:
         directory = self.directory
         if reason is None:
             try:
-                os.mkdir(directory, 0o700)
-            except FileExistsError:
-                pass
+                _make_private_dir(directory)
             except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    raise SpoolError(f"outbox {directory} cannot be created: {exc.strerror or exc}") from exc
-                private_dir(directory)
-            else:
-                os.chmod(directory, 0o700)  # whatever the umask says
+                raise SpoolError(f"outbox {directory} cannot be created: {exc.strerror or exc}") from exc
             reason = outbox_problem(directory)
         if reason is not None:
             raise UnsafeSpoolError(
@@ -229,19 +223,38 @@ class Outbox:
         if self._checked is None:
             self._checked = self._check()
         directory = self._checked
+        path = os.path.join(directory, f"{handle}.{kind}")
         try:
-            fd = os.open(os.path.join(directory, f"{handle}.{kind}"), _CREATE, 0o600)
+            fd = os.open(path, _CREATE, 0o600)
         except FileExistsError:
             return False  # written already (a second end of one session)
         try:
+            # Held while writing: the agent deletes an unfinished record only once nobody holds it.
+            os.lockf(fd, os.F_LOCK, 0)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
             os.fdatasync(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # no half record left behind: a later try may write it whole
+            raise
         finally:
             os.close(fd)
         sync_directory(directory)  # the file's name is as durable as its content
         return True
+
+
+def _make_private_dir(directory: str) -> None:
+    """`directory` (0700 whatever the umask), and its missing parents; nothing if it exists."""
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        return
+    except FileNotFoundError:
+        private_dir(directory)
+        return
+    os.chmod(directory, 0o700)
 
 
 def sync_directory(directory: str) -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "UNREADABLE",
     "OutboxRecord",
     "Unfinished",
+    "abandoned",
     "load_record",
     "outbox_waiting",
     "read_outbox",
@@ -34,8 +35,10 @@ __all__ = [
 # its start() or end() returned (a write takes about a millisecond): nothing was promised for it.
 STALE_UNFINISHED_SECONDS = 60.0
 KINDS = ("start", "end")
+# A start record's shell identity (`outbox.shell_identity`), each field of its type or None.
+_SHELL_FIELDS = {"pid": int, "pid_start_time": int, "boot_id": str, "host": str, "pid_ns": str}
 # What reading a record that is not one of ours, or not a record, raises.
-UNREADABLE = (OSError, ValueError, KeyError, TypeError)
+UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError)
 
 
 class Unfinished(Exception):
@@ -117,6 +120,16 @@ def load_record(directory: str, name: str) -> OutboxRecord:
     destination = record.get("destination")
     if kind == "start" and destination is None:
         raise ValueError("a start without a destination")
+    if destination is not None and not isinstance(destination, str):
+        raise ValueError("its destination is not a destination")
+    payload = record["payload"]
+    if not isinstance(payload, str) or not isinstance(json.loads(payload), dict):
+        raise ValueError("its event is not an event")
+    shell = record.get("shell") or {}
+    if not isinstance(shell, dict) or not all(
+        isinstance(shell.get(k), t | None) for k, t in _SHELL_FIELDS.items()
+    ):
+        raise ValueError("its shell's identity is not one")
     max_rows, max_bytes, max_age = record["caps"]
     return OutboxRecord(
         name=name,
@@ -125,9 +138,9 @@ def load_record(directory: str, name: str) -> OutboxRecord:
         event_id=str(record["event_id"]),
         created_at=float(record["created_at"]),
         destination=None if destination is None else _destination(str(destination)),
-        payload=str(record["payload"]),
+        payload=payload,
         caps=(int(max_rows), int(max_bytes), float(max_age)),
-        shell=dict(record.get("shell") or {}),
+        shell={k: shell.get(k) for k in _SHELL_FIELDS},
     )
 
 
@@ -135,3 +148,19 @@ def load_record(directory: str, name: str) -> OutboxRecord:
 def _destination(text: str) -> Destination:
     """A record's destination (the shells of one configuration write the same text: parsed once)."""
     return Destination.from_json(text)
+
+
+def abandoned(path: str) -> bool:
+    """Whether the unfinished record at `path` is no longer being written: its shell holds a lock on
+    it while it writes (`outbox`), so a lock taken here means that shell is gone."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        os.lockf(fd, os.F_TLOCK, 0)
+    except OSError:
+        return False  # locked: its shell is still writing it (stopped, perhaps)
+    finally:
+        os.close(fd)
+    return True
