@@ -42,10 +42,12 @@ class CountingStore:
     def __init__(self, path: Path) -> None:
         self.store = SessionStore(path)
         self.batches: list[int] = []
+        self.entered = threading.Event()
         self.release = threading.Event()
 
     def commit(self, works: Sequence[Callable[[Any], Any]]) -> list[tuple[bool, Any]]:
         self.batches.append(len(works))
+        self.entered.set()
         if len(self.batches) == 1:
             assert self.release.wait(10)
         return self.store.commit(works)
@@ -60,12 +62,12 @@ async def test_writes_queued_during_a_commit_share_the_next_one(tmp_path: Path) 
     counting = CountingStore(tmp_path / "sessions.sqlite3")
     commits = GroupCommit(counting.commit)
     first = asyncio.create_task(commits.run(counting.store.start_work(_session(0))))
-    while not counting.batches:
-        await asyncio.sleep(0.01)
+    assert await asyncio.to_thread(counting.entered.wait, 10)
     works: list[Callable[[Any], Any]] = [counting.store.start_work(_session(n)) for n in range(1, WRITERS)]
     works[6] = _refused
     others = [asyncio.create_task(commits.run(work)) for work in works]
-    await asyncio.sleep(0.05)  # every task has queued its write behind the first commit
+    while len(commits._queue) < WRITERS - 1:  # every task queues its write behind the first commit
+        await asyncio.sleep(0)
     counting.release.set()
     results = await asyncio.gather(first, *others, return_exceptions=True)
 
