@@ -102,12 +102,13 @@ def publish_destinations(
 
 def read_destinations(spool_path: str | os.PathLike[str]) -> dict[str, DestinationStatus]:
     """The agent's last published view of its destinations, by destination key ({} if none)."""
+    path = status_path(spool_path)
     try:
-        fd = os.open(status_path(spool_path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return {}
     try:
-        if ownership_problem(status_path(spool_path), os.fstat(fd)) is not None:
+        if ownership_problem(path, os.fstat(fd)) is not None:
             return {}
         value = json.loads(os.read(fd, _MAX_STATUS_BYTES))
     except (OSError, ValueError):
@@ -136,9 +137,10 @@ def failing_destination(spool_path: str | os.PathLike[str], key: str) -> tuple[i
     if status.last_error is None:
         return 0, None
     from oneiric_session.spool.outbox import outbox_dir
+    from oneiric_session.spool.outbox_reader import record_names
 
     try:
-        written = sum(1 for name in os.listdir(outbox_dir(spool_path)) if name.endswith((".start", ".end")))
+        written = len(record_names(outbox_dir(spool_path)) or ())
     except OSError:
         written = 0
     return status.waiting + written, status.last_error

@@ -35,6 +35,7 @@ __all__ = [
 # its start() or end() returned (a write takes about a millisecond): nothing was promised for it.
 STALE_UNFINISHED_SECONDS = 60.0
 KINDS = ("start", "end")
+_SUFFIXES = tuple(f".{kind}" for kind in KINDS)  # a record's name: <handle>.<kind>
 # A start record's shell identity (`outbox.shell_identity`), each field of its type or None.
 _SHELL_FIELDS = {"pid": int, "pid_start_time": int, "boot_id": str, "host": str, "pid_ns": str}
 # What reading a record that is not one of ours, or not a record, raises.
@@ -93,7 +94,7 @@ def record_names(directory: str) -> list[str] | None:
         names = os.listdir(directory)
     except FileNotFoundError:
         return None
-    return sorted(name for name in names if name.endswith((".start", ".end")) and not name.startswith("."))
+    return sorted(name for name in names if name.endswith(_SUFFIXES) and not name.startswith("."))
 
 
 def load_record(directory: str, name: str) -> OutboxRecord:
