@@ -60,6 +60,15 @@ def open_private(path: str | os.PathLike[str], flags: int, *, mode: int = 0o600)
 def private_dir(path: str | os.PathLike[str]) -> Path:
     """`path` and its missing parents created; the last one (ours) made 0700 whatever the umask."""
     directory = Path(path)
+    try:  # the common case first, one call: only the last one is missing, or none is
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        return directory
+    except FileNotFoundError:
+        pass  # missing parents too
+    else:
+        os.chmod(directory, 0o700)
+        return directory
     missing = []
     parent = directory
     while not parent.is_dir() and parent != parent.parent:

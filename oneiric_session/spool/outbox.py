@@ -170,7 +170,7 @@ class Outbox:
         directory = self.directory
         if reason is None:
             try:
-                _make_private_dir(directory)
+                private_dir(directory)
             except OSError as exc:
                 raise SpoolError(f"outbox {directory} cannot be created: {exc.strerror or exc}") from exc
             reason = outbox_problem(directory)
@@ -243,18 +243,6 @@ class Outbox:
             os.close(fd)
         sync_directory(directory)  # the file's name is as durable as its content
         return True
-
-
-def _make_private_dir(directory: str) -> None:
-    """`directory` (0700 whatever the umask), and its missing parents; nothing if it exists."""
-    try:
-        os.mkdir(directory, 0o700)
-    except FileExistsError:
-        return
-    except FileNotFoundError:
-        private_dir(directory)
-        return
-    os.chmod(directory, 0o700)
 
 
 def sync_directory(directory: str) -> None:
