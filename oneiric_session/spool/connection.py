@@ -138,8 +138,8 @@ class SpoolConnection:
         row = self._read(lambda conn: conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone())
         return None if row is None else row[0]
 
-    def meta_set(self, key: str, value: str | None, *, sync: bool = False) -> None:
-        """Store a small value (None deletes it), e.g. the agent's pid; `sync`: see `_write`."""
+    def meta_set(self, key: str, value: str | None) -> None:
+        """Store a small value (None deletes it), e.g. the agent's pid."""
 
         def write(conn: sqlite3.Connection) -> None:
             if value is None:
@@ -151,7 +151,7 @@ class SpoolConnection:
                     (key, value),
                 )
 
-        self._write(write, sync=sync)
+        self._write(write)
 
     # ----------------------------------------------------------------- internals: connection
 
