@@ -384,17 +384,7 @@ def test_input_an_event_loop_cannot_watch_is_served_to_its_end(tmp_path: Path, s
     """/dev/null or a regular file as stdin (epoll refuses both): the server reads them to their end
     and exits 0, as with a pipe; a request in the file is answered."""
     source = tmp_path / "requests.jsonl"
-    request = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "t", "version": "1"},
-        },
-    }
-    source.write_text(json.dumps(request) + "\n")
+    source.write_text(json.dumps(INITIALIZE) + "\n")
     with open(source if stdin == "file" else "/dev/null", "rb") as given:
         done = subprocess.run(
             [*SERVE, "--db", str(tmp_path / "s.sqlite3")],
