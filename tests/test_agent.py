@@ -7,7 +7,6 @@ import datetime as dt
 import itertools
 import re
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,24 +21,17 @@ def _log(scene: Scene) -> Path:
     return wakeup.agent_log_path(scene.spool_path)
 
 
-def _start_agent(scene: Scene, kill_after: str | None = None) -> subprocess.Popen[str]:
-    """An agent started by hand that holds the lock and listens before this returns."""
-    agent = scene.agent("--log-file", str(_log(scene)), kill_after=kill_after)
-    wait_until(lambda: scene.agent_pid() == agent.pid, what="the agent to take the spool")
-    return agent
-
-
 @pytest.mark.parametrize("kind", ["start", "end"])
 def test_agent_killed_between_answer_and_removal_duplicates_nothing(scene: Scene, kind: str) -> None:
     """SIGKILL right after the server answered, before the spool forgot the row: resent, not doubled."""
-    agent = _start_agent(scene, kill_after=kind)
+    agent = scene.start_agent(kill_after=kind)
     scene.run_shell(1)
     assert agent.wait(timeout=WAIT_SECONDS) == -signal.SIGKILL
     assert scene.depth() == (2 if kind == "start" else 1)  # the answered row is still there
     (session,) = scene.sessions()
     assert session["status"] == ("open" if kind == "start" else "ended")
 
-    _start_agent(scene)
+    scene.start_agent()
     wait_until(lambda: scene.depth() == 0, what="the spool to drain")
     (session,) = scene.sessions()
     assert session["status"] == "ended"
@@ -100,7 +92,7 @@ def test_writers_and_racing_agents_lose_and_duplicate_nothing(scene: Scene) -> N
 
 def test_an_idle_agent_exits_and_a_second_one_exits_at_once(scene: Scene) -> None:
     """Nothing to do: the agent leaves after idle_exit_seconds, unbinding its socket and clearing its pid."""
-    agent = _start_agent(scene)
+    agent = scene.start_agent()
     second = scene.agent()
     assert second.wait(timeout=WAIT_SECONDS) == 0
     assert agent.poll() is None

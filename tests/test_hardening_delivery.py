@@ -43,12 +43,6 @@ def _log(scene: Scene) -> Path:
     return wakeup.agent_log_path(scene.spool_path)
 
 
-def _start_agent(scene: Scene, *args: str) -> subprocess.Popen[str]:
-    agent = scene.agent("--log-file", str(_log(scene)), *args)
-    wait_until(lambda: scene.agent_pid() == agent.pid, what="the agent to take the spool")
-    return agent
-
-
 def _start_event(component: str = "demo", **kwargs: Any) -> dict[str, Any]:
     return events.build_start_event(
         component_name=component, shell_type="HardeningShell", metadata=None, limits=Limits(), **kwargs
@@ -90,7 +84,7 @@ def test_an_agent_with_rows_not_yet_due_sleeps(scene: Scene) -> None:
         )
         (row,) = spool.list_pending()
         spool.record_failure(row, "server unreachable", time.time() + 600)
-    agent = _start_agent(scene)
+    agent = scene.start_agent()
     cpu, queued = _schedstat(agent.pid)
     began = time.monotonic()
     time.sleep(3.0)  # sleep-ok: the CPU a real process uses over wall time is what is measured
@@ -338,7 +332,7 @@ def test_a_shell_the_agent_cannot_see_is_not_ended_as_abnormal(scene: Scene, whe
     from tests.support.delivery import SHELL
 
     # The host's agent, up before the shell and staying (one spawned in the namespace would die with it).
-    agent = _start_agent(scene, "--idle-exit-seconds", "600")
+    agent = scene.start_agent("--idle-exit-seconds", "600")
     shell = subprocess.Popen(
         [*_ELSEWHERE[where], sys.executable, "-c", SHELL, "1", "hold", "contained"],
         env=scene.env,
@@ -390,7 +384,7 @@ def test_a_session_of_another_host_is_left_alone(scene: Scene) -> None:
         # Its start already reached the server, from the other host's agent: nothing to deliver here.
         (row,) = spool.next_batch()
         spool.ack_start(row, "srv-far")
-    agent = _start_agent(scene)
+    agent = scene.start_agent()
     time.sleep(3.0)  # sleep-ok: the agent watches open sessions every second
     assert agent.poll() is None
     with scene.spool() as spool:
@@ -438,7 +432,7 @@ def test_another_hosts_session_is_ended_only_when_stale(tmp_path: Path) -> None:
     outcome="each notices the files are not the ones on disk, joins again, merges: all 7 sessions arrive",
 )
 def test_the_wal_deleted_under_a_running_agent_loses_nothing(scene: Scene, deleted: tuple[str, ...]) -> None:
-    _start_agent(scene)
+    scene.start_agent()
     held = scene.shell(1, hold=True, component="held")  # its session keeps the agent; it holds the spool
     assert held.stdout is not None and held.stdin is not None
     assert held.stdout.readline().strip().startswith("local-")

@@ -159,8 +159,7 @@ def test_an_agent_killed_after_the_answer_over_http_duplicates_nothing(
     server.start()
     scene = fleet.host("h")
     log = wakeup.agent_log_path(scene.spool_path)
-    agent = scene.agent("--log-file", str(log), kill_after="start")
-    wait_until(lambda: scene.agent_pid() == agent.pid, what="the agent to take the spool")
+    agent = scene.start_agent(kill_after="start")
     scene.run_shell(1)
     assert agent.wait(timeout=WAIT_SECONDS) == -signal.SIGKILL
     assert scene.depth() == 2  # the answered start is still spooled

@@ -75,3 +75,58 @@ def test_concurrent_writers_and_a_deliverer_lose_and_duplicate_nothing(tmp_path:
     assert len(delivered) == len(expected)
     assert set(delivered) == expected
     assert (final.rows, final.depth, final.dead, final.open_sessions, final.drops) == (0, 0, 0, 0, {})
+
+
+# Each process opens spool number i of ROUNDS at the same moment as the others (time.monotonic is
+# one clock for all processes on Linux): the writers as the agent, `spool replay` and a second
+# agent would; the readers as `status` would, once the file is there.
+ROUNDS = 25
+OPENER = """
+import os, sys, time
+from pathlib import Path
+from oneiric_session.errors import SpoolError
+from oneiric_session.spool import Spool
+
+root, role, start, rounds = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+failures = []
+for i in range(rounds):
+    path = root / str(i) / "spool.sqlite3"
+    time.sleep(max(0.0, start + i * 0.08 - time.monotonic()))
+    if role == "reader":
+        while not path.exists():
+            time.sleep(0.0005)
+    spool = Spool(path, read_only=role == "reader", durable=role != "agent")
+    try:
+        spool.meta_set("opened-by", str(os.getpid())) if role != "reader" else spool.stats()
+    except SpoolError as exc:
+        failures.append(f"{role} {i}: {exc}")
+    finally:
+        spool.close()
+print("\\n".join(failures))
+"""
+
+
+def test_processes_opening_a_new_spool_together_all_get_it(tmp_path: Path) -> None:
+    """A new spool is made WAL by its first opener; others opening it at that moment wait, not fail
+    (SQLite does not wait on the lock that switches a file's journal mode: it fails at once)."""
+    start = time.monotonic() + 1.0  # every process has imported by then
+    roles = ["agent", "agent", "writer", "reader", "reader"]
+    openers = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPENER, str(tmp_path), role, repr(start), str(ROUNDS)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for role in roles
+    ]
+    failures = []
+    for opener in openers:
+        out, err = opener.communicate(timeout=60)
+        assert opener.returncode == 0, err
+        failures += [line for line in out.splitlines() if line]
+    assert failures == []
+    for i in range(ROUNDS):
+        with Spool(tmp_path / str(i) / "spool.sqlite3", read_only=True) as spool:
+            assert spool.meta_get("opened-by") is not None
+            assert not list((tmp_path / str(i)).glob("*.corrupt-*"))  # nothing was taken for damage

@@ -28,16 +28,20 @@ from typing import Self, TypeVar
 from oneiric_session.common.privacy import foreign_reason
 from oneiric_session.errors import SpoolError, UnsafeSpoolError
 from oneiric_session.spool.opening import (
+    check_header,
     connect,
     create_file,
-    existing_file,
+    is_wal_database,
+    make_parent,
     prepare_read_only,
     prepare_writable,
+    read_header,
     wal_pages_for,
 )
 from oneiric_session.spool.recovery import (
     FileId,
     SideIds,
+    files_lock,
     is_corruption,
     is_lost_wal,
     move_aside,
@@ -187,7 +191,7 @@ class SpoolConnection:
                 if self._read_only:
                     raise SpoolError(
                         f"{self.path} is not a usable spool ({exc}); left untouched (only the agent "
-                        "or the agent moves such a file aside)"
+                        "or `spool replay` moves such a file aside)"
                     ) from exc
                 failure: BaseException = exc
             except OSError as exc:
@@ -227,8 +231,20 @@ class SpoolConnection:
             )
         if self._read_only:
             return self._read_only_connection()
+        try:
+            file_id, header = read_header(self.path)
+        except OSError:  # none yet (or none can be: making it says why)
+            file_id, header = None, b""
+        if is_wal_database(header):
+            return self._writable_connection(file_id)
+        # A new file becomes a WAL spool in one process at a time; the others wait for it.
+        make_parent(self.path)
+        with files_lock(self.path):
+            return self._writable_connection(create_file(self.path))
+
+    def _writable_connection(self, file_id: FileId | None) -> sqlite3.Connection:
         # The file this connection is about: recovery moves it aside only if it is still in place.
-        self._file_id = create_file(self.path)
+        self._file_id = file_id
         conn = connect(self.path, self._busy_timeout_seconds)
         try:
             prepare_writable(
@@ -270,7 +286,17 @@ class SpoolConnection:
 
     def _read_only_connection(self) -> sqlite3.Connection:
         """A connection that changes nothing: the file must already be a spool of this schema."""
-        self._file_id = existing_file(self.path)
+        _, header = read_header(self.path)
+        if is_wal_database(header):
+            with contextlib.suppress(NeedsFreshSpool):
+                return self._read_only_attempt()
+        # Not (yet) a spool: its first opener may be making it one. Wait for that, then look again.
+        with files_lock(self.path):
+            return self._read_only_attempt()
+
+    def _read_only_attempt(self) -> sqlite3.Connection:
+        self._file_id, header = read_header(self.path)
+        check_header(header)
         conn = connect(self.path, self._busy_timeout_seconds)
         try:
             prepare_read_only(conn, self._busy_timeout_seconds)

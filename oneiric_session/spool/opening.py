@@ -21,11 +21,14 @@ from oneiric_session.spool.recovery import FileId
 from oneiric_session.spool.schema import SCHEMA_VERSION, TABLES, NeedsFreshSpool, check_schema
 
 __all__ = [
+    "check_header",
     "connect",
     "create_file",
-    "existing_file",
+    "is_wal_database",
+    "make_parent",
     "prepare_read_only",
     "prepare_writable",
+    "read_header",
     "wal_pages_for",
 ]
 
@@ -33,6 +36,7 @@ __all__ = [
 _PAGE_BYTES = 4096
 _DEFAULT_WAL_PAGES = 1000
 _MIN_WAL_PAGES = 4
+_MAGIC = b"SQLite format 3\x00"
 
 
 def wal_pages_for(max_bytes: int) -> int:
@@ -41,8 +45,9 @@ def wal_pages_for(max_bytes: int) -> int:
 
 
 def create_file(path: Path) -> FileId:
-    """The spool file at `path`, created private (0600, in 0700 directories) if missing; its id."""
-    _make_parent(path)
+    """The spool file at `path`, created private (0600, in 0700 directories) if missing; its id.
+
+    Called under `files_lock`: a file appears empty only while its maker holds that lock."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         st = os.fstat(fd)
@@ -53,19 +58,32 @@ def create_file(path: Path) -> FileId:
     return st.st_dev, st.st_ino
 
 
-def existing_file(path: Path) -> FileId:
-    """The SQLite database already at `path`, opened for nothing but its header; its id."""
+def read_header(path: Path) -> tuple[FileId, bytes]:
+    """The file at `path`, opened for nothing but its header: its id and first 100 bytes.
+
+    Raises FileNotFoundError when there is none."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
         header = os.read(fd, 100)
     finally:
         os.close(fd)
+    return (st.st_dev, st.st_ino), header
+
+
+def is_wal_database(header: bytes) -> bool:
+    """An SQLite database in WAL mode (its header's format versions are 2): opening it switches no
+    journal mode, so needs no `files_lock` (SQLite fails at once, never waits, when two connections
+    switch a new file to WAL together)."""
+    return header.startswith(_MAGIC) and header[18:20] == b"\x02\x02"
+
+
+def check_header(header: bytes) -> None:
+    """NeedsFreshSpool unless `header` starts an SQLite database."""
     if not header:
-        raise NeedsFreshSpool("an empty file (a spool being created?)")
-    if not header.startswith(b"SQLite format 3\x00"):
+        raise NeedsFreshSpool("an empty file")
+    if not header.startswith(_MAGIC):
         raise NeedsFreshSpool("not an SQLite database")
-    return st.st_dev, st.st_ino
 
 
 def connect(path: Path, busy_timeout_seconds: float) -> sqlite3.Connection:
@@ -116,7 +134,7 @@ def prepare_read_only(conn: sqlite3.Connection, busy_timeout_seconds: float) -> 
         raise NeedsFreshSpool(f"an SQLite database without the tables {sorted(TABLES - tables)}")
 
 
-def _make_parent(path: Path) -> None:
+def make_parent(path: Path) -> None:
     """Create the missing directories above the spool, each private to the user (0700)."""
     missing = []
     parent = path.parent

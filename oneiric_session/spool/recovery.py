@@ -4,7 +4,8 @@
 `-wal` and `-shm` files with the ones it opened (device and inode): a database moved away or
 replaced is followed by its path, deleted WAL files are joined again (spool/rejoin.py). When
 SQLite finds the file damaged or foreign, `move_aside` moves it (and its WAL) aside, once, under
-a lock on its directory that every process writing the spool takes: the agent, `spool replay`.
+a lock on its directory (`files_lock`) that every process writing the spool takes: the agent,
+`spool replay`. The first opener of a new file holds it too while it makes the file a WAL spool.
 
 Standard library only.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,10 +26,10 @@ __all__ = [
     "FileId",
     "SideIds",
     "file_key",
+    "files_lock",
     "is_corruption",
     "is_lost_wal",
     "move_aside",
-    "recovery_lock",
     "side_ids",
     "still_in_place",
 ]
@@ -80,7 +82,7 @@ def move_aside(path: Path, file_id: FileId | None, clock: Callable[[], float]) -
     `file_id` is the file found unusable: another in its place was put there by a process that
     already moved it aside. Raises SpoolError if it cannot be moved.
     """
-    with recovery_lock(path):
+    with files_lock(path):
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -106,16 +108,30 @@ def move_aside(path: Path, file_id: FileId | None, clock: Callable[[], float]) -
 
 
 @contextlib.contextmanager
-def recovery_lock(path: Path) -> Iterator[None]:
-    """Serialize replacing a spool's files between processes: a lock on its directory (POSIX)."""
+def files_lock(path: Path) -> Iterator[None]:
+    """Serialize making or replacing a spool's files between processes: a lock on its directory
+    (POSIX), taken by a first opener (spool/connection.py), `move_aside` and rejoining. Reentrant
+    in a thread (rejoining opens a connection, which may make the file)."""
+    held: set[str] = _held.__dict__.setdefault("directories", set())
+    directory = os.fspath(path.parent)
+    if directory in held:
+        yield
+        return
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: best effort
         yield
         return
-    fd = os.open(path.parent, os.O_RDONLY)
+    fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        held.add(directory)
+        try:
+            yield
+        finally:
+            held.discard(directory)
     finally:
         os.close(fd)
+
+
+_held = threading.local()

@@ -239,9 +239,8 @@ class FaultScene(Scene):
 
     def agent_by_hand(self, kill_after: str | None = None) -> subprocess.Popen[str]:
         """An agent that holds the lock and listens before this returns."""
-        agent = self.agent("--log-file", str(self.root / "agent.log"), kill_after=kill_after)
+        agent = self.start_agent(log=self.root / "agent.log", kill_after=kill_after)
         self.hand_started.append(agent)
-        wait_until(lambda: self.agent_pid() == agent.pid, what="the agent to take the spool")
         return agent
 
     def status(self) -> dict[str, Any]:

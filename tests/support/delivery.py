@@ -139,6 +139,32 @@ class Scene:
             cwd=self.root,
         )
 
+    def start_agent(
+        self, *args: str, log: Path | None = None, kill_after: str | None = None
+    ) -> subprocess.Popen[str]:
+        """`agent()` logging to `log` (by default where a spawned agent logs), returned once it holds
+        the lock and listens. If it exits or hangs first, the failure shows its stderr and log."""
+        from oneiric_session.wakeup import agent_log_path
+
+        log = log or agent_log_path(self.spool_path)
+        agent = self.agent("--log-file", str(log), *args, kill_after=kill_after)
+
+        def taken() -> bool:
+            if agent.poll() is not None:
+                told = _told(agent, log)
+                raise AssertionError(f"the agent exited ({agent.returncode}) before taking the spool{told}")
+            return self.agent_pid() == agent.pid
+
+        try:
+            wait_until(taken, what="the agent to take the spool")
+        except AssertionError as exc:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait()
+                raise AssertionError(f"{exc}{_told(agent, log)}") from None
+            raise
+        return agent
+
     def sessions(self) -> list[dict[str, Any]]:
         result = self.run("sessions", "--json", "--db", str(self.db))
         assert result.returncode == 0, result.stderr
@@ -178,6 +204,13 @@ class Scene:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGTERM)
             time.sleep(_POLL_SECONDS)  # sleep-ok: bounded wait for a real process to exit
+
+
+def _told(agent: subprocess.Popen[str], log: Path) -> str:
+    """What an agent printed and logged, for a failure message (bounded)."""
+    err = agent.stderr.read() if agent.stderr is not None and agent.poll() is not None else ""
+    logged = log.read_text(errors="replace") if log.exists() else "(no log)"
+    return f"\n--- its stderr:\n{err[-4000:]}\n--- its log {log}:\n{logged[-4000:]}"
 
 
 def wait_until(
