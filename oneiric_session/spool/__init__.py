@@ -28,7 +28,8 @@ meta key-value table), `records` (the rows as readers see them), `retention` (th
 `due` (what the agent sends next, and when), `outcomes` (what becomes of a row: acknowledged,
 failed, dead, requeued), `queue` (the agent's side: both of those, the sessions it watches,
 its claim), `outbox` (`Outbox`: the shell's writes, one file per event), `intake` (`Intake`:
-events entering the database, the outbox taken in, the totals), `full` (`Spool`: the intake,
+events entering the database, the outbox taken in, the totals), `rows` (a start or an end
+as rows, one end per session), `full` (`Spool`: the intake,
 the queue and the operator's lists, for the agent and the CLI), `rejoin` (after the WAL files
 were deleted under a running process).
 

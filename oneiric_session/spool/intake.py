@@ -44,18 +44,14 @@ from oneiric_session.spool.outbox_reader import (
     record_names,
 )
 from oneiric_session.spool.records import (
-    DEAD_START_REFUSED,
-    DROP_NO_START,
     SESSION_DROPS_PREFIX,
     STATE_DEAD,
     STATE_PENDING,
     SpoolStats,
-    bury,
-    clip,
-    save_destination,
 )
 from oneiric_session.spool.recovery import is_corruption, is_lost_wal
-from oneiric_session.spool.retention import count_drop, enforce
+from oneiric_session.spool.retention import enforce
+from oneiric_session.spool.rows import insert_end, insert_start
 from oneiric_session.tracking.destination import Destination
 
 __all__ = ["Intake"]
@@ -94,7 +90,7 @@ class Intake(SpoolConnection):
 
         def write(conn: sqlite3.Connection) -> bool:
             now = self._clock()
-            written = _insert_start(conn, handle, event_id, destination, payload, shell, now)
+            written = insert_start(conn, handle, event_id, destination, payload, shell, now)
             self._enforce(conn, now)
             return written
 
@@ -110,7 +106,7 @@ class Intake(SpoolConnection):
 
         def write(conn: sqlite3.Connection) -> bool:
             now = self._clock()
-            written = _insert_end(conn, handle, destination, payload, now)
+            written = insert_end(conn, handle, destination, payload, now)
             self._enforce(conn, now)
             return written
 
@@ -322,87 +318,10 @@ def _take(conn: sqlite3.Connection, record: OutboxRecord) -> None:
     """Append one record as its shell would have, with its caps."""
     now = record.created_at
     if record.destination is not None and record.kind == "start":
-        _insert_start(
+        insert_start(
             conn, record.handle, record.event_id, record.destination, record.payload, record.shell, now
         )
     else:
-        _insert_end(conn, record.handle, record.destination, record.payload, now)
+        insert_end(conn, record.handle, record.destination, record.payload, now)
     max_rows, max_bytes, max_age = record.caps
     enforce(conn, now, max_rows=max_rows, max_bytes=max_bytes, max_age_seconds=max_age)
-
-
-def _insert_start(
-    conn: sqlite3.Connection,
-    handle: str,
-    event_id: str,
-    destination: Destination,
-    payload: str,
-    shell: Mapping[str, Any],
-    now: float,
-) -> bool:
-    save_destination(conn, destination)
-    cur = conn.execute(
-        "INSERT OR IGNORE INTO sessions (handle, destination_key, pid, pid_start_time, boot_id,"
-        " started_at, last_seen_alive, host, pid_ns) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (
-            handle,
-            destination.key,
-            shell.get("pid"),
-            shell.get("pid_start_time"),
-            shell.get("boot_id"),
-            now,
-            now,
-            shell.get("host"),
-            shell.get("pid_ns"),
-        ),
-    )
-    if cur.rowcount == 0:
-        return False
-    if not _insert_event(conn, event_id, "start", handle, destination.key, payload, now):
-        # This start is spooled already under another handle: no second session for it.
-        conn.execute("DELETE FROM sessions WHERE handle = ?", (handle,))
-        return False
-    return True
-
-
-def _insert_end(
-    conn: sqlite3.Connection, handle: str, destination: Destination | None, payload: str, now: float
-) -> bool:
-    # One end per session: a second end (the shell's and the agent's "abnormal") is ignored.
-    row = conn.execute(
-        "SELECT destination_key, end_spooled FROM sessions WHERE handle = ?", (handle,)
-    ).fetchone()
-    if row is None:
-        count_drop(conn, DROP_NO_START, 1)
-        return False
-    key, end_spooled = row
-    if end_spooled:
-        return False
-    if destination is not None and destination.key == key:
-        save_destination(conn, destination)
-    conn.execute("UPDATE sessions SET end_spooled = 1 WHERE handle = ?", (handle,))
-    written = _insert_event(conn, f"end:{handle}", "end", handle, key, payload, now)
-    refused = conn.execute(
-        f"SELECT dead_reason FROM events WHERE handle = ? AND kind = 'start' AND state = '{STATE_DEAD}'",
-        (handle,),
-    ).fetchone()
-    if refused is not None:
-        bury(
-            conn,
-            "kind = 'end' AND handle = ?",
-            (handle,),
-            DEAD_START_REFUSED,
-            clip(f"start refused: {refused[0]}"),
-        )
-    return written
-
-
-def _insert_event(
-    conn: sqlite3.Connection, event_id: str, kind: str, handle: str, key: str, payload: str, now: float
-) -> bool:
-    cur = conn.execute(
-        "INSERT OR IGNORE INTO events (event_id, kind, handle, destination_key, payload, size,"
-        " created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (event_id, kind, handle, key, payload, len(payload.encode()), now, now),
-    )
-    return cur.rowcount > 0
