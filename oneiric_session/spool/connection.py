@@ -28,12 +28,11 @@ from typing import Self, TypeVar
 from oneiric_session.common.privacy import foreign_reason
 from oneiric_session.errors import SpoolError, UnsafeSpoolError
 from oneiric_session.spool.opening import (
-    check_header,
     connect,
     create_file,
     is_wal_database,
     make_parent,
-    prepare_read_only,
+    open_read_only,
     prepare_writable,
     read_header,
     wal_pages_for,
@@ -230,7 +229,9 @@ class SpoolConnection:
                 "launch lines would run as you); set spool.path to a directory only you can write"
             )
         if self._read_only:
-            return self._read_only_connection()
+            conn, self._file_id = open_read_only(self.path, self._busy_timeout_seconds)
+            self._conn, self._conn_pid = conn, os.getpid()
+            return conn
         try:
             file_id, header = read_header(self.path)
         except OSError:  # none yet (or none can be: making it says why)
@@ -283,28 +284,6 @@ class SpoolConnection:
         old, held = self._conn, self._side_ids or self._failed_side_ids or (None, None)
         self._conn, self._side_ids, self._failed_side_ids = None, None, None
         return spool_rejoin.join_again(old, held, self.path, self._connection, self._clock)
-
-    def _read_only_connection(self) -> sqlite3.Connection:
-        """A connection that changes nothing: the file must already be a spool of this schema."""
-        _, header = read_header(self.path)
-        if is_wal_database(header):
-            with contextlib.suppress(NeedsFreshSpool):
-                return self._read_only_attempt()
-        # Not (yet) a spool: its first opener may be making it one. Wait for that, then look again.
-        with files_lock(self.path):
-            return self._read_only_attempt()
-
-    def _read_only_attempt(self) -> sqlite3.Connection:
-        self._file_id, header = read_header(self.path)
-        check_header(header)
-        conn = connect(self.path, self._busy_timeout_seconds)
-        try:
-            prepare_read_only(conn, self._busy_timeout_seconds)
-        except BaseException:
-            conn.close()
-            raise
-        self._conn, self._conn_pid = conn, os.getpid()
-        return conn
 
     def _recover(self, exc: BaseException) -> None:
         """Move the corrupt file (and its WAL) aside, once, so the next connection starts fresh."""

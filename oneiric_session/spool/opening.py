@@ -17,16 +17,15 @@ import sys
 from pathlib import Path
 
 from oneiric_session.errors import SpoolError
-from oneiric_session.spool.recovery import FileId
+from oneiric_session.spool.recovery import FileId, files_lock
 from oneiric_session.spool.schema import SCHEMA_VERSION, TABLES, NeedsFreshSpool, check_schema
 
 __all__ = [
-    "check_header",
     "connect",
     "create_file",
     "is_wal_database",
     "make_parent",
-    "prepare_read_only",
+    "open_read_only",
     "prepare_writable",
     "read_header",
     "wal_pages_for",
@@ -78,7 +77,7 @@ def is_wal_database(header: bytes) -> bool:
     return header.startswith(_MAGIC) and header[18:20] == b"\x02\x02"
 
 
-def check_header(header: bytes) -> None:
+def _check_header(header: bytes) -> None:
     """NeedsFreshSpool unless `header` starts an SQLite database."""
     if not header:
         raise NeedsFreshSpool("an empty file")
@@ -121,17 +120,38 @@ def prepare_writable(
     check_schema(conn)
 
 
-def prepare_read_only(conn: sqlite3.Connection, busy_timeout_seconds: float) -> None:
-    """Make `conn` change nothing; NeedsFreshSpool unless it reads a spool of this schema."""
-    conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_seconds * 1000)}")
-    conn.execute("PRAGMA query_only = 1")
-    # Read through SQLite, not from the header: a fresh spool's schema may be in its WAL only.
-    version = conn.execute("PRAGMA user_version").fetchone()[0]
-    if version != SCHEMA_VERSION:
-        raise NeedsFreshSpool(f"an SQLite database that is not a spool (user_version {version})")
-    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-    if not tables >= TABLES:
-        raise NeedsFreshSpool(f"an SQLite database without the tables {sorted(TABLES - tables)}")
+def open_read_only(path: Path, busy_timeout_seconds: float) -> tuple[sqlite3.Connection, FileId]:
+    """A connection that changes nothing, to the spool at `path`, and the file's id.
+
+    NeedsFreshSpool unless the file is a spool of this schema. A file not yet one may be being
+    made one by its first opener: that is waited for (`files_lock`), then the file looked at again.
+    """
+    _, header = read_header(path)
+    if is_wal_database(header):
+        with contextlib.suppress(NeedsFreshSpool):
+            return _read_only(path, busy_timeout_seconds)
+    with files_lock(path):
+        return _read_only(path, busy_timeout_seconds)
+
+
+def _read_only(path: Path, busy_timeout_seconds: float) -> tuple[sqlite3.Connection, FileId]:
+    file_id, header = read_header(path)
+    _check_header(header)
+    conn = connect(path, busy_timeout_seconds)
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_seconds * 1000)}")
+        conn.execute("PRAGMA query_only = 1")
+        # Read through SQLite, not from the header: a fresh spool's schema may be in its WAL only.
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version != SCHEMA_VERSION:
+            raise NeedsFreshSpool(f"an SQLite database that is not a spool (user_version {version})")
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not tables >= TABLES:
+            raise NeedsFreshSpool(f"an SQLite database without the tables {sorted(TABLES - tables)}")
+    except BaseException:
+        conn.close()
+        raise
+    return conn, file_id
 
 
 def make_parent(path: Path) -> None:
