@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
+from oneiric_session.config.loader import load_config
+from oneiric_session.spool.outbox import Outbox
+from oneiric_session.tracking import events
+from oneiric_session.tracking.limits import Limits
 from tests.support.delivery import Scene, wait_until
 from tests.support.faults import FAULT_SERVER
 
@@ -38,6 +43,31 @@ def test_events_spooled_under_a_broken_server_arrive_once_after_replay(scene: Sc
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["delivered"] == 0
     assert len(scene.sessions()) == 4
+
+
+def test_replay_takes_in_and_retargets_what_is_still_in_the_outbox(scene: Scene) -> None:
+    """A shell's records not taken in yet (no agent got to them: none ever made the database) go
+    with the rest: replay takes them in before it moves the failing destination's events."""
+    scene.configure(server__command=str(scene.root / "no-such-server"), server__args=[])
+    broken = load_config(environ=scene.env).destination()
+    outbox = Outbox(scene.spool_path, caps=(10_000, 64 * 1024 * 1024, 30 * 86400.0))
+    start = events.build_start_event(component_name="late", shell_type="S", metadata=None, limits=Limits())
+    end = events.build_end_event(
+        session_id="local-late", exit_reason="user_exit", duration_seconds=1.0, metadata=None, limits=Limits()
+    )
+    assert outbox.append_start(
+        "local-late", broken, start, pid=os.getpid(), pid_start_time=None, boot_id=None
+    )
+    assert outbox.append_end("local-late", broken, end)
+    assert not scene.spool_path.exists()
+
+    scene.use_bundled_server()  # the configuration is fixed
+    replay = scene.run("spool", "replay")
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert "delivered 2 event(s)" in replay.stdout
+    (session,) = scene.sessions()
+    assert (session["component_name"], session["status"]) == ("late", "ended")
+    assert scene.depth() == 0
 
 
 def test_refusals_are_listed_as_dead_letters_and_replay_retries_them_on_request(scene: Scene) -> None:

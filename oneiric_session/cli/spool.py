@@ -139,7 +139,9 @@ def run_replay(args: argparse.Namespace) -> int:
     destination = config.destination()
     token = config_token(config)
     tokens = {destination.key: token} if token else None
-    if not path.exists():
+    from oneiric_session.spool.outbox_reader import read_outbox
+
+    if not path.exists() and not read_outbox(path):  # no database, and no shell's record waiting
         return _replay_report(args, destination.describe(), 0, 0, 0)
     from oneiric_session.common.privacy import foreign_reason
     from oneiric_session.errors import UnsafeSpoolError
@@ -163,6 +165,7 @@ def run_replay(args: argparse.Namespace) -> int:
     try:
         if args.dead:
             spool.requeue_dead()
+        spool.take_in()  # the shells' records not taken in yet are retargeted with the rest
         _retarget(spool, destination, everything=args.all)
         total = spool.stats().depth
         secrets = {destination.key: destination.secrets()} if destination.secrets() else None
