@@ -26,6 +26,7 @@ from oneiric_session.tracking import events
 from oneiric_session.tracking.destination import Destination
 from oneiric_session.tracking.limits import Limits
 from tests.support.delivery import WAIT_SECONDS, Scene, process_gone, wait_until
+from tests.support.users import system_python
 
 SERVE = [sys.executable, "-m", "oneiric_session", "serve"]
 PROXY = str(Path(__file__).parent / "support" / "recording_proxy.py")
@@ -345,7 +346,7 @@ def test_the_socket_accepts_wakeups_from_its_own_user_only(
                 "-u",
                 other_user.pw_name,
                 "--",
-                _system_python(),
+                system_python(),
                 "-c",
                 send,
                 datagram.decode(),
@@ -456,15 +457,3 @@ def test_one_spool_file_has_one_deliverer_however_named(
     rows = session_rows(scene.db)
     assert len(rows) == 20 and all(r["status"] == "ended" for r in rows)
     assert process_gone(agent.pid)
-
-
-def _system_python() -> str:
-    """An interpreter the other user can run: the system's (a venv's may sit under /root, 0700).
-
-    On the host that is Debian's python3; in the sid root (the 3.14 pass) only python3.X exists.
-    """
-    version = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
-    for candidate in ("/usr/bin/python3", version):
-        if os.path.exists(candidate):
-            return candidate
-    pytest.fail(f"no system Python for the other user ({version} missing)")

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 
 from oneiric_session.config.loader import load_config
-from oneiric_session.spool.outbox import Outbox
+from oneiric_session.spool.outbox import Outbox, outbox_dir
 from oneiric_session.tracking import events
 from oneiric_session.tracking.limits import Limits
 from tests.support.delivery import Scene, wait_until
@@ -68,6 +69,31 @@ def test_replay_takes_in_and_retargets_what_is_still_in_the_outbox(scene: Scene)
     (session,) = scene.sessions()
     assert (session["component_name"], session["status"]) == ("late", "ended")
     assert scene.depth() == 0
+
+
+def test_replay_with_an_outbox_it_must_refuse_still_delivers_what_the_database_holds(scene: Scene) -> None:
+    """An outbox others can write is never read (hardening): replay says so, and delivers the rest."""
+    scene.configure(server__command=str(scene.root / "no-such-server"), server__args=[])
+    broken = load_config(environ=scene.env).destination()
+    start = events.build_start_event(component_name="kept", shell_type="S", metadata=None, limits=Limits())
+    end = events.build_end_event(
+        session_id="local-kept", exit_reason="user_exit", duration_seconds=1.0, metadata=None, limits=Limits()
+    )
+    with scene.spool() as spool:
+        assert spool.append_start(
+            "local-kept", broken, start, pid=os.getpid(), pid_start_time=None, boot_id=None
+        )
+        assert spool.append_end("local-kept", broken, end)
+    outbox = Path(outbox_dir(scene.spool_path))
+    outbox.mkdir(mode=0o700)
+    outbox.chmod(0o777)
+
+    scene.use_bundled_server()
+    replay = scene.run("spool", "replay")
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert "delivered 2 event(s)" in replay.stdout
+    assert "writable by other users" in replay.stderr
+    assert [s["component_name"] for s in scene.sessions()] == ["kept"]
 
 
 def test_refusals_are_listed_as_dead_letters_and_replay_retries_them_on_request(scene: Scene) -> None:

@@ -93,7 +93,8 @@ for i in range(rounds):
     path = root / str(i) / "spool.sqlite3"
     time.sleep(max(0.0, start + i * 0.08 - time.monotonic()))
     if role == "reader":
-        while not path.exists():
+        deadline = time.monotonic() + 30
+        while not path.exists() and time.monotonic() < deadline:
             time.sleep(0.0005)
     spool = Spool(path, read_only=role == "reader", durable=role != "agent")
     try:

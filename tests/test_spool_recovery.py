@@ -5,15 +5,23 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
+import shutil
 import sqlite3
 import stat
+import subprocess
+import tempfile
+import threading
 from pathlib import Path
 
 import pytest
 
+import oneiric_session
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool import SCHEMA_VERSION, Spool
+from oneiric_session.spool.recovery import files_lock
 from oneiric_session.tracking.destination import Destination
+from tests.support.users import system_python
 
 DEST = Destination(command="srv")
 LOGGER = "oneiric_session.spool"
@@ -225,3 +233,72 @@ def test_token_never_reaches_the_disk(tmp_path: Path) -> None:
     sp.close()
     for p in tmp_path.iterdir():
         assert b"SECRET-TOKEN" not in p.read_bytes(), p
+
+
+def test_the_files_lock_taken_again_by_its_thread_under_another_name_does_not_wait(tmp_path: Path) -> None:
+    """Reentrant in a thread by the directory itself, not its spelling (a second flock would wait on
+    itself); another thread does wait for it."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    nested_done, other_got_it = threading.Event(), threading.Event()
+
+    def other() -> None:
+        with files_lock(real / "spool.sqlite3"):
+            other_got_it.set()
+
+    def nested() -> None:
+        with files_lock(real / "spool.sqlite3"), files_lock(tmp_path / "link" / "spool.sqlite3"):
+            nested_done.set()
+            waiting = threading.Thread(target=other, daemon=True)
+            waiting.start()
+            assert not other_got_it.wait(0.3)  # sleep-ok: a negative, bounded look at a real lock
+        waiting.join(10)
+
+    holder = threading.Thread(target=nested, daemon=True)
+    holder.start()
+    holder.join(20)
+    assert nested_done.is_set(), "the nested files_lock waited on its own thread"
+    assert other_got_it.is_set()
+
+
+def test_a_directory_its_user_can_write_but_not_list_still_takes_a_new_spool(
+    other_user: pwd.struct_passwd,
+) -> None:
+    """Mode 0300 (a drop directory): the files lock cannot open it, so SQLite's locking is all there
+    is, as before that lock; the spool is made and used. As a real second user (root reads anyway)."""
+    base = Path(tempfile.mkdtemp(prefix="spool-0300-", dir="/tmp"))
+    try:
+        os.chmod(base, 0o755)
+        shutil.copytree(
+            Path(oneiric_session.__file__).parent,
+            base / "code" / "oneiric_session",
+            ignore=shutil.ignore_patterns("__pycache__"),
+        )
+        state = base / "state"
+        state.mkdir()
+        os.chown(state, other_user.pw_uid, other_user.pw_gid)
+        os.chmod(state, 0o300)
+        script = (
+            "import sys; from oneiric_session.spool import Spool; spool = Spool(sys.argv[1]); "
+            "spool.meta_set('k', 'v'); print(spool.meta_get('k')); spool.close()"
+        )
+        result = subprocess.run(
+            [
+                "runuser",
+                "-u",
+                other_user.pw_name,
+                "--",
+                system_python(),
+                "-c",
+                script,
+                str(state / "s.sqlite3"),
+            ],
+            env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(base / "code")},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (result.returncode, result.stdout.strip()) == (0, "v"), result.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

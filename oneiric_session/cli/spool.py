@@ -144,7 +144,7 @@ def run_replay(args: argparse.Namespace) -> int:
     if not path.exists() and not read_outbox(path):  # no database, and no shell's record waiting
         return _replay_report(args, destination.describe(), 0, 0, 0)
     from oneiric_session.common.privacy import foreign_reason
-    from oneiric_session.errors import UnsafeSpoolError
+    from oneiric_session.errors import SpoolError, UnsafeSpoolError
 
     refused = foreign_reason(path)
     if refused is not None:  # its launch lines could be another user's: run none of them
@@ -165,7 +165,10 @@ def run_replay(args: argparse.Namespace) -> int:
     try:
         if args.dead:
             spool.requeue_dead()
-        spool.take_in()  # the shells' records not taken in yet are retargeted with the rest
+        try:  # the shells' records not taken in yet are retargeted with the rest
+            spool.take_in()
+        except SpoolError as exc:  # what the database holds is still delivered
+            print(f"oneiric-session: {terminal_safe(str(exc))}", file=sys.stderr)
         _retarget(spool, destination, everything=args.all)
         total = spool.stats().depth
         secrets = {destination.key: destination.secrets()} if destination.secrets() else None

@@ -237,7 +237,12 @@ class SpoolConnection:
         except OSError:  # none yet (or none can be: making it says why)
             file_id, header = None, b""
         if is_wal_database(header):
-            return self._writable_connection(file_id)
+            try:
+                return self._writable_connection(file_id)
+            except sqlite3.Error:
+                if still_in_place(self.path, file_id):
+                    raise
+                # Replaced between our look and our open (moved aside, made anew): a new file.
         # A new file becomes a WAL spool in one process at a time; the others wait for it.
         make_parent(self.path)
         with files_lock(self.path):

@@ -46,7 +46,8 @@ def wal_pages_for(max_bytes: int) -> int:
 def create_file(path: Path) -> FileId:
     """The spool file at `path`, created private (0600, in 0700 directories) if missing; its id.
 
-    Called under `files_lock`: a file appears empty only while its maker holds that lock."""
+    Called under `files_lock`, so the file we create is empty only while we hold that lock (one
+    left empty by a crash is simply made a spool by its next opener)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         st = os.fstat(fd)

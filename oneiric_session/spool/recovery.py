@@ -110,20 +110,24 @@ def move_aside(path: Path, file_id: FileId | None, clock: Callable[[], float]) -
 @contextlib.contextmanager
 def files_lock(path: Path) -> Iterator[None]:
     """Serialize making or replacing a spool's files between processes: a lock on its directory
-    (POSIX), taken by a first opener (spool/connection.py), `move_aside` and rejoining. Reentrant
-    in a thread (rejoining opens a connection, which may make the file)."""
-    held: set[str] = _held.__dict__.setdefault("directories", set())
-    directory = os.fspath(path.parent)
-    if directory in held:
-        yield
-        return
+    (POSIX), taken by a first opener (spool/connection.py), a read-only opener that finds no spool
+    yet (spool/opening.py), `move_aside` and rejoining. Reentrant in a thread (rejoining opens a
+    connection, which may make the file). Best effort where the directory cannot be opened for
+    reading (mode 0300): as before this lock, SQLite's own locking is all there is."""
     try:
         import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: best effort
+
+        fd = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
+    except (ImportError, PermissionError):  # pragma: no cover - not POSIX, or not readable
         yield
         return
-    fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
     try:
+        st = os.fstat(fd)
+        directory = (st.st_dev, st.st_ino)  # however it is spelled
+        held: set[FileId] = _held.__dict__.setdefault("directories", set())
+        if directory in held:  # this thread holds it already (a second flock would wait on itself)
+            yield
+            return
         fcntl.flock(fd, fcntl.LOCK_EX)
         held.add(directory)
         try:
