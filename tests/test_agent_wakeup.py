@@ -17,6 +17,7 @@ import pytest
 
 from oneiric_session import wakeup
 from oneiric_session.wakeup import waker
+from tests.support.delivery import process_gone, wait_until
 
 
 @pytest.fixture
@@ -201,6 +202,24 @@ def test_a_stale_or_orphaned_spawn_marker_does_not_stop_the_next_spawn(
     marker.write_text(str(dead.pid))  # a fresh marker whose agent died before reaching the lock
     assert wakeup.wake_or_spawn(spool) == "spawned"
     assert len(spawns) == 2
+
+
+def test_a_spawn_marker_naming_a_zombie_does_not_stop_the_next_spawn(
+    tmp_path: Path, runtime_dir: Path, spawns: list[Path]
+) -> None:
+    """An agent killed before it reached the lock stays a zombie until the shell that spawned it
+    reaps it (maybe only at that shell's exit): it is gone, and the next shell spawns."""
+    spool = tmp_path / "spool.sqlite3"
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # our child: a zombie until we wait
+    try:
+        wait_until(
+            lambda: process_gone(zombie.pid) and os.path.exists(f"/proc/{zombie.pid}"), what="a zombie"
+        )
+        wakeup.spawn_marker_path(spool).write_text(str(zombie.pid))
+        assert wakeup.wake_or_spawn(spool) == "spawned"
+        assert len(spawns) == 1
+    finally:
+        zombie.wait(timeout=30)
 
 
 def test_a_failed_spawn_leaves_no_marker(

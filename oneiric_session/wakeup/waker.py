@@ -144,7 +144,7 @@ def spawn_agent(
 
 
 def _marker_is_stale(marker: Path) -> bool:
-    """True when the marker is too old, or names an agent that is gone."""
+    """True when the marker is too old, or names an agent that is gone (or dead, not yet reaped)."""
     try:
         with open(marker, "rb") as file:
             age = time.time() - os.fstat(file.fileno()).st_mtime
@@ -155,13 +155,11 @@ def _marker_is_stale(marker: Path) -> bool:
         return True
     if not text.strip().isdigit():
         return False  # its shell is between creating it and spawning: fresh enough
-    try:
-        os.kill(int(text), 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False  # alive (PermissionError: not ours, yet a live pid)
-    return False
+    from oneiric_session.tracking.procinfo import is_alive  # only when a marker is there
+
+    # A zombie is gone too: an agent killed before it reached the lock stays one until the shell
+    # that spawned it (this process or another) reaps it, maybe only at that shell's exit.
+    return not is_alive(int(text), None, None)
 
 
 def _claim_spawn(marker: Path) -> int | None:
