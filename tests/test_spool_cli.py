@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,8 +12,11 @@ from oneiric_session.config.loader import load_config
 from oneiric_session.spool.outbox import Outbox, outbox_dir
 from oneiric_session.tracking import events
 from oneiric_session.tracking.limits import Limits
+from oneiric_session.wakeup import agent_holds_lock
 from tests.support.delivery import Scene, wait_until
 from tests.support.faults import FAULT_SERVER
+
+SLOW_AGENT = str(Path(__file__).parent / "support" / "slow_agent.py")
 
 
 def test_events_spooled_under_a_broken_server_arrive_once_after_replay(scene: Scene) -> None:
@@ -94,6 +98,34 @@ def test_replay_with_an_outbox_it_must_refuse_still_delivers_what_the_database_h
     assert "delivered 2 event(s)" in replay.stdout
     assert "writable by other users" in replay.stderr
     assert [s["component_name"] for s in scene.sessions()] == ["kept"]
+
+
+def test_replay_while_the_agent_holds_the_lock_but_does_not_listen_yet(scene: Scene) -> None:
+    """A hand-over sent before the agent bound its socket is lost: replay asks again until the agent
+    steps aside (a busy agent never idles out, so one lost request failed the replay after 15 s)."""
+    agent = subprocess.Popen(
+        [sys.executable, SLOW_AGENT, "4", "--foreground", "--spool", str(scene.spool_path)],
+        env=scene.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=scene.root,
+    )
+    try:
+        wait_until(lambda: agent_holds_lock(scene.spool_path), what="the agent to take the lock")
+        shell = scene.shell(1, hold=True)  # an open session: the agent stays busy
+        assert shell.stdout is not None and shell.stdin is not None
+        shell.stdout.readline()
+        replay = scene.run("spool", "replay")
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+        assert agent.wait(timeout=30) == 0  # it stepped aside
+        shell.stdin.close()
+        assert shell.wait(timeout=60) == 0
+        wait_until(lambda: [s["status"] for s in scene.sessions()] == ["ended"], what="the end")
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
 
 
 def test_refusals_are_listed_as_dead_letters_and_replay_retries_them_on_request(scene: Scene) -> None:

@@ -115,15 +115,15 @@ def _take_lock(path: Path, tokens: dict[str, str] | None, spool: Spool | None = 
     from oneiric_session import wakeup
 
     lock = wakeup.AgentLock(path, spool)
-    if lock.acquire():
-        return lock
-    wakeup.wake(path, tokens=tokens, handover=True)
     deadline = time.monotonic() + HANDOVER_SECONDS
-    while time.monotonic() < deadline:
+    while not lock.acquire():
+        if time.monotonic() >= deadline:
+            return None
+        # Asked again at each look: an agent that holds the lock but has not bound its socket yet
+        # (starting, or handing over) loses the datagram, and a busy one never idles out.
+        wakeup.wake(path, tokens=tokens, handover=True)
         time.sleep(_HANDOVER_POLL_SECONDS)  # sleep-ok: bounded wait for another process to let go
-        if lock.acquire():
-            return lock
-    return None
+    return lock
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -176,9 +176,13 @@ def run_replay(args: argparse.Namespace) -> int:
         result = asyncio.run(agent.replay())
         if total:
             print(file=sys.stderr)
-        left_over = _needs_agent(spool)
     finally:
         lock.release()
+    try:
+        # Looked at after the release (as an idle agent hands over): a shell that wrote before it
+        # saw the lock held and left its record to us; one writing after spawns an agent itself.
+        left_over = _needs_agent(spool)
+    finally:
         spool.close()
     if left_over:  # rows still waiting, or open sessions to watch: the background agent takes over
         wakeup.wake_or_spawn(path, tokens=tokens)
