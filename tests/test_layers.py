@@ -52,6 +52,7 @@ SHELL_SIDE = (
 # Standard library only too, though no shell loads them: the spool's database side, which the
 # agent and the command line use (`status` reads it without importing mcp or pydantic).
 DATABASE_SIDE = (
+    "oneiric_session.common.sqlite_files",
     "oneiric_session.spool.schema",
     "oneiric_session.spool.transaction",
     "oneiric_session.spool.opening",

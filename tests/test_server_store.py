@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,3 +117,44 @@ async def test_a_storage_failure_is_a_json_rpc_error_not_a_refusal(tmp_path: Pat
         store.close()  # every later query fails with sqlite3.ProgrammingError
         with pytest.raises(MCPError, match="session store unavailable"):
             await client.call_tool("track_session_start", start_event())
+
+
+# Each process opens database number i of ROUNDS at the same moment as the others (time.monotonic
+# is one clock for all processes on Linux): `serve` processes, and `who` / `last` / `sessions`.
+ROUNDS = 25
+OPENER = """
+import sys, time
+from pathlib import Path
+from oneiric_session.server.store import SessionStore
+
+root, start, rounds = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+failures = []
+for i in range(rounds):
+    time.sleep(max(0.0, start + i * 0.08 - time.monotonic()))
+    try:
+        SessionStore(root / str(i) / "sessions.sqlite3").close()
+    except Exception as exc:
+        failures.append(f"{i}: {type(exc).__name__}: {exc}")
+print("\\n".join(failures))
+"""
+
+
+def test_processes_opening_a_new_database_together_all_get_it(tmp_path: Path) -> None:
+    """A new database is made WAL by its first opener; the others wait for it, never 'database is
+    locked' (SQLite does not wait on the lock that switches a file's journal mode)."""
+    start = time.monotonic() + 1.5  # every process has imported by then
+    openers = [
+        subprocess.Popen(
+            [sys.executable, "-c", OPENER, str(tmp_path), repr(start), str(ROUNDS)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(5)
+    ]
+    failures = []
+    for opener in openers:
+        out, err = opener.communicate(timeout=60)
+        assert opener.returncode == 0, err
+        failures += [line for line in out.splitlines() if line]
+    assert failures == []

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 import oneiric_session
+from oneiric_session.common.sqlite_files import directory_lock
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool import SCHEMA_VERSION, Spool
-from oneiric_session.spool.recovery import files_lock
 from oneiric_session.tracking.destination import Destination
 from tests.support.users import system_python
 
@@ -235,7 +235,9 @@ def test_token_never_reaches_the_disk(tmp_path: Path) -> None:
         assert b"SECRET-TOKEN" not in p.read_bytes(), p
 
 
-def test_the_files_lock_taken_again_by_its_thread_under_another_name_does_not_wait(tmp_path: Path) -> None:
+def test_the_directory_lock_taken_again_by_its_thread_under_another_name_does_not_wait(
+    tmp_path: Path,
+) -> None:
     """Reentrant in a thread by the directory itself, not its spelling (a second flock would wait on
     itself); another thread does wait for it."""
     real = tmp_path / "real"
@@ -244,11 +246,11 @@ def test_the_files_lock_taken_again_by_its_thread_under_another_name_does_not_wa
     nested_done, other_got_it = threading.Event(), threading.Event()
 
     def other() -> None:
-        with files_lock(real / "spool.sqlite3"):
+        with directory_lock(real / "spool.sqlite3"):
             other_got_it.set()
 
     def nested() -> None:
-        with files_lock(real / "spool.sqlite3"), files_lock(tmp_path / "link" / "spool.sqlite3"):
+        with directory_lock(real / "spool.sqlite3"), directory_lock(tmp_path / "link" / "spool.sqlite3"):
             nested_done.set()
             waiting = threading.Thread(target=other, daemon=True)
             waiting.start()
@@ -258,7 +260,7 @@ def test_the_files_lock_taken_again_by_its_thread_under_another_name_does_not_wa
     holder = threading.Thread(target=nested, daemon=True)
     holder.start()
     holder.join(20)
-    assert nested_done.is_set(), "the nested files_lock waited on its own thread"
+    assert nested_done.is_set(), "the nested directory_lock waited on its own thread"
     assert other_got_it.is_set()
 
 

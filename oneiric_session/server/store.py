@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from oneiric_session.common.privacy import open_private, private_dir
+from oneiric_session.common.sqlite_files import directory_lock, is_wal_file
 from oneiric_session.server.listing import INDEXES, Page, SessionFilter, select_page
 
 # Long enough to sit out another server process's write burst, short enough that a wedged
@@ -127,6 +128,13 @@ class SessionStore:
         self._connect()
 
     def _connect(self) -> None:
+        if is_wal_file(self.path):
+            self._open()
+            return
+        with directory_lock(self.path):  # a new file: made a WAL database by one process at a time
+            self._open()
+
+    def _open(self) -> None:
         path = self.path
         self._db = sqlite3.connect(
             path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False

@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Self, TypeVar
 
 from oneiric_session.common.privacy import foreign_reason
+from oneiric_session.common.sqlite_files import directory_lock, is_wal_database
 from oneiric_session.errors import SpoolError, UnsafeSpoolError
 from oneiric_session.spool.opening import (
     connect,
     create_file,
-    is_wal_database,
     make_parent,
     open_read_only,
     prepare_writable,
@@ -40,7 +40,6 @@ from oneiric_session.spool.opening import (
 from oneiric_session.spool.recovery import (
     FileId,
     SideIds,
-    files_lock,
     is_corruption,
     is_lost_wal,
     move_aside,
@@ -245,7 +244,7 @@ class SpoolConnection:
                 # Replaced between our look and our open (moved aside, made anew): a new file.
         # A new file becomes a WAL spool in one process at a time; the others wait for it.
         make_parent(self.path)
-        with files_lock(self.path):
+        with directory_lock(self.path):
             return self._writable_connection(create_file(self.path))
 
     def _writable_connection(self, file_id: FileId | None) -> sqlite3.Connection:

@@ -16,14 +16,14 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from oneiric_session.common.sqlite_files import directory_lock, is_wal_database
 from oneiric_session.errors import SpoolError
-from oneiric_session.spool.recovery import FileId, files_lock
+from oneiric_session.spool.recovery import FileId
 from oneiric_session.spool.schema import SCHEMA_VERSION, TABLES, NeedsFreshSpool, check_schema
 
 __all__ = [
     "connect",
     "create_file",
-    "is_wal_database",
     "make_parent",
     "open_read_only",
     "prepare_writable",
@@ -46,7 +46,7 @@ def wal_pages_for(max_bytes: int) -> int:
 def create_file(path: Path) -> FileId:
     """The spool file at `path`, created private (0600, in 0700 directories) if missing; its id.
 
-    Called under `files_lock`, so the file we create is empty only while we hold that lock (one
+    Called under `directory_lock`, so the file we create is empty only while we hold that lock (one
     left empty by a crash is simply made a spool by its next opener)."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -69,13 +69,6 @@ def read_header(path: Path) -> tuple[FileId, bytes]:
     finally:
         os.close(fd)
     return (st.st_dev, st.st_ino), header
-
-
-def is_wal_database(header: bytes) -> bool:
-    """An SQLite database in WAL mode (its header's format versions are 2): opening it switches no
-    journal mode, so needs no `files_lock` (SQLite fails at once, never waits, when two connections
-    switch a new file to WAL together)."""
-    return header.startswith(_MAGIC) and header[18:20] == b"\x02\x02"
 
 
 def _check_header(header: bytes) -> None:
@@ -125,13 +118,13 @@ def open_read_only(path: Path, busy_timeout_seconds: float) -> tuple[sqlite3.Con
     """A connection that changes nothing, to the spool at `path`, and the file's id.
 
     NeedsFreshSpool unless the file is a spool of this schema. A file not yet one may be being
-    made one by its first opener: that is waited for (`files_lock`), then the file looked at again.
+    made one by its first opener: that is waited for (`directory_lock`), then the file looked at again.
     """
     _, header = read_header(path)
     if is_wal_database(header):
         with contextlib.suppress(NeedsFreshSpool):
             return _read_only(path, busy_timeout_seconds)
-    with files_lock(path):
+    with directory_lock(path):
         return _read_only(path, busy_timeout_seconds)
 
 

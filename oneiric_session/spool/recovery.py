@@ -4,8 +4,9 @@
 `-wal` and `-shm` files with the ones it opened (device and inode): a database moved away or
 replaced is followed by its path, deleted WAL files are joined again (spool/rejoin.py). When
 SQLite finds the file damaged or foreign, `move_aside` moves it (and its WAL) aside, once, under
-a lock on its directory (`files_lock`) that every process writing the spool takes: the agent,
-`spool replay`. The first opener of a new file holds it too while it makes the file a WAL spool.
+a lock on its directory (`common.sqlite_files.directory_lock`) that every process writing the
+spool takes: the agent, `spool replay`. The first opener of a new file holds it too while it makes
+the file a WAL spool.
 
 Standard library only.
 """
@@ -14,11 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
+from oneiric_session.common.sqlite_files import directory_lock
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool.schema import NeedsFreshSpool
 
@@ -26,7 +27,6 @@ __all__ = [
     "FileId",
     "SideIds",
     "file_key",
-    "files_lock",
     "is_corruption",
     "is_lost_wal",
     "move_aside",
@@ -82,7 +82,7 @@ def move_aside(path: Path, file_id: FileId | None, clock: Callable[[], float]) -
     `file_id` is the file found unusable: another in its place was put there by a process that
     already moved it aside. Raises SpoolError if it cannot be moved.
     """
-    with files_lock(path):
+    with directory_lock(path):
         try:
             st = os.stat(path)
         except FileNotFoundError:
@@ -105,37 +105,3 @@ def move_aside(path: Path, file_id: FileId | None, clock: Callable[[], float]) -
         except OSError as err:
             raise SpoolError(f"spool {path} is unusable and cannot be moved aside: {err}") from err
     return aside
-
-
-@contextlib.contextmanager
-def files_lock(path: Path) -> Iterator[None]:
-    """Serialize making or replacing a spool's files between processes: a lock on its directory
-    (POSIX), taken by a first opener (spool/connection.py), a read-only opener that finds no spool
-    yet (spool/opening.py), `move_aside` and rejoining. Reentrant in a thread (rejoining opens a
-    connection, which may make the file). Best effort where the directory cannot be opened for
-    reading (mode 0300): as before this lock, SQLite's own locking is all there is."""
-    try:
-        import fcntl
-
-        fd = os.open(path.parent, os.O_RDONLY | os.O_CLOEXEC)
-    except (ImportError, PermissionError):  # pragma: no cover - not POSIX, or not readable
-        yield
-        return
-    try:
-        st = os.fstat(fd)
-        directory = (st.st_dev, st.st_ino)  # however it is spelled
-        held: set[FileId] = _held.__dict__.setdefault("directories", set())
-        if directory in held:  # this thread holds it already (a second flock would wait on itself)
-            yield
-            return
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        held.add(directory)
-        try:
-            yield
-        finally:
-            held.discard(directory)
-    finally:
-        os.close(fd)
-
-
-_held = threading.local()

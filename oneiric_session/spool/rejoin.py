@@ -41,7 +41,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from oneiric_session.spool.recovery import SideIds, file_key, files_lock
+from oneiric_session.common.sqlite_files import directory_lock
+from oneiric_session.spool.recovery import SideIds, file_key
 from oneiric_session.spool.transaction import immediate
 
 logger = logging.getLogger("oneiric_session.spool")
@@ -78,7 +79,7 @@ def join_again(
     snap = snapshot(old) if old is not None else None
     if old is not None:
         abandon(old, path)
-    with files_lock(path):
+    with directory_lock(path):
         drop_stale_index(path, held)
         conn = connect()
         message = (

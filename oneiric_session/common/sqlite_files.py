@@ -1,0 +1,73 @@
+"""An SQLite database in WAL mode as several processes share its files (standard library only).
+
+SQLite waits (busy_timeout) for the locks of reads and writes, but not for the one that switches a
+file's journal mode: two processes opening a brand-new file at once, each switching it to WAL,
+see one of them fail at once ("database is locked", even "disk I/O error"). So a file that is not
+a WAL database yet is opened under `directory_lock`, and one process makes it one while the others
+wait; a file whose header says WAL already (`is_wal_database`) is opened without the lock. The
+same lock serializes replacing a database's files (a damaged spool moved aside, a spool joined
+again after its WAL files were deleted). Used by the spool (spool/connection.py, spool/opening.py,
+spool/recovery.py, spool/rejoin.py) and the bundled server's store (server/store.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["directory_lock", "is_wal_database", "is_wal_file"]
+
+_MAGIC = b"SQLite format 3\x00"
+
+
+def is_wal_database(header: bytes) -> bool:
+    """Whether `header` (a file's first bytes) starts an SQLite database in WAL mode: its format
+    versions (bytes 18 and 19) are 2, written to the file itself when it was switched."""
+    return header.startswith(_MAGIC) and header[18:20] == b"\x02\x02"
+
+
+def is_wal_file(path: str | os.PathLike[str]) -> bool:
+    """`is_wal_database` of the file at `path`; False when it cannot be read (or is not there)."""
+    try:
+        with open(path, "rb") as file:
+            return is_wal_database(file.read(20))
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def directory_lock(path: str | os.PathLike[str]) -> Iterator[None]:
+    """An exclusive lock on the directory of the database at `path`, across processes (flock).
+
+    Reentrant in a thread, by the directory's identity, not its spelling (a second flock from the
+    same thread would wait on itself). Best effort where the directory cannot be opened for
+    reading (mode 0300) or there is no flock: SQLite's own locking is then all there is.
+    """
+    try:
+        import fcntl
+
+        fd = os.open(Path(path).parent, os.O_RDONLY | os.O_CLOEXEC)
+    except (ImportError, PermissionError):  # pragma: no cover - not POSIX, or not readable
+        yield
+        return
+    try:
+        st = os.fstat(fd)
+        directory = (st.st_dev, st.st_ino)
+        held: set[tuple[int, int]] = _held.__dict__.setdefault("directories", set())
+        if directory in held:  # this thread holds it already
+            yield
+            return
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held.add(directory)
+        try:
+            yield
+        finally:
+            held.discard(directory)
+    finally:
+        os.close(fd)
+
+
+_held = threading.local()
