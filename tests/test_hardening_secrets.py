@@ -26,7 +26,7 @@ from oneiric_session.tracking import events
 from oneiric_session.tracking.destination import Destination
 from oneiric_session.tracking.limits import Limits
 from tests.support.delivery import WAIT_SECONDS, Scene, process_gone, wait_until
-from tests.support.users import system_python
+from tests.support.users import as_user
 
 SERVE = [sys.executable, "-m", "oneiric_session", "serve"]
 PROXY = str(Path(__file__).parent / "support" / "recording_proxy.py")
@@ -341,17 +341,7 @@ def test_the_socket_accepts_wakeups_from_its_own_user_only(
             "s.sendto(sys.argv[1].encode(), sys.argv[2])"
         )
         subprocess.run(
-            [
-                "runuser",
-                "-u",
-                other_user.pw_name,
-                "--",
-                system_python(),
-                "-c",
-                send,
-                datagram.decode(),
-                str(listener.path),
-            ],
+            as_user(other_user, "-c", send, datagram.decode(), str(listener.path)),
             check=True,
             timeout=WAIT_SECONDS,
         )

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +13,7 @@ from oneiric_session.mcp_compat import MCPError, in_memory_client
 from oneiric_session.server.app import build_server
 from oneiric_session.server.store import NewSession, SessionStore
 from tests.support.server_process import start_event
+from tests.support.together import failures_together
 
 
 def new_session(event_id: str) -> NewSession:
@@ -127,10 +125,10 @@ import sys, time
 from pathlib import Path
 from oneiric_session.server.store import SessionStore
 
-root, start, rounds = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
+root, rounds, start, step = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 failures = []
 for i in range(rounds):
-    time.sleep(max(0.0, start + i * 0.08 - time.monotonic()))
+    time.sleep(max(0.0, start + i * step - time.monotonic()))
     try:
         SessionStore(root / str(i) / "sessions.sqlite3").close()
     except Exception as exc:
@@ -142,19 +140,5 @@ print("\\n".join(failures))
 def test_processes_opening_a_new_database_together_all_get_it(tmp_path: Path) -> None:
     """A new database is made WAL by its first opener; the others wait for it, never 'database is
     locked' (SQLite does not wait on the lock that switches a file's journal mode)."""
-    start = time.monotonic() + 1.5  # every process has imported by then
-    openers = [
-        subprocess.Popen(
-            [sys.executable, "-c", OPENER, str(tmp_path), repr(start), str(ROUNDS)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(5)
-    ]
-    failures = []
-    for opener in openers:
-        out, err = opener.communicate(timeout=60)
-        assert opener.returncode == 0, err
-        failures += [line for line in out.splitlines() if line]
+    failures = failures_together(OPENER, [[str(tmp_path), str(ROUNDS)]] * 5)
     assert failures == []

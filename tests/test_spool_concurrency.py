@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from oneiric_session.spool import Spool
+from tests.support.together import failures_together
 
 WRITERS = 4
 SESSIONS = 40
@@ -87,11 +88,12 @@ from pathlib import Path
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool import Spool
 
-root, role, start, rounds = Path(sys.argv[1]), sys.argv[2], float(sys.argv[3]), int(sys.argv[4])
+root, role, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+start, step = float(sys.argv[4]), float(sys.argv[5])
 failures = []
 for i in range(rounds):
     path = root / str(i) / "spool.sqlite3"
-    time.sleep(max(0.0, start + i * 0.08 - time.monotonic()))
+    time.sleep(max(0.0, start + i * step - time.monotonic()))
     if role == "reader":
         deadline = time.monotonic() + 30
         while not path.exists() and time.monotonic() < deadline:
@@ -110,22 +112,8 @@ print("\\n".join(failures))
 def test_processes_opening_a_new_spool_together_all_get_it(tmp_path: Path) -> None:
     """A new spool is made WAL by its first opener; others opening it at that moment wait, not fail
     (SQLite does not wait on the lock that switches a file's journal mode: it fails at once)."""
-    start = time.monotonic() + 1.0  # every process has imported by then
     roles = ["agent", "agent", "writer", "reader", "reader"]
-    openers = [
-        subprocess.Popen(
-            [sys.executable, "-c", OPENER, str(tmp_path), role, repr(start), str(ROUNDS)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for role in roles
-    ]
-    failures = []
-    for opener in openers:
-        out, err = opener.communicate(timeout=60)
-        assert opener.returncode == 0, err
-        failures += [line for line in out.splitlines() if line]
+    failures = failures_together(OPENER, [[str(tmp_path), role, str(ROUNDS)] for role in roles])
     assert failures == []
     for i in range(ROUNDS):
         with Spool(tmp_path / str(i) / "spool.sqlite3", read_only=True) as spool:

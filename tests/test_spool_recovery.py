@@ -21,7 +21,7 @@ from oneiric_session.common.sqlite_files import directory_lock
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool import SCHEMA_VERSION, Spool
 from oneiric_session.tracking.destination import Destination
-from tests.support.users import system_python
+from tests.support.users import as_user
 
 DEST = Destination(command="srv")
 LOGGER = "oneiric_session.spool"
@@ -286,16 +286,7 @@ def test_a_directory_its_user_can_write_but_not_list_still_takes_a_new_spool(
             "spool.meta_set('k', 'v'); print(spool.meta_get('k')); spool.close()"
         )
         result = subprocess.run(
-            [
-                "runuser",
-                "-u",
-                other_user.pw_name,
-                "--",
-                system_python(),
-                "-c",
-                script,
-                str(state / "s.sqlite3"),
-            ],
+            as_user(other_user, "-c", script, str(state / "s.sqlite3")),
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(base / "code")},
             capture_output=True,
             text=True,

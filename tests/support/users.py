@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import pwd
 import sys
 
 import pytest
@@ -18,3 +19,8 @@ def system_python() -> str:
         if os.path.exists(candidate):
             return candidate
     pytest.fail(f"no system Python for the other user ({version} missing)")
+
+
+def as_user(user: pwd.struct_passwd, *python_args: str) -> list[str]:
+    """The command line that runs the system Python with `python_args` as `user` (we are root)."""
+    return ["runuser", "-u", user.pw_name, "--", system_python(), *python_args]
