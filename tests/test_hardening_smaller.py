@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from oneiric_session.spool import Spool
+from tests.support.delivery import stop_agent
 from tests.support.faults import isolated_env
 from tests.support.server_process import connect, start_event
 
@@ -77,18 +78,25 @@ def test_hostile_mappings_in_start_are_recorded_at_once(tmp_path: Path) -> None:
         **isolated_env(tmp_path),
         "ONEIRIC_SESSION_SETTINGS_DIR": str(tmp_path),
         "ONEIRIC_SESSION_SPOOL": json.dumps({"path": str(spool_path)}),
-        # No server: the rows stay in the spool to be read; the agent gives up at once.
+        # No server: the rows stay in the spool to be read (the agent retries; stopped below).
         "ONEIRIC_SESSION_SERVER__COMMAND": str(tmp_path / "no-such-server"),
         "ONEIRIC_SESSION_AGENT": json.dumps({"idle_exit_seconds": 1}),
     }
-    result = subprocess.run(
-        [sys.executable, "-c", HOSTILE_SHELL],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=SHELL_TIMEOUT_SECONDS,
-        cwd=tmp_path,
-    )
+    try:
+        result = subprocess.run(
+            [sys.executable, "-c", HOSTILE_SHELL],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=SHELL_TIMEOUT_SECONDS,
+            cwd=tmp_path,
+        )
+        _check_hostile(result, spool_path)
+    finally:
+        stop_agent(spool_path)
+
+
+def _check_hostile(result: subprocess.CompletedProcess[str], spool_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = [line.split() for line in result.stdout.splitlines()]
     assert [line[0] for line in lines] == ["raises", "forever", "sleepy"], result.stdout + result.stderr

@@ -194,16 +194,22 @@ class Scene:
         return int(pid) if pid else None
 
     def stop_agents(self) -> None:
-        """SIGTERM the agent of this spool (if any) and wait until the lock is free."""
-        from oneiric_session.wakeup import agent_holds_lock
+        stop_agent(self.spool_path)
 
-        deadline = time.monotonic() + WAIT_SECONDS
-        while agent_holds_lock(self.spool_path) and time.monotonic() < deadline:
-            pid = self.agent_pid()
-            if pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-            time.sleep(_POLL_SECONDS)  # sleep-ok: bounded wait for a real process to exit
+
+def stop_agent(spool_path: Path) -> None:
+    """SIGTERM the agent of this spool (if any) and wait until the lock is free. An agent whose rows
+    cannot be delivered never idles out: a test that leaves one behind leaves it running."""
+    from oneiric_session.wakeup import agent_holds_lock
+
+    deadline = time.monotonic() + WAIT_SECONDS
+    while agent_holds_lock(spool_path) and time.monotonic() < deadline:
+        with Spool(spool_path) as spool:
+            pid = spool.meta_get("agent.pid")
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGTERM)
+        time.sleep(_POLL_SECONDS)  # sleep-ok: bounded wait for a real process to exit
 
 
 def _told(agent: subprocess.Popen[str], log: Path) -> str:
