@@ -128,7 +128,7 @@ from oneiric_session.server.store import SessionStore
 root, rounds, start, step = Path(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 failures = []
 for i in range(rounds):
-    time.sleep(max(0.0, start + i * step - time.monotonic()))
+    time.sleep(max(0.0, start + i * step - time.monotonic()))  # sleep-ok: the processes' shared moment
     try:
         SessionStore(root / str(i) / "sessions.sqlite3").close()
     except Exception as exc:

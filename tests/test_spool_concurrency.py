@@ -93,11 +93,11 @@ start, step = float(sys.argv[4]), float(sys.argv[5])
 failures = []
 for i in range(rounds):
     path = root / str(i) / "spool.sqlite3"
-    time.sleep(max(0.0, start + i * step - time.monotonic()))
+    time.sleep(max(0.0, start + i * step - time.monotonic()))  # sleep-ok: the processes' shared moment
     if role == "reader":
         deadline = time.monotonic() + 30
         while not path.exists() and time.monotonic() < deadline:
-            time.sleep(0.0005)
+            time.sleep(0.0005)  # sleep-ok: bounded poll for another process's file
     spool = Spool(path, read_only=role == "reader", durable=role != "agent")
     try:
         spool.meta_set("opened-by", str(os.getpid())) if role != "reader" else spool.stats()

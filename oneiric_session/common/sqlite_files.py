@@ -18,15 +18,16 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["directory_lock", "is_wal_database", "is_wal_file"]
+__all__ = ["SQLITE_MAGIC", "directory_lock", "is_wal_database", "is_wal_file"]
 
-_MAGIC = b"SQLite format 3\x00"
+# The first 16 bytes of every SQLite database file.
+SQLITE_MAGIC = b"SQLite format 3\x00"
 
 
 def is_wal_database(header: bytes) -> bool:
     """Whether `header` (a file's first bytes) starts an SQLite database in WAL mode: its format
     versions (bytes 18 and 19) are 2, written to the file itself when it was switched."""
-    return header.startswith(_MAGIC) and header[18:20] == b"\x02\x02"
+    return header.startswith(SQLITE_MAGIC) and header[18:20] == b"\x02\x02"
 
 
 def is_wal_file(path: str | os.PathLike[str]) -> bool:

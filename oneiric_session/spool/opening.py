@@ -16,7 +16,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from oneiric_session.common.sqlite_files import directory_lock, is_wal_database
+from oneiric_session.common.sqlite_files import SQLITE_MAGIC, directory_lock, is_wal_database
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool.recovery import FileId
 from oneiric_session.spool.schema import SCHEMA_VERSION, TABLES, NeedsFreshSpool, check_schema
@@ -35,7 +35,6 @@ __all__ = [
 _PAGE_BYTES = 4096
 _DEFAULT_WAL_PAGES = 1000
 _MIN_WAL_PAGES = 4
-_MAGIC = b"SQLite format 3\x00"
 
 
 def wal_pages_for(max_bytes: int) -> int:
@@ -75,7 +74,7 @@ def _check_header(header: bytes) -> None:
     """NeedsFreshSpool unless `header` starts an SQLite database."""
     if not header:
         raise NeedsFreshSpool("an empty file")
-    if not header.startswith(_MAGIC):
+    if not header.startswith(SQLITE_MAGIC):
         raise NeedsFreshSpool("not an SQLite database")
 
 
@@ -120,17 +119,17 @@ def open_read_only(path: Path, busy_timeout_seconds: float) -> tuple[sqlite3.Con
     NeedsFreshSpool unless the file is a spool of this schema. A file not yet one may be being
     made one by its first opener: that is waited for (`directory_lock`), then the file looked at again.
     """
-    _, header = read_header(path)
+    file_id, header = read_header(path)
     if is_wal_database(header):
         with contextlib.suppress(NeedsFreshSpool):
-            return _read_only(path, busy_timeout_seconds)
+            return _read_only(path, busy_timeout_seconds), file_id
     with directory_lock(path):
-        return _read_only(path, busy_timeout_seconds)
+        file_id, header = read_header(path)  # as its first opener left it
+        _check_header(header)
+        return _read_only(path, busy_timeout_seconds), file_id
 
 
-def _read_only(path: Path, busy_timeout_seconds: float) -> tuple[sqlite3.Connection, FileId]:
-    file_id, header = read_header(path)
-    _check_header(header)
+def _read_only(path: Path, busy_timeout_seconds: float) -> sqlite3.Connection:
     conn = connect(path, busy_timeout_seconds)
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_seconds * 1000)}")
@@ -145,7 +144,7 @@ def _read_only(path: Path, busy_timeout_seconds: float) -> tuple[sqlite3.Connect
     except BaseException:
         conn.close()
         raise
-    return conn, file_id
+    return conn
 
 
 def make_parent(path: Path) -> None:

@@ -187,14 +187,19 @@ class Scene:
             return spool.stats().dead
 
     def agent_pid(self) -> int | None:
-        if not self.spool_path.exists():
-            return None
-        with self.spool() as spool:
-            pid = spool.meta_get("agent.pid")
-        return int(pid) if pid else None
+        return agent_pid(self.spool_path)
 
     def stop_agents(self) -> None:
         stop_agent(self.spool_path)
+
+
+def agent_pid(spool_path: Path) -> int | None:
+    """The pid the agent of this spool published (None: no spool yet, or no agent)."""
+    if not spool_path.exists():
+        return None
+    with Spool(spool_path) as spool:
+        pid = spool.meta_get("agent.pid")
+    return int(pid) if pid else None
 
 
 def stop_agent(spool_path: Path) -> None:
@@ -204,11 +209,10 @@ def stop_agent(spool_path: Path) -> None:
 
     deadline = time.monotonic() + WAIT_SECONDS
     while agent_holds_lock(spool_path) and time.monotonic() < deadline:
-        with Spool(spool_path) as spool:
-            pid = spool.meta_get("agent.pid")
-        if pid:
+        pid = agent_pid(spool_path)
+        if pid is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), signal.SIGTERM)
+                os.kill(pid, signal.SIGTERM)
         time.sleep(_POLL_SECONDS)  # sleep-ok: bounded wait for a real process to exit
 
 
