@@ -374,13 +374,17 @@ def test_shell_appends_are_fsynced_and_the_agents_bookkeeping_is_not(tmp_path: P
 
     path = tmp_path / "spool.sqlite3"
 
-    def synchronous(spool: Spool) -> int:
-        return spool._read(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
+    def pragma(spool: Spool, name: str) -> object:
+        with spool.reading() as conn:
+            return conn.execute(f"PRAGMA {name}").fetchone()[0]
+
+    def synchronous(spool: Spool) -> object:
+        return pragma(spool, "synchronous")
 
     with Spool(path) as shell, uncapped_spool(path) as agent:
         assert synchronous(shell) == 2  # FULL
         assert synchronous(agent) == 1  # NORMAL
-        assert agent._read(lambda conn: conn.execute("PRAGMA journal_mode").fetchone()[0]) == "wal"
+        assert pragma(agent, "journal_mode") == "wal"
 
 
 def test_the_row_states_are_the_ones_the_schema_allows() -> None:

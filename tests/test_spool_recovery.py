@@ -20,6 +20,7 @@ import oneiric_session
 from oneiric_session.common.sqlite_files import directory_lock
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool import SCHEMA_VERSION, Spool
+from oneiric_session.spool.outbox import Outbox
 from oneiric_session.tracking.destination import Destination
 from tests.support.users import as_user
 
@@ -156,6 +157,79 @@ def test_corruption_met_by_two_connections_moves_aside_once(
     second.close()
     assert len([p for p in tmp_path.glob("*.corrupt-*") if not p.name.endswith("-wal")]) == 1
     assert len([r for r in caplog.records if r.name == LOGGER]) == 1
+
+
+def damage_past_the_first_page(path: Path) -> None:
+    """Write over every page of the (checkpointed) spool but the first, in place: SQLite finds
+    nothing wrong before it reads a table."""
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    page = raw.execute("PRAGMA page_size").fetchone()[0]
+    raw.close()
+    with path.open("r+b") as f:
+        f.seek(page)
+        f.write(os.urandom(path.stat().st_size - page))
+
+
+def test_damage_met_inside_a_write_moves_the_file_aside_and_says_the_write_was_not_made(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A `with transaction()` block runs once: damage it meets half way is not retried in it. The
+    file goes aside, the error says the write was not made, and the next write goes to a fresh spool."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    path = tmp_path / "spool.sqlite3"
+    sp = Spool(path)
+    for n in range(20):
+        append(sp, f"h{n}", metadata={"filler": "x" * 3000})
+    damage_past_the_first_page(path)
+    runs = []
+    expected = pytest.raises(SpoolError, match="damaged during a write, which was not made")
+    with expected as raised, sp.transaction() as conn:
+        runs.append(conn.execute("SELECT COUNT(*) FROM events").fetchone())
+    assert runs == []  # the block stopped at its first read: nothing after it ran
+    assert "moved aside" in str(raised.value)
+    assert append(sp, "next")
+    assert [e.handle for e in sp.list_pending()] == ["next"]
+    assert sp.stats().moved_aside is not None
+    sp.close()
+    assert len([p for p in tmp_path.glob("*.corrupt-*") if not p.name.endswith("-wal")]) == 1
+    assert len([r for r in caplog.records if r.name == LOGGER]) == 1
+
+
+def test_damage_met_while_taking_the_outbox_in_loses_no_record(tmp_path: Path) -> None:
+    """The agent's take-in meets the damage half way: its records stay in the outbox and are taken
+    into the fresh spool by the next take-in."""
+    path = tmp_path / "spool.sqlite3"
+    sp = Spool(path)
+    for n in range(20):
+        append(sp, f"h{n}", metadata={"filler": "x" * 3000})
+    damage_past_the_first_page(path)
+    outbox = Outbox(path, caps=(10_000, 64 * 1024 * 1024, 30 * 86400.0))
+    event = {"event_id": "id-shell", "event_type": "session_start"}
+    assert outbox.append_start("shell", DEST, event, pid=1, pid_start_time=2, boot_id="b")
+    with pytest.raises(SpoolError, match=r"damaged during a (read|write)"):
+        sp.take_in()
+    assert [r.handle for r in sp.outbox_records()] == ["shell"]
+    assert sp.take_in() == 1
+    assert sp.release_taken() == 1
+    assert [e.handle for e in sp.list_pending()] == ["shell"]
+    sp.close()
+
+
+def test_a_read_only_connection_meets_damage_and_leaves_the_file(tmp_path: Path) -> None:
+    """`status` and `spool list` read without the power to move a file: they say so, touch nothing."""
+    path = tmp_path / "spool.sqlite3"
+    with Spool(path) as sp:
+        for n in range(20):
+            append(sp, f"h{n}", metadata={"filler": "x" * 3000})
+    damage_past_the_first_page(path)
+    before = path.read_bytes()
+    reader = Spool(path, read_only=True)
+    with pytest.raises(SpoolError, match="left untouched"):
+        reader.list_pending()
+    reader.close()
+    assert path.read_bytes() == before
+    assert not list(tmp_path.glob("*.corrupt-*"))
 
 
 def test_spool_moved_away_under_an_open_connection(tmp_path: Path) -> None:

@@ -172,6 +172,7 @@ def delivery_status(
     if problems:
         report["warnings"] = problems
     from oneiric_session.spool.intake import Intake
+    from oneiric_session.spool.opening import disk_bytes
     from oneiric_session.spool.outbox_reader import read_outbox
 
     if not path.exists():  # no agent made it yet: what the shells wrote waits in the outbox
@@ -186,7 +187,7 @@ def delivery_status(
         stats = spool.stats()
         pid = spool.meta_get(META_PID)
         rejoined = spool.meta_get(META_REJOINED)
-        disk = spool.disk_bytes()
+        disk = disk_bytes(path)
     except SpoolError as exc:
         report["error"] = str(exc)
         return report

@@ -2,12 +2,13 @@
 
 Used by the agent (which takes the shells' outbox in and delivers), by the command line (read-only
 for `status` and `spool list`), and by tests; a shell never opens the database (spool/outbox.py).
-SpoolConnection knows nothing of rows: `Intake` (spool/intake.py) builds the appends and
-the agent's queue on `_write` (one BEGIN IMMEDIATE transaction) and `_read`. Both take a
-callback, not a `with` block, because after a corrupt file was moved aside the same work runs
-once more on the fresh spool. It opens the file through spool/opening.py, follows a file moved
-or replaced and moves a corrupt one aside through spool/recovery.py, and joins again after its
-WAL files were deleted through spool/rejoin.py. A small key-value table (meta) lives here too:
+SpoolConnection knows nothing of rows: `Intake` (spool/intake.py) builds the appends and the
+agent's queue in `with self.transaction() as conn:` (one BEGIN IMMEDIATE transaction) and
+`with self.reading() as conn:`. Both deal first with what can be found before the block runs (a
+file moved, replaced or written over in place, lost WAL files), so the block runs once, on the
+spool on disk. It opens the file through spool/opening.py, follows a file moved or replaced and
+moves a corrupt one aside through spool/recovery.py, and joins again after its WAL files were
+deleted through spool/rejoin.py. A small key-value table (meta) lives here too:
 recovery records in it where the corrupt file went, and the agent publishes its status through it.
 
 Standard library only (`status` reads it without importing mcp or pydantic).
@@ -16,25 +17,24 @@ Standard library only (`status` reads it without importing mcp or pydantic).
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import Self
 
 from oneiric_session.common.privacy import foreign_reason
 from oneiric_session.common.sqlite_files import directory_lock, is_wal_database
 from oneiric_session.errors import SpoolError, UnsafeSpoolError
+from oneiric_session.spool.descriptors import header_of, hold, read_header, release
 from oneiric_session.spool.opening import (
     connect,
     create_file,
     make_parent,
     open_read_only,
     prepare_writable,
-    read_header,
     wal_pages_for,
 )
 from oneiric_session.spool.recovery import (
@@ -42,12 +42,12 @@ from oneiric_session.spool.recovery import (
     SideIds,
     is_corruption,
     is_lost_wal,
-    move_aside,
     side_ids,
+    start_afresh,
     still_in_place,
 )
 from oneiric_session.spool.schema import NeedsFreshSpool
-from oneiric_session.spool.transaction import immediate
+from oneiric_session.spool.transaction import committed, started
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT_SECONDS",
@@ -57,21 +57,17 @@ __all__ = [
     "SpoolConnection",
 ]
 
-logger = logging.getLogger("oneiric_session.spool")
-
 DEFAULT_MAX_ROWS = 10_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_AGE_SECONDS = 30 * 86400.0
 # A writer waits this long for another process's transaction; every transaction is short.
 DEFAULT_BUSY_TIMEOUT_SECONDS = 5.0
 
-_T = TypeVar("_T")
-
 
 class SpoolConnection:
     """One connection to the spool at `path`, for one process (it reopens after fork). Thread-safe.
 
-    `_read` and `_write` raise only SpoolError (after recovery from corruption was tried).
+    `transaction` and `reading` raise only SpoolError (after recovery from corruption was tried).
     """
 
     def __init__(
@@ -104,31 +100,34 @@ class SpoolConnection:
         self._conn: sqlite3.Connection | None = None
         self._conn_pid = 0
         self._file_id: FileId | None = None
+        self._held: FileId | None = None  # the file whose header we read (spool/descriptors.py)
         # The -wal and -shm files this connection opened (see spool/rejoin.py): compared before each use.
         self._side_ids: SideIds | None = None
         self._failed_side_ids: SideIds | None = None
         # A connection inherited across fork is kept referenced, never used nor closed by the child.
         self._inherited: sqlite3.Connection | None = None
 
-    # ----------------------------------------------------------------- lifecycle
-
     def open(self) -> None:
         """Open (creating or recovering) the spool now; raises SpoolError if it cannot be used."""
-        self._read(lambda conn: None)
+        with self.reading():
+            pass
 
     def close(self) -> None:
         """Close the connection; idempotent. Any later call opens it again."""
         with self._lock:
             conn, self._conn = self._conn, None
+            held, self._held = self._held, None
             if conn is not None and self._conn_pid != os.getpid():
                 self._inherited = conn
-            elif conn is not None and self._side_ids is not None and side_ids(self.path) != self._side_ids:
+                return
+            if conn is not None and self._side_ids is not None and side_ids(self.path) != self._side_ids:
                 import oneiric_session.spool.rejoin as spool_rejoin
 
                 spool_rejoin.abandon(conn, self.path)  # a usual close would checkpoint deleted files
             elif conn is not None:
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
+            release(held)  # after the connection: closing a descriptor first would drop its locks
 
     def __enter__(self) -> Self:
         return self
@@ -137,13 +136,14 @@ class SpoolConnection:
         self.close()
 
     def meta_get(self, key: str) -> str | None:
-        row = self._read(lambda conn: conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone())
-        return None if row is None else row[0]
+        with self.reading() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
 
     def meta_set(self, key: str, value: str | None) -> None:
         """Store a small value (None deletes it), e.g. the agent's pid."""
 
-        def write(conn: sqlite3.Connection) -> None:
+        with self.transaction() as conn:
             if value is None:
                 conn.execute("DELETE FROM meta WHERE key = ?", (key,))
             else:
@@ -153,74 +153,98 @@ class SpoolConnection:
                     (key, value),
                 )
 
-        self._write(write)
+    @contextlib.contextmanager
+    def transaction(self, *, sync: bool = False) -> Iterator[sqlite3.Connection]:
+        """One BEGIN IMMEDIATE transaction around the block, on the spool as it is on disk now.
 
-    # ----------------------------------------------------------------- internals: connection
-
-    def _write(self, fn: Callable[[sqlite3.Connection], _T], *, sync: bool = False) -> _T:
-        """Run `fn` in one BEGIN IMMEDIATE transaction, recovering once from a corrupt file.
-
-        `sync`: the commit is flushed to disk even on a connection that does not flush its own
-        (`durable=False`): what it writes has no other copy once it returns.
+        Trouble is looked for before the block, so the block runs once and on the right file (see
+        `_usable`). Damage first met inside it is dealt with as well, but that write is not made and
+        SpoolError says so (no input is lost by it: the outbox keeps a record until the spool
+        holding it is on disk). `sync`: the commit is flushed to disk even on a `durable=False`
+        connection (what it writes has no other copy once the block ends).
         """
-
-        def txn(conn: sqlite3.Connection) -> _T:
-            with immediate(conn):
-                return fn(conn)
-
-        def synced(conn: sqlite3.Connection) -> _T:
-            conn.execute("PRAGMA synchronous = FULL")
+        with self._lock, self._mapped_errors("a write, which was not made"):
+            flushed = sync and self._synchronous != "FULL"
+            conn = self._usable(begin=True, flushed=flushed)
             try:
-                return txn(conn)
+                with committed(conn):
+                    yield conn
             finally:
-                conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+                if flushed:
+                    with contextlib.suppress(sqlite3.Error):
+                        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
 
-        return self._read(synced if sync and self._synchronous != "FULL" else txn)
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[sqlite3.Connection]:
+        """The connection for reads in the block, found usable first as `transaction` finds it."""
+        with self._lock, self._mapped_errors("a read"):
+            yield self._usable(begin=False)
 
-    def _read(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        with self._lock:
-            try:
-                return fn(self._connection())
-            except (sqlite3.Error, NeedsFreshSpool) as exc:
-                if is_lost_wal(exc):
-                    return self._retry_rejoined(fn, exc)
-                if not is_corruption(exc):
-                    raise SpoolError(f"spool {self.path} cannot be used: {exc}") from exc
-                if self._read_only:
-                    raise SpoolError(
-                        f"{self.path} is not a usable spool ({exc}); left untouched (only the agent "
-                        "or `spool replay` moves such a file aside)"
-                    ) from exc
-                failure: BaseException = exc
-            except OSError as exc:
-                raise SpoolError(f"spool {self.path} cannot be used: {exc.strerror or exc}") from exc
-            try:
-                self._recover(failure)
-            except OSError as exc:
-                raise SpoolError(f"spool {self.path} is unusable and cannot be replaced: {exc}") from exc
-            try:
-                return fn(self._connection())
-            except (sqlite3.Error, NeedsFreshSpool, OSError) as exc:
-                raise SpoolError(f"spool {self.path} cannot be used even when started afresh: {exc}") from exc
+    def _usable(self, *, begin: bool, flushed: bool = False) -> sqlite3.Connection:
+        """The connection, once a file moved or replaced was followed, lost WAL files were joined
+        again and a corrupt file (one written over in place: its header) was moved aside.
 
-    def _retry_rejoined(self, fn: Callable[[sqlite3.Connection], _T], exc: BaseException) -> _T:
-        """A read past the end of the WAL: the WAL this index describes was deleted. Join, retry once."""
+        `begin`: a write transaction is begun on it (`flushed`: with synchronous=FULL till its end).
+        """
+        restore = self._synchronous if flushed else None
+
+        def ready(conn: sqlite3.Connection) -> sqlite3.Connection:
+            return started(conn, restore=restore) if begin else conn
+
         try:
-            return fn(self._rejoin())
-        except (sqlite3.Error, NeedsFreshSpool, OSError) as err:
+            return ready(self._connection())
+        except (sqlite3.Error, NeedsFreshSpool) as exc:
+            if is_lost_wal(exc):
+                return ready(self._rejoin())
+            if not is_corruption(exc):
+                raise
+            failure: BaseException = exc
+        self._recover(failure)
+        try:
+            return ready(self._connection())
+        except (sqlite3.Error, NeedsFreshSpool, OSError) as exc:
+            raise SpoolError(f"spool {self.path} cannot be used even when started afresh: {exc}") from exc
+
+    @contextlib.contextmanager
+    def _mapped_errors(self, work: str) -> Iterator[None]:
+        """The one place SQLite's and the file system's errors become SpoolError (`work`: the block's)."""
+        try:
+            yield
+        except (sqlite3.Error, NeedsFreshSpool) as exc:
+            if is_lost_wal(exc):  # found only by the block's reads: join again for the next use
+                try:
+                    self._rejoin()
+                except (sqlite3.Error, NeedsFreshSpool, OSError) as err:
+                    raise SpoolError(
+                        f"spool {self.path} cannot be used: {exc}; joining it again failed: {err}"
+                    ) from err
+                raise SpoolError(
+                    f"spool {self.path}: its WAL files were lost during {work} ({exc}); it joined the "
+                    "spool on disk again"
+                ) from exc
+            if not is_corruption(exc):
+                raise SpoolError(f"spool {self.path} cannot be used: {exc}") from exc
+            self._recover(exc)
             raise SpoolError(
-                f"spool {self.path} cannot be used: {exc}; joining it again failed: {err}"
-            ) from err
+                f"spool {self.path} was found damaged during {work} ({exc}); the file was moved aside "
+                "and a fresh spool started"
+            ) from exc
+        except OSError as exc:
+            raise SpoolError(f"spool {self.path} cannot be used: {exc.strerror or exc}") from exc
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is not None and self._conn_pid == os.getpid():
             if still_in_place(self.path, self._file_id):
-                if self._side_ids is None or side_ids(self.path) == self._side_ids:
-                    return self._conn
-                return self._rejoin()  # its WAL or WAL index was deleted: see spool/rejoin.py
+                if self._side_ids is not None and side_ids(self.path) != self._side_ids:
+                    return self._rejoin()  # its WAL or WAL index was deleted: see spool/rejoin.py
+                header = header_of(self._held) if self._held is not None else None
+                if header is not None and len(header) >= 20 and not is_wal_database(header):
+                    # Written over in place: found before the work, not half way through it.
+                    raise NeedsFreshSpool("it was written over: its header is no SQLite WAL database's")
+                return self._conn
             self.close()  # moved aside or deleted by another process: follow the path
         if self._conn is not None:
-            self._inherited, self._conn = self._conn, None
+            self._inherited, self._conn, self._held = self._conn, None, None
         reason = foreign_reason(self.path)
         if reason is not None:
             raise UnsafeSpoolError(
@@ -230,6 +254,7 @@ class SpoolConnection:
         if self._read_only:
             conn, self._file_id = open_read_only(self.path, self._busy_timeout_seconds)
             self._conn, self._conn_pid = conn, os.getpid()
+            self._hold(self._file_id)
             return conn
         try:
             file_id, header = read_header(self.path)
@@ -257,7 +282,7 @@ class SpoolConnection:
                 self.path,
                 busy_timeout_seconds=self._busy_timeout_seconds,
                 synchronous=self._synchronous,
-                wal_pages=self.wal_budget_pages(),
+                wal_pages=wal_pages_for(self.max_bytes),
                 checkpoint_on_close=self._checkpoint_on_close,
             )
         except BaseException:
@@ -265,21 +290,16 @@ class SpoolConnection:
             conn.close()
             raise
         self._conn, self._conn_pid = conn, os.getpid()
+        self._hold(file_id)
         sides = side_ids(self.path)  # opened by the schema check's reads
         self._side_ids = sides if None not in sides else None  # (none to compare: never a false alarm)
         return conn
 
-    def wal_budget_pages(self) -> int:
-        """Pages the WAL may hold before a checkpoint: a quarter of max_bytes, 4 to 1000 pages."""
-        return wal_pages_for(self.max_bytes)
-
-    def disk_bytes(self) -> int:
-        """What the spool's files take on disk now: the database, its WAL and the WAL index."""
-        total = 0
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(OSError):
-                total += os.stat(f"{self.path}{suffix}").st_size
-        return total
+    def _hold(self, file_id: FileId | None) -> None:
+        """Read the header of `file_id`, which the connection now has open, from now on."""
+        held = file_id if file_id is not None and hold(self.path, file_id) else None
+        old, self._held = self._held, held
+        release(old)  # (after the new hold: the same file's descriptor stays open)
 
     def _rejoin(self) -> sqlite3.Connection:
         """Leave a connection whose WAL files are not the ones on disk; join the spool on disk again."""
@@ -290,21 +310,15 @@ class SpoolConnection:
         return spool_rejoin.join_again(old, held, self.path, self._connection, self._clock)
 
     def _recover(self, exc: BaseException) -> None:
-        """Move the corrupt file (and its WAL) aside, once, so the next connection starts fresh."""
+        """Move the corrupt file (and its WAL) aside, once, so the next connection starts fresh.
+
+        Raises SpoolError (never moving a file) on a read-only connection.
+        """
+        if self._read_only:
+            raise SpoolError(
+                f"{self.path} is not a usable spool ({exc}); left untouched (only the agent "
+                "or `spool replay` moves such a file aside)"
+            ) from exc
         self.close()
-        aside = move_aside(self.path, self._file_id, self._clock)
-        if aside is None:
-            return
-        self._file_id = None
-        logger.warning(
-            "spool %s was unusable (%s); moved it aside to %s and started a fresh one",
-            self.path,
-            exc,
-            aside.name,
-        )
-        # The fresh spool remembers it, so `status` can say where the old events are.
-        try:
-            conn = self._connection()
-            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('moved_aside', ?)", (str(aside),))
-        except (sqlite3.Error, NeedsFreshSpool, OSError) as err:
-            raise SpoolError(f"spool {self.path} cannot be started afresh: {err}") from err
+        file_id, self._file_id = self._file_id, None
+        start_afresh(self.path, file_id, exc, self._clock, self._connection)

@@ -8,7 +8,6 @@ never reads them (it only writes its outbox: spool/outbox.py). Standard library 
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -50,29 +49,24 @@ class DueRows(SpoolConnection):
         """
         when = self._clock() if now is None else now
 
-        def read(conn: sqlite3.Connection) -> dict[str, float]:
+        with self.reading() as conn:
             rows = conn.execute(
                 "SELECT e.destination_key, MIN(e.next_attempt_at) FROM events e"
                 f" LEFT JOIN sessions s ON s.handle = e.handle WHERE e.state = '{STATE_PENDING}'"
                 " AND (e.kind = 'start' OR s.server_session_id IS NOT NULL) GROUP BY e.destination_key"
             ).fetchall()
-            return {key: at for key, at in rows}
-
-        due = self._read(read)
+        due: dict[str, float] = {key: at for key, at in rows}
         if bound is None:
             return due
         limits = {key: when + max(0.0, bound(key)) for key in due}
         late = {key: limit for key, limit in limits.items() if due[key] > limit}
         if late:
-
-            def write(conn: sqlite3.Connection) -> None:
+            with self.transaction() as conn:
                 conn.executemany(
                     "UPDATE events SET next_attempt_at = ?"
                     f" WHERE destination_key = ? AND state = '{STATE_PENDING}' AND next_attempt_at > ?",
                     ((limit, key, limit) for key, limit in late.items()),
                 )
-
-            self._write(write)
             due.update(late)
         return due
 
@@ -82,8 +76,8 @@ class DueRows(SpoolConnection):
         keys = list(rows)
         if not keys:
             return 0
-        return self._write(
-            lambda conn: sum(
+        with self.transaction() as conn:
+            return sum(
                 conn.execute(
                     "UPDATE events SET next_attempt_at = MIN(next_attempt_at, ?)"
                     f" WHERE id = ? AND event_id = ? AND state = '{STATE_PENDING}'",
@@ -91,38 +85,31 @@ class DueRows(SpoolConnection):
                 ).rowcount
                 for row_id, event_id in keys
             )
-        )
 
     def pending_destinations(self) -> list[Destination]:
         """The destinations that have pending rows, in the order of their oldest row."""
 
-        def read(conn: sqlite3.Connection) -> list[str]:
+        with self.reading() as conn:
             rows = conn.execute(
                 f"SELECT destination_key FROM events WHERE state = '{STATE_PENDING}'"
                 " GROUP BY destination_key ORDER BY MIN(id)"
             ).fetchall()
-            return [r[0] for r in rows]
-
-        keys = self._read(read)
-        found = (self.destination(k) for k in keys)
+        found = (self.destination(r[0]) for r in rows)
         return [d for d in found if d is not None]
 
     def waiting(self, key: str) -> int:
         """How many rows wait to be sent to the destination `key` (pending, not dead)."""
-        return int(
-            self._read(
-                lambda conn: conn.execute(
-                    f"SELECT COUNT(*) FROM events WHERE destination_key = ? AND state = '{STATE_PENDING}'",
-                    (key,),
-                ).fetchone()[0]
-            )
-        )
+        with self.reading() as conn:
+            (count,) = conn.execute(
+                f"SELECT COUNT(*) FROM events WHERE destination_key = ? AND state = '{STATE_PENDING}'",
+                (key,),
+            ).fetchone()
+        return int(count)
 
     def destination(self, key: str) -> Destination | None:
         """The destination stored under `key` (None if unknown or unreadable)."""
-        row = self._read(
-            lambda conn: conn.execute("SELECT json FROM destinations WHERE key = ?", (key,)).fetchone()
-        )
+        with self.reading() as conn:
+            row = conn.execute("SELECT json FROM destinations WHERE key = ?", (key,)).fetchone()
         dest = None
         if row is not None:
             try:
@@ -139,7 +126,8 @@ class DueRows(SpoolConnection):
         if limit is not None:
             sql += " LIMIT ?"
             params = [*params, limit]
-        rows = self._read(lambda conn: conn.execute(sql, params).fetchall())
+        with self.reading() as conn:
+            rows = conn.execute(sql, params).fetchall()
         found: dict[str, Destination | None] = {}
         for r in rows:
             if r[4] not in found:

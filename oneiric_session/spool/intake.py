@@ -88,13 +88,11 @@ class Intake(SpoolConnection):
         event_id = str(event.get("event_id") or f"start:{handle}")
         shell = shell_identity(pid, pid_start_time, boot_id, host, pid_ns)
 
-        def write(conn: sqlite3.Connection) -> bool:
+        with self.transaction() as conn:
             now = self._clock()
             written = insert_start(conn, handle, event_id, destination, payload, shell, now)
             self._enforce(conn, now)
             return written
-
-        return self._write(write)
 
     def append_end(self, handle: str, destination: Destination | None, event: Mapping[str, Any]) -> bool:
         """Spool a session end durably; it goes where its start went (`destination` is a fallback).
@@ -104,13 +102,11 @@ class Intake(SpoolConnection):
         """
         payload = encode(event)
 
-        def write(conn: sqlite3.Connection) -> bool:
+        with self.transaction() as conn:
             now = self._clock()
             written = insert_end(conn, handle, destination, payload, now)
             self._enforce(conn, now)
             return written
-
-        return self._write(write)
 
     def take_in(self) -> int:
         """Append the shells' new records to the spool, in one transaction; how many.
@@ -141,7 +137,7 @@ class Intake(SpoolConnection):
 
         records.sort(key=when)
 
-        def write(conn: sqlite3.Connection) -> int:
+        with self.transaction() as conn:
             known = {row[0] for row in conn.execute("SELECT name FROM taken")}  # again, under the lock
             conn.executemany("DELETE FROM taken WHERE name = ?", [(name,) for name in known - present])
             taken = 0
@@ -151,8 +147,6 @@ class Intake(SpoolConnection):
                     taken += 1
             return taken
 
-        return self._write(write)
-
     def release_taken(self) -> int:
         """Flush the spool to disk, then delete the outbox files of the records it holds; how many."""
         directory = self._outbox()
@@ -160,7 +154,7 @@ class Intake(SpoolConnection):
         if not present:
             return 0
 
-        def write(conn: sqlite3.Connection) -> list[str]:
+        with self.transaction(sync=True) as conn:
             # Read with the write, in it: after a corrupt spool was replaced, the fresh one holds none.
             taken = [row[0] for row in conn.execute("SELECT name FROM taken") if row[0] in present]
             if taken:  # a write committed with an fsync: every commit before it is on disk
@@ -169,9 +163,6 @@ class Intake(SpoolConnection):
                     " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                     (_META_RELEASED, repr(self._clock())),
                 )
-            return taken
-
-        taken = self._write(write, sync=True)
         for name in taken:
             try:
                 os.unlink(os.path.join(directory, name))
@@ -226,7 +217,8 @@ class Intake(SpoolConnection):
 
     def enforce_limits(self) -> dict[str, int]:
         """Apply the caps now (appends do it too); returns the rows dropped by reason."""
-        return self._write(lambda conn: self._enforce(conn, self._clock()))
+        with self.transaction() as conn:
+            return self._enforce(conn, self._clock())
 
     def _enforce(self, conn: sqlite3.Connection, now: float) -> dict[str, int]:
         return enforce(
@@ -237,7 +229,7 @@ class Intake(SpoolConnection):
         """The spool's totals; the records still in the outbox count as waiting."""
         waiting = outbox_waiting(self.path, self._taken_names())
 
-        def read(conn: sqlite3.Connection) -> SpoolStats:
+        with self.reading() as conn:
             now = self._clock()
             depth, oldest = conn.execute(
                 f"SELECT COUNT(*), MIN(created_at) FROM events WHERE state = '{STATE_PENDING}'"
@@ -268,16 +260,12 @@ class Intake(SpoolConnection):
                 outbox=len(waiting),
             )
 
-        return self._read(read)
-
     def _taken_names(self) -> set[str]:
-        def read(conn: sqlite3.Connection) -> set[str]:
+        with self.reading() as conn:
             try:
                 return {row[0] for row in conn.execute("SELECT name FROM taken")}
             except sqlite3.OperationalError:  # a spool made before the outbox: nothing taken yet
                 return set()
-
-        return self._read(read)
 
     def _read_record(self, directory: str, name: str) -> OutboxRecord | None:
         path = os.path.join(directory, name)

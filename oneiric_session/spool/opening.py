@@ -18,16 +18,17 @@ from pathlib import Path
 
 from oneiric_session.common.sqlite_files import SQLITE_MAGIC, directory_lock, is_wal_database
 from oneiric_session.errors import SpoolError
+from oneiric_session.spool.descriptors import read_header
 from oneiric_session.spool.recovery import FileId
 from oneiric_session.spool.schema import SCHEMA_VERSION, TABLES, NeedsFreshSpool, check_schema
 
 __all__ = [
     "connect",
     "create_file",
+    "disk_bytes",
     "make_parent",
     "open_read_only",
     "prepare_writable",
-    "read_header",
     "wal_pages_for",
 ]
 
@@ -57,17 +58,13 @@ def create_file(path: Path) -> FileId:
     return st.st_dev, st.st_ino
 
 
-def read_header(path: Path) -> tuple[FileId, bytes]:
-    """The file at `path`, opened for nothing but its header: its id and first 100 bytes.
-
-    Raises FileNotFoundError when there is none."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        header = os.read(fd, 100)
-    finally:
-        os.close(fd)
-    return (st.st_dev, st.st_ino), header
+def disk_bytes(path: Path) -> int:
+    """What the spool's files take on disk now: the database, its WAL and the WAL index."""
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(OSError):
+            total += os.stat(f"{path}{suffix}").st_size
+    return total
 
 
 def _check_header(header: bytes) -> None:

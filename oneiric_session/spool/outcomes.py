@@ -9,7 +9,6 @@ never writes these (it only writes its outbox: spool/outbox.py). Standard librar
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 
 from oneiric_session.spool.connection import SpoolConnection
@@ -35,30 +34,27 @@ class RowOutcomes(SpoolConnection):
     def ack_start(self, row: SpooledEvent, server_session_id: str) -> bool:
         """The server accepted the start: delete the row and map its handle, in one transaction."""
 
-        def write(conn: sqlite3.Connection) -> bool:
+        with self.transaction() as conn:
             deleted = conn.execute(DELETE_ROW, (row.row_id, row.event_id)).rowcount
             conn.execute(
                 "UPDATE sessions SET server_session_id = ? WHERE handle = ?", (server_session_id, row.handle)
             )
             return deleted > 0
 
-        return self._write(write)
-
     def ack_end(self, row: SpooledEvent) -> bool:
         """The server accepted the end: the row and its finished session are removed."""
 
-        def write(conn: sqlite3.Connection) -> bool:
+        with self.transaction() as conn:
             deleted = conn.execute(DELETE_ROW, (row.row_id, row.event_id)).rowcount
             conn.execute("DELETE FROM sessions WHERE handle = ?", (row.handle,))
             return deleted > 0
 
-        return self._write(write)
-
     def ack_batch(self, starts: Iterable[tuple[SpooledEvent, str]], ends: Iterable[SpooledEvent]) -> int:
         """`ack_start` and `ack_end` for many answers in one transaction; returns the rows deleted."""
         started, ended = list(starts), list(ends)
-
-        def write(conn: sqlite3.Connection) -> int:
+        if not started and not ended:
+            return 0
+        with self.transaction() as conn:
             deleted = 0
             for row, server_session_id in started:
                 deleted += conn.execute(DELETE_ROW, (row.row_id, row.event_id)).rowcount
@@ -71,25 +67,20 @@ class RowOutcomes(SpoolConnection):
                 conn.execute("DELETE FROM sessions WHERE handle = ?", (row.handle,))
             return deleted
 
-        return self._write(write) if started or ended else 0
-
     def record_failure(self, row: SpooledEvent, error: str, next_attempt_at: float) -> bool:
         """A transient failure: count the attempt and wait until `next_attempt_at` (clock time)."""
-        return self._write(
-            lambda conn: (
-                conn.execute(
-                    "UPDATE events SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
-                    f" WHERE id = ? AND event_id = ? AND state = '{STATE_PENDING}'",
-                    (clip(error), next_attempt_at, row.row_id, row.event_id),
-                ).rowcount
-                > 0
-            )
-        )
+        with self.transaction() as conn:
+            counted = conn.execute(
+                "UPDATE events SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?"
+                f" WHERE id = ? AND event_id = ? AND state = '{STATE_PENDING}'",
+                (clip(error), next_attempt_at, row.row_id, row.event_id),
+            ).rowcount
+        return counted > 0
 
     def dead_letter(self, row: SpooledEvent, reason: str, *, category: str = DEAD_REJECTED) -> bool:
         """A permanent refusal: keep the row as a dead letter. A refused start takes its end along."""
 
-        def write(conn: sqlite3.Connection) -> bool:
+        with self.transaction() as conn:
             this_row = (row.row_id, row.event_id)
             conn.execute("UPDATE events SET attempts = attempts + 1 WHERE id = ? AND event_id = ?", this_row)
             moved = bury(conn, "id = ? AND event_id = ?", this_row, category, clip(reason))
@@ -103,15 +94,13 @@ class RowOutcomes(SpoolConnection):
                 )
             return moved > 0
 
-        return self._write(write)
-
     def requeue_dead(self, category: str | None = None) -> int:
         """Dead letters of `category` (all if None) become pending, due now; returns how many.
 
         Ends that followed a refused start come back with their start (never before it).
         """
 
-        def write(conn: sqlite3.Connection) -> int:
+        with self.transaction() as conn:
             now = self._clock()
             revive = (
                 f"UPDATE events SET state = '{STATE_PENDING}', dead_category = NULL, dead_reason = NULL,"
@@ -130,8 +119,6 @@ class RowOutcomes(SpoolConnection):
             ).rowcount
             return count
 
-        return self._write(write)
-
     def retarget(self, old_key: str | None, destination: Destination) -> int:
         """Send rows spooled for `old_key` (any destination if None) to `destination`; returns how many.
 
@@ -139,7 +126,7 @@ class RowOutcomes(SpoolConnection):
         acknowledged session can only be ended where it was started). Pending rows become due now.
         """
 
-        def write(conn: sqlite3.Connection) -> int:
+        with self.transaction() as conn:
             now = self._clock()
             save_destination(conn, destination)
             cond, params = "destination_key != ?", [destination.key]
@@ -157,5 +144,3 @@ class RowOutcomes(SpoolConnection):
                 (destination.key, *params),
             )
             return moved
-
-        return self._write(write)

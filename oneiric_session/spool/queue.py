@@ -9,7 +9,6 @@ too (`who`). Standard library only (a shell only writes its outbox: spool/outbox
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable, Iterable
 
 from oneiric_session.spool.due import DueRows
@@ -27,13 +26,12 @@ class DeliveryQueue(DueRows, RowOutcomes):
 
     def open_sessions(self) -> list[OpenSession]:
         """Sessions whose end is not spooled yet (for watching their pids), oldest first."""
-        rows = self._read(
-            lambda conn: conn.execute(
+        with self.reading() as conn:
+            rows = conn.execute(
                 "SELECT handle, destination_key, server_session_id, pid, pid_start_time, boot_id,"
                 " started_at, last_seen_alive, host, pid_ns FROM sessions WHERE end_spooled = 0"
                 " ORDER BY started_at"
             ).fetchall()
-        )
         return [OpenSession(*r) for r in rows]
 
     def mark_alive(self, handles: str | Iterable[str], now: float | None = None) -> int:
@@ -41,15 +39,14 @@ class DeliveryQueue(DueRows, RowOutcomes):
         transaction; returns how many sessions were found. Never moves a sighting backwards."""
         when = self._clock() if now is None else now
         names = [handles] if isinstance(handles, str) else list(handles)
-        return self._write(
-            lambda conn: sum(
+        with self.transaction() as conn:
+            return sum(
                 conn.execute(
                     "UPDATE sessions SET last_seen_alive = MAX(last_seen_alive, ?) WHERE handle = ?",
                     (when, handle),
                 ).rowcount
                 for handle in names
             )
-        )
 
     def claim_agent(self, owner: str, alive: Callable[[str], bool]) -> bool:
         """Record `owner` as this spool's one deliverer, unless a live one (`alive(its claim)`) is there.
@@ -57,8 +54,7 @@ class DeliveryQueue(DueRows, RowOutcomes):
         The claim lives in the spool itself, so it is found whatever name the spool is opened by and
         survives the lock file being deleted (see `wakeup.AgentLock`).
         """
-
-        def write(conn: sqlite3.Connection) -> bool:
+        with self.transaction() as conn:
             row = conn.execute("SELECT value FROM meta WHERE key = ?", (_META_OWNER,)).fetchone()
             if row is not None and row[0] != owner and alive(row[0]):
                 return False
@@ -69,10 +65,7 @@ class DeliveryQueue(DueRows, RowOutcomes):
             )
             return True
 
-        return self._write(write)
-
     def release_agent(self, owner: str) -> None:
         """Drop `owner`'s claim (only its own)."""
-        self._write(
-            lambda conn: conn.execute("DELETE FROM meta WHERE key = ? AND value = ?", (_META_OWNER, owner))
-        )
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM meta WHERE key = ? AND value = ?", (_META_OWNER, owner))

@@ -14,7 +14,9 @@ Standard library only.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,10 +31,12 @@ __all__ = [
     "file_key",
     "is_corruption",
     "is_lost_wal",
-    "move_aside",
     "side_ids",
+    "start_afresh",
     "still_in_place",
 ]
+
+logger = logging.getLogger("oneiric_session.spool")
 
 _SQLITE_CORRUPT = 11
 _SQLITE_NOTADB = 26
@@ -105,3 +109,27 @@ def move_aside(path: Path, file_id: FileId | None, clock: Callable[[], float]) -
         except OSError as err:
             raise SpoolError(f"spool {path} is unusable and cannot be moved aside: {err}") from err
     return aside
+
+
+def start_afresh(
+    path: Path,
+    file_id: FileId | None,
+    exc: BaseException,
+    clock: Callable[[], float],
+    connect: Callable[[], sqlite3.Connection],
+) -> None:
+    """Move the spool `file_id`, found unusable (`exc`), aside; `connect` makes the fresh one, which
+    remembers where the old one went (so `status` can say where its events are). SpoolError if not."""
+    try:
+        aside = move_aside(path, file_id, clock)
+    except OSError as err:
+        raise SpoolError(f"spool {path} is unusable and cannot be replaced: {err}") from err
+    if aside is None:
+        return  # another process moved it aside already
+    logger.warning(
+        "spool %s was unusable (%s); moved it aside to %s and started a fresh one", path, exc, aside.name
+    )
+    try:
+        connect().execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('moved_aside', ?)", (str(aside),))
+    except (sqlite3.Error, NeedsFreshSpool, OSError) as err:
+        raise SpoolError(f"spool {path} cannot be started afresh: {err}") from err
