@@ -74,3 +74,94 @@ def test_the_descriptor_is_closed_with_the_last_holder(tmp_path: Path) -> None:
     second.close()
     assert descriptors.header_of(file_id) is None
     sqlite3.connect(path).close()
+
+
+def open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_opening_and_closing_beside_an_open_spool_keeps_no_descriptor(tmp_path: Path) -> None:
+    """A second connection to a file the process holds adds no descriptor that outlives it."""
+    path = tmp_path / "spool.sqlite3"
+    keeper = open_spool(path)
+
+    def cycle() -> None:
+        with Spool(path) as writer:
+            writer.meta_get("x")
+        with Spool(path, read_only=True) as reader:
+            reader.meta_get("x")
+
+    cycle()  # (what the first of them opens for good, e.g. the directory lock's descriptor)
+    before = open_descriptors()
+    for _ in range(50):
+        cycle()
+    assert open_descriptors() == before
+    keeper.close()
+
+
+def test_the_file_replaced_while_a_connection_opens_keeps_its_locks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process puts another spool in place between our look at the file and our open:
+    what our connection opened keeps SQLite's locks (another user's close leaves its WAL)."""
+    import oneiric_session.spool.connection as spool_connection
+
+    path, other = tmp_path / "spool.sqlite3", tmp_path / "other.sqlite3"
+    with Spool(other) as sp:
+        sp.meta_set("which", "other")
+    real_connect = spool_connection.connect
+
+    def replaced_first(at: Path, timeout: float) -> sqlite3.Connection:
+        monkeypatch.setattr(spool_connection, "connect", real_connect)
+        for suffix in ("", "-wal", "-shm"):
+            if os.path.exists(f"{other}{suffix}"):
+                os.replace(f"{other}{suffix}", f"{path}{suffix}")
+        return real_connect(at, timeout)
+
+    with Spool(path) as sp:
+        sp.meta_set("which", "ours")
+    monkeypatch.setattr(spool_connection, "connect", replaced_first)
+    sp = Spool(path)
+    assert sp.meta_get("which") in ("ours", "other")
+    assert Path(f"{path}-wal").exists()
+    other_process_opens_and_closes(path)
+    assert Path(f"{path}-wal").exists()
+    sp.close()
+
+
+def test_a_read_only_connection_reads_a_spool_not_in_wal_mode_again_and_again(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    with open_spool(path):
+        pass
+    raw = sqlite3.connect(path)
+    raw.execute("PRAGMA journal_mode = DELETE")
+    raw.close()
+    reader = Spool(path, read_only=True)
+    for _ in range(3):
+        assert [e.handle for e in reader.list_pending()] == ["a"]
+    reader.close()
+
+
+def test_a_connection_being_opened_keeps_its_locks_when_another_closes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file is held before SQLite opens it: another connection of this process closing while
+    this one is being set up closes no descriptor of the file."""
+    import oneiric_session.spool.connection as spool_connection
+
+    path = tmp_path / "spool.sqlite3"
+    first = open_spool(path)
+    real_prepare = spool_connection.prepare_writable
+
+    def closing_the_other(*args: object, **kwargs: object) -> None:
+        real_prepare(*args, **kwargs)  # type: ignore[arg-type]
+        first.close()  # the last holder but the one being opened
+
+    monkeypatch.setattr(spool_connection, "prepare_writable", closing_the_other)
+    second = Spool(path)
+    second.open()
+    monkeypatch.setattr(spool_connection, "prepare_writable", real_prepare)
+    other_process_opens_and_closes(path)
+    assert Path(f"{path}-wal").exists()
+    assert [e.handle for e in second.list_pending()] == ["a"]
+    second.close()

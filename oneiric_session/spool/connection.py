@@ -9,7 +9,7 @@ file moved, replaced or written over in place, lost WAL files), so the block run
 spool on disk. It opens the file through spool/opening.py, follows a file moved or replaced and
 moves a corrupt one aside through spool/recovery.py, and joins again after its WAL files were
 deleted through spool/rejoin.py. A small key-value table (meta) lives here too:
-recovery records in it where the corrupt file went, and the agent publishes its status through it.
+recovery records in it where the corrupt file went (`MetaTable`, spool/meta.py, reads and writes it).
 
 Standard library only (`status` reads it without importing mcp or pydantic).
 """
@@ -28,7 +28,7 @@ from typing import Self
 from oneiric_session.common.privacy import foreign_reason
 from oneiric_session.common.sqlite_files import directory_lock, is_wal_database
 from oneiric_session.errors import SpoolError, UnsafeSpoolError
-from oneiric_session.spool.descriptors import header_of, hold, read_header, release
+from oneiric_session.spool.descriptors import hold, read_header, release, written_over
 from oneiric_session.spool.opening import (
     connect,
     create_file,
@@ -135,34 +135,14 @@ class SpoolConnection:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def meta_get(self, key: str) -> str | None:
-        with self.reading() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def meta_set(self, key: str, value: str | None) -> None:
-        """Store a small value (None deletes it), e.g. the agent's pid."""
-
-        with self.transaction() as conn:
-            if value is None:
-                conn.execute("DELETE FROM meta WHERE key = ?", (key,))
-            else:
-                conn.execute(
-                    "INSERT INTO meta (key, value) VALUES (?, ?)"
-                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                    (key, value),
-                )
-
     @contextlib.contextmanager
     def transaction(self, *, sync: bool = False) -> Iterator[sqlite3.Connection]:
         """One BEGIN IMMEDIATE transaction around the block, on the spool as it is on disk now.
 
-        Trouble is looked for before the block, so the block runs once and on the right file (see
-        `_usable`). Damage first met inside it is dealt with as well, but that write is not made and
-        SpoolError says so (no input is lost by it: the outbox keeps a record until the spool
-        holding it is on disk). `sync`: the commit is flushed to disk even on a `durable=False`
-        connection (what it writes has no other copy once the block ends).
-        """
+        Trouble is looked for before the block, so the block runs once, on the right file (`_usable`).
+        Damage first met inside it is dealt with too, but that write is not made and SpoolError says
+        so (no input is lost: the outbox keeps a record until the spool holding it is on disk).
+        `sync`: the commit is flushed even on a `durable=False` connection (no other copy exists)."""
         with self._lock, self._mapped_errors("a write, which was not made"):
             flushed = sync and self._synchronous != "FULL"
             conn = self._usable(begin=True, flushed=flushed)
@@ -237,14 +217,14 @@ class SpoolConnection:
             if still_in_place(self.path, self._file_id):
                 if self._side_ids is not None and side_ids(self.path) != self._side_ids:
                     return self._rejoin()  # its WAL or WAL index was deleted: see spool/rejoin.py
-                header = header_of(self._held) if self._held is not None else None
-                if header is not None and len(header) >= 20 and not is_wal_database(header):
-                    # Written over in place: found before the work, not half way through it.
-                    raise NeedsFreshSpool("it was written over: its header is no SQLite WAL database's")
+                if self._held is not None and written_over(self._held):  # found before the work
+                    raise NeedsFreshSpool("it was written over: its header is no SQLite database's")
                 return self._conn
             self.close()  # moved aside or deleted by another process: follow the path
-        if self._conn is not None:
-            self._inherited, self._conn, self._held = self._conn, None, None
+        if self._conn_pid != os.getpid():  # a child after fork: the parent's connection and hold
+            self._held = None
+            if self._conn is not None:
+                self._inherited, self._conn = self._conn, None
         reason = foreign_reason(self.path)
         if reason is not None:
             raise UnsafeSpoolError(
@@ -252,30 +232,39 @@ class SpoolConnection:
                 "launch lines would run as you); set spool.path to a directory only you can write"
             )
         if self._read_only:
-            conn, self._file_id = open_read_only(self.path, self._busy_timeout_seconds)
+            conn, self._file_id, held = open_read_only(self.path, self._busy_timeout_seconds)
             self._conn, self._conn_pid = conn, os.getpid()
-            self._hold(self._file_id)
+            self._keep(held)
             return conn
         try:
             file_id, header = read_header(self.path)
         except OSError:  # none yet (or none can be: making it says why)
             file_id, header = None, b""
         if is_wal_database(header):
-            try:
-                return self._writable_connection(file_id)
-            except sqlite3.Error:
-                if still_in_place(self.path, file_id):
-                    raise
-                # Replaced between our look and our open (moved aside, made anew): a new file.
+            held = hold(self.path)  # before SQLite opens it (spool/descriptors.py)
+            if held is not None and held == file_id:
+                try:
+                    return self._writable_connection(held)
+                except sqlite3.Error:
+                    if still_in_place(self.path, file_id):
+                        raise
+            else:
+                release(held)
+            # Replaced between our look and our open (moved aside, made anew): a new file.
         # A new file becomes a WAL spool in one process at a time; the others wait for it.
         make_parent(self.path)
         with directory_lock(self.path):
             return self._writable_connection(create_file(self.path))
 
     def _writable_connection(self, file_id: FileId | None) -> sqlite3.Connection:
+        """A connection to the file `file_id` at the path, which the caller holds: released on failure."""
         # The file this connection is about: recovery moves it aside only if it is still in place.
         self._file_id = file_id
-        conn = connect(self.path, self._busy_timeout_seconds)
+        try:
+            conn = connect(self.path, self._busy_timeout_seconds)
+        except BaseException:
+            release(file_id)
+            raise
         try:
             prepare_writable(
                 conn,
@@ -288,18 +277,18 @@ class SpoolConnection:
         except BaseException:
             self._failed_side_ids = side_ids(self.path)  # what a lost-WAL retry must leave
             conn.close()
+            release(file_id)
             raise
         self._conn, self._conn_pid = conn, os.getpid()
-        self._hold(file_id)
+        self._keep(file_id)
         sides = side_ids(self.path)  # opened by the schema check's reads
         self._side_ids = sides if None not in sides else None  # (none to compare: never a false alarm)
         return conn
 
-    def _hold(self, file_id: FileId | None) -> None:
-        """Read the header of `file_id`, which the connection now has open, from now on."""
-        held = file_id if file_id is not None and hold(self.path, file_id) else None
+    def _keep(self, held: FileId | None) -> None:
+        """`held` is the file the connection now has open: its header is read from now on."""
         old, self._held = self._held, held
-        release(old)  # (after the new hold: the same file's descriptor stays open)
+        release(old)  # (after the new hold was taken: the same file's descriptors stay open)
 
     def _rejoin(self) -> sqlite3.Connection:
         """Leave a connection whose WAL files are not the ones on disk; join the spool on disk again."""

@@ -1,12 +1,14 @@
-"""The spool file's header, read through a descriptor this process keeps while SQLite has the file.
+"""The spool file's descriptors in this process: none is closed while SQLite may have the file open.
 
 Closing any descriptor of a file drops every POSIX lock the process holds on it, SQLite's own
-included ("How To Corrupt An SQLite Database File", 2.2): a WAL database's last user would then
-think itself alone, checkpoint and delete the WAL under the others. So while a connection of
-ours has a spool file open, its header is read through one descriptor per file (device, inode)
-per process, opened with the first connection and closed after the last one closed (`hold`,
-`release`); `read_header` opens and closes one of its own only for a file no connection holds.
-A child after fork keeps the descriptors it inherited open and unused.
+included ("How To Corrupt An SQLite Database File", 2.2): a WAL database's last other user would
+then think itself alone, checkpoint and delete the WAL under us. So a connection of ours `hold`s
+its file before it opens it, and `release`s it after it closed; the descriptors of a held file
+(one per (device, inode), plus any opened for it in a race) are closed with its last release.
+The header is read through the held descriptor (`header_of`), or, for a file none of ours holds,
+through one opened and closed here (`read_header`). Every close happens under this module's lock
+and every hold is taken under it before the connection is made, so no close of ours can fall
+between another thread's open and its hold. A child after fork keeps what it inherited, unused.
 
 Standard library only.
 """
@@ -17,93 +19,112 @@ import os
 import threading
 from pathlib import Path
 
+from oneiric_session.common.sqlite_files import SQLITE_MAGIC
 from oneiric_session.spool.recovery import FileId
 
-__all__ = ["header_of", "hold", "read_header", "release"]
+__all__ = ["adopt", "header_of", "hold", "read_header", "release", "written_over"]
 
-# What is read of a file: the SQLite header's length.
-_HEADER_BYTES = 100
+_HEADER_BYTES = 100  # SQLite's header
 
 _lock = threading.Lock()
-_held: dict[FileId, list[int]] = {}  # file -> [descriptor, holders]
-_kept: list[int] = []  # descriptors never to close here (inherited, or met in a race)
+_held: dict[FileId, tuple[list[int], list[int]]] = {}  # file -> ([descriptors], [holders])
+_kept: list[int] = []  # descriptors never to close here (inherited across fork)
 
 
-def read_header(path: Path) -> tuple[FileId, bytes]:
-    """The file at `path`: its id and first 100 bytes. Raises FileNotFoundError when there is none."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        _kept.append(fd)  # not known to be none of ours: never closed
-        raise
-    file_id = (st.st_dev, st.st_ino)
-    try:
-        return file_id, os.pread(fd, _HEADER_BYTES, 0)
-    finally:
-        _close_unless_held(fd, file_id)
-
-
-def header_of(file_id: FileId) -> bytes | None:
-    """The first 100 bytes of the held file `file_id` as they are now (None: not held here)."""
+def hold(path: Path) -> FileId | None:
+    """Hold the file now at `path` (its id), before a connection to it is opened; None if none is."""
     with _lock:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        file_id = (st.st_dev, st.st_ino)
         entry = _held.get(file_id)
-        return None if entry is None else os.pread(entry[0], _HEADER_BYTES, 0)
-
-
-def hold(path: Path, file_id: FileId) -> bool:
-    """One more holder of `file_id`, which a connection of ours now has open at `path`; False if
-    the file at `path` is no longer `file_id` (nothing is held then)."""
-    with _lock:
-        entry = _held.get(file_id)
-        if entry is not None:
-            entry[1] += 1
-            return True
+        if entry is not None:  # held already: one holder more, no descriptor more
+            entry[1][0] += 1
+            return file_id
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
-        return False
-    st = os.fstat(fd)
-    found = (st.st_dev, st.st_ino)
+        return None
+    return adopt(fd)
+
+
+def adopt(fd: int) -> FileId | None:
+    """Hold the file `fd` is open on, keeping `fd` until its last release; None if it cannot be told."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        with _lock:
+            _kept.append(fd)  # which file it is cannot be told: never closed
+        return None
+    file_id = (st.st_dev, st.st_ino)
     with _lock:
-        if found == file_id and file_id not in _held:
-            _held[file_id] = [fd, 1]
-            return True
-        if found == file_id:  # another thread held it meanwhile
-            _held[file_id][1] += 1
-            _kept.append(fd)
-            return True
-    _close_unless_held(fd, found)
-    return False
+        fds, holders = _held.setdefault(file_id, ([], [0]))
+        fds.append(fd)
+        holders[0] += 1
+    return file_id
 
 
 def release(file_id: FileId | None) -> None:
-    """One holder fewer (called after its SQLite connection closed); the last closes the descriptor."""
+    """One holder fewer, after its connection closed; the last closes the file's descriptors."""
     if file_id is None:
         return
     with _lock:
         entry = _held.get(file_id)
         if entry is None:
             return
-        entry[1] -= 1
-        if entry[1] > 0:
+        fds, holders = entry
+        holders[0] -= 1
+        if holders[0] > 0:
             return
         del _held[file_id]
-    os.close(entry[0])
-
-
-def _close_unless_held(fd: int, file_id: FileId) -> None:
-    with _lock:
-        if file_id not in _held:
+        for fd in fds:
             os.close(fd)
-        else:  # a connection of ours has this file open: closing would drop its locks
+
+
+def header_of(file_id: FileId) -> bytes | None:
+    """The first 100 bytes of the held file `file_id` as they are now (None: not held here)."""
+    with _lock:
+        entry = _held.get(file_id)
+        return None if entry is None else os.pread(entry[0][0], _HEADER_BYTES, 0)
+
+
+def written_over(file_id: FileId) -> bool:
+    """Whether the held file `file_id` no longer starts as an SQLite database (written over in place)."""
+    header = header_of(file_id)
+    return header is not None and len(header) >= len(SQLITE_MAGIC) and not header.startswith(SQLITE_MAGIC)
+
+
+def read_header(path: Path) -> tuple[FileId, bytes]:
+    """The file at `path`: its id and first 100 bytes. Raises FileNotFoundError when there is none."""
+    with _lock:
+        st = os.stat(path)
+        file_id = (st.st_dev, st.st_ino)
+        entry = _held.get(file_id)
+        if entry is not None:
+            return file_id, os.pread(entry[0][0], _HEADER_BYTES, 0)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            file_id = (st.st_dev, st.st_ino)
+            header = os.pread(fd, _HEADER_BYTES, 0)
+        except BaseException:
             _kept.append(fd)
+            raise
+        entry = _held.get(file_id)
+        if entry is not None:  # replaced between the stat and the open by a file we hold
+            entry[0].append(fd)
+        else:
+            os.close(fd)  # under the lock: no connection of ours is being opened on it now
+        return file_id, header
 
 
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
-    _kept.extend(fd for fd, _ in _held.values())
+    for fds, _ in _held.values():
+        _kept.extend(fds)
     _held.clear()
 
 

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from oneiric_session.errors import SpoolError
-from oneiric_session.spool.connection import SpoolConnection
+from oneiric_session.spool.meta import MetaTable
 from oneiric_session.spool.outbox import encode, outbox_dir, outbox_problem, shell_identity, sync_directory
 from oneiric_session.spool.outbox_reader import (
     KINDS,
@@ -62,7 +62,7 @@ logger = logging.getLogger("oneiric_session.spool")
 _META_RELEASED = "outbox.released"
 
 
-class Intake(SpoolConnection):
+class Intake(MetaTable):
     """The spool at `path`: appends, the outbox taken in, the totals. Thread-safe.
 
     Every public method raises only SpoolError (after recovery from corruption was tried).

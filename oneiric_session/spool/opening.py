@@ -18,7 +18,7 @@ from pathlib import Path
 
 from oneiric_session.common.sqlite_files import SQLITE_MAGIC, directory_lock, is_wal_database
 from oneiric_session.errors import SpoolError
-from oneiric_session.spool.descriptors import read_header
+from oneiric_session.spool.descriptors import adopt, hold, read_header, release
 from oneiric_session.spool.recovery import FileId
 from oneiric_session.spool.schema import SCHEMA_VERSION, TABLES, NeedsFreshSpool, check_schema
 
@@ -43,19 +43,21 @@ def wal_pages_for(max_bytes: int) -> int:
     return max(_MIN_WAL_PAGES, min(_DEFAULT_WAL_PAGES, max_bytes // 4 // _PAGE_BYTES))
 
 
-def create_file(path: Path) -> FileId:
-    """The spool file at `path`, created private (0600, in 0700 directories) if missing; its id.
+def create_file(path: Path) -> FileId | None:
+    """The spool file at `path`, created private (0600, in 0700 directories) if missing, and held
+    (`descriptors.hold`: the caller releases it); its id.
 
     Called under `directory_lock`, so the file we create is empty only while we hold that lock (one
     left empty by a crash is simply made a spool by its next opener)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    file_id = adopt(fd)  # closed with the file's last release, never before
     try:
-        st = os.fstat(fd)
-        if st.st_size == 0:
+        if os.fstat(fd).st_size == 0:
             os.fchmod(fd, 0o600)  # we may have created it: 0600 whatever the umask says
-    finally:
-        os.close(fd)
-    return st.st_dev, st.st_ino
+    except BaseException:
+        release(file_id)
+        raise
+    return file_id
 
 
 def disk_bytes(path: Path) -> int:
@@ -110,7 +112,21 @@ def prepare_writable(
     check_schema(conn)
 
 
-def open_read_only(path: Path, busy_timeout_seconds: float) -> tuple[sqlite3.Connection, FileId]:
+def open_read_only(
+    path: Path, busy_timeout_seconds: float
+) -> tuple[sqlite3.Connection, FileId, FileId | None]:
+    """A connection that changes nothing, to the spool at `path`; the file's id; the file held for
+    it (`descriptors.hold`, taken before SQLite opened it; the caller releases it after closing)."""
+    held = hold(path)
+    try:
+        conn, file_id = _open_read_only(path, busy_timeout_seconds)
+    except BaseException:
+        release(held)
+        raise
+    return conn, file_id, held
+
+
+def _open_read_only(path: Path, busy_timeout_seconds: float) -> tuple[sqlite3.Connection, FileId]:
     """A connection that changes nothing, to the spool at `path`, and the file's id.
 
     NeedsFreshSpool unless the file is a spool of this schema. A file not yet one may be being
