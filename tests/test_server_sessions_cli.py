@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from oneiric_session.cli import main
-from oneiric_session.server.store import LISTED_COLUMNS, NewSession, SessionStore
+from oneiric_session.server.store import LISTED_COLUMNS, NewSession, SessionEnding, SessionStore
 
 
 def record(db: Path) -> None:
@@ -32,11 +32,13 @@ def record(db: Path) -> None:
                 )
             )
         store.record_end(
-            "comp-20260201-120000",
-            ended_at="2026-02-01T12:00:42.5Z",
-            exit_reason="user_exit",
-            duration_seconds=None,
-            metadata={},
+            SessionEnding(
+                "comp-20260201-120000",
+                ended_at="2026-02-01T12:00:42.5Z",
+                exit_reason="user_exit",
+                duration_seconds=None,
+                metadata={},
+            )
         )
     finally:
         store.close()

@@ -11,7 +11,7 @@ import pytest
 
 from oneiric_session.mcp_compat import MCPError, in_memory_client
 from oneiric_session.server.app import build_server
-from oneiric_session.server.store import NewSession, SessionStore
+from oneiric_session.server.store import NewSession, SessionEnding, SessionStore
 from tests.support.server_process import start_event
 from tests.support.together import failures_together
 
@@ -50,27 +50,33 @@ def test_ends(store: SessionStore) -> None:
     session_id = store.record_start(new_session("a"))
     assert (
         store.record_end(
-            "nope", ended_at="2026-02-06T12:35:00Z", exit_reason=None, duration_seconds=None, metadata={}
+            SessionEnding(
+                "nope", ended_at="2026-02-06T12:35:00Z", exit_reason=None, duration_seconds=None, metadata={}
+            )
         )
         == "not_found"
     )
     assert (
         store.record_end(
-            session_id,
-            ended_at="2026-02-06T12:35:00+01:00",
-            exit_reason="eof",
-            duration_seconds=None,
-            metadata={},
+            SessionEnding(
+                session_id,
+                ended_at="2026-02-06T12:35:00+01:00",
+                exit_reason="eof",
+                duration_seconds=None,
+                metadata={},
+            )
         )
         == "ended"
     )
     assert (
         store.record_end(
-            session_id,
-            ended_at="2026-02-07T00:00:00Z",
-            exit_reason="later",
-            duration_seconds=5.0,
-            metadata={},
+            SessionEnding(
+                session_id,
+                ended_at="2026-02-07T00:00:00Z",
+                exit_reason="later",
+                duration_seconds=5.0,
+                metadata={},
+            )
         )
         == "ended"
     )

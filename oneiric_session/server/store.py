@@ -86,6 +86,17 @@ class NewSession:
     metadata: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class SessionEnding:
+    """A validated end event, as the store keeps it (`duration_seconds` None: from the timestamps)."""
+
+    session_id: str
+    ended_at: str
+    exit_reason: str | None
+    duration_seconds: float | None
+    metadata: dict[str, Any]
+
+
 def parse_timestamp(value: str) -> datetime | None:
     """An event timestamp as an aware datetime (naive means UTC), or None when it is not a real one."""
     try:
@@ -230,35 +241,13 @@ class SessionStore:
         self._last_suffix[base] = suffix
         return candidate
 
-    def record_end(
-        self,
-        session_id: str,
-        *,
-        ended_at: str,
-        exit_reason: str | None,
-        duration_seconds: float | None,
-        metadata: dict[str, Any],
-    ) -> EndStatus:
+    def record_end(self, ending: SessionEnding) -> EndStatus:
         """Close a session. An unknown id is `not_found`; a session already ended stays as it was."""
-        work = self.end_work(
-            session_id,
-            ended_at=ended_at,
-            exit_reason=exit_reason,
-            duration_seconds=duration_seconds,
-            metadata=metadata,
-        )
-        return self._alone(work)
+        return self._alone(self.end_work(ending))
 
-    def end_work(
-        self,
-        session_id: str,
-        *,
-        ended_at: str,
-        exit_reason: str | None,
-        duration_seconds: float | None,
-        metadata: dict[str, Any],
-    ) -> Callable[[sqlite3.Connection], EndStatus]:
+    def end_work(self, ending: SessionEnding) -> Callable[[sqlite3.Connection], EndStatus]:
         """`record_end` as a write for `commit` (several writes in one transaction)."""
+        session_id, ended_at = ending.session_id, ending.ended_at
 
         def end(db: sqlite3.Connection) -> EndStatus:
             row = db.execute(
@@ -268,13 +257,13 @@ class SessionStore:
                 return "not_found"
             if row["status"] == "ended":
                 return "ended"
-            duration = duration_seconds
+            duration = ending.duration_seconds
             if duration is None:
                 duration = _elapsed_seconds(row["started_at"], ended_at)
             db.execute(
                 "UPDATE sessions SET status = 'ended', ended_at = ?, exit_reason = ?,"
                 " duration_seconds = ?, end_metadata = ? WHERE session_id = ?",
-                (ended_at, exit_reason, duration, _json(metadata), session_id),
+                (ended_at, ending.exit_reason, duration, _json(ending.metadata), session_id),
             )
             return "ended"
 

@@ -23,7 +23,7 @@ from oneiric_session.server.auth import TokenVerifier
 from oneiric_session.server.group_commit import GroupCommit
 from oneiric_session.server.listing import BadQuery, SessionFilter, parse_instant
 from oneiric_session.server.models import EnvironmentInfo, SessionEndEvent, SessionStartEvent, UserInfo
-from oneiric_session.server.store import NewSession, SessionStore
+from oneiric_session.server.store import NewSession, SessionEnding, SessionStore
 
 # Exit reasons are short words ("user_exit", "abnormal"); cap what a client can make us store.
 MAX_EXIT_REASON_CHARS = 200
@@ -186,11 +186,13 @@ class SessionTools:
         except ValidationError as exc:
             return tracking_answer(session_id, "error", f"Session end tracking failed: {exc}")
         work = self._store.end_work(
-            event.session_id,
-            ended_at=event.timestamp,
-            exit_reason=_exit_reason(event.metadata),
-            duration_seconds=_duration_seconds(event.metadata),
-            metadata=_stored_metadata(event.metadata, "session end"),
+            SessionEnding(
+                session_id=event.session_id,
+                ended_at=event.timestamp,
+                exit_reason=_exit_reason(event.metadata),
+                duration_seconds=_duration_seconds(event.metadata),
+                metadata=_stored_metadata(event.metadata, "session end"),
+            )
         )
         status = await stored(self._commits.run, work)
         logger.info("session end: %r -> %s", event.session_id, status)
