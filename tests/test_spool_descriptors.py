@@ -99,34 +99,90 @@ def test_opening_and_closing_beside_an_open_spool_keeps_no_descriptor(tmp_path: 
     keeper.close()
 
 
+@pytest.mark.parametrize("when", ["before SQLite opens it", "after it was held"])
+@pytest.mark.parametrize("read_only", [False, True], ids=["writable", "read-only"])
 def test_the_file_replaced_while_a_connection_opens_keeps_its_locks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str, read_only: bool
 ) -> None:
-    """Another process puts another spool in place between our look at the file and our open:
-    what our connection opened keeps SQLite's locks (another user's close leaves its WAL)."""
+    """Another process puts another spool in place while we open ours: the connection ends up on
+    the file at the path, holding that very file, so a read of its header by another connection of
+    this process leaves its locks (another user's close leaves its WAL)."""
     import oneiric_session.spool.connection as spool_connection
+    import oneiric_session.spool.opening as spool_opening
 
     path, other = tmp_path / "spool.sqlite3", tmp_path / "other.sqlite3"
     with Spool(other) as sp:
         sp.meta_set("which", "other")
-    real_connect = spool_connection.connect
+    with Spool(path) as sp:
+        sp.meta_set("which", "ours")
 
-    def replaced_first(at: Path, timeout: float) -> sqlite3.Connection:
-        monkeypatch.setattr(spool_connection, "connect", real_connect)
+    def swap() -> None:
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(f"{other}{suffix}"):
                 os.replace(f"{other}{suffix}", f"{path}{suffix}")
-        return real_connect(at, timeout)
 
-    with Spool(path) as sp:
-        sp.meta_set("which", "ours")
-    monkeypatch.setattr(spool_connection, "connect", replaced_first)
-    sp = Spool(path)
-    assert sp.meta_get("which") in ("ours", "other")
+    if when == "before SQLite opens it":
+        real_connect = spool_connection.connect if not read_only else spool_opening.connect
+
+        def replaced_first(at: Path, timeout: float) -> sqlite3.Connection:
+            monkeypatch.setattr(spool_connection, "connect", real_connect)
+            monkeypatch.setattr(spool_opening, "connect", real_connect)
+            swap()
+            return real_connect(at, timeout)
+
+        monkeypatch.setattr(spool_connection, "connect", replaced_first)
+        monkeypatch.setattr(spool_opening, "connect", replaced_first)
+    else:
+        module = spool_opening if read_only else spool_connection
+        real_hold = module.hold
+
+        def hold_then_replaced(at: Path) -> object:
+            monkeypatch.setattr(module, "hold", real_hold)
+            held = real_hold(at)
+            swap()
+            return held
+
+        monkeypatch.setattr(module, "hold", hold_then_replaced)
+    sp = Spool(path, read_only=read_only)
+    assert sp.meta_get("which") == "other"
+    assert sp._held == sp._file_id == descriptors.read_header(path)[0]
     assert Path(f"{path}-wal").exists()
     other_process_opens_and_closes(path)
     assert Path(f"{path}-wal").exists()
     sp.close()
+    assert descriptors.header_of(descriptors.read_header(path)[0]) is None  # nothing held after
+
+
+def test_following_a_spool_replaced_by_another_process_leaves_the_new_ones_locks(tmp_path: Path) -> None:
+    """Two connections of this process follow the path to a fresh spool another process made after
+    moving theirs aside: leaving the old file closes no descriptor of the new one."""
+    path = tmp_path / "spool.sqlite3"
+    first, second = open_spool(path), Spool(path)
+    second.open()
+    code = (
+        "import os, sys; from pathlib import Path; from oneiric_session.spool import Spool\n"
+        "p = sys.argv[1]\n"
+        "os.replace(p, p + '.aside'); os.replace(p + '-wal', p + '.aside-wal'); os.unlink(p + '-shm')\n"
+        "s = Spool(Path(p)); s.meta_set('which', 'new')\n"
+        "print('ready', flush=True); sys.stdin.readline(); s.close()\n"
+    )
+    maker = subprocess.Popen(
+        [sys.executable, "-c", code, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert maker.stdout is not None and maker.stdout.readline() == "ready\n"
+        assert second.meta_get("which") == "new"
+        wal = Path(f"{path}-wal")
+        assert first.meta_get("which") == "new"  # the other connection follows too
+        assert maker.stdin is not None
+        maker.stdin.write("\n")
+        maker.stdin.close()
+        assert maker.wait(timeout=60) == 0
+    finally:
+        maker.kill()
+    assert wal.exists()  # its maker's close found us still there
+    first.close()
+    second.close()
 
 
 def test_a_read_only_connection_reads_a_spool_not_in_wal_mode_again_and_again(tmp_path: Path) -> None:

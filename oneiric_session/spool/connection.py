@@ -30,6 +30,7 @@ from oneiric_session.common.sqlite_files import directory_lock, is_wal_database
 from oneiric_session.errors import SpoolError, UnsafeSpoolError
 from oneiric_session.spool.descriptors import hold, read_header, release, written_over
 from oneiric_session.spool.opening import (
+    OPEN_TRIES,
     connect,
     create_file,
     make_parent,
@@ -120,13 +121,10 @@ class SpoolConnection:
             if conn is not None and self._conn_pid != os.getpid():
                 self._inherited = conn
                 return
-            if conn is not None and self._side_ids is not None and side_ids(self.path) != self._side_ids:
+            if conn is not None:
                 import oneiric_session.spool.rejoin as spool_rejoin
 
-                spool_rejoin.abandon(conn, self.path)  # a usual close would checkpoint deleted files
-            elif conn is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
+                spool_rejoin.close(conn, self.path, self._file_id, self._side_ids)
             release(held)  # after the connection: closing a descriptor first would drop its locks
 
     def __enter__(self) -> Self:
@@ -161,11 +159,9 @@ class SpoolConnection:
             yield self._usable(begin=False)
 
     def _usable(self, *, begin: bool, flushed: bool = False) -> sqlite3.Connection:
-        """The connection, once a file moved or replaced was followed, lost WAL files were joined
-        again and a corrupt file (one written over in place: its header) was moved aside.
-
-        `begin`: a write transaction is begun on it (`flushed`: with synchronous=FULL till its end).
-        """
+        """The connection, a file moved or replaced followed, lost WAL files joined again and a corrupt
+        file (one written over in place too) moved aside first; a write transaction begun on it if
+        `begin` (`flushed`: with synchronous=FULL till its end)."""
         restore = self._synchronous if flushed else None
 
         def ready(conn: sqlite3.Connection) -> sqlite3.Connection:
@@ -191,23 +187,19 @@ class SpoolConnection:
         try:
             yield
         except (sqlite3.Error, NeedsFreshSpool) as exc:
-            if is_lost_wal(exc):  # found only by the block's reads: join again for the next use
-                try:
-                    self._rejoin()
-                except (sqlite3.Error, NeedsFreshSpool, OSError) as err:
-                    raise SpoolError(
-                        f"spool {self.path} cannot be used: {exc}; joining it again failed: {err}"
-                    ) from err
-                raise SpoolError(
-                    f"spool {self.path}: its WAL files were lost during {work} ({exc}); it joined the "
-                    "spool on disk again"
-                ) from exc
-            if not is_corruption(exc):
+            lost = is_lost_wal(exc)
+            if not lost and not is_corruption(exc):
                 raise SpoolError(f"spool {self.path} cannot be used: {exc}") from exc
-            self._recover(exc)
+            try:  # found only inside the block: dealt with for the next use
+                if lost:
+                    self._rejoin()
+                else:
+                    self._recover(exc)
+            except (sqlite3.Error, NeedsFreshSpool, OSError) as err:
+                raise SpoolError(f"spool {self.path} cannot be used: {exc}; and then: {err}") from err
+            found, done = ("without its WAL files", "joined again") if lost else ("damaged", "moved aside")
             raise SpoolError(
-                f"spool {self.path} was found damaged during {work} ({exc}); the file was moved aside "
-                "and a fresh spool started"
+                f"spool {self.path} was found {found} during {work} ({exc}); it was {done} for what follows"
             ) from exc
         except OSError as exc:
             raise SpoolError(f"spool {self.path} cannot be used: {exc.strerror or exc}") from exc
@@ -242,22 +234,30 @@ class SpoolConnection:
             file_id, header = None, b""
         if is_wal_database(header):
             held = hold(self.path)  # before SQLite opens it (spool/descriptors.py)
-            if held is not None and held == file_id:
+            if held is None or held != file_id:
+                release(held)
+            else:
                 try:
-                    return self._writable_connection(held)
+                    opened = self._writable_connection(held)
                 except sqlite3.Error:
                     if still_in_place(self.path, file_id):
                         raise
-            else:
-                release(held)
+                else:
+                    if opened is not None:
+                        return opened
             # Replaced between our look and our open (moved aside, made anew): a new file.
         # A new file becomes a WAL spool in one process at a time; the others wait for it.
         make_parent(self.path)
         with directory_lock(self.path):
-            return self._writable_connection(create_file(self.path))
+            for _ in range(OPEN_TRIES):
+                opened = self._writable_connection(create_file(self.path))
+                if opened is not None:
+                    return opened
+        raise SpoolError(f"spool {self.path} was replaced again and again while it was opened")
 
-    def _writable_connection(self, file_id: FileId | None) -> sqlite3.Connection:
-        """A connection to the file `file_id` at the path, which the caller holds: released on failure."""
+    def _writable_connection(self, file_id: FileId | None) -> sqlite3.Connection | None:
+        """A connection to the file `file_id` at the path, which the caller holds (released on
+        failure); None if another file was put in its place meanwhile (SQLite may have opened it)."""
         # The file this connection is about: recovery moves it aside only if it is still in place.
         self._file_id = file_id
         try:
@@ -279,6 +279,10 @@ class SpoolConnection:
             conn.close()
             release(file_id)
             raise
+        if file_id is not None and not still_in_place(self.path, file_id):
+            conn.close()  # (SQLite's own close never drops another connection's locks)
+            release(file_id)
+            return None
         self._conn, self._conn_pid = conn, os.getpid()
         self._keep(file_id)
         sides = side_ids(self.path)  # opened by the schema check's reads

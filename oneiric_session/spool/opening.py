@@ -19,10 +19,11 @@ from pathlib import Path
 from oneiric_session.common.sqlite_files import SQLITE_MAGIC, directory_lock, is_wal_database
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool.descriptors import adopt, hold, read_header, release
-from oneiric_session.spool.recovery import FileId
+from oneiric_session.spool.recovery import FileId, file_key
 from oneiric_session.spool.schema import SCHEMA_VERSION, TABLES, NeedsFreshSpool, check_schema
 
 __all__ = [
+    "OPEN_TRIES",
     "connect",
     "create_file",
     "disk_bytes",
@@ -35,6 +36,8 @@ __all__ = [
 # SQLite's default page size, and its default WAL auto-checkpoint (pages); the least we allow.
 _PAGE_BYTES = 4096
 _DEFAULT_WAL_PAGES = 1000
+# Opens of a file replaced while it was being opened, before giving up.
+OPEN_TRIES = 3
 _MIN_WAL_PAGES = 4
 
 
@@ -117,13 +120,18 @@ def open_read_only(
 ) -> tuple[sqlite3.Connection, FileId, FileId | None]:
     """A connection that changes nothing, to the spool at `path`; the file's id; the file held for
     it (`descriptors.hold`, taken before SQLite opened it; the caller releases it after closing)."""
-    held = hold(path)
-    try:
-        conn, file_id = _open_read_only(path, busy_timeout_seconds)
-    except BaseException:
+    for _ in range(OPEN_TRIES):
+        held = hold(path)
+        try:
+            conn, file_id = _open_read_only(path, busy_timeout_seconds)
+        except BaseException:
+            release(held)
+            raise
+        if held is not None and held == file_id == file_key(path):
+            return conn, file_id, held
+        conn.close()  # replaced while we opened it: SQLite may have the other file
         release(held)
-        raise
-    return conn, file_id, held
+    raise SpoolError(f"spool {path} was replaced again and again while it was opened")
 
 
 def _open_read_only(path: Path, busy_timeout_seconds: float) -> tuple[sqlite3.Connection, FileId]:

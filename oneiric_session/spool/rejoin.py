@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from oneiric_session.common.sqlite_files import directory_lock
-from oneiric_session.spool.recovery import SideIds, file_key
+from oneiric_session.spool import descriptors
+from oneiric_session.spool.recovery import FileId, SideIds, file_key, side_ids, still_in_place
 from oneiric_session.spool.transaction import immediate
 
 logger = logging.getLogger("oneiric_session.spool")
@@ -115,6 +116,18 @@ def snapshot(conn: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]] | Non
         return None
 
 
+def close(conn: sqlite3.Connection, path: Path, file_id: FileId | None, sides: SideIds | None) -> None:
+    """Close `conn`, which opened the file `file_id` and the WAL files `sides` at `path`: abandoned
+    if its WAL files were replaced under it while the database is still in place (a usual close
+    would checkpoint into and delete the files on disk now); a database moved away SQLite's own
+    close leaves alone."""
+    if sides is not None and side_ids(path) != sides and still_in_place(path, file_id):
+        abandon(conn, path)
+        return
+    with contextlib.suppress(sqlite3.Error):
+        conn.close()
+
+
 def abandon(conn: sqlite3.Connection, path: os.PathLike[str] | str) -> None:
     """Close a connection whose WAL files are gone, without letting SQLite checkpoint or delete."""
     try:
@@ -125,10 +138,13 @@ def abandon(conn: sqlite3.Connection, path: os.PathLike[str] | str) -> None:
         _ABANDONED.append(conn)  # not Linux: never closed, never used
         return
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         _ABANDONED.append(conn)
         return
+    # Closed by spool/descriptors with the file's last holder: closing it here would drop the
+    # POSIX locks of any other connection of ours to the file (the lock taken on it goes then too).
+    file_id = descriptors.adopt(fd)
     try:
         lock = struct.pack("hhqqi", fcntl.F_RDLCK, os.SEEK_SET, _SHARED_FIRST, _SHARED_SIZE, 0)
         try:
@@ -138,8 +154,11 @@ def abandon(conn: sqlite3.Connection, path: os.PathLike[str] | str) -> None:
             return
         with contextlib.suppress(sqlite3.Error):
             conn.close()
+        unlock = struct.pack("hhqqi", fcntl.F_UNLCK, os.SEEK_SET, _SHARED_FIRST, _SHARED_SIZE, 0)
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, ofd_setlk, unlock)
     finally:
-        os.close(fd)  # (also drops this process's POSIX locks on the file: the old connection's)
+        descriptors.release(file_id)
 
 
 def drop_stale_index(path: os.PathLike[str] | str, held: SideIds) -> bool:
