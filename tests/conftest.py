@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,17 +12,6 @@ from typing import Any
 import pytest
 
 from tests.support.delivery import Scene
-
-
-@pytest.fixture(scope="session", autouse=True)
-def signals_as_a_terminal_sends_them() -> None:
-    """A suite started with SIGHUP or SIGINT ignored (under nohup, or as a background job without
-    job control) would pass that on to every process it starts, and the tests of a shell closed by
-    its terminal or stopped by Ctrl-C would see nothing happen: they get the usual dispositions."""
-    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
-        signal.signal(signal.SIGHUP, signal.SIG_DFL)
-    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from oneiric_session.spool import Spool
 from tests.support.delivery import stop_agent
 from tests.support.faults import isolated_env
 from tests.support.server_process import connect, start_event
+from tests.support.signals import as_from_a_terminal
 
 SHELL_TIMEOUT_SECONDS = 60
 # A start must come back well before the hostile object would have let it (its repr sleeps 30 s).
@@ -210,6 +211,7 @@ def test_ctrl_c_during_the_exit_wait_prints_one_calm_line(tmp_path: Path) -> Non
         stderr=subprocess.PIPE,
         text=True,
         cwd=tmp_path,
+        preexec_fn=as_from_a_terminal,
     )
     try:
         assert shell.stdout is not None

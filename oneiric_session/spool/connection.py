@@ -135,9 +135,8 @@ class SpoolConnection:
 
     @contextlib.contextmanager
     def transaction(self, *, sync: bool = False) -> Iterator[sqlite3.Connection]:
-        """One BEGIN IMMEDIATE transaction around the block, on the spool as it is on disk now.
-
-        Trouble is looked for before the block, so the block runs once, on the right file (`_usable`).
+        """One BEGIN IMMEDIATE transaction around the block, on the spool as it is on disk now:
+        trouble is looked for before the block, so the block runs once, on the right file (`_usable`).
         Damage first met inside it is dealt with too, but that write is not made and SpoolError says
         so (no input is lost: the outbox keeps a record until the spool holding it is on disk).
         `sync`: the commit is flushed even on a `durable=False` connection (no other copy exists)."""
@@ -256,9 +255,8 @@ class SpoolConnection:
         raise SpoolError(f"spool {self.path} was replaced again and again while it was opened")
 
     def _writable_connection(self, file_id: FileId | None) -> sqlite3.Connection | None:
-        """A connection to the file `file_id` at the path, which the caller holds (released on
-        failure); None if another file was put in its place meanwhile (SQLite may have opened it)."""
-        # The file this connection is about: recovery moves it aside only if it is still in place.
+        """A connection to the file `file_id` at the path, which the caller holds (released on failure;
+        recovery moves aside only this file); None if another was put in its place meanwhile."""
         self._file_id = file_id
         try:
             conn = connect(self.path, self._busy_timeout_seconds)
@@ -274,13 +272,15 @@ class SpoolConnection:
                 wal_pages=wal_pages_for(self.max_bytes),
                 checkpoint_on_close=self._checkpoint_on_close,
             )
-        except BaseException:
+        except BaseException as exc:
             self._failed_side_ids = side_ids(self.path)  # what a lost-WAL retry must leave
             conn.close()
             release(file_id)
+            if isinstance(exc, sqlite3.Error | NeedsFreshSpool) and not still_in_place(self.path, file_id):
+                return None  # the file SQLite found was put in place meanwhile: open that one
             raise
-        if file_id is not None and not still_in_place(self.path, file_id):
-            conn.close()  # (SQLite's own close never drops another connection's locks)
+        if not still_in_place(self.path, file_id):  # (SQLite's close never drops others' locks)
+            conn.close()
             release(file_id)
             return None
         self._conn, self._conn_pid = conn, os.getpid()

@@ -81,8 +81,15 @@ def _check_header(header: bytes) -> None:
 
 
 def connect(path: Path, busy_timeout_seconds: float) -> sqlite3.Connection:
-    """A connection in autocommit mode (the spool runs its own transactions), usable by any thread."""
-    return sqlite3.connect(path, timeout=busy_timeout_seconds, isolation_level=None, check_same_thread=False)
+    """A connection in autocommit mode (the spool runs its own transactions), usable by any thread,
+    to the file at `path`, which it never creates (`create_file` does, private, under the lock)."""
+    return sqlite3.connect(
+        f"{path.absolute().as_uri()}?mode=rw",
+        uri=True,
+        timeout=busy_timeout_seconds,
+        isolation_level=None,
+        check_same_thread=False,
+    )
 
 
 def prepare_writable(

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from oneiric_session.common.sqlite_files import directory_lock
-from oneiric_session.spool import descriptors
+from oneiric_session.spool.descriptors import adopt, release
 from oneiric_session.spool.recovery import FileId, SideIds, file_key, side_ids, still_in_place
 from oneiric_session.spool.transaction import immediate
 
@@ -144,7 +144,7 @@ def abandon(conn: sqlite3.Connection, path: os.PathLike[str] | str) -> None:
         return
     # Closed by spool/descriptors with the file's last holder: closing it here would drop the
     # POSIX locks of any other connection of ours to the file (the lock taken on it goes then too).
-    file_id = descriptors.adopt(fd)
+    file_id = adopt(fd)
     try:
         lock = struct.pack("hhqqi", fcntl.F_RDLCK, os.SEEK_SET, _SHARED_FIRST, _SHARED_SIZE, 0)
         try:
@@ -158,7 +158,7 @@ def abandon(conn: sqlite3.Connection, path: os.PathLike[str] | str) -> None:
         with contextlib.suppress(OSError):
             fcntl.fcntl(fd, ofd_setlk, unlock)
     finally:
-        descriptors.release(file_id)
+        release(file_id)
 
 
 def drop_stale_index(path: os.PathLike[str] | str, held: SideIds) -> bool:

@@ -19,6 +19,8 @@ import termios
 import time
 from collections.abc import Mapping, Sequence
 
+from tests.support.signals import as_from_a_terminal
+
 # Escape sequences a terminal would interpret; stripped so tests match plain text.
 _ANSI = re.compile(
     rb"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[()][0-9A-Za-z]|\x1b[=>78]"
@@ -42,6 +44,7 @@ class PtyProcess:
         pid, fd = pty.fork()
         if pid == 0:  # the child: exec at once, report nothing through pytest's machinery
             try:
+                as_from_a_terminal()
                 if cwd is not None:
                     os.chdir(cwd)
                 os.execve(argv[0], list(argv), dict(env))
