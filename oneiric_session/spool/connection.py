@@ -28,7 +28,7 @@ from typing import Self
 from oneiric_session.common.privacy import foreign_reason
 from oneiric_session.common.sqlite_files import directory_lock, is_wal_database
 from oneiric_session.errors import SpoolError, UnsafeSpoolError
-from oneiric_session.spool.descriptors import hold, read_header, release, written_over
+from oneiric_session.spool.descriptors import header_of, hold, release, written_over
 from oneiric_session.spool.opening import (
     OPEN_TRIES,
     connect,
@@ -227,24 +227,20 @@ class SpoolConnection:
             self._conn, self._conn_pid = conn, os.getpid()
             self._keep(held)
             return conn
-        try:
-            file_id, header = read_header(self.path)
-        except OSError:  # none yet (or none can be: making it says why)
-            file_id, header = None, b""
-        if is_wal_database(header):
-            held = hold(self.path)  # before SQLite opens it (spool/descriptors.py)
-            if held is None or held != file_id:
-                release(held)
+        held = hold(self.path)  # before SQLite opens it (spool/descriptors.py); None: none yet
+        header = header_of(held) if held is not None else None
+        if header is not None and is_wal_database(header):
+            try:
+                opened = self._writable_connection(held)  # (releases `held` unless it returns one)
+            except sqlite3.Error:
+                if still_in_place(self.path, held):
+                    raise
             else:
-                try:
-                    opened = self._writable_connection(held)
-                except sqlite3.Error:
-                    if still_in_place(self.path, file_id):
-                        raise
-                else:
-                    if opened is not None:
-                        return opened
+                if opened is not None:
+                    return opened
             # Replaced between our look and our open (moved aside, made anew): a new file.
+        else:
+            release(held)
         # A new file becomes a WAL spool in one process at a time; the others wait for it.
         make_parent(self.path)
         with directory_lock(self.path):

@@ -20,28 +20,41 @@ import threading
 from pathlib import Path
 
 from oneiric_session.common.sqlite_files import SQLITE_MAGIC
-from oneiric_session.spool.recovery import FileId
+from oneiric_session.spool.recovery import FileId, file_key
 
 __all__ = ["adopt", "header_of", "hold", "read_header", "release", "written_over"]
 
 _HEADER_BYTES = 100  # SQLite's header
 
 _lock = threading.Lock()
-_held: dict[FileId, tuple[list[int], list[int]]] = {}  # file -> ([descriptors], [holders])
 _kept: list[int] = []  # descriptors never to close here (inherited across fork)
+
+
+class _Held:
+    """A held file: its descriptors (closed with the last holder) and how many hold it."""
+
+    __slots__ = ("fds", "holders")
+
+    def __init__(self) -> None:
+        self.fds: list[int] = []
+        self.holders = 0
+
+    def header(self) -> bytes:
+        return os.pread(self.fds[0], _HEADER_BYTES, 0)
+
+
+_held: dict[FileId, _Held] = {}
 
 
 def hold(path: Path) -> FileId | None:
     """Hold the file now at `path` (its id), before a connection to it is opened; None if none is."""
     with _lock:
-        try:
-            st = os.stat(path)
-        except OSError:
+        file_id = file_key(path)
+        if file_id is None:
             return None
-        file_id = (st.st_dev, st.st_ino)
         entry = _held.get(file_id)
         if entry is not None:  # held already: one holder more, no descriptor more
-            entry[1][0] += 1
+            entry.holders += 1
             return file_id
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -60,9 +73,9 @@ def adopt(fd: int) -> FileId | None:
         return None
     file_id = (st.st_dev, st.st_ino)
     with _lock:
-        fds, holders = _held.setdefault(file_id, ([], [0]))
-        fds.append(fd)
-        holders[0] += 1
+        entry = _held.setdefault(file_id, _Held())
+        entry.fds.append(fd)
+        entry.holders += 1
     return file_id
 
 
@@ -74,12 +87,11 @@ def release(file_id: FileId | None) -> None:
         entry = _held.get(file_id)
         if entry is None:
             return
-        fds, holders = entry
-        holders[0] -= 1
-        if holders[0] > 0:
+        entry.holders -= 1
+        if entry.holders > 0:
             return
         del _held[file_id]
-        for fd in fds:
+        for fd in entry.fds:
             os.close(fd)
 
 
@@ -87,7 +99,7 @@ def header_of(file_id: FileId) -> bytes | None:
     """The first 100 bytes of the held file `file_id` as they are now (None: not held here)."""
     with _lock:
         entry = _held.get(file_id)
-        return None if entry is None else os.pread(entry[0][0], _HEADER_BYTES, 0)
+        return None if entry is None else entry.header()
 
 
 def written_over(file_id: FileId) -> bool:
@@ -100,21 +112,20 @@ def read_header(path: Path) -> tuple[FileId, bytes]:
     """The file at `path`: its id and first 100 bytes. Raises FileNotFoundError when there is none."""
     with _lock:
         st = os.stat(path)
-        file_id = (st.st_dev, st.st_ino)
-        entry = _held.get(file_id)
+        entry = _held.get((st.st_dev, st.st_ino))
         if entry is not None:
-            return file_id, os.pread(entry[0][0], _HEADER_BYTES, 0)
+            return (st.st_dev, st.st_ino), entry.header()
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             st = os.fstat(fd)
-            file_id = (st.st_dev, st.st_ino)
             header = os.pread(fd, _HEADER_BYTES, 0)
         except BaseException:
             _kept.append(fd)
             raise
+        file_id = (st.st_dev, st.st_ino)
         entry = _held.get(file_id)
         if entry is not None:  # replaced between the stat and the open by a file we hold
-            entry[0].append(fd)
+            entry.fds.append(fd)
         else:
             os.close(fd)  # under the lock: no connection of ours is being opened on it now
         return file_id, header
@@ -123,8 +134,8 @@ def read_header(path: Path) -> tuple[FileId, bytes]:
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
-    for fds, _ in _held.values():
-        _kept.extend(fds)
+    for entry in _held.values():
+        _kept.extend(entry.fds)
     _held.clear()
 
 
