@@ -295,3 +295,29 @@ def test_many_shells_released_at_once_start_at_most_two_agents(tmp_path: Path) -
             if shell.poll() is None:
                 shell.kill()
         scene.stop_agents()
+
+
+def test_a_fifo_where_the_spawn_marker_goes_never_holds_a_shell(tmp_path: Path) -> None:
+    """The marker is read without blocking: a FIFO there is no marker a shell made, and is replaced."""
+    spool = tmp_path / "spool.sqlite3"
+    os.mkfifo(wakeup.spawn_marker_path(spool), 0o600)
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    shell = textwrap.dedent(
+        """
+        import os, sys
+        from pathlib import Path
+        from oneiric_session.wakeup import waker
+        waker.spawn_agent = lambda spool_path, **_: os.getpid()  # no agent: the spawn is what is looked at
+        print(waker.wake_or_spawn(Path(sys.argv[1])), flush=True)
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", shell, str(spool)],
+        env={**os.environ, "XDG_RUNTIME_DIR": str(run)},
+        capture_output=True,
+        text=True,
+        timeout=20,  # blocked for good before the fix: a TimeoutExpired, not a hang of the suite
+    )
+    assert done.stdout.strip() == "spawned", done.stderr
+    assert stat.S_ISREG(wakeup.spawn_marker_path(spool).lstat().st_mode)

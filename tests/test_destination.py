@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from oneiric_session.tracking.destination import Destination, Tuning
 
 
@@ -18,6 +20,25 @@ def test_json_round_trip_keeps_everything() -> None:
     )
     back = Destination.from_json(d.to_json())
     assert back == d and back.tuning == d.tuning
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[]",
+        '{"transport": "ftp"}',
+        '{"args": [[1]]}',  # parses, but a launch line of lists cannot be run (nor hashed)
+        '{"env": {"A": 1}}',
+        '{"cwd": 7}',
+        '{"tuning": {"attempts": 1.5}}',
+        '{"tuning": {"window": true}}',
+        '{"tuning": {"call_seconds": NaN}}',
+        '{"tuning": {"call_seconds": -1}}',
+    ],
+)
+def test_a_destination_read_back_is_one_this_version_wrote(text: str) -> None:
+    with pytest.raises(ValueError, match="destination"):
+        Destination.from_json(text)
 
 
 def test_describe_hides_url_credentials_and_env() -> None:

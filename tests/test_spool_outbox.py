@@ -13,6 +13,7 @@ import signal
 import stat
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ from oneiric_session.agent.watch import SessionWatch
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool import Spool
 from oneiric_session.spool.outbox import Outbox, outbox_dir
-from oneiric_session.spool.outbox_reader import STALE_UNFINISHED_SECONDS
+from oneiric_session.spool.outbox_reader import STALE_UNFINISHED_SECONDS, read_outbox
 from oneiric_session.tracking import events
 from oneiric_session.tracking.destination import Destination
 from oneiric_session.tracking.limits import Limits
@@ -251,29 +252,143 @@ def _rewrite(record: Path, change: Callable[[dict[str, Any]], None]) -> None:
     os.chmod(record, 0o600)
 
 
-@pytest.mark.parametrize(
-    "damage",
-    [
-        lambda r: r.update(destination="[1]"),  # JSON, not a destination
-        lambda r: r.update(payload="not json"),
-        lambda r: r["shell"].update(pid={"a": 1}),  # a type SQLite cannot store
-    ],
-    ids=["destination", "payload", "shell"],
-)
+def _rewrite_text(record: Path, change: Callable[[str], str]) -> None:
+    record.write_text(change(record.read_text().rstrip("\n")) + "\n")
+    os.chmod(record, 0o600)
+
+
+def _as_json(change: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
+    return lambda record: _rewrite(record, change)
+
+
+def _as_text(change: Callable[[str], str]) -> Callable[[Path], None]:
+    return lambda record: _rewrite_text(record, change)
+
+
+# Records a shell of this version never writes: hand-edited, copied, another program's.
+DAMAGED = {
+    "destination": _as_json(lambda r: r.update(destination="[1]")),  # JSON, not a destination
+    "payload": _as_json(lambda r: r.update(payload="not json")),
+    "shell": _as_json(lambda r: r["shell"].update(pid={"a": 1})),  # a type SQLite cannot store
+    "pid_too_large": _as_json(lambda r: r["shell"].update(pid=2**64)),  # SQLite cannot bind it
+    "args_not_text": _as_json(
+        lambda r: r.update(destination=json.dumps({**json.loads(r["destination"]), "args": [[1]]}))
+    ),
+    "caps_infinite": _as_text(lambda t: t.replace('"caps":[10000,', '"caps":[Infinity,')),
+    "time_too_large": _as_text(lambda t: t.replace('"created_at":', '"created_at":1' + "0" * 400 + ',"x":')),
+    "nested_too_deep": _as_text(lambda t: t[:-1] + ',"z":' + "[" * 100_000 + "]" * 100_000 + "}"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED), ids=list(DAMAGED))
 def test_a_damaged_record_is_left_alone_and_the_others_are_taken_in(
-    tmp_path: Path, damage: Callable[[dict[str, Any]], None], caplog: pytest.LogCaptureFixture
+    tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     spool_path = tmp_path / "spool.sqlite3"
     outbox = Outbox(spool_path, caps=CAPS)
     _start(outbox, "local-bad")
     _start(outbox, "local-good")
     bad = Path(outbox_dir(spool_path)) / "local-bad.start"
-    _rewrite(bad, damage)
+    DAMAGED[damage](bad)
+    assert [r.handle for r in read_outbox(spool_path)] == ["local-good"]  # `status`, `spool list`
     with Spool(spool_path) as spool:
         assert spool.take_in() == 1
         assert [s.handle for s in spool.open_sessions()] == ["local-good"]
         assert spool.take_in() == 0  # and no error at the next look either
     assert bad.exists() and "local-bad.start left where it is" in caplog.text
+
+
+def test_an_end_waits_while_its_start_cannot_be_read(tmp_path: Path) -> None:
+    """Taken alone, the end would find no session ("no_start") and be gone for good, and the
+    session would stay open once its start was read at a later look."""
+    spool_path = tmp_path / "spool.sqlite3"
+    outbox = Outbox(spool_path, caps=CAPS)
+    _start(outbox, "local-s")
+    assert _end(outbox, "local-s")
+    start = Path(outbox_dir(spool_path)) / "local-s.start"
+    start.chmod(0o602)  # as if another user could have written it: left where it is, for now
+    with Spool(spool_path) as spool:
+        assert spool.take_in() == 0
+        spool.release_taken()
+        assert sorted(p.name for p in start.parent.iterdir()) == ["local-s.end", "local-s.start"]
+        start.chmod(0o600)
+        assert spool.take_in() == 2
+        assert [r.kind for r in spool.list_pending()] == ["start", "end"]
+        assert spool.stats().drops == {}
+
+
+def test_a_record_deleted_as_abandoned_before_its_shell_locked_it_is_written_again(tmp_path: Path) -> None:
+    """The shell stood still between creating its record and locking it (stopped, or the clock
+    stepped) for longer than the agent waits: the agent deleted the empty file as abandoned. The
+    shell's start() must not then report a record written into a file no longer there."""
+    spool_path = tmp_path / "spool.sqlite3"
+    Outbox(spool_path, caps=CAPS).writable()
+    stopped_before_its_lock = textwrap.dedent(
+        """
+        import os, sys
+        from oneiric_session.spool.outbox import Outbox
+        from oneiric_session.tracking.destination import Destination
+        lockf, stops = os.lockf, [1]
+        def paused(fd, command, length):
+            if stops and stops.pop():
+                print("created", flush=True)
+                sys.stdin.readline()
+            return lockf(fd, command, length)
+        os.lockf = paused
+        outbox = Outbox(sys.argv[1], caps=(10000, 1 << 26, 1e6))
+        written = outbox.append_start(
+            "local-stopped", Destination(command="srv"), {"event_id": "e"},
+            pid=None, pid_start_time=None, boot_id=None,
+        )
+        print("returned", written, flush=True)
+        """
+    )
+    shell = subprocess.Popen(
+        [sys.executable, "-c", stopped_before_its_lock, str(spool_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert shell.stdin is not None and shell.stdout is not None
+    try:
+        assert shell.stdout.readline().strip() == "created"
+        record = Path(outbox_dir(spool_path)) / "local-stopped.start"
+        old = time.time() - STALE_UNFINISHED_SECONDS - 1
+        os.utime(record, (old, old))
+        with Spool(spool_path) as spool:
+            assert spool.take_in() == 0 and not record.exists()  # deleted as abandoned
+            shell.stdin.write("\n")
+            shell.stdin.flush()
+            assert shell.stdout.readline().strip() == "returned True"
+            assert spool.take_in() == 1
+            assert [s.handle for s in spool.open_sessions()] == ["local-stopped"]
+    finally:
+        shell.kill()
+        shell.wait(WAIT_SECONDS)
+
+
+def test_a_full_spool_says_so_and_leaves_the_records_for_later(tmp_path: Path) -> None:
+    """SQLite ends the whole transaction itself when the disk is full: the look fails with what
+    happened (not a savepoint error), and once there is room every record is taken in."""
+    spool_path = tmp_path / "spool.sqlite3"
+    outbox = Outbox(spool_path, caps=CAPS)
+    with Spool(spool_path) as spool:
+        spool.open()
+        _start(outbox, "local-small")
+        event = events.build_start_event(
+            component_name="demo", shell_type="TestShell", metadata=None, limits=Limits()
+        )
+        big = {**event, "metadata": {"blob": "x" * 200_000}}  # more than the room left
+        assert outbox.append_start("local-big", DESTINATION, big, pid=None, pid_start_time=None, boot_id=None)
+        with spool.reading() as conn:  # a disk with room for one more page
+            pages = conn.execute("PRAGMA page_count").fetchone()[0]
+            conn.execute(f"PRAGMA max_page_count = {pages + 1}")
+        with pytest.raises(SpoolError, match="database or disk is full"):
+            spool.take_in()
+        with spool.reading() as conn:
+            conn.execute("PRAGMA max_page_count = 1073741823")
+        assert spool.take_in() == 2
+        assert sorted(s.handle for s in spool.open_sessions()) == ["local-big", "local-small"]
 
 
 def test_an_end_stamped_before_its_start_follows_it_all_the_same(tmp_path: Path) -> None:
@@ -321,7 +436,8 @@ def test_an_unfinished_record_its_shell_still_holds_is_never_deleted(tmp_path: P
             holder.kill()
 
 
-def test_a_dead_shell_whose_end_never_reads_gets_its_abnormal_end(tmp_path: Path) -> None:
+@pytest.mark.parametrize("damage", ["format", "caps_infinite"])
+def test_a_dead_shell_whose_end_never_reads_gets_its_abnormal_end(tmp_path: Path, damage: str) -> None:
     """An end record that is not a record (not ours, damaged) keeps no session open forever."""
     spool_path = tmp_path / "spool.sqlite3"
     outbox = Outbox(spool_path, caps=CAPS)
@@ -331,7 +447,8 @@ def test_a_dead_shell_whose_end_never_reads_gets_its_abnormal_end(tmp_path: Path
     with Spool(spool_path) as spool:
         assert spool.take_in() == 1
         assert _end(outbox, "local-gone")
-        _rewrite(Path(outbox_dir(spool_path)) / "local-gone.end", lambda r: r.update(format=99))
+        end = Path(outbox_dir(spool_path)) / "local-gone.end"
+        DAMAGED.get(damage, _as_json(lambda r: r.update(format=99)))(end)
         watch = SessionWatch(spool, wall=time.time, on_end=lambda: None)
         assert watch.check() == []
         (_, end) = spool.list_pending()

@@ -125,6 +125,11 @@ class Intake(MetaTable):
             for record in (self._read_record(directory, name) for name in names if name not in known)
             if record is not None
         ]
+        # An end waits while its start is in the outbox but could not be read at this look (a
+        # transient error, a record left where it is): taken alone it would find no session.
+        seen = known | {r.name for r in records}
+        unread = {n.removesuffix(".start") for n in names if n.endswith(".start") and n not in seen}
+        records = [r for r in records if r.kind == "start" or r.handle not in unread]
         if not records and not known - present:
             return 0
         # Oldest first, as the shells' own appends once were; a session's end never before its
@@ -181,8 +186,10 @@ class Intake(MetaTable):
         try:
             _take(conn, record)
         except sqlite3.Error as exc:
-            if is_corruption(exc) or is_lost_wal(exc):
-                raise  # the spool's own trouble: recovery, not this record's
+            # The spool's own trouble: recovery; or SQLite ended the whole transaction itself (a
+            # full disk): no savepoint is left to roll back to, and no record here is at fault.
+            if is_corruption(exc) or is_lost_wal(exc) or not conn.in_transaction:
+                raise
             conn.execute("ROLLBACK TO record")
             conn.execute("RELEASE record")
             self._report(record.name, f"the spool refused it: {exc}")

@@ -39,7 +39,7 @@ _SUFFIXES = tuple(f".{kind}" for kind in KINDS)  # a record's name: <handle>.<ki
 # A start record's shell identity (`outbox.shell_identity`), each field of its type or None.
 _SHELL_FIELDS = {"pid": int, "pid_start_time": int, "boot_id": str, "host": str, "pid_ns": str}
 # What reading a record that is not one of ours, or not a record, raises.
-UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError)
+UNREADABLE = (OSError, ValueError)
 
 
 class Unfinished(Exception):
@@ -112,10 +112,22 @@ def load_record(directory: str, name: str) -> OutboxRecord:
         os.close(fd)
     if not data.endswith(b"\n"):
         raise Unfinished(time.time() - st.st_mtime)
+    try:
+        return _parse(name, data)
+    except ValueError:
+        raise
+    except Exception as exc:  # too deep (RecursionError), too large a number, ...: not one of ours
+        raise ValueError(f"not an outbox record ({type(exc).__name__})") from None
+
+
+def _parse(name: str, data: bytes) -> OutboxRecord:
+    """A record's content, every field of the type and size `outbox` writes; ValueError if not."""
     record = json.loads(data)
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ValueError("not an outbox record of this version")
-    handle, kind = str(record["handle"]), str(record["kind"])
+    handle, kind, event_id = record.get("handle"), record.get("kind"), record.get("event_id")
+    if not (isinstance(handle, str) and isinstance(kind, str) and isinstance(event_id, str)):
+        raise ValueError("its handle, kind or event id is not text")
     if kind not in KINDS or name != f"{handle}.{kind}":
         raise ValueError("its name and its content disagree")
     destination = record.get("destination")
@@ -123,26 +135,41 @@ def load_record(directory: str, name: str) -> OutboxRecord:
         raise ValueError("a start without a destination")
     if destination is not None and not isinstance(destination, str):
         raise ValueError("its destination is not a destination")
-    payload = record["payload"]
+    payload = record.get("payload")
     if not isinstance(payload, str) or not isinstance(json.loads(payload), dict):
         raise ValueError("its event is not an event")
     shell = record.get("shell") or {}
-    if not isinstance(shell, dict) or not all(
-        isinstance(shell.get(k), t | None) for k, t in _SHELL_FIELDS.items()
-    ):
+    if not isinstance(shell, dict) or not all(_shell_field(k, shell.get(k)) for k in _SHELL_FIELDS):
         raise ValueError("its shell's identity is not one")
-    max_rows, max_bytes, max_age = record["caps"]
+    created_at, caps = record.get("created_at"), record.get("caps")
+    if not (_figure(created_at) and isinstance(caps, list) and len(caps) == 3 and all(map(_figure, caps))):
+        raise ValueError("its time or its caps are not figures")
+    max_rows, max_bytes, max_age = caps
     return OutboxRecord(
         name=name,
         kind=kind,
         handle=handle,
-        event_id=str(record["event_id"]),
+        event_id=event_id,
         created_at=float(record["created_at"]),
-        destination=None if destination is None else _destination(str(destination)),
+        destination=None if destination is None else _destination(destination),
         payload=payload,
         caps=(int(max_rows), int(max_bytes), float(max_age)),
         shell={k: shell.get(k) for k in _SHELL_FIELDS},
     )
+
+
+def _figure(value: object) -> bool:
+    """A number a record holds (a time, a cap): finite, not negative, not a bool, not huge."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 2**62
+
+
+def _shell_field(name: str, value: object) -> bool:
+    kind = _SHELL_FIELDS[name]
+    if value is None:
+        return True
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+    return isinstance(value, kind)
 
 
 @functools.lru_cache(maxsize=64)

@@ -103,17 +103,40 @@ class Destination(NamedTuple):
 
     @classmethod
     def from_json(cls, text: str) -> "Destination":
+        """`to_json`'s text read back; ValueError for anything it would not have written (a
+        destination read from a file another program may have edited is a launch line)."""
         data = json.loads(text)
-        known = Tuning._fields
+        if not isinstance(data, dict):
+            raise ValueError("a destination is a JSON object")
+        args, env, tuning = data.get("args", []), data.get("env", {}), data.get("tuning", {})
+        if not (
+            data.get("transport", "stdio") in ("stdio", "http")
+            and isinstance(data.get("command", ""), str)
+            and all(isinstance(v, str | None) for v in (data.get("cwd"), data.get("url")))
+            and isinstance(args, list)
+            and all(isinstance(a, str) for a in args)
+            and isinstance(env, dict)
+            and all(isinstance(v, str) for v in env.values())
+            and isinstance(tuning, dict)
+            and all(_a_figure(tuning.get(k, d), d) for k, d in Tuning._field_defaults.items())
+        ):
+            raise ValueError("not a destination this version wrote")
         return cls(
             transport=data.get("transport", "stdio"),
             command=data.get("command", ""),
-            args=tuple(data.get("args", ())),
-            env=tuple(sorted(dict(data.get("env", {})).items())),
+            args=tuple(args),
+            env=tuple(sorted(env.items())),
             cwd=data.get("cwd"),
             url=data.get("url"),
-            tuning=Tuning(**{k: v for k, v in dict(data.get("tuning", {})).items() if k in known}),
+            tuning=Tuning(**{k: v for k, v in tuning.items() if k in Tuning._fields}),
         )
+
+
+def _a_figure(value: object, default: int | float) -> bool:
+    """A tuning figure: of its default's type (an int where that is one; never a bool), finite,
+    not negative, and of a size a setting can have."""
+    kind = int if isinstance(default, int) else int | float
+    return isinstance(value, kind) and not isinstance(value, bool) and 0 <= value < 2**53
 
 
 @functools.lru_cache(maxsize=64)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import sys
 import time
 from collections.abc import Mapping
@@ -146,11 +147,18 @@ def spawn_agent(
 def _marker_is_stale(marker: Path) -> bool:
     """True when the marker is too old, or names an agent that is gone (or dead, not yet reaped)."""
     try:
-        with open(marker, "rb") as file:
-            age = time.time() - os.fstat(file.fileno()).st_mtime
-            text = file.read(32)
+        # Never blocks (a FIFO put there would hold a shell before its prompt for good), never follows.
+        fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return True
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return True  # no marker a shell made: replaced
+        age = time.time() - st.st_mtime
+        text = os.read(fd, 32)
+    finally:
+        os.close(fd)
     if not -SPAWN_STALE_SECONDS < age < SPAWN_STALE_SECONDS:
         return True
     if not text.strip().isdigit():
