@@ -84,16 +84,59 @@ def test_malformed_wakeups_carry_no_tokens() -> None:
     assert wakeup.decode_wakeup(b"") == plain
     assert wakeup.decode_wakeup(b"not json") == plain
     assert wakeup.decode_wakeup(b"[1, 2]") == plain
+    assert wakeup.decode_wakeup(b"[" * 50_000) == plain  # nested too deep: it ended the agent once
+    assert wakeup.decode_wakeup(b'{"tokens": "\xff"}') == plain
     assert wakeup.decode_wakeup(b'{"tokens": {"a": 1, "b": "", "c": "t"}}').tokens == {"c": "t"}
     assert wakeup.decode_wakeup(wakeup.encode_wakeup({"k": "t"})) == wakeup.Wakeup(1, {"k": "t"})
 
 
-def test_tokens_pass_to_a_spawned_agent_through_its_environment_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The variable is read once and removed, so the agent's own children never inherit it."""
-    monkeypatch.setenv(wakeup.TOKENS_ENV, '{"k": "secret", "x": 3}')
-    assert wakeup.tokens_from_environment() == {"k": "secret"}
-    assert wakeup.TOKENS_ENV not in os.environ
-    assert wakeup.tokens_from_environment() == {}
+def test_the_handoff_is_read_once_from_its_pipe_which_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    fd = waker._handoff_pipe(wakeup.encode_wakeup({"k": "secret"}, secrets={"k": {"API_KEY": "v"}}))
+    assert fd is not None
+    monkeypatch.setenv(wakeup.HANDOFF_FD_ENV, str(fd))
+    handed = wakeup.take_handoff()
+    assert handed.tokens == {"k": "secret"} and handed.secrets == {"k": {"API_KEY": "v"}}
+    assert wakeup.HANDOFF_FD_ENV not in os.environ  # so the agent's own children never see it
+    with pytest.raises(OSError):
+        os.fstat(fd)  # closed
+    assert wakeup.take_handoff().tokens == {}
+    assert waker._handoff_pipe(b"") is None  # nothing to hand over: no pipe
+
+
+def test_a_handoff_number_naming_no_pipe_is_neither_read_nor_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "not-a-pipe"
+    path.write_text(wakeup.encode_wakeup({"k": "secret"}).decode())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for number in (str(fd), "0", "x"):
+            monkeypatch.setenv(wakeup.HANDOFF_FD_ENV, number)
+            assert wakeup.take_handoff().tokens == {}
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 0  # never read
+    finally:
+        os.close(fd)  # still open
+
+
+def test_a_spawned_agent_gets_its_tokens_through_a_pipe_never_its_environment(
+    tmp_path: Path, runtime_dir: Path
+) -> None:
+    """/proc/<pid>/environ shows a process's initial environment for its whole life (to its user,
+    and in a core dump): a token handed over in it would stay readable there after the agent took it."""
+    spool = tmp_path / "spool.sqlite3"
+    pid = wakeup.spawn_agent(
+        spool,
+        tokens={"k": "tok-in-a-pipe"},
+        secrets={"k": {"API_KEY": "secret-in-a-pipe"}},
+        idle_exit_seconds=1,
+    )
+    assert pid is not None
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes()  # the agent's own (Popen returns after exec)
+        assert b"-in-a-pipe" not in environ
+        assert wakeup.HANDOFF_FD_ENV.encode() + b"=" in environ
+    finally:
+        wait_until(lambda: process_gone(pid), what="the spawned agent to exit")
 
 
 def test_the_lock_admits_one_agent_across_processes(tmp_path: Path) -> None:
@@ -229,6 +272,71 @@ def test_a_failed_spawn_leaves_no_marker(
     monkeypatch.setattr(waker, "spawn_agent", lambda spool_path, **_: None)
     assert wakeup.wake_or_spawn(spool) == "failed"
     assert not wakeup.spawn_marker_path(spool).exists()
+
+
+def test_a_spawning_shell_names_itself_in_the_marker_then_its_agent(
+    tmp_path: Path, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shell killed while it spawns leaves a marker naming a dead process: the next shell spawns
+    at once instead of waiting out SPAWN_STALE_SECONDS with nobody delivering."""
+    spool = tmp_path / "spool.sqlite3"
+    marker = wakeup.spawn_marker_path(spool)
+    seen: list[str] = []
+
+    def spawn(spool_path: Path, **_: object) -> int:
+        seen.append(marker.read_text())
+        return 1  # init: some live process, with a pid shorter than this one's
+
+    monkeypatch.setattr(waker, "spawn_agent", spawn)
+    assert wakeup.wake_or_spawn(spool) == "spawned"
+    assert seen == [str(os.getpid())] and marker.read_text() == "1"
+
+
+def test_a_spawn_that_raises_leaves_no_marker(
+    tmp_path: Path, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = tmp_path / "spool.sqlite3"
+
+    def interrupted(spool_path: Path, **_: object) -> int:
+        raise KeyboardInterrupt  # Ctrl-C in the shell while it spawns
+
+    monkeypatch.setattr(waker, "spawn_agent", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        wakeup.wake_or_spawn(spool)
+    assert not wakeup.spawn_marker_path(spool).exists()
+
+
+def test_a_look_at_the_lock_never_turns_an_agent_away(tmp_path: Path) -> None:
+    """`status` and shells look with a shared flock held for a moment; an agent reaching for the lock
+    in that moment tries again instead of concluding that another agent delivers (and exiting)."""
+    import fcntl
+
+    spool = tmp_path / "spool.sqlite3"
+    first = wakeup.AgentLock(spool)
+    assert first.acquire()  # makes the lock file
+    first.release()
+    look = os.open(wakeup.lock_path(spool), os.O_RDONLY)
+    fcntl.flock(look, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    pauses: list[float] = []
+
+    def look_ends(seconds: float) -> None:  # time passing: the look is over
+        pauses.append(seconds)
+        os.close(look)
+
+    lock = wakeup.AgentLock(spool, sleep=look_ends)
+    try:
+        assert lock.acquire() and len(pauses) == 1
+    finally:
+        lock.release()
+
+    held = wakeup.AgentLock(spool)
+    assert held.acquire()
+    try:
+        pauses.clear()
+        assert wakeup.AgentLock(spool, sleep=pauses.append).acquire() is False  # an agent holds it
+        assert len(pauses) == wakeup.lock.LOCK_TRIES - 1
+    finally:
+        held.release()
 
 
 # Each process loads what a shell loads, waits for the release, then does what a shell does

@@ -161,3 +161,60 @@ def test_listing_a_missing_spool_creates_nothing(scene: Scene) -> None:
     assert result.returncode == 0
     assert "0 waiting" in result.stdout
     assert not scene.spool_path.exists()
+
+
+def test_replay_sends_only_its_own_destinations_rows(scene: Scene) -> None:
+    """Another project's server that answers keeps its events, and replay never sends them itself:
+    it has no token for that server (only that project's shells bring it), so a refusal would make
+    them dead letters, reported as the replay's own."""
+    from oneiric_session.agent.status import DestinationStatus, publish_destinations
+    from oneiric_session.tracking.destination import Destination
+
+    fleet = Destination(transport="http", url="http://127.0.0.1:9/mcp")  # nothing answers there
+    ours = load_config(environ=scene.env).destination()
+    start = events.build_start_event(component_name="other", shell_type="S", metadata=None, limits=Limits())
+    with scene.spool() as spool:
+        assert spool.append_start("local-theirs", fleet, start, pid=None, pid_start_time=None, boot_id=None)
+        mine = {**start, "event_id": "00000000-0000-4000-8000-000000000001", "component_name": "mine"}
+        assert spool.append_start("local-mine", ours, mine, pid=None, pid_start_time=None, boot_id=None)
+    publish_destinations(scene.spool_path, {fleet.key: DestinationStatus(target="fleet")}, None)
+    try:
+        replay = scene.run("spool", "replay", "--json")
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+        assert json.loads(replay.stdout) == {
+            "destination": ours.describe(),
+            "delivered": 1,
+            "remaining": 0,
+            "dead_lettered": 0,
+        }
+        with scene.spool() as spool:
+            (theirs,) = spool.list_pending()
+            assert theirs.handle == "local-theirs" and theirs.attempts == 0 and spool.list_dead() == []
+    finally:
+        scene.stop_agents()  # the one replay handed the other destination's row to
+
+
+def test_the_agent_replay_hands_back_to_gets_the_secret_server_env(scene: Scene) -> None:
+    """Secret server.env values travel in memory only: the agent replay spawns for what is left
+    (here, a session to watch) gets them from the replay, as one a shell spawns gets them from it."""
+    import signal
+
+    del scene.env["ONEIRIC_SESSION_SETTINGS_DIR"]  # ./settings: the agent, run in "/", cannot read it
+    (scene.root / "settings" / "adapters.yml").write_text(
+        "provider_settings:\n  session-buddy:\n    server: {env: {DEMO_API_KEY: hunter2}}\n"
+    )
+    holder = scene.shell(1, hold=True)
+    assert holder.stdout is not None
+    holder.stdout.readline()
+    try:
+        wait_until(lambda: len(scene.sessions()) == 1 and scene.depth() == 0, what="the start delivered")
+        replay = scene.run("spool", "replay")
+        assert replay.returncode == 0, replay.stdout + replay.stderr
+        wait_until(lambda: scene.agent_pid() is not None, what="the agent replay handed back to")
+        holder.send_signal(signal.SIGKILL)  # its end: the agent's to send, launching the server anew
+        holder.wait()
+        wait_until(lambda: [s["status"] for s in scene.sessions()] == ["ended"], what="the abnormal end")
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+        scene.stop_agents()

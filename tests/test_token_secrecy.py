@@ -176,3 +176,28 @@ def test_an_authentication_failure_is_reported_once_and_parked_until_the_token_c
     scene.stop_agents()
     server.stop()
     assert_nowhere([bad, good], outputs, tmp_path)
+
+
+def test_a_spawned_agent_is_handed_the_token_and_never_holds_it_in_its_environment(
+    server: HttpServer, scene: Scene, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shell hands the agent it spawns its token through a pipe only the agent inherits. Spawned
+    here with no token anywhere else (no variable, no file) and no wake-up after: the delivery needs
+    the token handed over; and /proc/<agent>/environ, readable for its whole life, never holds it."""
+    from oneiric_session.spool import Spool
+    from oneiric_session.tracking import events
+    from oneiric_session.tracking.limits import Limits
+
+    token = make_token(SECRET)
+    destination = load_config(environ=scene.env).destination()
+    start = events.build_start_event(component_name="handed", shell_type="S", metadata=None, limits=Limits())
+    with Spool(scene.spool_path) as spool:  # waiting, as a shell left it when no agent ran
+        assert spool.append_start("local-h", destination, start, pid=None, pid_start_time=None, boot_id=None)
+    for name, value in scene.env.items():  # the spawning shell's environment: the scene's
+        monkeypatch.setenv(name, value)
+    agent = wakeup.spawn_agent(scene.spool_path, tokens={destination.key: token}, idle_exit_seconds=30)
+    assert agent is not None
+    environ = Path(f"/proc/{agent}/environ").read_bytes()
+    assert not any(needle in environ for needle in needles(token))
+    wait_until(lambda: len(server.rows()) == 1, what="the start delivered with the handed-over token")
+    assert scene.dead() == 0

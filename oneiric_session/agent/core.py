@@ -289,18 +289,19 @@ class DeliveryAgent:
 
     # -- the foreground replay ------------------------------------------------
 
-    async def replay(self) -> ReplayResult:
-        """Deliver every pending row now, without waiting out back-offs. The caller holds the lock."""
+    async def replay(self, only: str | None = None) -> ReplayResult:
+        """Deliver every pending row now (of destination `only`, when given), without waiting out
+        back-offs. The caller holds the lock."""
         self.update_tokens(self._credentials.initial_tokens)
         try:
             while not self._stop.is_set():
                 self.take_in()
                 self.watch_sessions()
-                self._destinations.schedule(replaying=True)
+                self._destinations.schedule(replaying=True, only=only)
                 if not self._destinations.tasks():
                     break
                 await asyncio.gather(*self._destinations.tasks(), return_exceptions=True)
-            remaining = self.spool.stats().depth
+            remaining = self.spool.stats().depth if only is None else self.spool.waiting(only)
         finally:
             await self._shutdown()
         return ReplayResult(delivered=self.delivered, remaining=remaining, dead_lettered=self.dead_lettered)

@@ -74,9 +74,9 @@ class Destinations:
             )
         return worker
 
-    def schedule(self, *, replaying: bool) -> list[Destination]:
-        """Start a worker for each destination with pending rows that is not busy or backing off;
-        the destinations with pending rows. A replay sends what waits out a back-off too."""
+    def schedule(self, *, replaying: bool, only: str | None = None) -> list[Destination]:
+        """Start a worker for each destination with pending rows (or for `only`'s) that is not busy
+        or backing off; the destinations with pending rows. A replay sends what waits out a back-off too."""
         now = self._mono()
         destinations = self.spool.pending_destinations()
         waits = None
@@ -91,6 +91,8 @@ class Destinations:
             )
         self.due_at = None
         for destination in destinations:
+            if only is not None and destination.key != only:
+                continue
             worker = self.worker(destination)
             if worker.task is not None or worker.retry_at > now:
                 continue

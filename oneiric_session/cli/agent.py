@@ -140,8 +140,9 @@ def run(args: argparse.Namespace, *, on_answer: Callable[[SpooledEvent], None] |
     # The lock comes before the configuration (pydantic) and the delivery code: of many agents
     # spawned at once, the losers exit after a bare Python start.
     log = logging.getLogger("oneiric_session.agent")
-    tokens = wakeup.tokens_from_environment()  # always removed, even by an agent that exits now
-    secrets = wakeup.secrets_from_environment()
+    handed = wakeup.take_handoff()  # always taken (its pipe closed), even by an agent that exits now
+    handed_tokens = dict(handed.tokens)
+    handed_secrets = {key: dict(values) for key, values in handed.secrets.items()}
     wakeup.clear_spawn_marker(spool_path)  # before the lock: see wakeup.waker's module doc
     from oneiric_session.common.privacy import foreign_reason
 
@@ -179,6 +180,7 @@ def run(args: argparse.Namespace, *, on_answer: Callable[[SpooledEvent], None] |
 
             idle = DEFAULT_IDLE_EXIT_SECONDS
         token = config_token(config)
+        tokens, secrets = handed_tokens, handed_secrets
         if config is not None and token:
             # The agent's own settings give a token for their own destination only (issue 13.1).
             tokens = {config.destination().key: token, **tokens}

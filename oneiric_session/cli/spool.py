@@ -139,6 +139,7 @@ def run_replay(args: argparse.Namespace) -> int:
     destination = config.destination()
     token = config_token(config)
     tokens = {destination.key: token} if token else None
+    secrets = {destination.key: destination.secrets()} if destination.secrets() else None
     from oneiric_session.spool.outbox_reader import read_outbox
 
     if not path.exists() and not read_outbox(path):  # no database, and no shell's record waiting
@@ -170,10 +171,11 @@ def run_replay(args: argparse.Namespace) -> int:
         except SpoolError as exc:  # what the database holds is still delivered
             print(f"oneiric-session: {terminal_safe(str(exc))}", file=sys.stderr)
         _retarget(spool, destination, everything=args.all)
-        total = spool.stats().depth
-        secrets = {destination.key: destination.secrets()} if destination.secrets() else None
+        # Only this destination's rows (its own and those retargeted to it): another destination's,
+        # left with it because it answers, need that destination's token, which only its shells bring.
+        total = spool.waiting(destination.key)
         agent = DeliveryAgent(spool, tokens=tokens, secrets=secrets, progress=_progress(total))
-        result = asyncio.run(agent.replay())
+        result = asyncio.run(agent.replay(only=destination.key))
         if total:
             print(file=sys.stderr)
     finally:
@@ -185,7 +187,8 @@ def run_replay(args: argparse.Namespace) -> int:
     finally:
         spool.close()
     if left_over:  # rows still waiting, or open sessions to watch: the background agent takes over
-        wakeup.wake_or_spawn(path, tokens=tokens)
+        idle = config.settings.agent.idle_exit_seconds  # as a shell of these settings passes it
+        wakeup.wake_or_spawn(path, tokens=tokens, idle_exit_seconds=idle, secrets=secrets)
     return _replay_report(
         args, destination.describe(), result.delivered, result.remaining, result.dead_lettered
     )

@@ -6,7 +6,8 @@ path: one agent per spool, and a short path whatever the spool's path is. A wake
 is one non-blocking datagram that may carry tokens (destination key -> token) so
 the agent holds them in memory only, or ask it to step aside for `spool replay`;
 the directory being private is what keeps another user from receiving them.
-When nobody listens, the shell spawns the agent detached and never waits for it.
+When nobody listens, the shell spawns the agent detached and never waits for it,
+handing it the same message through a pipe only the agent inherits.
 A lock file next to the spool decides which agent runs: only the lock holder
 binds the socket, a second agent exits at once.
 
@@ -34,14 +35,12 @@ from oneiric_session.wakeup.paths import (
     spawn_marker_path,
 )
 from oneiric_session.wakeup.waker import (
-    SECRETS_ENV,
+    HANDOFF_FD_ENV,
     SPAWN_STALE_SECONDS,
-    TOKENS_ENV,
     WakeResult,
     clear_spawn_marker,
-    secrets_from_environment,
     spawn_agent,
-    tokens_from_environment,
+    take_handoff,
     wake,
     wake_or_spawn,
 )
@@ -57,10 +56,9 @@ _LAZY = {
 }
 
 __all__ = [
+    "HANDOFF_FD_ENV",
     "MAX_DATAGRAM_BYTES",
-    "SECRETS_ENV",
     "SPAWN_STALE_SECONDS",
-    "TOKENS_ENV",
     "AgentLock",
     "WakeResult",
     "Wakeup",
@@ -71,12 +69,11 @@ __all__ = [
     "decode_wakeup",
     "encode_wakeup",
     "lock_path",
-    "secrets_from_environment",
     "socket_dir_problems",
     "socket_path",
     "spawn_agent",
     "spawn_marker_path",
-    "tokens_from_environment",
+    "take_handoff",
     "wake",
     "wake_or_spawn",
 ]

@@ -12,6 +12,8 @@ import contextlib
 import fcntl
 import json
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +23,10 @@ if TYPE_CHECKING:
     from oneiric_session.spool import Spool
 
 __all__ = ["AgentLock", "agent_holds_lock"]
+
+# A held lock is tried this many times, this far apart (a look holds it for microseconds).
+LOCK_TRIES = 5
+LOCK_PAUSE_SECONDS = 0.002
 
 
 class AgentLock:
@@ -34,8 +40,11 @@ class AgentLock:
     The lock file is opened without following symlinks and must be ours.
     """
 
-    def __init__(self, spool_path: Path, spool: Spool | None = None) -> None:
+    def __init__(
+        self, spool_path: Path, spool: Spool | None = None, *, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
         self.spool_path = Path(spool_path)
+        self._sleep = sleep
         # The claim is written through the holder's own connection when it has one: a short-lived
         # second connection to the spool in the agent's process left shells reading a stale WAL.
         self._spool = spool
@@ -62,9 +71,7 @@ class AgentLock:
         private_dir(self.path.parent)
         for _ in range(3):
             fd = open_private(self.path, os.O_RDWR | os.O_CREAT)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            if not self._flock(fd):
                 os.close(fd)
                 return False
             try:
@@ -87,6 +94,21 @@ class AgentLock:
             return False
         self._fd = fd
         return True
+
+    def _flock(self, fd: int) -> bool:
+        """The flock, without waiting for an agent that holds it. A look at the lock (a shell's or
+        `status`'s `agent_holds_lock`) holds it shared for a moment: tried again a few times so such
+        a look never turns an agent away (nobody would start another for its events)."""
+        for tries_left in reversed(range(LOCK_TRIES)):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if tries_left:
+                    self._sleep(LOCK_PAUSE_SECONDS)
+            except OSError:
+                return False
+        return False
 
     def _claim(self) -> bool:
         from oneiric_session.errors import SpoolError

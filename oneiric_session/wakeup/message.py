@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import NamedTuple
 
-__all__ = ["MAX_DATAGRAM_BYTES", "Wakeup", "decode_wakeup", "encode_wakeup", "secret_values"]
+__all__ = ["MAX_DATAGRAM_BYTES", "Wakeup", "decode_wakeup", "encode_wakeup"]
 
 # A wake-up with tokens is small; anything larger is not ours.
 MAX_DATAGRAM_BYTES = 65536
@@ -53,8 +53,8 @@ def encode_wakeup(
     return json.dumps(value).encode()
 
 
-def secret_values(value: object) -> dict[str, dict[str, str]]:
-    """{key: {name: value}} with anything else dropped (a datagram's, or a spawned agent's environment's)."""
+def _secret_values(value: object) -> dict[str, dict[str, str]]:
+    """{key: {name: value}} with anything else dropped (a wake-up's, or a spawned agent's hand-off)."""
     if not isinstance(value, dict):
         return {}
     return {
@@ -68,7 +68,7 @@ def decode_wakeup(data: bytes) -> Wakeup:
     """One datagram read (a plain or malformed one is a plain wake-up)."""
     try:
         value = json.loads(data) if data else {}
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep to read
         value = {}
     if not isinstance(value, dict):
         value = {}
@@ -78,5 +78,5 @@ def decode_wakeup(data: bytes) -> Wakeup:
         datagrams=1,
         tokens={k: v for k, v in tokens.items() if isinstance(k, str) and isinstance(v, str) and v},
         handover=value.get("handover") is True,
-        secrets=secret_values(value.get("secrets")),
+        secrets=_secret_values(value.get("secrets")),
     )

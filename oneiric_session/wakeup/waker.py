@@ -10,18 +10,20 @@ shell spawns the agent detached and never waits for it.
 Many shells starting at once must not each spawn an agent (each costs a Python start
 on a machine busy starting shells). A shell that finds nobody listening spawns only
 when no agent holds the lock and no other spawn is under way: a marker file, created
-exclusively by the spawning shell and removed by the spawned agent just before it
-reaches for the lock. Why a shell that skips the spawn still gets its row delivered:
-it appended before it looked, and an agent holding the lock, or one whose marker is
-still there, takes (or re-takes) the lock after that look and then scans the spool
-(it binds its socket first, then reads every pending row; an idle agent handing over
-looks once more after releasing the lock).
+exclusively by the spawning shell, naming that shell and then the agent it spawned, and
+removed by the spawned agent just before it reaches for the lock (a marker naming a dead
+process, or older than SPAWN_STALE_SECONDS, is replaced by the next spawn).
+
+Why a shell that skips the spawn still gets its row delivered: it appended before it
+looked, and an agent holding the lock, or one whose marker is still there, takes (or
+re-takes) the lock after that look and then scans the spool (it binds its socket first,
+then reads every pending row; an idle agent handing over looks once more after releasing
+the lock).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import stat
 import sys
@@ -30,29 +32,27 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from oneiric_session.wakeup.message import encode_wakeup, secret_values
+from oneiric_session.wakeup.message import Wakeup, decode_wakeup, encode_wakeup
 from oneiric_session.wakeup.paths import agent_log_path, socket_path, spawn_marker_path
 
 if TYPE_CHECKING:
     import subprocess
 
 __all__ = [
-    "SECRETS_ENV",
+    "HANDOFF_FD_ENV",
     "SPAWN_STALE_SECONDS",
-    "TOKENS_ENV",
     "WakeResult",
     "clear_spawn_marker",
-    "secrets_from_environment",
     "spawn_agent",
-    "tokens_from_environment",
+    "take_handoff",
     "wake",
     "wake_or_spawn",
 ]
 
-# The child reads the tokens from this variable and removes it from its environment.
-# (And the secret server.env values, destination key -> {name: value}, from SECRETS_ENV.)
-SECRETS_ENV = "ONEIRIC_SESSION_AGENT_SECRETS"
-TOKENS_ENV = "ONEIRIC_SESSION_AGENT_TOKENS"
+# The number of the spawned agent's inherited descriptor holding what its shell handed over (the
+# tokens and secret server.env values, as one wake-up message). A pipe, not the environment: a
+# process's initial environment stays readable in /proc/<pid>/environ for its whole life.
+HANDOFF_FD_ENV = "ONEIRIC_SESSION_AGENT_HANDOFF_FD"
 
 # Past this age a spawn marker is stale (its shell or agent died before the agent reached for the
 # lock): the next shell spawns. Long enough for an agent's Python to start on a loaded 2-core machine.
@@ -103,7 +103,8 @@ def spawn_agent(
 ) -> int | None:
     """Start an agent for this spool, detached; its pid, or None. Never waits for it.
 
-    The tokens go in its environment only. It runs in "/" with `-P`, so neither the working
+    The tokens and secret values go through a pipe only it inherits (`take_handoff`). It runs in "/"
+    with `-P`, so neither the working
     directory of the shell that happened to start it (never pinned, never reported from) nor the
     spool's directory (maybe a team directory others can write) is on its import path, nor on the
     import path of a server it launches with `python -m` and no `server.cwd`.
@@ -114,12 +115,10 @@ def spawn_agent(
         if child.poll() is not None:
             _spawned.remove(child)
     env = dict(os.environ)
-    env.pop(TOKENS_ENV, None)
-    env.pop(SECRETS_ENV, None)
-    if tokens:
-        env[TOKENS_ENV] = json.dumps(dict(tokens))
-    if secrets:
-        env[SECRETS_ENV] = json.dumps({k: dict(v) for k, v in secrets.items()})
+    env.pop(HANDOFF_FD_ENV, None)
+    handoff = _handoff_pipe(encode_wakeup(tokens, secrets=secrets))
+    if handoff is not None:
+        env[HANDOFF_FD_ENV] = str(handoff)
     spool_path = Path(os.path.abspath(spool_path))  # the agent runs in "/"
     # -P: the cwd is not put first on sys.path (and "/" is no attacker's directory anyway).
     argv = [sys.executable, "-P", "-m", "oneiric_session", "agent", "--foreground"]
@@ -135,17 +134,21 @@ def spawn_agent(
             stderr=subprocess.DEVNULL,
             start_new_session=True,
             close_fds=True,
+            pass_fds=() if handoff is None else (handoff,),
             env=env,
             cwd="/",
         )
     except OSError:
         return None
+    finally:
+        if handoff is not None:
+            os.close(handoff)
     _spawned.append(child)
     return child.pid
 
 
 def _marker_is_stale(marker: Path) -> bool:
-    """True when the marker is too old, or names an agent that is gone (or dead, not yet reaped)."""
+    """True when the marker is too old, or names a shell or agent that is gone (or dead, not reaped)."""
     try:
         # Never blocks (a FIFO put there would hold a shell before its prompt for good), never follows.
         fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -162,7 +165,7 @@ def _marker_is_stale(marker: Path) -> bool:
     if not -SPAWN_STALE_SECONDS < age < SPAWN_STALE_SECONDS:
         return True
     if not text.strip().isdigit():
-        return False  # its shell is between creating it and spawning: fresh enough
+        return False  # its shell is between creating it and writing its pid: fresh enough
     from oneiric_session.tracking.procinfo import is_alive  # only when a marker is there
 
     # A zombie is gone too: an agent killed before it reached the lock stays one until the shell
@@ -218,31 +221,63 @@ def wake_or_spawn(
     if fd is None:
         return "starting"
     extra = {"secrets": secrets} if secrets else {}  # (only then: callers may stand in for spawn_agent)
-    pid = spawn_agent(spool_path, tokens=tokens, idle_exit_seconds=idle_exit_seconds, **extra)
-    if fd >= 0:
-        with contextlib.suppress(OSError):
-            if pid is None:
-                os.unlink(marker)
-            else:
-                os.write(fd, str(pid).encode())
-        os.close(fd)
+    pid = None
+    try:
+        if fd >= 0:  # this shell's pid until the agent's: killed while spawning, it leaves a stale marker
+            with contextlib.suppress(OSError):
+                os.write(fd, str(os.getpid()).encode())
+        pid = spawn_agent(spool_path, tokens=tokens, idle_exit_seconds=idle_exit_seconds, **extra)
+    finally:
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                if pid is None:
+                    os.unlink(marker)
+                else:
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, str(pid).encode(), 0)
+            os.close(fd)
     return "spawned" if pid is not None else "failed"
 
 
-def secrets_from_environment() -> dict[str, dict[str, str]]:
-    """The secret server.env values the spawning shell passed (removed from this environment)."""
+def _handoff_pipe(message: bytes) -> int | None:
+    """The read end of a pipe holding `message` whole, its write end closed; None for nothing to
+    hand over, or a message larger than a pipe holds (the agent then gets it at the next wake-up)."""
+    if not message:
+        return None
+    read, write = os.pipe()
     try:
-        return secret_values(json.loads(os.environ.pop(SECRETS_ENV, "") or "{}"))
-    except ValueError:
-        return {}
+        os.set_blocking(write, False)
+        view = memoryview(message)
+        while view:
+            view = view[os.write(write, view) :]
+    except OSError:
+        os.close(read)
+        return None
+    finally:
+        os.close(write)
+    return read
 
 
-def tokens_from_environment() -> dict[str, str]:
-    """The tokens the spawning shell passed (and remove them from this process's environment)."""
+def take_handoff() -> Wakeup:
+    """What the spawning shell handed this agent over (tokens, secret values), read whole from the
+    inherited pipe, which is closed; a plain wake-up when there is none. Taken once."""
+    number = os.environ.pop(HANDOFF_FD_ENV, "")
+    if not number.isdigit() or int(number) < 3:
+        return decode_wakeup(b"")
+    fd = int(number)
     try:
-        value = json.loads(os.environ.pop(TOKENS_ENV, "") or "{}")
-    except ValueError:
-        return {}
-    if not isinstance(value, dict):
-        return {}
-    return {k: v for k, v in value.items() if isinstance(k, str) and isinstance(v, str) and v}
+        pipe = stat.S_ISFIFO(os.fstat(fd).st_mode)
+    except OSError:
+        pipe = False
+    if not pipe:
+        return decode_wakeup(b"")  # not the pipe a shell made: neither read nor closed
+    chunks: list[bytes] = []
+    try:
+        os.set_blocking(fd, False)  # its writer closed its end: all there is reads at once
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    except OSError:
+        chunks = []  # another writer holds it open: not the pipe a shell made
+    finally:
+        os.close(fd)
+    return decode_wakeup(b"".join(chunks))
