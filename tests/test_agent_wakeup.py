@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -116,6 +117,48 @@ def test_a_handoff_number_naming_no_pipe_is_neither_read_nor_closed(
         assert os.lseek(fd, 0, os.SEEK_CUR) == 0  # never read
     finally:
         os.close(fd)  # still open
+
+
+@pytest.mark.parametrize("shell_is", ["without_stdin", "out_of_descriptors"])
+def test_the_handoff_pipe_from_a_shell_short_of_descriptors(shell_is: str) -> None:
+    """A shell run with stdin closed gets the pipe's read end as fd 0, which the agent's own
+    stdin (/dev/null) would cover: it is moved above 2. A shell with no descriptor left spawns
+    without one (the agent gets the tokens at the next wake-up) instead of failing."""
+    code = textwrap.dedent(
+        """
+        import json, os, sys
+        from oneiric_session.wakeup import waker
+        from oneiric_session.wakeup.message import encode_wakeup
+        held = []
+        if sys.argv[1] == "without_stdin":
+            os.close(0)
+        else:
+            while True:
+                try:
+                    held.append(os.open(os.devnull, os.O_RDONLY))
+                except OSError:
+                    break
+        fd = waker._handoff_pipe(encode_wakeup({"k": "t"}))
+        print(json.dumps(fd if fd is None else [fd, os.read(fd, 100).decode()]))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code, shell_is], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    if shell_is == "without_stdin":
+        fd, message = json.loads(done.stdout)
+        assert fd > 2 and wakeup.decode_wakeup(message.encode()).tokens == {"k": "t"}
+    else:
+        assert json.loads(done.stdout) is None
+
+
+def test_a_symbolic_link_where_the_spawn_marker_goes_is_replaced(
+    tmp_path: Path, runtime_dir: Path, spawns: list[Path]
+) -> None:
+    spool = tmp_path / "spool.sqlite3"
+    marker = wakeup.spawn_marker_path(spool)
+    marker.symlink_to(tmp_path / "nowhere")
+    assert [wakeup.wake_or_spawn(spool) for _ in range(3)] == ["spawned", "starting", "starting"]
+    assert len(spawns) == 1 and stat.S_ISREG(marker.lstat().st_mode)
 
 
 def test_a_spawned_agent_gets_its_tokens_through_a_pipe_never_its_environment(

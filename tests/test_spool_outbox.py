@@ -26,7 +26,7 @@ from oneiric_session.agent.watch import SessionWatch
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool import Spool
 from oneiric_session.spool.outbox import Outbox, outbox_dir
-from oneiric_session.spool.outbox_reader import STALE_UNFINISHED_SECONDS, read_outbox
+from oneiric_session.spool.outbox_reader import STALE_UNFINISHED_SECONDS, read_outbox, remove_if_abandoned
 from oneiric_session.tracking import events
 from oneiric_session.tracking.destination import Destination
 from oneiric_session.tracking.limits import Limits
@@ -298,7 +298,7 @@ def test_a_damaged_record_is_left_alone_and_the_others_are_taken_in(
     assert bad.exists() and "local-bad.start left where it is" in caplog.text
 
 
-def test_an_end_waits_while_its_start_cannot_be_read(tmp_path: Path) -> None:
+def test_an_end_waits_while_its_start_cannot_be_read_yet(tmp_path: Path) -> None:
     """Taken alone, the end would find no session ("no_start") and be gone for good, and the
     session would stay open once its start was read at a later look."""
     spool_path = tmp_path / "spool.sqlite3"
@@ -306,15 +306,52 @@ def test_an_end_waits_while_its_start_cannot_be_read(tmp_path: Path) -> None:
     _start(outbox, "local-s")
     assert _end(outbox, "local-s")
     start = Path(outbox_dir(spool_path)) / "local-s.start"
-    start.chmod(0o602)  # as if another user could have written it: left where it is, for now
+    whole = start.read_bytes()
+    start.write_bytes(whole[:-1])  # not finished at this look (its last write still to come)
     with Spool(spool_path) as spool:
         assert spool.take_in() == 0
         spool.release_taken()
         assert sorted(p.name for p in start.parent.iterdir()) == ["local-s.end", "local-s.start"]
-        start.chmod(0o600)
+        start.write_bytes(whole)
         assert spool.take_in() == 2
         assert [r.kind for r in spool.list_pending()] == ["start", "end"]
         assert spool.stats().drops == {}
+
+
+@pytest.mark.parametrize("start_is", ["refused", "unfinished_for_long"])
+def test_an_end_whose_start_never_reads_is_not_kept_waiting(tmp_path: Path, start_is: str) -> None:
+    """A start left where it is for good (not ours to read), or one that stays unfinished, keeps its
+    end waiting for a while at most: then the end goes alone, counted as a loss, as before."""
+    spool_path = tmp_path / "spool.sqlite3"
+    outbox = Outbox(spool_path, caps=CAPS)
+    _start(outbox, "local-s")
+    assert _end(outbox, "local-s")
+    directory = Path(outbox_dir(spool_path))
+    if start_is == "refused":
+        (directory / "local-s.start").chmod(0o602)  # as if another user could have written it
+    else:
+        start = directory / "local-s.start"
+        start.write_bytes(start.read_bytes()[:-1])
+        _rewrite(directory / "local-s.end", lambda r: r.update(created_at=r["created_at"] - 3600))
+    with Spool(spool_path) as spool:
+        assert spool.take_in() == 1
+        spool.release_taken()
+        assert [p.name for p in directory.iterdir()] == ["local-s.start"]
+        assert spool.stats().drops == {"no_start": 1}
+
+
+def test_a_finished_record_is_never_deleted_as_abandoned(tmp_path: Path) -> None:
+    """The agent saw the record unfinished and old, but its shell finished it just before the
+    agent took its lock: it is looked at again under that lock, and kept."""
+    spool_path = tmp_path / "spool.sqlite3"
+    outbox = Outbox(spool_path, caps=CAPS)
+    _start(outbox, "local-s")
+    record = Path(outbox_dir(spool_path)) / "local-s.start"
+    old = time.time() - STALE_UNFINISHED_SECONDS - 1
+    os.utime(record, (old, old))
+    assert remove_if_abandoned(str(record)) is False and record.exists()
+    record.write_bytes(record.read_bytes()[:-1])
+    assert remove_if_abandoned(str(record)) is True and not record.exists()
 
 
 def test_a_record_deleted_as_abandoned_before_its_shell_locked_it_is_written_again(tmp_path: Path) -> None:

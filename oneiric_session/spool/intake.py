@@ -37,11 +37,11 @@ from oneiric_session.spool.outbox_reader import (
     UNREADABLE,
     OutboxRecord,
     Unfinished,
-    abandoned,
     load_record,
     outbox_waiting,
     read_outbox,
     record_names,
+    remove_if_abandoned,
 )
 from oneiric_session.spool.records import (
     SESSION_DROPS_PREFIX,
@@ -120,16 +120,22 @@ class Intake(MetaTable):
             return 0
         present = set(names)
         known = self._taken_names()
+        waiting: set[str] = set()  # not readable at this look, maybe at the next
         records = [
             record
-            for record in (self._read_record(directory, name) for name in names if name not in known)
+            for record in (self._read_record(directory, name, waiting) for name in names if name not in known)
             if record is not None
         ]
-        # An end waits while its start is in the outbox but could not be read at this look (a
-        # transient error, a record left where it is): taken alone it would find no session.
-        seen = known | {r.name for r in records}
-        unread = {n.removesuffix(".start") for n in names if n.endswith(".start") and n not in seen}
-        records = [r for r in records if r.kind == "start" or r.handle not in unread]
+        # An end waits while its start could not be read at this look (being written, or an error
+        # that may pass): taken alone, it would find no session and be lost. For a while only: a
+        # start that never reads (one left where it is) keeps its end from nobody.
+        held = {name.removesuffix(".start") for name in waiting if name.endswith(".start")}
+        now = self._clock()
+        records = [
+            r
+            for r in records
+            if not (r.kind == "end" and r.handle in held and now - r.created_at < STALE_UNFINISHED_SECONDS)
+        ]
         if not records and not known - present:
             return 0
         # Oldest first, as the shells' own appends once were; a session's end never before its
@@ -274,19 +280,22 @@ class Intake(MetaTable):
             except sqlite3.OperationalError:  # a spool made before the outbox: nothing taken yet
                 return set()
 
-    def _read_record(self, directory: str, name: str) -> OutboxRecord | None:
+    def _read_record(self, directory: str, name: str, waiting: set[str]) -> OutboxRecord | None:
+        """The record `name`, or None: then in `waiting` if it may read at a later look."""
         path = os.path.join(directory, name)
         try:
             return load_record(directory, name)
         except Unfinished as unfinished:
-            if unfinished.args[0] >= STALE_UNFINISHED_SECONDS and abandoned(path):
+            if unfinished.args[0] >= STALE_UNFINISHED_SECONDS and remove_if_abandoned(path):
                 logger.warning(
                     "outbox record %s was never finished (its shell died writing it): deleted", path
                 )
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+            else:
+                waiting.add(name)
             return None
         except UNREADABLE as exc:
+            if isinstance(exc, OSError):
+                waiting.add(name)
             self._report(name, exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc))
             return None
 

@@ -232,23 +232,25 @@ class Outbox:
             try:
                 # Held while writing: the agent deletes an unfinished record only once nobody holds it.
                 os.lockf(fd, os.F_LOCK, 0)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fdatasync(fd)
-                kept = os.fstat(fd).st_nlink > 0
+                # Deleted already, as abandoned: this shell stood still between its create and its
+                # lock for longer than the agent waits for an unfinished record (stopped, or the
+                # clock stepped). Written anew. (Once written, only a take-in deletes it.)
+                deleted = os.fstat(fd).st_nlink == 0
+                if not deleted:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fdatasync(fd)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(path)  # no half record left behind: a later try may write it whole
                 raise
             finally:
                 os.close(fd)
-            if kept:
+            if not deleted:
                 sync_directory(directory)  # the file's name is as durable as its content
                 return True
-            # Deleted as abandoned: this shell stood still between its create and its lock for longer
-            # than the agent waits for an unfinished record (stopped, or the clock stepped). Again.
-        raise SpoolError(f"outbox record {path} was deleted while it was being written")
+        raise SpoolError(f"outbox record {path} was deleted as abandoned while it was being written")
 
 
 def sync_directory(directory: str) -> None:

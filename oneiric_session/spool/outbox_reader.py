@@ -10,6 +10,7 @@ import contextlib
 import functools
 import json
 import os
+import stat
 import time
 from collections.abc import Collection
 from typing import Any, NamedTuple
@@ -24,11 +25,11 @@ __all__ = [
     "UNREADABLE",
     "OutboxRecord",
     "Unfinished",
-    "abandoned",
     "load_record",
     "outbox_waiting",
     "read_outbox",
     "record_names",
+    "remove_if_abandoned",
 ]
 
 # A record without its final newline this old was left by a shell that died writing it, before
@@ -178,17 +179,29 @@ def _destination(text: str) -> Destination:
     return Destination.from_json(text)
 
 
-def abandoned(path: str) -> bool:
-    """Whether the unfinished record at `path` is no longer being written: its shell holds a lock on
-    it while it writes (`outbox`), so a lock taken here means that shell is gone."""
+def remove_if_abandoned(path: str) -> bool:
+    """Delete the unfinished record at `path` if nobody writes it any more; whether it was deleted.
+
+    Its shell holds a lock on it while it writes (`outbox`), so a lock taken here means that shell
+    is gone, or has not locked it yet (stopped between its create and its lock). The file is
+    deleted while this lock is held, and only if it is still unfinished and still the file at
+    `path`: a shell that locks it after that finds it deleted and writes its record anew.
+    """
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return False
     try:
         os.lockf(fd, os.F_TLOCK, 0)
+        held, here = os.fstat(fd), os.lstat(path)
+        if (held.st_dev, held.st_ino) != (here.st_dev, here.st_ino) or not stat.S_ISREG(held.st_mode):
+            return False
+        data = os.pread(fd, MAX_RECORD_BYTES + 1, 0)
+        if data.endswith(b"\n"):
+            return False  # finished after all (its shell wrote it just before this look)
+        os.unlink(path)
     except OSError:
         return False  # locked: its shell is still writing it (stopped, perhaps)
     finally:
-        os.close(fd)
+        os.close(fd)  # and the lock with it
     return True

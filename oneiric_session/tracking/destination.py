@@ -9,7 +9,7 @@ are not written to disk either: `to_json` (the spool's destinations table, the c
 keeps the name with `SECRET_REFERENCE` instead of the value, and `key` is computed the same
 way, so a destination read back from disk has the same key as the one a shell configured. The
 values travel like tokens, in memory only (`secrets()`, the wake-up, the spawned agent's
-environment), and the agent puts them back (`with_secrets`) before it launches the server.
+hand-off pipe), and the agent puts them back (`with_secrets`) before it launches the server.
 This module is imported by the shell side: standard library only.
 """
 

@@ -2,10 +2,10 @@
 
 Run by the shell's process, before its prompt and at its exit, so it stays cheap to import:
 `subprocess` is imported only to spawn, the socket through the C module `_socket` only to
-wake, the lock only when nobody listens. The spawned agent's process runs the three functions
-that take over what its shell handed it: `tokens_from_environment`, `secrets_from_environment`
-and `clear_spawn_marker`. A wake-up is one non-blocking datagram; when nobody listens, the
-shell spawns the agent detached and never waits for it.
+wake, the lock only when nobody listens. The spawned agent's process runs the two functions
+that take over what its shell handed it: `take_handoff` (the tokens and secret values, through
+a pipe only it inherits) and `clear_spawn_marker`. A wake-up is one non-blocking datagram; when
+nobody listens, the shell spawns the agent detached and never waits for it.
 
 Many shells starting at once must not each spawn an agent (each costs a Python start
 on a machine busy starting shells). A shell that finds nobody listening spawns only
@@ -152,8 +152,8 @@ def _marker_is_stale(marker: Path) -> bool:
     try:
         # Never blocks (a FIFO put there would hold a shell before its prompt for good), never follows.
         fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return True
+    except OSError:
+        return True  # gone, or no marker a shell made (a symbolic link): replaced
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -244,8 +244,16 @@ def _handoff_pipe(message: bytes) -> int | None:
     hand over, or a message larger than a pipe holds (the agent then gets it at the next wake-up)."""
     if not message:
         return None
-    read, write = os.pipe()
     try:
+        read, write = os.pipe()
+    except OSError:  # no descriptor left: the agent gets them at the next wake-up
+        return None
+    try:
+        if read <= 2:  # this shell runs with stdin, stdout or stderr closed: the agent's would cover it
+            import fcntl
+
+            read, low = fcntl.fcntl(read, fcntl.F_DUPFD_CLOEXEC, 3), read
+            os.close(low)
         os.set_blocking(write, False)
         view = memoryview(message)
         while view:
