@@ -351,13 +351,19 @@ def test_a_finished_record_is_never_deleted_as_abandoned(tmp_path: Path) -> None
     os.utime(record, (old, old))
     assert remove_if_abandoned(str(record)) is False and record.exists()
     record.write_bytes(record.read_bytes()[:-1])
+    assert remove_if_abandoned(str(record)) is False  # unfinished, but written just now: not that one
+    os.utime(record, (old, old))
     assert remove_if_abandoned(str(record)) is True and not record.exists()
 
 
-def test_a_record_deleted_as_abandoned_before_its_shell_locked_it_is_written_again(tmp_path: Path) -> None:
+@pytest.mark.parametrize("deleted_as", ["unlinked", "renamed_by_nfs"])
+def test_a_record_deleted_as_abandoned_before_its_shell_locked_it_is_written_again(
+    tmp_path: Path, deleted_as: str
+) -> None:
     """The shell stood still between creating its record and locking it (stopped, or the clock
     stepped) for longer than the agent waits: the agent deleted the empty file as abandoned. The
-    shell's start() must not then report a record written into a file no longer there."""
+    shell's start() must not then report a record written into a file no longer there. (An NFS
+    client keeps a file deleted while open as a hidden `.nfs…` one: still linked, not at its path.)"""
     spool_path = tmp_path / "spool.sqlite3"
     Outbox(spool_path, caps=CAPS).writable()
     stopped_before_its_lock = textwrap.dedent(
@@ -393,7 +399,10 @@ def test_a_record_deleted_as_abandoned_before_its_shell_locked_it_is_written_aga
         old = time.time() - STALE_UNFINISHED_SECONDS - 1
         os.utime(record, (old, old))
         with Spool(spool_path) as spool:
-            assert spool.take_in() == 0 and not record.exists()  # deleted as abandoned
+            if deleted_as == "unlinked":
+                assert spool.take_in() == 0 and not record.exists()  # deleted as abandoned
+            else:
+                record.rename(record.with_name(".nfs000000000001"))
             shell.stdin.write("\n")
             shell.stdin.flush()
             assert shell.stdout.readline().strip() == "returned True"

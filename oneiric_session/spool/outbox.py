@@ -234,8 +234,9 @@ class Outbox:
                 os.lockf(fd, os.F_LOCK, 0)
                 # Deleted already, as abandoned: this shell stood still between its create and its
                 # lock for longer than the agent waits for an unfinished record (stopped, or the
-                # clock stepped). Written anew. (Once written, only a take-in deletes it.)
-                deleted = os.fstat(fd).st_nlink == 0
+                # clock stepped). Written anew. (Once written, only a take-in deletes it.) Looked
+                # for at the path too: NFS keeps a file deleted while open, renamed `.nfs…`.
+                deleted = os.fstat(fd).st_nlink == 0 or not _still_at(fd, path)
                 if not deleted:
                     view = memoryview(data)
                     while view:
@@ -251,6 +252,16 @@ class Outbox:
                 sync_directory(directory)  # the file's name is as durable as its content
                 return True
         raise SpoolError(f"outbox record {path} was deleted as abandoned while it was being written")
+
+
+def _still_at(fd: int, path: str) -> bool:
+    """Whether the file open as `fd` is the one at `path`."""
+    held = os.fstat(fd)
+    try:
+        here = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return (held.st_dev, held.st_ino) == (here.st_dev, here.st_ino)
 
 
 def sync_directory(directory: str) -> None:

@@ -196,6 +196,8 @@ def remove_if_abandoned(path: str) -> bool:
         held, here = os.fstat(fd), os.lstat(path)
         if (held.st_dev, held.st_ino) != (here.st_dev, here.st_ino) or not stat.S_ISREG(held.st_mode):
             return False
+        if time.time() - held.st_mtime < STALE_UNFINISHED_SECONDS:
+            return False  # not the file found stale (that one went, and a shell made this one anew)
         data = os.pread(fd, MAX_RECORD_BYTES + 1, 0)
         if data.endswith(b"\n"):
             return False  # finished after all (its shell wrote it just before this look)

@@ -24,6 +24,7 @@ the lock).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import sys
@@ -152,8 +153,12 @@ def _marker_is_stale(marker: Path) -> bool:
     try:
         # Never blocks (a FIFO put there would hold a shell before its prompt for good), never follows.
         fd = os.open(marker, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return True  # gone, or no marker a shell made (a symbolic link): replaced
+    except FileNotFoundError:
+        return True
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return True  # a symbolic link: no marker a shell made, replaced
+        raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
