@@ -80,6 +80,26 @@ def test_wake_reaches_a_listener_with_tokens(tmp_path: Path, runtime_dir: Path) 
     assert wakeup.wake(spool) is False
 
 
+def test_tokens_too_large_to_carry_are_said_once_and_the_agent_is_woken_without_them(
+    tmp_path: Path, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The agent reads at most MAX_DATAGRAM_BYTES at once: cut short, the tokens would be lost
+    without a word (and a datagram too large for the socket not sent: no wake-up at all)."""
+    monkeypatch.setattr(waker, "_oversize_said", [], raising=False)
+    spool = tmp_path / "spool.sqlite3"
+    huge = {"k": {"API_KEY": "x" * (2 * wakeup.MAX_DATAGRAM_BYTES)}}
+    listener = wakeup.WakeupListener(spool)
+    assert listener.open()
+    try:
+        assert wakeup.wake(spool, tokens={"k": "t"}, secrets=huge) is True
+        assert wakeup.wake(spool, tokens={"k": "t"}, secrets=huge, handover=True) is True
+        assert listener.drain() == wakeup.Wakeup(2, handover=True)
+    finally:
+        listener.close()
+    said = [r.getMessage() for r in caplog.records if "more than the delivery agent takes" in r.getMessage()]
+    assert len(said) == 1 and "woken without them" in said[0]
+
+
 def test_malformed_wakeups_carry_no_tokens() -> None:
     plain = wakeup.Wakeup(datagrams=1)
     assert wakeup.decode_wakeup(b"") == plain

@@ -33,7 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from oneiric_session.wakeup.message import Wakeup, decode_wakeup, encode_wakeup
+from oneiric_session.wakeup.message import MAX_DATAGRAM_BYTES, Wakeup, decode_wakeup, encode_wakeup
 from oneiric_session.wakeup.paths import agent_log_path, socket_path, spawn_marker_path
 
 if TYPE_CHECKING:
@@ -64,6 +64,8 @@ WakeResult = Literal["woken", "starting", "spawned", "failed"]
 
 # Agents this process spawned: polled on the next spawn so none stays a zombie.
 _spawned: list[subprocess.Popen[bytes]] = []
+# Whether this process said that its tokens and secret values are too large to hand over.
+_oversize_said: list[bool] = []
 
 
 def wake(
@@ -77,6 +79,7 @@ def wake(
     path = socket_path(spool_path)
     if path is None:
         return False
+    message = _carried(encode_wakeup(tokens, handover=handover, secrets=secrets), handover=handover)
     try:
         # `_socket`, the C module `socket` wraps: importing `socket` itself (its enums, selectors)
         # costs a shell ~2 ms before its prompt, for one datagram.
@@ -85,7 +88,7 @@ def wake(
         sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
-            sock.sendto(encode_wakeup(tokens, handover=handover, secrets=secrets), os.fsencode(path))
+            sock.sendto(message, os.fsencode(path))
         finally:
             sock.close()
     except BlockingIOError:
@@ -117,7 +120,7 @@ def spawn_agent(
             _spawned.remove(child)
     env = dict(os.environ)
     env.pop(HANDOFF_FD_ENV, None)
-    handoff = _handoff_pipe(encode_wakeup(tokens, secrets=secrets))
+    handoff = _handoff_pipe(_carried(encode_wakeup(tokens, secrets=secrets), handover=False))
     if handoff is not None:
         env[HANDOFF_FD_ENV] = str(handoff)
     spool_path = Path(os.path.abspath(spool_path))  # the agent runs in "/"
@@ -242,6 +245,25 @@ def wake_or_spawn(
                     os.pwrite(fd, str(pid).encode(), 0)
             os.close(fd)
     return "spawned" if pid is not None else "failed"
+
+
+def _carried(message: bytes, *, handover: bool) -> bytes:
+    """`message`, or a plain one (the handover kept) when it is more than the agent reads at once:
+    cut short, its tokens and secret values would be lost without a word. Said once a process."""
+    if len(message) <= MAX_DATAGRAM_BYTES:
+        return message
+    if not _oversize_said:
+        _oversize_said.append(True)
+        import logging
+
+        logging.getLogger("oneiric_session").warning(
+            "oneiric-session: the token and secret server.env values take %d bytes, more than the "
+            "delivery agent takes at once (%d): it is woken without them, and the events of a "
+            "server that needs them wait for them",
+            len(message),
+            MAX_DATAGRAM_BYTES,
+        )
+    return encode_wakeup(None, handover=handover)
 
 
 def _handoff_pipe(message: bytes) -> int | None:
