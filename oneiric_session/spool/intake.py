@@ -293,10 +293,12 @@ class Intake(MetaTable):
             else:
                 waiting.add(name)
             return None
-        except UNREADABLE as exc:
-            if isinstance(exc, OSError):
-                waiting.add(name)
-            self._report(name, exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc))
+        except OSError as exc:  # maybe not at the next look (too many open files, I/O error)
+            waiting.add(name)
+            self._report(name, exc.strerror or str(exc))
+            return None
+        except ValueError as exc:  # not a record of ours: for good
+            self._report(name, str(exc))
             return None
 
     def _report(self, name: str, problem: str) -> None:

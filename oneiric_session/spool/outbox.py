@@ -43,6 +43,7 @@ __all__ = [
     "encode",
     "outbox_dir",
     "outbox_problem",
+    "same_file_at",
     "shell_identity",
     "sync_directory",
 ]
@@ -235,8 +236,9 @@ class Outbox:
                 # Deleted already, as abandoned: this shell stood still between its create and its
                 # lock for longer than the agent waits for an unfinished record (stopped, or the
                 # clock stepped). Written anew. (Once written, only a take-in deletes it.) Looked
-                # for at the path too: NFS keeps a file deleted while open, renamed `.nfs…`.
-                deleted = os.fstat(fd).st_nlink == 0 or not _still_at(fd, path)
+                # for at the path, not by link count: NFS keeps a file deleted while open, linked
+                # as a hidden `.nfs…` one.
+                deleted = not same_file_at(os.fstat(fd), path)
                 if not deleted:
                     view = memoryview(data)
                     while view:
@@ -254,9 +256,8 @@ class Outbox:
         raise SpoolError(f"outbox record {path} was deleted as abandoned while it was being written")
 
 
-def _still_at(fd: int, path: str) -> bool:
-    """Whether the file open as `fd` is the one at `path`."""
-    held = os.fstat(fd)
+def same_file_at(held: os.stat_result, path: str) -> bool:
+    """Whether the file of `held` (an `fstat`) is the one at `path` now (not deleted nor replaced)."""
     try:
         here = os.lstat(path)
     except FileNotFoundError:

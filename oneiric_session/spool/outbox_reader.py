@@ -16,7 +16,7 @@ from collections.abc import Collection
 from typing import Any, NamedTuple
 
 from oneiric_session.common.privacy import ownership_problem
-from oneiric_session.spool.outbox import FORMAT, MAX_RECORD_BYTES, outbox_dir, outbox_problem
+from oneiric_session.spool.outbox import FORMAT, MAX_RECORD_BYTES, outbox_dir, outbox_problem, same_file_at
 from oneiric_session.tracking.destination import Destination
 
 __all__ = [
@@ -193,8 +193,8 @@ def remove_if_abandoned(path: str) -> bool:
         return False
     try:
         os.lockf(fd, os.F_TLOCK, 0)
-        held, here = os.fstat(fd), os.lstat(path)
-        if (held.st_dev, held.st_ino) != (here.st_dev, here.st_ino) or not stat.S_ISREG(held.st_mode):
+        held = os.fstat(fd)
+        if not same_file_at(held, path) or not stat.S_ISREG(held.st_mode):
             return False
         if time.time() - held.st_mtime < STALE_UNFINISHED_SECONDS:
             return False  # not the file found stale (that one went, and a shell made this one anew)
