@@ -55,6 +55,10 @@ GATHER_SECONDS = 0.005
 RELEASE_SECONDS = 1.0
 # How long a handover waits for the rows in flight to be answered: below `spool replay`'s 15 s wait.
 HANDOVER_GRACE_SECONDS = 10.0
+# How long a stop (SIGTERM, SIGINT, SIGHUP) waits for them: an answer cut off would be sent again
+# by the next agent, a second session at a server not idempotent on event_id. A second signal
+# stops at once.
+STOP_GRACE_SECONDS = 2.0
 
 
 def _default_client(destination: Destination, token: Callable[[], str | None]) -> Client:
@@ -97,8 +101,10 @@ class DeliveryAgent:
         wall: Callable[[], float] = time.time,
         progress: Callable[[int], None] | None = None,
         on_answer: Callable[[SpooledEvent], None] | None = None,
+        stop_grace_seconds: float = STOP_GRACE_SECONDS,
     ) -> None:
         self.spool = spool
+        self.stop_grace_seconds = stop_grace_seconds
         self._credentials = Credentials(tokens, secrets)
         self.idle_exit_seconds = idle_exit_seconds
         self.poll_seconds = poll_seconds
@@ -210,6 +216,10 @@ class DeliveryAgent:
 
     # -- the long-running agent -----------------------------------------------
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def stop(self) -> None:
         self._stop.set()
         self._changed.set()
@@ -229,7 +239,7 @@ class DeliveryAgent:
                     self.update_tokens(wakeup.tokens)
                     if wakeup.handover:
                         logger.info("stepping aside for a foreground replay")
-                        await self._finish_in_flight()
+                        await self._finish_in_flight(HANDOVER_GRACE_SECONDS)
                         return
                 self._changed.clear()
                 self.take_in()
@@ -259,13 +269,17 @@ class DeliveryAgent:
                 # so one look takes in many records (each look costs a few queries); a wake-up after
                 # a quiet moment is looked at at once.
                 await asyncio.sleep(max(0.0, now + GATHER_SECONDS - self._mono()))
+            await self._finish_in_flight(self.stop_grace_seconds)  # stop(): the answers on their way count
         finally:
-            await self._shutdown()
-            doorbell.close()
+            try:
+                await self._shutdown()
+            finally:
+                doorbell.close()  # even when a second signal cut the shutdown short
 
-    async def _finish_in_flight(self) -> None:
-        """Let each worker of a healthy destination finish the row it is sending (bounded), so the
-        next deliverer never sends a row this one sent already; then nothing more is started.
+    async def _finish_in_flight(self, grace_seconds: float) -> None:
+        """Let each worker of a healthy destination finish the rows it is sending (at most
+        `grace_seconds`), so the next deliverer never sends a row this one sent already; then
+        nothing more is started.
 
         A destination that is failing is not waited for: its call in flight is a retry, and trying
         again now is what the replay is for; it is cancelled, as on any stop, and a server
@@ -276,7 +290,7 @@ class DeliveryAgent:
         workers = self._destinations.workers.values()
         healthy = [w.task for w in workers if w.task is not None and not w.failures]
         if healthy:
-            await asyncio.wait(healthy, timeout=HANDOVER_GRACE_SECONDS)
+            await asyncio.wait(healthy, timeout=grace_seconds)
 
     async def _shutdown(self) -> None:
         tasks = self._destinations.tasks()
@@ -308,8 +322,24 @@ class DeliveryAgent:
 
 
 async def run_agent(agent: DeliveryAgent, lock: AgentLock, listener: WakeupListener | None) -> None:
-    """Serve with SIGTERM/SIGINT/SIGHUP turned into a clean stop."""
+    """Serve with SIGTERM/SIGINT/SIGHUP turned into a clean stop (the calls in flight answered,
+    within the agent's `stop_grace_seconds`); a second signal stops at once."""
     loop = asyncio.get_running_loop()
+    serving = asyncio.current_task()
+    cut_short = False
+
+    def on_signal() -> None:
+        nonlocal cut_short
+        if not agent.stopping:
+            agent.stop()
+        elif serving is not None and not cut_short:
+            cut_short = True
+            serving.cancel()  # the rows in flight stay in the spool, for the next agent
+
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        loop.add_signal_handler(signum, agent.stop)
-    await agent.serve(lock, listener)
+        loop.add_signal_handler(signum, on_signal)
+    try:
+        await agent.serve(lock, listener)
+    except asyncio.CancelledError:
+        if not cut_short:
+            raise
