@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from oneiric_session.cli.spool import Progress
 from oneiric_session.config.loader import load_config
 from oneiric_session.spool.outbox import Outbox, outbox_dir
 from oneiric_session.tracking import events
@@ -218,3 +221,13 @@ def test_the_agent_replay_hands_back_to_gets_the_secret_server_env(scene: Scene)
         if holder.poll() is None:
             holder.kill()
         scene.stop_agents()
+
+
+def test_replay_progress_counts_the_events_shells_write_meanwhile(capsys: pytest.CaptureFixture[str]) -> None:
+    """Events taken in during the replay are delivered too: the count never reads 3/2."""
+    progress = Progress(2)
+    assert not progress.shown
+    for delivered in (1, 2, 3):
+        progress(delivered)
+    assert progress.shown
+    assert capsys.readouterr().err == "\rreplay: 1/2 delivered\rreplay: 2/2 delivered\rreplay: 3/3 delivered"

@@ -173,10 +173,10 @@ def run_replay(args: argparse.Namespace) -> int:
         _retarget(spool, destination, everything=args.all)
         # Only this destination's rows (its own and those retargeted to it): another destination's,
         # left with it because it answers, need that destination's token, which only its shells bring.
-        total = spool.waiting(destination.key)
-        agent = DeliveryAgent(spool, tokens=tokens, secrets=secrets, progress=_progress(total))
+        progress = Progress(spool.waiting(destination.key))
+        agent = DeliveryAgent(spool, tokens=tokens, secrets=secrets, progress=progress)
         result = asyncio.run(agent.replay(only=destination.key))
-        if total:
+        if progress.shown:
             print(file=sys.stderr)
     finally:
         lock.release()
@@ -216,11 +216,18 @@ def _needs_agent(spool: Spool) -> bool:
     return bool(stats.depth or stats.open_sessions)
 
 
-def _progress(total: int) -> Any:
-    def show(delivered: int) -> None:
-        print(f"\rreplay: {delivered}/{total} delivered", end="", file=sys.stderr, flush=True)
+class Progress:
+    """`replay: N/M delivered` on one line of stderr. M counts the events waiting at the start,
+    and grows with those shells write during the replay (taken in and delivered too)."""
 
-    return show
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self.shown = False
+
+    def __call__(self, delivered: int) -> None:
+        self.total = max(self.total, delivered)
+        self.shown = True
+        print(f"\rreplay: {delivered}/{self.total} delivered", end="", file=sys.stderr, flush=True)
 
 
 def _replay_report(args: argparse.Namespace, target: str, delivered: int, remaining: int, dead: int) -> int:
