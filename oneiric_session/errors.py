@@ -8,7 +8,20 @@ class OneiricSessionError(Exception):
 
 
 class ConfigError(OneiricSessionError):
-    """The configuration cannot be used; the message names the file or variable and the setting."""
+    """The configuration cannot be used; the message names the file or variable and the setting.
+
+    The message is made safe for a terminal here, once: it quotes settings files' keys, file names
+    and variables, and a shell prints it as its one warning line through whatever handler it has.
+    """
+
+    def __init__(self, message: str) -> None:
+        from oneiric_session.common.safetext import terminal_safe  # only when there is an error
+
+        super().__init__(terminal_safe(message, MAX_CONFIG_ERROR_CHARS))
+
+
+# The longest configuration error shown (several invalid settings are reported in one message).
+MAX_CONFIG_ERROR_CHARS = 2000
 
 
 class DeliveryError(OneiricSessionError):

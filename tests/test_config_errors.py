@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from oneiric_session.config.loader import load_config
 from oneiric_session.errors import ConfigError
-from oneiric_session.tracking.registry import build_tracker
+from oneiric_session.tracking.registry import build_tracker, resolve_tracker
 
 
 def settings_dir(tmp_path: Path, **files: str) -> Path:
@@ -147,6 +148,42 @@ def test_secret_server_env_values_never_appear(tmp_path: Path) -> None:
     env = {"ONEIRIC_SESSION_SERVER__ENV": '{"API_TOKEN": 918273645}'}
     message = error_of(settings_dir(tmp_path), env)
     assert "server.env.API_TOKEN" in message and "918273645" not in message
+
+
+SECRET = "s3cr3t-d0-n0t-pr1nt"
+
+
+@pytest.mark.parametrize(
+    ("text", "env"),
+    [
+        (f"provider_settings:\n  session-buddy:\n    token: {SECRET}\n", {}),
+        (f"provider_settings:\n  session-buddy:\n    server: {{SESSION_BUDDY_SECRET: {SECRET}}}\n", {}),
+        ("", {"ONEIRIC_SESSION_SERVER__SESSION_BUDDY_SECRET": SECRET}),
+    ],
+    ids=["token_in_a_file", "secret_under_server", "secret_under_server_from_env"],
+)
+def test_a_secret_put_where_no_setting_is_never_echoed(
+    tmp_path: Path, text: str, env: dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The token in a settings file, a server secret under `server:` rather than `server.env:`: the
+    unknown setting is named, its value never shown (the shell's warning line, `status`, `check`)."""
+    directory = settings_dir(tmp_path, adapters_yml=text)
+    message = error_of(directory, env)
+    assert "unknown setting" in message and SECRET not in message
+    with caplog.at_level(logging.WARNING, logger="oneiric_session"):
+        assert type(resolve_tracker(directory, environ=env)).__name__ == "NoopTracker"
+    assert "unknown setting" in caplog.text and SECRET not in caplog.text
+
+
+def test_a_settings_key_holding_escapes_reaches_no_terminal(tmp_path: Path) -> None:
+    """A key of any settings file is quoted in the error (the shell's one warning line): its escape
+    sequences and line breaks are removed, whoever prints it."""
+    key = '"\\e]0;owned\\a\\e[2J\\nsecond line"'  # YAML escapes: a title, a clear screen, a break
+    message = error_of(
+        settings_dir(tmp_path, adapters_yml=f"provider_settings:\n  session-buddy:\n    {key}: 1\n")
+    )
+    assert "unknown setting" in message
+    assert not any(char in message for char in "\x1b\x07\n"), repr(message)
 
 
 def test_token_file_must_be_owner_only(tmp_path: Path) -> None:

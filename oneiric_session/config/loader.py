@@ -136,9 +136,12 @@ def validate(merged: sources.Merged, *, environ: Mapping[str, str]) -> LoadedCon
 
 def _describe_error(error: Any, merged: sources.Merged) -> str:
     name = ".".join(str(part) for part in error["loc"]) or "settings"
-    message = "unknown setting" if error["type"] == "extra_forbidden" else error["msg"]
+    unknown = error["type"] == "extra_forbidden"
+    message = "unknown setting" if unknown else error["msg"]
     value = error.get("input")
-    shown = redact(name, value)
+    # An unknown setting's value is never shown: it is often a secret put where it does not
+    # belong (`token:` in a file, a server secret under `server:` rather than `server.env:`).
+    shown = None if unknown else redact(name, value)
     got = f" (got {shown!r:.80})" if isinstance(value, str | int | float | bool) and shown is value else ""
     return f"{name}: {message}{got}; from {sources.describe(merged.source_of(name))}"
 

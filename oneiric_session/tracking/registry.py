@@ -251,7 +251,9 @@ def resolve_tracker(
         )
     except Exception as exc:  # a tracking problem must never stop the shell
         kind = "configuration error" if isinstance(exc, ConfigError) else type(exc).__name__
-        logger.warning("session tracking is off (provider noop): %s: %s", kind, exc)
+        from oneiric_session.common.safetext import terminal_safe  # (a plugin's error may hold anything)
+
+        logger.warning("session tracking is off (provider noop): %s: %s", kind, terminal_safe(exc))
         from oneiric_session.tracking.providers.noop import NoopTracker
 
         return NoopTracker()
