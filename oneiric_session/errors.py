@@ -53,7 +53,16 @@ class RejectedError(DeliveryError):
 
 
 class AuthenticationError(RejectedError):
-    """The server refused the token: permanent until the token changes."""
+    """The server refused the token: permanent until the token changes.
+
+    `token_digest` is the SHA-256 of the token the refused call carried ("" for none; None when
+    not known), never the token: a token the agent took while the call was on its way is not the
+    one refused.
+    """
+
+    def __init__(self, message: str, *, token_digest: str | None = None) -> None:
+        super().__init__(message)
+        self.token_digest = token_digest
 
 
 class SpoolError(OneiricSessionError):

@@ -187,3 +187,26 @@ def test_capped_delay_never_overflows() -> None:
     assert capped_delay(0.5, 2.0, 4, 30.0) == 4.0
     assert capped_delay(0.5, 2.0, 1100, 30.0) == 30.0
     assert capped_delay(0.5, 10.0, 10**6, 30.0) == 30.0
+
+
+async def test_calls_in_flight_that_fail_together_count_once() -> None:
+    """One dropped connection fails a whole window of calls at once: one failure, not sixteen (the
+    breaker, threshold 3, stays closed); a call sent after that failure counts again."""
+    clock = FakeClock()
+    cb = breaker(clock)
+    dropped = asyncio.Event()
+
+    async def in_flight() -> str:
+        await dropped.wait()
+        raise ServerUnavailableError("the server closed the connection")
+
+    window = [asyncio.create_task(cb.call(in_flight)) for _ in range(16)]
+    await asyncio.sleep(0)  # all sixteen let through
+    dropped.set()
+    results = await asyncio.gather(*window, return_exceptions=True)
+    assert all(isinstance(r, ServerUnavailableError) for r in results)
+    assert cb.state == "closed"
+    for _ in range(2):
+        with pytest.raises(ServerUnavailableError):
+            await cb.call(down)
+    assert cb.state == "open"  # 1 + 2 consecutive failures

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from oneiric_session.common.digest import token_digest
 from oneiric_session.errors import AuthenticationError, RejectedError
 from oneiric_session.transport.answers import USER_ID_DEFECT_EXPLAINED, read_end_answer, read_start_answer
 
@@ -66,8 +67,15 @@ def test_end_statuses(shape: Any, status: str) -> None:
     ],
 )
 def test_authentication_failure_in_every_form(shape: Any) -> None:
-    with pytest.raises(AuthenticationError):
+    """Each names the token it refused by its digest only (the agent refuses that token, not one
+    that replaced it while the call was on its way)."""
+    with pytest.raises(AuthenticationError) as caught:
         read_start_answer(shape, token=TOKEN)
+    assert caught.value.token_digest == token_digest(TOKEN)
+    assert TOKEN not in str(caught.value) and TOKEN not in repr(vars(caught.value))
+    with pytest.raises(AuthenticationError) as caught:
+        read_start_answer(shape, token=None)
+    assert caught.value.token_digest == ""
 
 
 @pytest.mark.parametrize("tool", ["track_session_start", "track_session_end"])

@@ -183,7 +183,7 @@ class DeliveryAgent:
         once while a destination fails (its exit notices count the files). A failure is logged
         once (the records stay in the outbox) and tried again at the next wake-up or poll."""
         try:
-            taken = self.spool.take_in()
+            taken = self.spool.take_in(sending=self._destinations.sending())
             self._unreleased = self._unreleased or bool(taken)
             failing = self._destinations.failing()
             now = self._mono()

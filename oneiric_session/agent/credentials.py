@@ -11,13 +11,9 @@ from __future__ import annotations
 import collections
 from collections.abc import Mapping
 
-from oneiric_session.common.digest import sha256_hex
+from oneiric_session.common.digest import token_digest
 
 __all__ = ["Credentials"]
-
-
-def _digest(token: str) -> str:
-    return sha256_hex(token.encode())
 
 
 class Credentials:
@@ -44,7 +40,7 @@ class Credentials:
         fresh = {
             key: token
             for key, token in tokens.items()
-            if token and self._tokens.get(key) != token and _digest(token) not in self._refused[key]
+            if token and self._tokens.get(key) != token and token_digest(token) not in self._refused[key]
         }
         self._tokens.update(fresh)
         return list(fresh)
@@ -58,10 +54,14 @@ class Credentials:
             self._secrets[key] = dict(secrets[key])
         return changed
 
-    def refuse(self, key: str) -> bool:
-        """The server refused `key`'s current token (or its lack of one): True the first time."""
-        token = self._tokens.get(key)
-        digest = _digest(token) if token else ""  # "": no token at all (never a token's digest)
+    def current(self, key: str) -> str:
+        """The digest of `key`'s token ("" for none)."""
+        return token_digest(self._tokens.get(key))
+
+    def refuse(self, key: str, digest: str | None = None) -> bool:
+        """The server refused the token of this digest sent to `key` (None: the current token; "":
+        no token at all, never a token's digest): True the first time."""
+        digest = self.current(key) if digest is None else digest
         first = digest not in self._refused[key]
         self._refused[key].add(digest)
         return first

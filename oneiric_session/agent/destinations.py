@@ -108,6 +108,10 @@ class Destinations:
             worker.task.add_done_callback(functools.partial(self._done, worker))
         return destinations
 
+    def sending(self) -> set[str]:
+        """The sessions whose start is on its way to a server, or answered and not recorded yet."""
+        return set().union(*(w.sending for w in self.workers.values()))
+
     def tasks(self) -> list[asyncio.Task[None]]:
         return [w.task for w in self.workers.values() if w.task is not None]
 

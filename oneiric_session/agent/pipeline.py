@@ -110,6 +110,7 @@ async def drain(
     prepare: Callable[[SpooledEvent], Any | None],
     deliver: Callable[[SpooledEvent, Any, Acknowledgements], Coroutine[Any, Any, bool]],
     window: Callable[[Any, SpooledEvent], int],
+    sending: set[str] | None = None,
 ) -> None:
     """Deliver `key`'s due rows oldest first, up to `window(state, row)` in flight, until none is
     left or a transient failure makes the destination back off.
@@ -117,6 +118,10 @@ async def drain(
     Once `stopping()` is true no new call is sent, and the calls in flight are waited for and
     their answers committed (a handover to `spool replay` must not leave a sent call unanswered,
     or the replay sends it again); the caller bounds that wait by cancelling this task.
+
+    The sessions of the rows fetched are added to `sending`: from then on the server may record
+    them, so the spool's caps must not drop them (`retention.enforce`); the caller clears it once
+    this returns (every answer received is recorded by then).
 
     `prepare(row)` returns the destination's delivery state, or None when the row was dealt with
     (an unknown destination: dead letter); `deliver(row, state, acks)` sends one row, records a
@@ -139,6 +144,8 @@ async def drain(
                         if _ident(r) not in busy
                     ]
                     candidates.extend(fresh)
+                    if sending is not None:
+                        sending.update(r.handle for r in fresh)
                     exhausted = not fresh
                 if not candidates:
                     break

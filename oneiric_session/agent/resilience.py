@@ -86,6 +86,11 @@ class CircuitBreaker:
     again for another `reset_seconds`. Only errors `is_failure` accepts count;
     any other outcome (a success, or the server refusing an event) shows the
     server is reachable and counts as a success.
+
+    Calls in flight together that fail together count once: a call whose failure comes after
+    another failure was counted since it was let through failed with that one (one dropped
+    connection fails every call of the window at once), so an outage counts one failure per
+    wave of calls, whatever the window.
     """
 
     def __init__(
@@ -103,6 +108,7 @@ class CircuitBreaker:
         self._clock = clock
         self._is_failure = is_failure
         self._failures = 0
+        self._counted = 0  # failures counted ever: what a call saw when it was let through
         self._opened_at: float | None = None
         self._probe_in_flight = False
 
@@ -124,11 +130,12 @@ class CircuitBreaker:
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run `operation` unless the circuit is open; record its outcome."""
         probe = self._admit()
+        seen = self._counted
         try:
             result = await operation()
         except Exception as exc:
             if self._is_failure(exc):
-                self._record_failure(probe)
+                self._record_failure(probe, together=seen != self._counted)
             else:
                 self._record_success(probe)
             raise
@@ -159,8 +166,11 @@ class CircuitBreaker:
         self._opened_at = None
         self._probe_in_flight = False
 
-    def _record_failure(self, probe: bool) -> None:
+    def _record_failure(self, probe: bool, *, together: bool) -> None:
+        if together and not probe:
+            return  # it failed with a call already counted since this one was let through
         self._failures += 1
+        self._counted += 1
         if probe:
             self._probe_in_flight = False
             self._opened_at = self._clock()

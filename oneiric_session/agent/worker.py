@@ -90,7 +90,8 @@ class DestinationWorker:
     # Called with each answered row before its acknowledgement (tests kill the agent there).
     on_answer: Callable[[SpooledEvent], None] | None = None
     client: Client | None = None
-    failures: int = 0  # consecutive transient failures
+    failures: int = 0  # consecutive transient failures (calls failing together count once)
+    counted: int = 0  # failures counted ever: what a call saw when it was sent
     retry_at: float = 0.0  # monotonic: no attempt before this
     last_error: str | None = None
     auth_error: str | None = None  # the server refused the token; cleared by a new token or a delivery
@@ -98,6 +99,8 @@ class DestinationWorker:
     last_used: float = 0.0  # monotonic
     # Rows this agent backed off (row id, event id): due again when retry_at passes (agent.clock).
     deferred: set[tuple[int, str]] = field(default_factory=set, repr=False)
+    # The sessions of the rows this drain fetched: the caps spare them until its answers are recorded.
+    sending: set[str] = field(default_factory=set, repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def status(self) -> DestinationStatus:
@@ -113,6 +116,12 @@ class DestinationWorker:
     async def drain(self, *, replaying: bool, stopping: Callable[[], bool]) -> None:
         """Deliver the due rows oldest first, up to the window of calls in flight (`pipeline`),
         until none is left or the destination must back off."""
+        try:
+            await self._drain(replaying=replaying, stopping=stopping)
+        finally:
+            self.sending.clear()  # every answer this drain received is recorded (or never came)
+
+    async def _drain(self, *, replaying: bool, stopping: Callable[[], bool]) -> None:
         with contextlib.suppress(_BackOff):
             await pipeline.drain(
                 self.spool,
@@ -123,6 +132,7 @@ class DestinationWorker:
                 prepare=self._prepare,
                 deliver=self.deliver,
                 window=self._window,
+                sending=self.sending,
             )
 
     def _prepare(self, row: SpooledEvent) -> DestinationWorker | None:
@@ -149,7 +159,11 @@ class DestinationWorker:
         self.client = self.client_factory(destination, lambda: self.credentials.token(self.key))
 
     def _window(self, _state: DestinationWorker, row: SpooledEvent) -> int:
-        """Calls allowed in flight to this destination (`pipeline.window_size`)."""
+        """Calls allowed in flight to this destination (`pipeline.window_size`); one while the breaker
+        is not closed: its probe goes alone (a second call would find the circuit open, and the
+        back-off that follows would cancel the probe, every time)."""
+        if self.policy.breaker.state != "closed":
+            return 1
         configured = row.destination.tuning.window if row.destination is not None else 0
         return pipeline.window_size(configured, getattr(self.client, "server_name", None))
 
@@ -164,6 +178,7 @@ class DestinationWorker:
         assert client is not None
         self.last_used = self.mono()
         before = self.status()
+        seen = self.counted
         try:
             if row.kind == "start":
                 server_id = await self.policy.call(lambda: client.start_session(row.arguments()))
@@ -192,7 +207,9 @@ class DestinationWorker:
             else:
                 if not isinstance(exc, DeliveryError):  # a bug below us must not stop delivery
                     logger.exception("unexpected error delivering %s %s", row.kind, row.handle)
-                self._failed(row, exc)
+                # Failed with a call counted since this one was sent (one dropped connection fails
+                # the whole window at once): one failure towards the back-off, not one a row.
+                self._failed(row, exc, together=seen != self.counted)
                 return False
         else:
             self._succeeded()
@@ -224,16 +241,25 @@ class DestinationWorker:
         self.tally.dead_lettered += 1
 
     def _auth_failed(self, row: SpooledEvent, exc: Exception) -> None:
-        """Park the row until a new token arrives; say so once per refused token, not once per event."""
+        """Park the row until a new token arrives; say so once per refused token, not once per event.
+
+        A refusal of a token another replaced while the call was on its way leaves the row to be
+        sent again, with the new token (that token's refusal is what parks it)."""
+        sent = exc.token_digest if isinstance(exc, AuthenticationError) else None
+        if sent is not None and sent != self.credentials.current(self.key):
+            self.credentials.refuse(self.key, sent)  # never taken back from a shell still holding it
+            return
         first = self.credentials.refuse(self.key)
         self.auth_error = f"{exc} (events kept as dead letters until a new token arrives)"
         if first:
             logger.warning("authentication failed at %s: %s", self.describe, self.auth_error)
         self._dead(row, str(exc), DEAD_AUTH, log=False)
 
-    def _failed(self, row: SpooledEvent, exc: BaseException) -> None:
-        self.failures += 1
-        delay = self.policy.backoff_seconds(self.failures, exc)
+    def _failed(self, row: SpooledEvent, exc: BaseException, *, together: bool = False) -> None:
+        if not together:
+            self.failures += 1
+            self.counted += 1
+        delay = self.policy.backoff_seconds(max(self.failures, 1), exc)
         self.retry_at = self.mono() + delay
         message = str(exc) or type(exc).__name__
         if self.last_error is None:

@@ -19,9 +19,14 @@ else:
         except ImportError:  # a build without the built-in module
             from hashlib import sha256
 
-__all__ = ["sha256_hex"]
+__all__ = ["sha256_hex", "token_digest"]
 
 
 def sha256_hex(data: bytes) -> str:
     """The hex SHA-256 of `data` (equal to hashlib.sha256(data).hexdigest())."""
     return sha256(data).hexdigest()
+
+
+def token_digest(token: str | None) -> str:
+    """What stands for a token in memory where the token itself must not: "" for no token."""
+    return sha256_hex(token.encode()) if token else ""

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import os
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from oneiric_session.errors import SpoolError
@@ -108,11 +108,12 @@ class Intake(MetaTable):
             self._enforce(conn, now)
             return written
 
-    def take_in(self) -> int:
+    def take_in(self, *, sending: Collection[str] = frozenset()) -> int:
         """Append the shells' new records to the spool, in one transaction; how many.
 
         Not flushed to disk yet, and their files stay: `release_taken` flushes and deletes them,
-        for many records at once (see the module doc).
+        for many records at once (see the module doc). Each record's caps spare the sessions the
+        agent is `sending` (`retention.enforce`).
         """
         directory = self._outbox()
         names = _names(directory)
@@ -153,7 +154,7 @@ class Intake(MetaTable):
             conn.executemany("DELETE FROM taken WHERE name = ?", [(name,) for name in known - present])
             taken = 0
             for record in records:
-                if record.name not in known and self._take_alone(conn, record):
+                if record.name not in known and self._take_alone(conn, record, sending):
                     conn.execute("INSERT INTO taken (name) VALUES (?)", (record.name,))
                     taken += 1
             return taken
@@ -186,11 +187,11 @@ class Intake(MetaTable):
                 sync_directory(directory)
         return len(taken)
 
-    def _take_alone(self, conn: sqlite3.Connection, record: OutboxRecord) -> bool:
+    def _take_alone(self, conn: sqlite3.Connection, record: OutboxRecord, sending: Collection[str]) -> bool:
         """`_take` in its own savepoint: a record the database refuses is left out (and said once)."""
         conn.execute("SAVEPOINT record")
         try:
-            _take(conn, record)
+            _take(conn, record, sending)
         except sqlite3.Error as exc:
             # The spool's own trouble: recovery; or SQLite ended the whole transaction itself (a
             # full disk): no savepoint is left to roll back to, and no record here is at fault.
@@ -320,8 +321,8 @@ def _names(directory: str) -> list[str] | None:
         raise SpoolError(f"outbox {directory} cannot be read: {exc.strerror or exc}") from exc
 
 
-def _take(conn: sqlite3.Connection, record: OutboxRecord) -> None:
-    """Append one record as its shell would have, with its caps."""
+def _take(conn: sqlite3.Connection, record: OutboxRecord, sending: Collection[str]) -> None:
+    """Append one record as its shell would have, with its caps (sparing what the agent is `sending`)."""
     now = record.created_at
     if record.destination is not None and record.kind == "start":
         insert_start(
@@ -330,4 +331,4 @@ def _take(conn: sqlite3.Connection, record: OutboxRecord) -> None:
     else:
         insert_end(conn, record.handle, record.destination, record.payload, now)
     max_rows, max_bytes, max_age = record.caps
-    enforce(conn, now, max_rows=max_rows, max_bytes=max_bytes, max_age_seconds=max_age)
+    enforce(conn, now, max_rows=max_rows, max_bytes=max_bytes, max_age_seconds=max_age, sending=sending)

@@ -7,6 +7,7 @@ Standard library only.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Collection
 
 from oneiric_session.spool.records import DROP_MAX_AGE, DROP_MAX_BYTES, DROP_MAX_ROWS, SESSION_DROPS_PREFIX
 
@@ -23,9 +24,19 @@ def count_drop(conn: sqlite3.Connection, reason: str, count: int) -> None:
 
 
 def enforce(
-    conn: sqlite3.Connection, now: float, *, max_rows: int, max_bytes: int, max_age_seconds: float
+    conn: sqlite3.Connection,
+    now: float,
+    *,
+    max_rows: int,
+    max_bytes: int,
+    max_age_seconds: float,
+    sending: Collection[str] = frozenset(),
 ) -> dict[str, int]:
-    """Apply the caps, whole sessions at a time, oldest first (see `_droppable`); rows dropped by reason."""
+    """Apply the caps, whole sessions at a time, oldest first (see `_droppable`); rows dropped by reason.
+
+    `sending`: the sessions whose start the agent has sent and whose answer it has not recorded
+    yet. The server may have recorded them, so, like a session it knows, none of them is dropped.
+    """
     dropped: dict[str, int] = {}
     cutoff = now - max_age_seconds
     # Only a session whose every event is older than the cutoff ages out, and never one still
@@ -36,15 +47,15 @@ def enforce(
             "SELECT DISTINCT handle FROM events WHERE created_at < ? ORDER BY id", (cutoff,)
         ).fetchall()
     ]
-    aged = [h for h in aged if _droppable(conn, h, aged_before=cutoff)]
+    aged = [h for h in aged if h not in sending and _droppable(conn, h, aged_before=cutoff)]
     dropped[DROP_MAX_AGE] = _drop_sessions(conn, aged, DROP_MAX_AGE)
     rows, size = conn.execute("SELECT rows, bytes FROM totals WHERE id = 1").fetchone()
     if rows > max_rows:
-        victims = _oldest_sessions(conn, need_rows=rows - max_rows, need_bytes=0)
+        victims = _oldest_sessions(conn, sending, need_rows=rows - max_rows, need_bytes=0)
         dropped[DROP_MAX_ROWS] = _drop_sessions(conn, victims, DROP_MAX_ROWS)
         size = conn.execute("SELECT bytes FROM totals WHERE id = 1").fetchone()[0]
     if size > max_bytes:
-        victims = _oldest_sessions(conn, need_rows=0, need_bytes=size - max_bytes)
+        victims = _oldest_sessions(conn, sending, need_rows=0, need_bytes=size - max_bytes)
         dropped[DROP_MAX_BYTES] = _drop_sessions(conn, victims, DROP_MAX_BYTES)
     return {reason: n for reason, n in dropped.items() if n}
 
@@ -69,7 +80,9 @@ def _droppable(conn: sqlite3.Connection, handle: str, *, aged_before: float | No
     return newest is not None and newest < aged_before
 
 
-def _oldest_sessions(conn: sqlite3.Connection, *, need_rows: int, need_bytes: int) -> list[str]:
+def _oldest_sessions(
+    conn: sqlite3.Connection, sending: Collection[str], *, need_rows: int, need_bytes: int
+) -> list[str]:
     """The oldest droppable sessions that together free at least this many rows and bytes."""
     handles: list[str] = []
     seen: set[str] = set()
@@ -79,7 +92,7 @@ def _oldest_sessions(conn: sqlite3.Connection, *, need_rows: int, need_bytes: in
         " ORDER BY e.id"
     )
     for handle, server_id in cur:
-        if handle in seen or server_id is not None:
+        if handle in seen or server_id is not None or handle in sending:
             continue
         seen.add(handle)
         count, total = conn.execute(

@@ -12,6 +12,7 @@ import json
 import re
 from typing import Any, Protocol
 
+from oneiric_session.common.digest import token_digest
 from oneiric_session.common.safetext import sanitize_text
 from oneiric_session.errors import AuthenticationError, RejectedError
 
@@ -80,10 +81,13 @@ def _payload(answer: ToolAnswer) -> dict[str, Any] | str | None:
 
 def _refuse(tool: str, message: str, token: str | None) -> RejectedError:
     clean = server_text(message, token)
+    sent = token_digest(token)
     if _USER_ID_DEFECT in message:
-        return AuthenticationError(f"{tool}: {USER_ID_DEFECT_EXPLAINED} (server said: {clean})")
+        return AuthenticationError(
+            f"{tool}: {USER_ID_DEFECT_EXPLAINED} (server said: {clean})", token_digest=sent
+        )
     if _AUTH_MARKER in message.lower():
-        return AuthenticationError(f"{tool}: the server refused the token: {clean}")
+        return AuthenticationError(f"{tool}: the server refused the token: {clean}", token_digest=sent)
     return RejectedError(f"{tool}: the server refused the event: {clean}")
 
 
