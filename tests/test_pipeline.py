@@ -16,6 +16,7 @@ import pytest
 
 from oneiric_session import wakeup
 from oneiric_session.agent.pipeline import DEFAULT_WINDOW, MAX_WINDOW, window_size
+from oneiric_session.agent.status import read_destinations
 from oneiric_session.config.loader import load_config
 from oneiric_session.tracking import events
 from oneiric_session.tracking.limits import Limits
@@ -170,3 +171,29 @@ def test_kill_9_at_several_moments_of_a_backlog_loses_and_doubles_nothing(scene:
     _agent(scene)
     wait_until(lambda: scene.depth() == 0, what="the spool to drain")
     _assert_exactly_once(scene, ids)
+
+
+def test_a_window_delivers_again_once_its_server_is_back(scene: Scene) -> None:
+    """agent.window = 4, a server that refuses to start until the breaker (threshold 2, reset 1 s)
+    has opened, then is healthy: the backlog drains. (A second call beside the breaker's probe found
+    the circuit open and its back-off cancelled the probe: the agent never delivered again.)"""
+    refuse = scene.root / "refuse"
+    refuse.touch()
+    scene.configure(
+        server__command=sys.executable,
+        server__args=[FAULT_SERVER],
+        server__env={"FAULT_REFUSE_FILE": str(refuse)},
+        agent__window="4",
+        breaker__threshold="2",
+        breaker__reset_seconds="1",
+        agent__idle_exit_seconds="60",
+    )
+    _spool_sessions(scene, 6, "win-")
+    scene.start_agent()
+
+    def breaker_opened() -> bool:
+        return any(s.breaker != "closed" for s in read_destinations(scene.spool_path).values())
+
+    wait_until(breaker_opened, what="the breaker to open")
+    refuse.unlink()
+    wait_until(lambda: scene.depth() == 0, what="the backlog to drain once the server is back")
