@@ -90,6 +90,8 @@ def test_the_entry_is_private_and_holds_no_token(home: Path) -> None:
         "override",
         "home",
         "state home",
+        "bundled server's database",
+        "data home",
     ],
 )
 def test_any_input_change_misses(home: Path, monkeypatch: pytest.MonkeyPatch, change: str) -> None:
@@ -118,13 +120,17 @@ def test_any_input_change_misses(home: Path, monkeypatch: pytest.MonkeyPatch, ch
         monkeypatch.setenv("XDG_STATE_HOME", str(home / "state"))  # the cache itself stays put
     elif change == "state home":
         monkeypatch.setenv("XDG_STATE_HOME", str(home / "state2"))
+    elif change == "bundled server's database":  # the default server's launch line names it
+        env["ONEIRIC_SESSION_DB"] = str(home / "other.sqlite3")
+    elif change == "data home":  # where that database is by default
+        monkeypatch.setenv("XDG_DATA_HOME", str(home / "data2"))
     assert cached_view(settings, environ=env, overrides=overrides)[0] is None
 
 
 def test_unrelated_variables_and_tokens_do_not_miss(home: Path) -> None:
     settings = home / "settings"
     load_shell_view(settings, environ={})
-    env = {"SESSION_BUDDY_TOKEN": "t", "ONEIRIC_SESSION_DB": "/x", "ONEIRIC_SESSION_NOT_A_SETTING": "1"}
+    env = {"SESSION_BUDDY_TOKEN": "t", "ONEIRIC_SESSION_NOT_A_SETTING": "1"}
     assert cached_view(settings, environ=env)[0] is not None
 
 
