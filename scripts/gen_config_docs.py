@@ -161,6 +161,12 @@ With neither set, the bundled Session-Buddy-compatible server is launched with t
 current Python (`python -m oneiric_session serve`), so a fresh machine works with no
 configuration.
 
+The delivery agent launches the server, and it runs in `/`, started by whichever shell came
+first. So the paths it uses are absolute (`~` is expanded): `server.cwd`, `session_buddy_path`,
+`spool.path` and `$ONEIRIC_SESSION_DB`, and a `server.command` holding a `/` (a bare program
+name is looked up on `PATH`; a relative one is taken from an absolute `server.cwd`). A
+relative one is a configuration error that names it.
+
 ### The token
 
 The server's token is never a setting value and never belongs in a settings file. It

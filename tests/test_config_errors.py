@@ -202,3 +202,48 @@ def test_missing_token_file(tmp_path: Path) -> None:
     config = load_config(settings_dir(tmp_path), overrides={"token_file": str(tmp_path / "none")}, environ={})
     with pytest.raises(ConfigError, match="cannot read it"):
         config.token()
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"ONEIRIC_SESSION_SERVER__COMMAND": "./serve"}, "server.command"),
+        ({"ONEIRIC_SESSION_SERVER__COMMAND": "bin/serve"}, "server.command"),
+        ({"ONEIRIC_SESSION_SERVER__COMMAND": "python3", "ONEIRIC_SESSION_SERVER__CWD": "work"}, "server.cwd"),
+        ({"SESSION_BUDDY_PATH": "checkouts/session-buddy"}, "session_buddy_path"),
+        ({"ONEIRIC_SESSION_SPOOL__PATH": "spool.sqlite3"}, "spool.path"),
+        ({"ONEIRIC_SESSION_DB": "sessions.sqlite3"}, "ONEIRIC_SESSION_DB"),
+    ],
+)
+def test_a_relative_path_the_agent_would_use_is_refused(
+    tmp_path: Path, env: dict[str, str], name: str
+) -> None:
+    """The agent runs in /, started by whichever shell came first: `./serve` worked for `check` in
+    the shell's directory and was never found by the agent, so its events waited for ever."""
+    message = error_of(settings_dir(tmp_path), env)
+    assert message.startswith(f"{name}: ") and "relative path" in message and "runs in /" in message
+
+
+def test_paths_the_agent_can_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program name found on PATH, `~` expanded, a relative command under an absolute server.cwd."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    directory = settings_dir(tmp_path)
+    for env, command, cwd in [
+        ({"ONEIRIC_SESSION_SERVER__COMMAND": "python3"}, "python3", None),
+        ({"ONEIRIC_SESSION_SERVER__COMMAND": "~/bin/serve"}, f"{tmp_path}/bin/serve", None),
+        (
+            {"ONEIRIC_SESSION_SERVER__COMMAND": "bin/serve", "ONEIRIC_SESSION_SERVER__CWD": "~/work"},
+            "bin/serve",
+            f"{tmp_path}/work",
+        ),
+    ]:
+        destination = load_config(directory, environ=env).destination()
+        assert (destination.command, destination.cwd) == (command, cwd)
+    http = {
+        "ONEIRIC_SESSION_TRANSPORT": "http",
+        "ONEIRIC_SESSION_URL": "http://h/mcp",
+        "ONEIRIC_SESSION_DB": "x",
+    }
+    assert (
+        load_config(directory, environ=http).destination().transport == "http"
+    )  # no launch line: no database

@@ -70,9 +70,9 @@ class LoadedConfig:
             self.source_of("session_buddy_path") == "argument" != self.source_of("server.command")
         )
         if s.server.command and not (s.session_buddy_path and path_is_explicit):
-            command, args = s.server.command, tuple(s.server.args)
+            command, args = _expanded(s.server.command), tuple(s.server.args)
         elif s.session_buddy_path:
-            path = str(Path(s.session_buddy_path).expanduser())
+            path = _expanded(s.session_buddy_path)
             command, args = "uv", ("--directory", path, "run", "python", "-c", SESSION_BUDDY_STDIO_CODE)
         else:  # the bundled compatible server, so a fresh machine works with no configuration
             # Its database is resolved here, from the shell's environment, so that it is part of
@@ -83,7 +83,7 @@ class LoadedConfig:
             command=command,
             args=args,
             env=tuple(sorted(s.server.env.items())),
-            cwd=s.server.cwd,
+            cwd=None if s.server.cwd is None else _expanded(s.server.cwd),
             tuning=tuning,
         )
 
@@ -124,6 +124,7 @@ def validate(merged: sources.Merged, *, environ: Mapping[str, str]) -> LoadedCon
     except ValidationError as exc:
         raise ConfigError("; ".join(_describe_error(error, merged) for error in exc.errors())) from None
     _check_consistency(settings, merged)
+    _check_paths(settings, merged, environ)
     names = _flatten(settings.model_dump(mode="json"))
     return LoadedConfig(
         settings=settings,
@@ -158,6 +159,44 @@ def _check_consistency(settings: SessionBuddySettings, merged: sources.Merged) -
             f"retry.wait_max_seconds ({settings.retry.wait_max_seconds}); "
             f"from {origin('retry.wait_min_seconds')} and {origin('retry.wait_max_seconds')}"
         )
+
+
+def _check_paths(settings: SessionBuddySettings, merged: sources.Merged, environ: Mapping[str, str]) -> None:
+    """The paths the delivery agent uses must be absolute (`~` is expanded): the agent runs in `/`,
+    started by whichever shell came first, so a path relative to one shell's directory would name
+    another file there, or none."""
+    s = settings
+
+    def refuse(name: str, value: str, alternatives: str = "") -> None:
+        raise ConfigError(
+            f"{name}: {value!r} is a relative path; the delivery agent runs in /, so give an absolute "
+            f"path{alternatives}; from {sources.describe(merged.source_of(name))}"
+        )
+
+    if s.spool.path is not None and not s.spool.path.expanduser().is_absolute():
+        refuse("spool.path", str(s.spool.path))
+    if s.transport != "stdio":
+        return
+    cwd = None if s.server.cwd is None else _expanded(s.server.cwd)
+    if cwd is not None and not os.path.isabs(cwd):
+        refuse("server.cwd", s.server.cwd or "")
+    command = _expanded(s.server.command) if s.server.command else None
+    if command is not None and os.sep in command and not os.path.isabs(command) and cwd is None:
+        refuse(
+            "server.command", s.server.command or "", " (or a program name found on PATH, or set server.cwd)"
+        )
+    if s.session_buddy_path and not os.path.isabs(_expanded(s.session_buddy_path)):
+        refuse("session_buddy_path", s.session_buddy_path)
+    database = environ.get("ONEIRIC_SESSION_DB")
+    if command is None and not s.session_buddy_path and database and not os.path.isabs(_expanded(database)):
+        raise ConfigError(
+            f"ONEIRIC_SESSION_DB: {database!r} is a relative path; the delivery agent runs in /, so give "
+            "an absolute path; from environment variable ONEIRIC_SESSION_DB"
+        )
+
+
+def _expanded(path: str) -> str:
+    return os.path.expanduser(path) if path.startswith("~") else path
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
