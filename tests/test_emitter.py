@@ -277,3 +277,32 @@ def test_a_host_that_never_ends_gets_its_session_ended_at_exit(tmp_path: Path) -
     assert (done.returncode, done.stderr) == (0, "")
     (session,) = sessions(env["ONEIRIC_SESSION_TEST_RECORD"])
     assert [e["exit_reason"] for e in session["ends"]] == ["user_exit"]
+
+
+def test_a_forked_child_leaving_ends_nothing_of_its_parents(tmp_path: Path) -> None:
+    """A helper forked inside a tracked shell (a daemonising library, a subprocess made with fork)
+    leaves the normal way: atexit runs in it too. It ended the shell's session while the shell ran
+    on, and the shell's own end then found it ended."""
+    env = child_env(tmp_path)
+    script = textwrap.dedent(
+        """
+        import asyncio, os, sys
+        from tests.support.file_tracker import install
+        install()
+        from oneiric_session import SessionEventEmitter
+        emitter = SessionEventEmitter("demo")
+        handle = asyncio.run(emitter.emit_session_start("DemoShell"))
+        child = os.fork()
+        if child == 0:
+            sys.exit(0)
+        os.waitpid(child, 0)
+        asyncio.run(emitter.emit_session_end(handle, {"exit_reason": "user_exit"}))
+        print(os.getpid())
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    (session,) = sessions(env["ONEIRIC_SESSION_TEST_RECORD"])
+    assert [(e["pid"], e["exit_reason"]) for e in session["ends"]] == [
+        (int(done.stdout.split()[-1]), "user_exit")
+    ]

@@ -59,6 +59,7 @@ class SessionEventEmitter:
         self._ending: set[str] = set()  # an end is being recorded (possibly in another thread)
         self._ended: dict[str, bool] = {}  # handle -> what the tracker answered
         self._hooked = False
+        self._pid = os.getpid()  # a child forked from this process leaves without ending anything
         self._hook()
 
     # -- the drop-in API (awaited by the host) ------------------------------------
@@ -167,6 +168,8 @@ class SessionEventEmitter:
     # -- internals ----------------------------------------------------------------
 
     def _at_exit(self) -> None:
+        if os.getpid() != self._pid:
+            return  # a forked child (a daemonising helper) leaving: the sessions are its parent's
         try:
             self.shutdown()
         except KeyboardInterrupt:  # Ctrl-C during the bounded wait: one calm line, no traceback
