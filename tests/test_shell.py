@@ -139,3 +139,58 @@ def test_opening_and_leaving_the_shell_with_noop_imports_nothing_heavy(tmp_path:
     )
     assert done.returncode == 0, done.stderr
     assert "heavy: []" in done.stdout
+
+
+def test_a_shell_started_again_is_a_session_of_its_own(session_tracker: Any, tmp_path: Path) -> None:
+    """The second start kept the first one's "ending": its end was recorded as user_exit whatever
+    happened, and SIGTERM no longer unwound its REPL."""
+    calls: list[int] = []
+    runs: list[Any] = []
+    kept_running: list[str] = []
+
+    def leave(shell: AdminShell) -> None:
+        pass
+
+    def broken(shell: AdminShell) -> None:
+        raise RuntimeError("boom")
+
+    def killed(shell: AdminShell) -> None:
+        signal.raise_signal(signal.SIGTERM)
+        kept_running.append("the REPL ran on after SIGTERM")
+
+    shell = ScriptedShell(lambda s: runs.pop(0)(s), settings_dir=tmp_path)
+    runs.extend([leave, broken, killed])
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: calls.append(signum))
+    try:
+        assert shell.start() == 0
+        with pytest.raises(RuntimeError):
+            shell.start()
+        assert shell.start() == 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert kept_running == []
+    assert [s.exit_reason for s in session_tracker.sessions] == ["user_exit", "exception", "sigterm"]
+    assert calls == [signal.SIGTERM]
+
+
+@pytest.mark.parametrize(
+    ("choice", "said"),
+    [
+        ("ipython", "IPython is not installed; the standard console is used"),
+        ("ipyhton", "ONEIRIC_SESSION_REPL='ipyhton' is not auto, ipython or stdlib; auto is used"),
+    ],
+)
+def test_a_console_that_cannot_be_had_is_said_and_the_standard_one_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], choice: str, said: str
+) -> None:
+    """IPython asked for where it is not installed raised out of the shell, after its start was
+    recorded. (Whether IPython is installed here is the machine's: its absence is faked.)"""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "IPython" else real(name, *a)
+    )
+    monkeypatch.setenv("ONEIRIC_SESSION_REPL", choice)
+    assert AdminShell(component_name="demo")._use_ipython() is False
+    assert capsys.readouterr().err == f"oneiric-session: {said}\n"

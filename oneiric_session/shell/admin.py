@@ -113,6 +113,9 @@ class AdminShell:
         the process ends as it would have without tracking, once the end is recorded.
         An exception that escapes the REPL is re-raised after the end is recorded.
         """
+        # Each start is a session of its own (a shell object may be started again).
+        self.session_id = self.exit_reason = None
+        self._ending, self._signal = False, None
         self._emitter = SessionEventEmitter(
             self._get_component_name() or "unknown", tracker=self._tracker, settings_dir=self.settings_dir
         )
@@ -157,14 +160,21 @@ class AdminShell:
             self._run_stdlib()
 
     def _use_ipython(self) -> bool:
+        """IPython when asked for or, by default, when installed; else the standard console. A
+        choice that cannot be had says so in one line and the shell runs."""
         choice = self.repl or os.environ.get(REPL_ENV) or "auto"
         if choice == "stdlib":
             return False
-        if choice == "ipython":
-            return True
         from importlib.util import find_spec
 
-        return find_spec("IPython") is not None
+        installed = find_spec("IPython") is not None
+        if choice == "ipython" and not installed:
+            _say("IPython is not installed; the standard console is used")
+        elif choice not in ("ipython", "auto"):
+            from oneiric_session.common.safetext import terminal_safe
+
+            _say(f"{REPL_ENV}={terminal_safe(choice, 80)!r} is not auto, ipython or stdlib; auto is used")
+        return installed
 
     def _run_ipython(self) -> None:
         from IPython.terminal.embed import InteractiveShellEmbed
@@ -227,3 +237,7 @@ def run_shell(
 ) -> int:
     """Open the default admin shell (what `oneiric-session shell` runs)."""
     return AdminShell(component_name=component_name, repl=repl, settings_dir=settings_dir).start()
+
+
+def _say(message: str) -> None:
+    print(f"oneiric-session: {message}", file=sys.stderr, flush=True)
