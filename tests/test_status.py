@@ -13,6 +13,7 @@ import pytest
 from oneiric_session.cli import main
 from oneiric_session.cli.status import collect
 from oneiric_session.config.sources import SETTING_NAMES
+from oneiric_session.tracking.registry import resolve_tracker
 
 
 def settings_dir(tmp_path: Path, adapters: str = "") -> Path:
@@ -39,6 +40,16 @@ def test_collect_reports_provider_ranking_settings_and_sources(tmp_path: Path) -
     assert {"path": str(directory / "adapters.yml"), "present": True} in report["files"]
     assert report["token"] == {"env": "SESSION_BUDDY_TOKEN", "file": None, "available": False}
     assert "spool_path" in report["delivery"]
+
+
+@pytest.mark.parametrize("written", ["noop ", " memory", "\tnoop\n"])
+def test_status_names_the_provider_every_shell_uses(tmp_path: Path, written: str) -> None:
+    """A stray space in the selection: shells strip it, and `status` called it an unknown provider."""
+    directory = settings_dir(tmp_path)
+    env = {"ONEIRIC_SESSION_PROVIDER": written}
+    used = resolve_tracker(directory, environ=env).provider
+    assert used == written.strip()
+    assert collect(directory, environ=env)["provider"]["name"] == used
 
 
 def test_secrets_are_redacted(tmp_path: Path) -> None:

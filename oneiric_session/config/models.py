@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from oneiric_session.config.sources import DEFAULT_IDLE_EXIT_SECONDS, DEFAULT_PROVIDER
@@ -135,7 +135,14 @@ class SessionBuddySettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="forbid")
 
+    # Stripped as the shell's own selection is (`sources.Merged.selection`): every path sees one name.
     provider: str = Field(DEFAULT_PROVIDER, min_length=1, description="The session tracker provider to use.")
+
+    @field_validator("provider", mode="before")
+    @classmethod
+    def _stripped(cls, value: object) -> object:
+        return value.strip() if isinstance(value, str) else value
+
     transport: Literal["stdio", "http"] = Field(
         "stdio", description="How to reach the server: stdio or http."
     )

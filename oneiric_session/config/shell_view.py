@@ -102,7 +102,7 @@ class ShellView(NamedTuple):
     def from_config(cls, config: "LoadedConfig") -> "ShellView":
         s = config.settings
         return cls(
-            provider=s.provider.strip(),  # as the registry selects it
+            provider=s.provider,
             provider_source=config.source_of("provider"),
             destination=config.destination(),
             limits=config.limits(),
