@@ -519,3 +519,24 @@ def test_a_server_without_list_sessions_is_named_as_such(tmp_path: Path) -> None
     finally:
         process.kill()
         process.wait(WAIT_SECONDS)
+
+
+@pytest.mark.parametrize(
+    "option, value",
+    [("--since", "99999999d"), ("--since", "99999999999999999999s"), ("--until", "0001-01-01T00:00")],
+)
+def test_a_moment_out_of_range_is_one_clear_message(
+    monkeypatch: pytest.MonkeyPatch, option: str, value: str
+) -> None:
+    """They raised OverflowError or ValueError out of `who`/`last`: a traceback, not exit 2."""
+    from oneiric_session.cli._who_query import parse_when
+    from oneiric_session.errors import ConfigError
+
+    monkeypatch.setenv("TZ", "Europe/Paris")  # east of UTC: year 1 at local midnight is year 0 in UTC
+    time.tzset()
+    try:
+        with pytest.raises(ConfigError, match=rf"^{option} '{value}': out of range"):
+            parse_when(value, option)
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

@@ -36,17 +36,25 @@ _URL_TIMEOUT_SECONDS = 15.0
 def parse_when(value: str, option: str, *, now: datetime | None = None) -> datetime:
     """`2h`, `7d`, ... before now, or an ISO date / date-time (local zone when it names none)."""
     match = _RELATIVE.match(value)
-    if match:
-        current = now or datetime.now(UTC)
-        return current - timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
     try:
-        parsed = datetime.fromisoformat(value.strip())
-    except ValueError:
+        if match:
+            current = now or datetime.now(UTC)
+            return current - timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+        try:
+            parsed = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ConfigError(
+                f"{option} {terminal_safe(value, 80)!r}: expected an ISO date-time (2026-12-03T09:00) "
+                "or a time ago (30m, 2h, 7d, 1w)"
+            ) from None
+        moment = parsed if parsed.tzinfo else parsed.astimezone()  # naive: the local zone
+        moment.astimezone(UTC)  # as the query sends it: a moment before year 1 in UTC cannot be
+        return moment
+    except (OverflowError, ValueError):  # beyond what a date can hold, either way
         raise ConfigError(
-            f"{option} {terminal_safe(value, 80)!r}: expected an ISO date-time (2026-12-03T09:00) "
-            "or a time ago (30m, 2h, 7d, 1w)"
+            f"{option} {terminal_safe(value, 80)!r}: out of range; expected a moment between the "
+            "years 1 and 9999"
         ) from None
-    return parsed if parsed.tzinfo else parsed.astimezone()  # naive: the local zone
 
 
 @dataclass(frozen=True)
