@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from oneiric_session.tracking.destination import Destination, Tuning
+from oneiric_session.tracking.destination import URL_PASSWORD, Destination, Tuning
 
 
 def test_key_ignores_tuning_and_follows_the_launch_line() -> None:
@@ -49,3 +49,16 @@ def test_describe_hides_url_credentials_and_env() -> None:
     assert stdio.describe() == "sb --x" and "s3cret" not in stdio.describe()
     plain = Destination(transport="http", url="http://127.0.0.1:8678/mcp?a=b@c")
     assert plain.describe() == "http http://127.0.0.1:8678/mcp?a=b@c"
+
+
+def test_a_password_in_the_url_is_a_secret_kept_in_memory_only() -> None:
+    """Written to disk with a reference where the password was (same key); put back by the agent."""
+    given = Destination(transport="http", url="http://fleet:p%40ss@host:8678/mcp")
+    assert given.secrets() == {URL_PASSWORD: "p%40ss"}
+    stored = Destination.from_json(given.to_json())
+    assert "p%40ss" not in given.to_json() and stored.key == given.key
+    assert stored.missing_secrets() == [URL_PASSWORD] and stored.secrets() == {}
+    assert stored.with_secrets(given.secrets()) == given
+    assert Destination(transport="http", url="http://fleet@host/mcp").secrets() == {}  # a user alone
+    rotated = Destination(transport="http", url="http://fleet:rotated@host:8678/mcp")
+    assert rotated.key == given.key  # a new password keeps the events on the same destination

@@ -93,3 +93,31 @@ def test_server_env_secrets_are_not_stored_at_rest(tmp_path: Path, monkeypatch: 
     db.close()
     assert stored and all(SECRET not in json.dumps(d) for d in stored)
     assert all("SESSION_BUDDY_SECRET" in d["env"] for d in stored)  # the name is kept, as a reference
+
+
+def test_a_password_in_the_url_is_not_stored_at_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`url: http://user:password@host/mcp`: the password travels like a secret server.env value,
+    in memory only; it was written into the config cache and the spool's destinations."""
+    from tests.support.http_server import HttpServer
+
+    server = HttpServer(tmp_path / "server")
+    (tmp_path / "server").mkdir()
+    password = "url-pass-" + "0123456789abcdef" * 2
+    url = server.url.replace("http://", f"http://fleet:{password}@")
+    scene = Scene(tmp_path, transport="http", url=url, agent__idle_exit_seconds=60)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", scene.env["XDG_RUNTIME_DIR"])
+    server.start()
+    try:
+        scene.run_shell(2)
+        wait_until(lambda: len(server.rows()) == 2 and scene.depth() == 0, what="delivery over http")
+        scene.run_shell(1)  # a second shell: the cache would be read, and written, by now
+        wait_until(lambda: len(server.rows()) == 3 and scene.depth() == 0, what="the third session")
+        with scene.spool() as spool:
+            spool.meta_get("agent.pid")
+        for path in (tmp_path / "state").rglob("*"):
+            if path.is_file():
+                assert password.encode() not in path.read_bytes(), path
+        assert password not in scene.run("status").stdout
+    finally:
+        scene.stop_agents()
+        server.kill()

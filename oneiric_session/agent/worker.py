@@ -24,7 +24,7 @@ from oneiric_session.agent.resilience import RetryPolicy, Stopped
 from oneiric_session.agent.status import DestinationStatus
 from oneiric_session.errors import AuthenticationError, DeliveryError, SpoolError, TransientDeliveryError
 from oneiric_session.spool import DEAD_AUTH, DEAD_REJECTED, Spool, SpooledEvent
-from oneiric_session.tracking.destination import Destination
+from oneiric_session.tracking.destination import URL_PASSWORD, Destination
 
 __all__ = ["Client", "ClientFactory", "DestinationWorker", "Outcome", "Tally", "classify"]
 
@@ -152,9 +152,12 @@ class DestinationWorker:
         destination = destination.with_secrets(self.credentials.secrets(self.key))
         missing = destination.missing_secrets()
         if missing:
+            named = ", ".join(
+                "the url's password" if n == URL_PASSWORD else f"server.env {n}" for n in missing
+            )
             raise TransientDeliveryError(
-                f"server.env {', '.join(missing)} is kept in memory only and this agent has not "
-                "received it yet: it waits for a shell (or `spool replay`) with these settings"
+                f"{named}: kept in memory only, and this agent has not received it yet: it waits for "
+                "a shell (or `spool replay`) with these settings"
             )
         self.client = self.client_factory(destination, lambda: self.credentials.token(self.key))
 

@@ -10,7 +10,8 @@ keeps the name with `SECRET_REFERENCE` instead of the value, and `key` is comput
 way, so a destination read back from disk has the same key as the one a shell configured. The
 values travel like tokens, in memory only (`secrets()`, the wake-up, the spawned agent's
 hand-off pipe), and the agent puts them back (`with_secrets`) before it launches the server.
-This module is imported by the shell side: standard library only.
+A password in `url` (`http://user:password@host/mcp`) is one more such secret, under the name
+`URL_PASSWORD`. This module is imported by the shell side: standard library only.
 """
 
 import functools
@@ -28,6 +29,8 @@ _SECRET_WORDS = ("token", "secret", "passw", "key", "credential", "auth", "cooki
 # What is stored for a secret server.env value: a reference to "the value a shell of these
 # settings brings", never the value (a NUL cannot be in a real environment value).
 SECRET_REFERENCE = "\x00oneiric-session:secret-in-memory-only"
+# The name a password in `url` goes by among the secrets (no environment variable has a NUL).
+URL_PASSWORD = "\x00url-password"
 
 
 def is_secret_env(name: str) -> bool:
@@ -78,26 +81,41 @@ class Destination(NamedTuple):
     def _env_at_rest(self) -> dict[str, str]:
         return {name: SECRET_REFERENCE if is_secret_env(name) else value for name, value in self.env}
 
+    def _url_at_rest(self) -> str | None:
+        if self.url is None or _url_password(self.url) is None:
+            return self.url
+        return _with_url_password(self.url, SECRET_REFERENCE)
+
     def secrets(self) -> dict[str, str]:
-        """The secret server.env values (names `status` redacts) that are never written to disk."""
-        return {n: v for n, v in self.env if is_secret_env(n) and v != SECRET_REFERENCE}
+        """The secret server.env values (names `status` redacts) and the url's password, which are
+        never written to disk."""
+        found = {n: v for n, v in self.env if is_secret_env(n) and v != SECRET_REFERENCE}
+        password = _url_password(self.url or "")
+        if password is not None and password != SECRET_REFERENCE:
+            found[URL_PASSWORD] = password
+        return found
 
     def missing_secrets(self) -> list[str]:
         """Names whose value is only a reference (read back from disk and not filled in yet)."""
-        return [name for name, value in self.env if value == SECRET_REFERENCE]
+        missing = [name for name, value in self.env if value == SECRET_REFERENCE]
+        return missing + ([URL_PASSWORD] if _url_password(self.url or "") == SECRET_REFERENCE else [])
 
     def with_secrets(self, secrets: dict[str, str] | None) -> "Destination":
         """This destination with its references replaced by `secrets` (those it has)."""
         if not secrets or not self.missing_secrets():
             return self
         env = tuple((n, secrets.get(n, v) if v == SECRET_REFERENCE else v) for n, v in self.env)
-        return self._replace(env=env)
+        url = self.url
+        if url is not None and _url_password(url) == SECRET_REFERENCE and URL_PASSWORD in secrets:
+            url = _with_url_password(url, secrets[URL_PASSWORD])
+        return self._replace(env=env, url=url)
 
     def to_json(self) -> str:
         """The form written to disk: secret server.env values replaced by `SECRET_REFERENCE`."""
         data = self._asdict()
         data["args"] = list(self.args)
         data["env"] = self._env_at_rest()
+        data["url"] = self._url_at_rest()
         data["tuning"] = self.tuning._asdict()
         return json.dumps(data, sort_keys=True)
 
@@ -148,15 +166,34 @@ def _key(destination: Destination) -> str:
         "args": list(destination.args),
         "env": destination._env_at_rest(),
         "cwd": destination.cwd,
-        "url": destination.url,
+        "url": destination._url_at_rest(),
     }
     return sha256_hex(json.dumps(ident, sort_keys=True).encode())[:16]
 
 
-def _without_credentials(url: str) -> str:
-    """`http://user:secret@host/mcp` -> `http://***@host/mcp`."""
+def _userinfo(url: str) -> tuple[str, str, str] | None:
+    """(`scheme://`, userinfo, `@host...`) of a URL naming a user, else None."""
     scheme, sep, rest = url.partition("://")
     userinfo, at, hostpart = rest.partition("@")
     if not sep or not at or "/" in userinfo:
-        return url
-    return f"{scheme}://***@{hostpart}"
+        return None
+    return scheme + sep, userinfo, at + hostpart
+
+
+def _url_password(url: str) -> str | None:
+    """The password in `scheme://user:password@host/...` (as written, percent-encoded), or None."""
+    parts = _userinfo(url)
+    if parts is None or ":" not in parts[1]:
+        return None
+    return parts[1].partition(":")[2]
+
+
+def _with_url_password(url: str, password: str) -> str:
+    head, userinfo, tail = _userinfo(url) or ("", "", url)
+    return f"{head}{userinfo.partition(':')[0]}:{password}{tail}"
+
+
+def _without_credentials(url: str) -> str:
+    """`http://user:secret@host/mcp` -> `http://***@host/mcp`."""
+    parts = _userinfo(url)
+    return url if parts is None else f"{parts[0]}***{parts[2]}"
