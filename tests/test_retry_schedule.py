@@ -10,34 +10,20 @@ from typing import Any
 
 import pytest
 
-from oneiric_session.agent.credentials import Credentials
 from oneiric_session.agent.resilience import RetryPolicy, Stopped
-from oneiric_session.agent.worker import DestinationWorker, Tally
+from oneiric_session.agent.worker import DestinationWorker
 from oneiric_session.errors import ServerUnavailableError
 from oneiric_session.spool import Spool
 from oneiric_session.tracking import events
 from oneiric_session.tracking.destination import Destination, Tuning
 from oneiric_session.tracking.limits import Limits
 from oneiric_session.transport.scripted import ScriptedClient
+from tests.support.fake_clock import START, FakeClock, destination_worker
 
-START = 1_800_000_000.0
 # With the default tuning: a row's three attempts 0.5 s and 1 s apart, the destination's back-off
 # of 0.5 s, then the breaker opens at the fifth failed attempt in a row; from then on one probe
 # about every 60 s (breaker_reset_seconds), each followed by one try that finds the circuit open.
 DEFAULT_SCHEDULE = [0.0, 0.5, 1.5, 2.0, 2.5, 63.5, 124.0, 184.5]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = START
-        self.slept: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-        self.now += seconds
 
 
 class Server:
@@ -66,18 +52,7 @@ def _worker(tmp_path: Path, clock: FakeClock, client: ScriptedClient, tuning: Tu
         component_name="demo", shell_type="ScheduleShell", metadata=None, limits=Limits()
     )
     spool.append_start("local-a", destination, event, pid=None, pid_start_time=None, boot_id=None)
-    return DestinationWorker(
-        key=destination.key,
-        describe=destination.describe(),
-        spool=spool,
-        credentials=Credentials(),
-        client_factory=lambda _destination, _token: client,
-        mono=clock,
-        wall=clock,
-        tally=Tally(),
-        policy=RetryPolicy(tuning, clock=clock, sleep=clock.sleep, jitter=lambda _low, _high: 0.0),
-        changed=lambda: None,
-    )
+    return destination_worker(spool, destination, clock, client)
 
 
 async def _run(worker: DestinationWorker, clock: FakeClock, until: float) -> None:

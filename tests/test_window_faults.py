@@ -10,9 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from oneiric_session.agent import DeliveryAgent
-from oneiric_session.agent.credentials import Credentials
-from oneiric_session.agent.resilience import RetryPolicy
-from oneiric_session.agent.worker import DestinationWorker, Tally
+from oneiric_session.agent.worker import DestinationWorker
 from oneiric_session.common.digest import token_digest
 from oneiric_session.errors import AuthenticationError, ServerUnavailableError
 from oneiric_session.spool import Spool
@@ -20,19 +18,7 @@ from oneiric_session.spool.outbox import Outbox
 from oneiric_session.tracking import events
 from oneiric_session.tracking.destination import Destination, Tuning
 from oneiric_session.tracking.limits import Limits
-
-START = 1_800_000_000.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = START
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.now += seconds
+from tests.support.fake_clock import START, FakeClock, destination_worker
 
 
 class RoundTrips:
@@ -84,21 +70,6 @@ def _append_starts(spool: Spool, destination: Destination, count: int) -> None:
         spool.append_start(f"local-{n}", destination, _start(n), pid=None, pid_start_time=None, boot_id=None)
 
 
-def _worker(spool: Spool, destination: Destination, clock: FakeClock, client: Any) -> DestinationWorker:
-    return DestinationWorker(
-        key=destination.key,
-        describe=destination.describe(),
-        spool=spool,
-        credentials=Credentials(),
-        client_factory=lambda _d, _t: client,
-        mono=clock,
-        wall=clock,
-        tally=Tally(),
-        policy=RetryPolicy(destination.tuning, clock=clock, sleep=clock.sleep, jitter=lambda _l, _h: 0.0),
-        changed=lambda: None,
-    )
-
-
 async def _drain_as_the_agent_would(worker: DestinationWorker, clock: FakeClock, spool: Spool) -> None:
     """Drain at each back-off's end, for at most an hour of fake time, until the spool is empty."""
     while spool.stats().depth and clock.now - START < 3600.0:
@@ -124,7 +95,7 @@ async def test_with_a_window_the_breakers_probe_goes_alone_and_closes_it(tmp_pat
     spool = _spool(tmp_path, clock)
     _append_starts(spool, destination, 8)
     # The probe's round trip takes longer than a call refused at once by the open circuit.
-    worker = _worker(spool, destination, clock, RoundTrips(answer, round_trip=0.01))
+    worker = destination_worker(spool, destination, clock, RoundTrips(answer, round_trip=0.01))
     await _drain_as_the_agent_would(worker, clock, spool)
     assert worker.policy.breaker.state == "closed"
     assert spool.stats().depth == 0
@@ -149,7 +120,7 @@ async def test_a_window_failing_together_counts_one_failure_towards_the_back_off
     destination = Destination(command="session-buddy-test", tuning=Tuning(attempts=1, window=16))
     spool = _spool(tmp_path, clock)
     _append_starts(spool, destination, 20)
-    worker = _worker(spool, destination, clock, RoundTrips(drop_all))
+    worker = destination_worker(spool, destination, clock, RoundTrips(drop_all))
     await worker.drain(replaying=False, stopping=lambda: False)
     assert in_flight == 16
     assert worker.failures == 1
