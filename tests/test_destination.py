@@ -62,3 +62,17 @@ def test_a_password_in_the_url_is_a_secret_kept_in_memory_only() -> None:
     assert Destination(transport="http", url="http://fleet@host/mcp").secrets() == {}  # a user alone
     rotated = Destination(transport="http", url="http://fleet:rotated@host:8678/mcp")
     assert rotated.key == given.key  # a new password keeps the events on the same destination
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://admin:s3cr@tTAILSECRET@127.0.0.1:1/mcp", "http://admin:s3cr@tTAILSECRET@[::1]:8/mcp?q=a@b#c@d"],
+)
+def test_a_password_holding_an_at_sign_is_hidden_whole(url: str) -> None:
+    """httpx (RFC 3986) ends the userinfo at the authority's last `@`: so does every reading here.
+    Split at the first one, the password's tail was shown by describe() and kept on disk."""
+    destination = Destination(transport="http", url=url)
+    assert destination.secrets() == {URL_PASSWORD: "s3cr@tTAILSECRET"}
+    assert "TAILSECRET" not in destination.describe() and "TAILSECRET" not in destination.to_json()
+    assert destination.describe().startswith("http http://***@")
+    assert Destination.from_json(destination.to_json()).with_secrets(destination.secrets()) == destination

@@ -172,12 +172,14 @@ def _key(destination: Destination) -> str:
 
 
 def _userinfo(url: str) -> tuple[str, str, str] | None:
-    """(`scheme://`, userinfo, `@host...`) of a URL naming a user, else None."""
+    """(`scheme://`, userinfo, `@host...`) of a URL naming a user, else None. The userinfo ends at
+    the authority's last `@`, as RFC 3986 (and httpx) read it: a password may hold a raw `@`."""
     scheme, sep, rest = url.partition("://")
-    userinfo, at, hostpart = rest.partition("@")
-    if not sep or not at or "/" in userinfo:
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    userinfo, at, host = rest[:end].rpartition("@")
+    if not sep or not at:
         return None
-    return scheme + sep, userinfo, at + hostpart
+    return scheme + sep, userinfo, at + host + rest[end:]
 
 
 def _url_password(url: str) -> str | None:
