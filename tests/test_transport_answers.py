@@ -114,6 +114,15 @@ def test_refusals_and_unrecognised_answers_are_permanent(shape: Any) -> None:
     assert not isinstance(caught.value, AuthenticationError)
 
 
+@pytest.mark.parametrize("status", [["tracked"], {"ended": 1}])
+@pytest.mark.parametrize("read", [read_start_answer, read_end_answer])
+def test_a_status_that_is_no_string_is_unrecognised(read: Any, status: Any) -> None:
+    """It raised TypeError (a list is not hashable): `check` printed a traceback, and the agent
+    took it for a transient failure and sent the event again for ever."""
+    with pytest.raises(RejectedError, match="unrecognised answer"):
+        read(answer(None, {"session_id": "s-1", "status": status}))
+
+
 def test_server_text_in_errors_is_one_line_capped_and_never_holds_the_token() -> None:
     echoed = f"bad token {TOKEN}\n\x1b[31m" + "x" * 5000
     with pytest.raises(RejectedError) as caught:

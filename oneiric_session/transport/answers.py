@@ -93,11 +93,12 @@ def _refuse(tool: str, message: str, token: str | None) -> RejectedError:
 
 def _read(answer: ToolAnswer, tool: str, ok: frozenset[str], token: str | None) -> dict[str, Any] | str:
     payload = _payload(answer)
-    if isinstance(payload, dict) and payload.get("status") in ok and not answer.is_error:
+    status = payload.get("status") if isinstance(payload, dict) else None
+    if isinstance(payload, dict) and isinstance(status, str) and status in ok and not answer.is_error:
         return payload
     text = _texts(answer)
     if isinstance(payload, dict):
-        if payload.get("status") == "error" or answer.is_error:
+        if status == "error" or answer.is_error:
             raise _refuse(tool, str(payload.get("error") or payload.get("message") or text or payload), token)
         raise RejectedError(f"{tool}: unrecognised answer: {server_text(json.dumps(payload), token)}")
     if answer.is_error:
