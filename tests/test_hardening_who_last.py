@@ -8,18 +8,24 @@ writer of the same database (any component name and session id, as another serve
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import socket
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support.delivery import WAIT_SECONDS
-from tests.support.http_server import HttpServer
+from oneiric_session.spool import Spool
+from tests.support.delivery import WAIT_SECONDS, wait_until
+from tests.support.faults import isolated_env
+from tests.support.http_server import HttpServer, free_port
 from tests.support.server_process import connect, end_event, start_event, structured_answer
 
 CLI = [sys.executable, "-m", "oneiric_session"]
@@ -29,6 +35,7 @@ USER = "\x1b[1;1Hroot\u2066\u202d"
 COMPONENT = "comp\x1b[31m\r\x00\u202e"
 SESSION_ID = "sid\x1b[2J\r\x00\u2067-1"
 # What must never be printed raw: escapes (7-bit and C1), CR, NUL, bidi overrides and isolates.
+LISTING_SERVER = Path(__file__).parent / "support" / "listing_server.py"
 UNSAFE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -97,3 +104,78 @@ def test_hostile_names_never_reach_the_terminal_raw(hostile: HttpServer, via: st
     if command == "last":
         assert SESSION_ID in {row["session_id"] for row in rows}
         assert COMPONENT in {row["component_name"] for row in rows}
+
+
+@contextlib.contextmanager
+def listing_server(root: Path, **env: str) -> Iterator[str]:
+    """tests/support/listing_server.py over Streamable HTTP; its URL once it accepts connections."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(LISTING_SERVER), f"127.0.0.1:{port}"],
+        env={**os.environ, **isolated_env(root), **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def accepting() -> bool:
+        assert server.poll() is None, "the listing server exited"
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+        return False
+
+    try:
+        wait_until(accepting, what="the listing server")
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        server.terminate()
+        server.wait(WAIT_SECONDS)
+
+
+def run_as_a_user_with_a_spool(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command run by a user whose spool exists (so `who` looks up how idle each session is)."""
+    env = {**os.environ, **isolated_env(root), "COLUMNS": "300"}
+    env.pop("SESSION_BUDDY_TOKEN", None)
+    with Spool(Path(env["XDG_STATE_HOME"]) / "oneiric-session" / "spool.sqlite3") as spool:
+        spool.meta_set("made-by", "test")  # the first write makes the file
+    return subprocess.run(
+        [*CLI, *args], env=env, capture_output=True, text=True, timeout=WAIT_SECONDS, cwd=root
+    )
+
+
+def test_a_server_repeating_its_page_cursor_ends_the_listing(tmp_path: Path) -> None:
+    """`who -n 0` followed the cursor for ever, growing (1.2 GB within 40 s)."""
+    with listing_server(tmp_path, LISTING_MODE="repeat_cursor") as url:
+        result = run_as_a_user_with_a_spool(tmp_path, "who", "--url", url, "-n", "0")
+    assert result.returncode == 1, result
+    assert "page cursor a second time" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("command", "row"),
+    [
+        ("who", {"session_id": ["s-1"]}),
+        ("who", {"pid": {"n": 1}}),
+    ],
+    ids=["session_id_a_list", "pid_an_object"],
+)
+def test_a_listed_session_of_any_shape_is_shown(tmp_path: Path, command: str, row: dict[str, Any]) -> None:
+    """Values a server should not send (a list for a session id, an object for a pid) raised
+    TypeError out of `who`: a traceback."""
+    with listing_server(tmp_path, LISTING_ROW=json.dumps(row)) as url:
+        result = run_as_a_user_with_a_spool(tmp_path, command, "--url", url)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 2  # the header and the session
+
+
+def test_a_duration_no_clock_can_show_is_a_dash() -> None:
+    """An infinite duration (a REAL column of a database another program wrote) raised OverflowError."""
+    from oneiric_session.cli.who import clock
+
+    assert [clock(v) for v in (float("inf"), float("-inf"), float("nan"), "5", True, 3725.9)] == [
+        "-",
+        "-",
+        "-",
+        "-",
+        "-",
+        "1:02:05",
+    ]

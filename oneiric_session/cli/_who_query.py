@@ -28,6 +28,9 @@ _RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 # Never wait longer than this for a central server (connect, then each page).
 _URL_TIMEOUT_SECONDS = 15.0
+# `-n 0` (all) lists at most this many sessions (with the note that there are more): a server
+# that pages for ever cannot grow the command without bound.
+MAX_ALL_SESSIONS = 100_000
 
 
 # -- what to ask ---------------------------------------------------------------
@@ -73,7 +76,8 @@ class Query:
             raise ConfigError(f"-n {args.count}: expected 0 (all) or more")
         since = parse_when(args.since, "--since") if args.since else None
         until = parse_when(args.until, "--until") if args.until else None
-        return cls(open_only, args.component, args.user, args.host, since, until, args.count)
+        count = args.count or MAX_ALL_SESSIONS
+        return cls(open_only, args.component, args.user, args.host, since, until, count)
 
     def page_size(self, got: int) -> int:
         from oneiric_session.server.listing import MAX_PAGE_SIZE
@@ -179,6 +183,7 @@ async def _remote_pages(url: str, query: Query) -> Result:
         await connection.open()
         got: list[dict[str, Any]] = []
         cursor: str | None = None
+        cursors: set[str] = set()
         while True:
             arguments = {**query.tool_arguments(), "limit": query.page_size(len(got))}
             if cursor:
@@ -189,6 +194,10 @@ async def _remote_pages(url: str, query: Query) -> Result:
             sessions, cursor = _read_page(answer, token, server_text)
             if not sessions:
                 cursor = None  # an empty page ends the listing, whatever cursor came with it
+            elif cursor is not None and cursor in cursors:
+                raise RemoteError("the server sent a page cursor a second time: its listing would never end")
+            elif cursor is not None:
+                cursors.add(cursor)
             got.extend(sessions)
             if query.count and len(got) > query.count:
                 return Result(got[: query.count], True)
@@ -225,8 +234,14 @@ def _read_page(
     if payload.get("status") != "ok":
         raise RemoteError(f"the server refused: {server_text(str(payload.get('error')), token)}")
     cursor = payload.get("next_cursor")
-    sessions = [row for row in payload["sessions"] if isinstance(row, dict)]
+    sessions = [_plain(row) for row in payload["sessions"] if isinstance(row, dict)]
     return sessions, cursor if isinstance(cursor, str) and cursor else None
+
+
+def _plain(row: dict[Any, Any]) -> dict[str, Any]:
+    """A listed session with every value a string, a number or None (a server may send anything:
+    a list where a pid goes could not even be looked up); anything else becomes its text."""
+    return {str(k): v if v is None or isinstance(v, str | int | float) else str(v) for k, v in row.items()}
 
 
 def fetch(args: argparse.Namespace, query: Query) -> Result:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -109,7 +110,7 @@ def end_time(started: Any, ended: Any) -> str:
 
 def clock(seconds: Any) -> str:
     """`1:02:03` (hours may exceed 24: `49:00:00`)."""
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds != seconds:
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not math.isfinite(seconds):
         return "-"
     total = int(max(0, seconds))
     return f"{total // 3600}:{total // 60 % 60:02d}:{total % 60:02d}"
