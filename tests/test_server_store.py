@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -11,8 +13,10 @@ import pytest
 
 from oneiric_session.mcp_compat import MCPError, in_memory_client
 from oneiric_session.server.app import build_server
+from oneiric_session.server.listing import MAX_PAGE_JSON_BYTES, MAX_PAGE_SIZE, SessionFilter
+from oneiric_session.server.models import MAX_NAME_CHARS
 from oneiric_session.server.store import NewSession, SessionEnding, SessionStore
-from tests.support.server_process import start_event
+from tests.support.server_process import start_event, structured_answer
 from tests.support.together import failures_together
 
 
@@ -148,3 +152,34 @@ def test_processes_opening_a_new_database_together_all_get_it(tmp_path: Path) ->
     locked' (SQLite does not wait on the lock that switches a file's journal mode)."""
     failures = failures_together(OPENER, [[str(tmp_path), str(ROUNDS)]] * 5)
     assert failures == []
+
+
+def test_a_page_holds_at_most_a_mebibyte_of_sessions_and_the_rest_follows(store: SessionStore) -> None:
+    """Rows with long names (escaped six-fold in JSON) fill a page before its count: one page of 500
+    such rows made an answer over the 4 MiB a client takes, and `who`/`last` failed for everyone."""
+    long_name = "\x1b" * MAX_NAME_CHARS
+    for n in range(60):
+        session = dataclasses.replace(
+            new_session(f"e-{n}"), base_session_id=f"s-{n}", shell_type=long_name, hostname=long_name
+        )
+        store.record_start(session)
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = store.list_page(SessionFilter(), limit=MAX_PAGE_SIZE, cursor=cursor)
+        assert len(json.dumps(page.sessions)) <= MAX_PAGE_JSON_BYTES + len(json.dumps(page.sessions[-1]))
+        seen += [s["session_id"] for s in page.sessions]
+        if page.next_cursor is None:
+            break
+        cursor = page.next_cursor
+    assert sorted(seen) == sorted(f"s-{n}" for n in range(60))  # each once, over several pages
+    assert len(seen) > len(page.sessions)
+
+
+async def test_a_name_longer_than_any_real_one_is_refused(tmp_path: Path) -> None:
+    store = SessionStore(tmp_path / "db.sqlite3")
+    async with in_memory_client(build_server(store)) as client:
+        event = start_event(shell_type="S" * (MAX_NAME_CHARS + 1))
+        answer = await client.call_tool("track_session_start", event)
+    refused = structured_answer(answer)
+    assert refused["status"] == "error" and f"at most {MAX_NAME_CHARS} characters" in refused["error"]

@@ -17,6 +17,9 @@ from typing import Any
 
 # A page holds at most this many sessions: a million-row table still answers in bounded memory.
 MAX_PAGE_SIZE = 500
+# The sessions of one page, as JSON, at most (a client takes answers of 4 MiB, and an answer carries
+# the page twice: structured and as text, escaped once more).
+MAX_PAGE_JSON_BYTES = 1024 * 1024
 DEFAULT_PAGE_SIZE = 100
 
 # The fields of one listed session, in this order (documented in docs/operations.md).
@@ -154,7 +157,15 @@ def select_page(
     rows = db.execute(*page_query(where, cursor, size)).fetchall()
     more = len(rows) > size
     rows = rows[:size]
-    sessions = [{name: row[name] for name in LISTED_FIELDS} for row in rows]
-    last = rows[-1] if rows else None
+    sessions: list[dict[str, Any]] = []
+    budget = MAX_PAGE_JSON_BYTES
+    for row in rows:
+        session = {name: row[name] for name in LISTED_FIELDS}
+        budget -= len(json.dumps(session))  # ASCII escapes: at least its UTF-8 size
+        if sessions and budget < 0:  # the rest on the next page (one session always fits)
+            more = True
+            break
+        sessions.append(session)
+    last = rows[len(sessions) - 1] if sessions else None
     next_cursor = encode_cursor(last["started_epoch"], last["rowid"]) if more and last is not None else None
     return Page(sessions, next_cursor)

@@ -1,8 +1,10 @@
 """Event validation with the same rules and messages as Session-Buddy 0.23.0's event models.
 
 The class names appear in the error text ("1 validation error for SessionStartEvent"), so they
-match the real server's. Deliberate difference: `environment.cwd` is checked for shape only; the
-server never looks at, enters or writes into the client's directory.
+match the real server's. Deliberate differences: `environment.cwd` is checked for shape only (the
+server never looks at, enters or writes into the client's directory), and the names a session is
+listed by are at most `MAX_NAME_CHARS` long (any loopback client can call us: one name of megabytes
+would make every page of `who`/`last` holding it too large to answer).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from pydantic import BaseModel, Field, field_validator
 COMPONENT_PATTERN = r"^[a-zA-Z0-9_-]+$"
 TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?$"
 MAX_PID = 4194304
+# Component, shell type, host name, Python version and platform: far above what a real one is
+# (our shells cap every string at `limits.max_string_chars`, 1024 by default).
+MAX_NAME_CHARS = 4096
 
 
 def _check_timestamp(value: str) -> str:
@@ -40,8 +45,8 @@ class UserInfo(BaseModel):
 
 
 class EnvironmentInfo(BaseModel):
-    python_version: str
-    platform: str
+    python_version: str = Field(max_length=MAX_NAME_CHARS)
+    platform: str = Field(max_length=MAX_NAME_CHARS)
     cwd: str = Field(max_length=500)
 
     @field_validator("cwd")
@@ -54,12 +59,12 @@ class SessionStartEvent(BaseModel):
     event_version: str
     event_id: str
     event_type: str
-    component_name: str
-    shell_type: str
+    component_name: str = Field(max_length=MAX_NAME_CHARS)
+    shell_type: str = Field(max_length=MAX_NAME_CHARS)
     timestamp: str
     pid: int = Field(ge=1, le=MAX_PID)
     user: UserInfo
-    hostname: str
+    hostname: str = Field(max_length=MAX_NAME_CHARS)
     environment: EnvironmentInfo
     metadata: dict[str, Any] = Field(default_factory=dict)
 
