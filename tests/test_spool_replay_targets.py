@@ -6,15 +6,22 @@ leave another project's answering server its events.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
 
+from oneiric_session.agent import DeliveryAgent, uncapped_spool
 from oneiric_session.agent.status import status_path
 from oneiric_session.cli.spool import _retarget
+from oneiric_session.common.digest import sha256_hex
 from oneiric_session.spool import Spool
+from oneiric_session.tracking import events
 from oneiric_session.tracking.destination import Destination
+from oneiric_session.tracking.limits import Limits
+from tests.support.delivery import WAIT_SECONDS
 
 BROKEN = Destination(command="/nowhere/server")
 FLEET = Destination(transport="http", url="http://fleet.example:8678/mcp")
@@ -53,3 +60,57 @@ def test_failing_and_silent_destinations_move_an_answering_one_stays(spool: Spoo
 def test_all_moves_everything(spool: Spool) -> None:
     _retarget(spool, NOW, everything=True)
     assert set(where(spool).values()) == {NOW.key}
+
+
+PASSWORD_URL = "http://fleet:pw-0451@127.0.0.1:1/mcp"
+
+
+def _spooled_by_an_older_version(tmp_path: Path) -> tuple[Path, Destination]:
+    """A start for an http destination whose url holds a password, as 1aa20e4 spooled it: under the
+    key that version computed (the password part of it) and with the password in the stored url."""
+    path = tmp_path / "spool.sqlite3"
+    destination = Destination(transport="http", url=PASSWORD_URL)
+    with uncapped_spool(path) as spool:
+        start = events.build_start_event(component_name="old", shell_type="S", metadata=None, limits=Limits())
+        spool.append_start("local-old", destination, start, pid=None, pid_start_time=None, boot_id=None)
+    ident = {"transport": "http", "command": "", "args": [], "env": {}, "cwd": None, "url": PASSWORD_URL}
+    old_key = sha256_hex(json.dumps(ident, sort_keys=True).encode())[:16]
+    stored = json.dumps({**json.loads(destination.to_json()), "url": PASSWORD_URL}, sort_keys=True)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE destinations SET key = ?, json = ?", (old_key, stored))
+        db.execute("UPDATE events SET destination_key = ?", (old_key,))
+        db.execute("UPDATE sessions SET destination_key = ?", (old_key,))
+    db.close()
+    return path, destination
+
+
+class Answering:
+    async def start_session(self, event: object) -> str:
+        return "srv-1"
+
+    async def end_session(self, event: object) -> str:
+        return "ended"
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_rows_an_older_version_spooled_under_another_key_are_delivered(tmp_path: Path) -> None:
+    """Their key no longer matched their destination's: no worker ever asked for them, and `spool
+    replay` went round for ever at full CPU. They move to the key this version computes, and the
+    destination is stored as this version stores it (the password a reference: the agent waits for
+    it from a shell, as for any url password)."""
+    path, destination = _spooled_by_an_older_version(tmp_path)
+    with uncapped_spool(path) as spool:
+        waiting = DeliveryAgent(spool, client_factory=lambda _d, _t: Answering())
+        result = await asyncio.wait_for(waiting.replay(), WAIT_SECONDS)
+        assert (result.delivered, result.remaining) == (0, 1)  # no password in memory yet
+        assert spool.waiting(destination.key) == 1
+        with sqlite3.connect(path) as db:  # stored as this version stores it: a reference
+            assert [r[0] for r in db.execute("SELECT key FROM destinations")] == [destination.key]
+            assert all("pw-0451" not in r[0] for r in db.execute("SELECT json FROM destinations"))
+        db.close()
+        secrets = {destination.key: destination.secrets()}  # as a shell of these settings brings them
+        agent = DeliveryAgent(spool, secrets=secrets, client_factory=lambda _d, _t: Answering())
+        result = await asyncio.wait_for(agent.replay(), WAIT_SECONDS)
+        assert (result.delivered, result.remaining) == (1, 0)

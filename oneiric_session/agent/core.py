@@ -200,6 +200,16 @@ class DeliveryAgent:
         if taken and failing:
             self._destinations.publish()  # the count of what waits for a failing destination changed
 
+    def _rekey(self) -> None:
+        """Rows an older version spooled under another key for their destination (`Spool.rekey`)."""
+        try:
+            moved = self.spool.rekey()
+        except SpoolError as exc:
+            logger.warning("the spool's destinations could not be brought up to date: %s", exc)
+            return
+        if moved:
+            logger.info("%d destination(s) spooled by an older version brought up to date", moved)
+
     # -- abnormal ends --------------------------------------------------------
 
     def watch_sessions(self) -> list[OpenSession]:
@@ -228,6 +238,7 @@ class DeliveryAgent:
         """Deliver until idle for `idle_exit_seconds` (or stop()). The caller holds `lock`."""
         doorbell = Doorbell(self.spool, lock, listener, self._changed.set)
         doorbell.open()
+        self._rekey()
         self._destinations.publish()  # nothing known yet: a dead agent's view is not this one's
         self.update_tokens(self._credentials.initial_tokens)
         idle_since: float | None = None
@@ -306,6 +317,7 @@ class DeliveryAgent:
     async def replay(self, only: str | None = None) -> ReplayResult:
         """Deliver every pending row now (of destination `only`, when given), without waiting out
         back-offs. The caller holds the lock."""
+        self._rekey()
         self.update_tokens(self._credentials.initial_tokens)
         try:
             while not self._stop.is_set():
@@ -314,7 +326,10 @@ class DeliveryAgent:
                 self._destinations.schedule(replaying=True, only=only)
                 if not self._destinations.tasks():
                     break
+                before = (self.delivered, self.dead_lettered, self.spool.stats().depth)
                 await asyncio.gather(*self._destinations.tasks(), return_exceptions=True)
+                if (self.delivered, self.dead_lettered, self.spool.stats().depth) == before:
+                    break  # a round that changed nothing would change nothing again
             remaining = self.spool.stats().depth if only is None else self.spool.waiting(only)
         finally:
             await self._shutdown()

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import pkgutil
 import sys
 from collections.abc import Sequence
 
-from oneiric_session.common.safetext import terminal_safe
+from oneiric_session.common.safetext import safe_lines, terminal_safe
 from oneiric_session.errors import ConfigError, OneiricSessionError
 
 EXIT_OK = 0
@@ -68,7 +69,18 @@ def _accept_settings_anywhere(subparsers: argparse._SubParsersAction[argparse.Ar
                 _accept_settings_anywhere(action)
 
 
+class SafeFormatter(logging.Formatter):
+    """Every log line terminal-safe: a server's, a client's or a file's text cannot hide escapes in it."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return safe_lines(super().format(record))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    # What a library logs where nobody configured logging (the MCP SDK quoting a server's headers,
+    # say) reaches the terminal through Python's last-resort handler: made safe there too.
+    if logging.lastResort is not None:
+        logging.lastResort.setFormatter(SafeFormatter())
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from oneiric_session.cli import SafeFormatter
+
 if TYPE_CHECKING:
     from oneiric_session.config.loader import LoadedConfig
     from oneiric_session.spool import Spool, SpooledEvent
@@ -78,15 +80,6 @@ class _PrivateLog(logging.handlers.RotatingFileHandler):
         return os.fdopen(fd, "a", encoding=self.encoding, errors=self.errors)
 
 
-class _SafeFormatter(logging.Formatter):
-    """Every log line terminal-safe: a server's, a client's or a file's text cannot hide escapes in it."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        from oneiric_session.common.safetext import safe_lines
-
-        return safe_lines(super().format(record))
-
-
 def _setup_logging(log_file: str | None) -> None:
     handler: logging.Handler = logging.StreamHandler(sys.stderr)
     if log_file:
@@ -97,7 +90,7 @@ def _setup_logging(log_file: str | None) -> None:
             handler = _PrivateLog(log_file, maxBytes=LOG_MAX_BYTES, backupCount=1)
         except OSError as exc:
             print(f"oneiric-session agent: cannot log to {log_file}: {exc}", file=sys.stderr)
-    handler.setFormatter(_SafeFormatter("%(asctime)s agent[%(process)d] %(levelname)s %(message)s"))
+    handler.setFormatter(SafeFormatter("%(asctime)s agent[%(process)d] %(levelname)s %(message)s"))
     root = logging.getLogger("oneiric_session")
     root.addHandler(handler)
     root.setLevel(logging.INFO)

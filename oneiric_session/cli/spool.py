@@ -167,6 +167,7 @@ def run_replay(args: argparse.Namespace) -> int:
         if args.dead:
             spool.requeue_dead()
         try:  # the shells' records not taken in yet are retargeted with the rest
+            spool.rekey()  # (rows an older version spooled under another key: see Spool.rekey)
             spool.take_in()
         except SpoolError as exc:  # what the database holds is still delivered
             print(f"oneiric-session: {terminal_safe(str(exc))}", file=sys.stderr)

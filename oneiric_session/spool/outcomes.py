@@ -144,3 +144,31 @@ class RowOutcomes(SpoolConnection):
                 (destination.key, *params),
             )
             return moved
+
+    def rekey(self) -> int:
+        """Move the rows of each destination stored under a key this version does not compute for it
+        (an older version's: its secrets were part of the key then) to the key it computes, and
+        store the destination as this version does (secrets as references); how many moved.
+
+        The agent does this as it starts: otherwise those rows would belong to no destination it
+        looks for, and wait for ever.
+        """
+        with self.transaction() as conn:
+            moved = 0
+            for key, text in conn.execute("SELECT key, json FROM destinations").fetchall():
+                try:
+                    destination = Destination.from_json(text)
+                except ValueError:  # not one this version would write: its rows stay as they are
+                    continue
+                if destination.key == key and destination.to_json() == text:
+                    continue
+                save_destination(conn, destination)
+                if destination.key != key:
+                    for table in ("events", "sessions"):
+                        conn.execute(
+                            f"UPDATE {table} SET destination_key = ? WHERE destination_key = ?",
+                            (destination.key, key),
+                        )
+                    conn.execute("DELETE FROM destinations WHERE key = ?", (key,))
+                moved += 1
+            return moved
