@@ -228,3 +228,65 @@ async def test_a_cap_spares_the_sessions_whose_start_is_on_its_way(tmp_path: Pat
     # The cap took the one session the server cannot know yet: the late one.
     assert spool.stats().dropped_sessions == {"max_rows": 1}
     assert agent.delivered == 4
+
+
+async def test_a_failure_after_a_success_counts_again(tmp_path: Path) -> None:
+    """Three calls in flight answer at once: demo0 fails, demo1 succeeds, demo2 fails. demo2 was
+    skipped as failing "together" with demo0, so the destination backed off with no failure
+    counted (status said 0 consecutive failures beside its last error; the breaker counted 0)."""
+    clock = FakeClock()
+    release = asyncio.Event()
+    sent = 0
+
+    async def answer(tool: str, event: Mapping[str, Any]) -> Any:
+        nonlocal sent
+        sent += 1
+        if sent == 3:
+            asyncio.get_running_loop().call_soon(release.set)  # the three wake in the order sent
+        await release.wait()
+        if event["component_name"] == "demo1":
+            return "srv-1"
+        return ServerUnavailableError("the server closed the connection")
+
+    destination = Destination(command="session-buddy-test", tuning=Tuning(attempts=1, window=3))
+    spool = _spool(tmp_path, clock)
+    _append_starts(spool, destination, 3)
+    worker = destination_worker(spool, destination, clock, RoundTrips(answer))
+    await worker.drain(replaying=False, stopping=lambda: False)
+    assert worker.last_error is not None and worker.retry_at > START
+    assert worker.failures == 1 and worker.policy.breaker._failures == 1
+
+
+async def test_a_rotated_url_password_reaches_the_server(tmp_path: Path) -> None:
+    """A new password is not a new destination (it is a secret: not part of the key). The worker kept
+    the client it made with the old one, and the destination failed until the agent restarted."""
+    password = "old"
+    built: list[str] = []
+
+    def answer(tool: str, event: Mapping[str, Any]) -> Any:
+        if f":{password}@" not in built[-1]:
+            return ServerUnavailableError("Server returned an error response")
+        return f"srv-{event['component_name']}"
+
+    def client(destination: Destination, _token: Any) -> RoundTrips:
+        built.append(destination.url or "")
+        return RoundTrips(answer)
+
+    old = Destination(transport="http", url="http://fleet:old@127.0.0.1:1/mcp", tuning=Tuning(attempts=1))
+    new = old._replace(url="http://fleet:new@127.0.0.1:1/mcp")
+    spool = _spool(tmp_path)
+    agent = DeliveryAgent(spool, secrets={old.key: old.secrets()}, client_factory=client)
+    workers = agent._destinations  # driven as serve() drives them, its client kept between looks
+
+    async def look() -> None:
+        workers.schedule(replaying=True)
+        await asyncio.gather(*workers.tasks())
+
+    spool.append_start("local-0", old, _start(0), pid=None, pid_start_time=None, boot_id=None)
+    await look()
+    password = "new"  # rotated at the server; the next shell brings the new one
+    agent.update_secrets({new.key: new.secrets()})
+    spool.append_start("local-1", new, _start(1), pid=None, pid_start_time=None, boot_id=None)
+    await look()
+    assert agent.delivered == 2
+    assert built == [old.url, new.url]

@@ -88,9 +88,9 @@ class CircuitBreaker:
     server is reachable and counts as a success.
 
     Calls in flight together that fail together count once: a call whose failure comes after
-    another failure was counted since it was let through failed with that one (one dropped
-    connection fails every call of the window at once), so an outage counts one failure per
-    wave of calls, whatever the window.
+    another failure of the current run was counted since it was let through failed with that one
+    (one dropped connection fails every call of the window at once), so an outage counts one
+    failure per wave of calls, whatever the window; after a success, a failure counts again.
     """
 
     def __init__(
@@ -135,7 +135,7 @@ class CircuitBreaker:
             result = await operation()
         except Exception as exc:
             if self._is_failure(exc):
-                self._record_failure(probe, together=seen != self._counted)
+                self._record_failure(probe, together=seen != self._counted and self._failures > 0)
             else:
                 self._record_success(probe)
             raise

@@ -99,6 +99,8 @@ class DestinationWorker:
     last_used: float = 0.0  # monotonic
     # Rows this agent backed off (row id, event id): due again when retry_at passes (agent.clock).
     deferred: set[tuple[int, str]] = field(default_factory=set, repr=False)
+    # The secrets changed since `client` was made: the next drain connects anew.
+    reconnect: bool = False
     # The sessions of the rows this drain fetched: the caps spare them until its answers are recorded.
     sending: set[str] = field(default_factory=set, repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -116,6 +118,8 @@ class DestinationWorker:
     async def drain(self, *, replaying: bool, stopping: Callable[[], bool]) -> None:
         """Deliver the due rows oldest first, up to the window of calls in flight (`pipeline`),
         until none is left or the destination must back off."""
+        if self.reconnect:
+            await self.close_client()  # (no call of this destination is in flight between drains)
         try:
             await self._drain(replaying=replaying, stopping=stopping)
         finally:
@@ -210,9 +214,10 @@ class DestinationWorker:
             else:
                 if not isinstance(exc, DeliveryError):  # a bug below us must not stop delivery
                     logger.exception("unexpected error delivering %s %s", row.kind, row.handle)
-                # Failed with a call counted since this one was sent (one dropped connection fails
-                # the whole window at once): one failure towards the back-off, not one a row.
-                self._failed(row, exc, together=seen != self.counted)
+                # Failed with a call counted since this one was sent, in the same run of failures
+                # (one dropped connection fails the whole window at once): one failure towards the
+                # back-off, not one a row.
+                self._failed(row, exc, together=seen != self.counted and self.failures > 0)
                 return False
         else:
             self._succeeded()
@@ -276,6 +281,7 @@ class DestinationWorker:
 
     async def close_client(self) -> None:
         client, self.client = self.client, None
+        self.reconnect = False
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.aclose()
