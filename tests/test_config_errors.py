@@ -239,6 +239,14 @@ def test_paths_the_agent_can_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ]:
         destination = load_config(directory, environ=env).destination()
         assert (destination.command, destination.cwd) == (command, cwd)
+    # Relative paths the launch line in use does not take are nobody's business (an environment's
+    # SESSION_BUDDY_PATH beside a server.command turned tracking off).
+    unused = {
+        "ONEIRIC_SESSION_SERVER__COMMAND": "python3",
+        "SESSION_BUDDY_PATH": "sb",
+        "ONEIRIC_SESSION_DB": "x",
+    }
+    assert load_config(directory, environ=unused).destination().command == "python3"
     http = {
         "ONEIRIC_SESSION_TRANSPORT": "http",
         "ONEIRIC_SESSION_URL": "http://h/mcp",

@@ -25,7 +25,11 @@ def default_spool_path() -> Path:
     return state_dir() / "spool.sqlite3"
 
 
+# Names the bundled server's database (a variable, not a setting: `serve` and `sessions` read it too).
+DB_ENV = "ONEIRIC_SESSION_DB"
+
+
 def default_server_db_path(environ: Mapping[str, str] | None = None) -> Path:
     """The bundled server's database: `$ONEIRIC_SESSION_DB`, else under the XDG data dir."""
-    env = (os.environ if environ is None else environ).get("ONEIRIC_SESSION_DB")
+    env = (os.environ if environ is None else environ).get(DB_ENV)
     return Path(env).expanduser() if env else data_dir() / "sessions.sqlite3"

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
@@ -63,16 +63,13 @@ class LoadedConfig:
             call_seconds=s.timeouts.call_seconds,
             window=s.agent.window or 0,
         )
-        if s.transport == "http":
+        launch = self.launch()
+        if launch is None:
             return Destination(transport="http", url=s.url, tuning=tuning)
-        # An explicit session_buddy_path argument (the emitter's) outranks a configured command.
-        path_is_explicit = (
-            self.source_of("session_buddy_path") == "argument" != self.source_of("server.command")
-        )
-        if s.server.command and not (s.session_buddy_path and path_is_explicit):
-            command, args = _expanded(s.server.command), tuple(s.server.args)
-        elif s.session_buddy_path:
-            path = _expanded(s.session_buddy_path)
+        if launch == "command":
+            command, args = _expanded(s.server.command or ""), tuple(s.server.args)
+        elif launch == "checkout":
+            path = _expanded(s.session_buddy_path or "")
             command, args = "uv", ("--directory", path, "run", "python", "-c", SESSION_BUDDY_STDIO_CODE)
         else:  # the bundled compatible server, so a fresh machine works with no configuration
             # Its database is resolved here, from the shell's environment, so that it is part of
@@ -86,6 +83,59 @@ class LoadedConfig:
             cwd=None if s.server.cwd is None else _expanded(s.server.cwd),
             tuning=tuning,
         )
+
+    def launch(self) -> Literal["command", "checkout", "bundled"] | None:
+        """Which stdio launch line the destination is (None: http): `server.command`, a Session-Buddy
+        checkout (`session_buddy_path`), or the bundled server."""
+        s = self.settings
+        if s.transport == "http":
+            return None
+        # An explicit session_buddy_path argument (the emitter's) outranks a configured command.
+        path_is_explicit = (
+            self.source_of("session_buddy_path") == "argument" != self.source_of("server.command")
+        )
+        if s.server.command and not (s.session_buddy_path and path_is_explicit):
+            return "command"
+        return "checkout" if s.session_buddy_path else "bundled"
+
+    def check_paths(self) -> None:
+        """The paths the delivery agent uses must be absolute (`~` is expanded): the agent runs in
+        `/`, started by whichever shell came first, so a path relative to one shell's directory
+        would name another file there, or none. Only the paths of the launch line in use count."""
+        s = self.settings
+
+        def refuse(name: str, value: str, alternatives: str = "") -> None:
+            origin = (
+                f"environment variable {name}"
+                if name == paths.DB_ENV
+                else sources.describe(self.source_of(name))
+            )
+            raise ConfigError(
+                f"{name}: {value!r} is a relative path; the delivery agent runs in /, so give an "
+                f"absolute path{alternatives}; from {origin}"
+            )
+
+        if s.spool.path is not None and not s.spool.path.expanduser().is_absolute():
+            refuse("spool.path", str(s.spool.path))
+        launch = self.launch()
+        if launch is None:
+            return
+        cwd = None if s.server.cwd is None else _expanded(s.server.cwd)
+        if s.server.cwd is not None and not os.path.isabs(cwd or ""):
+            refuse("server.cwd", s.server.cwd)
+        if launch == "command":
+            command = _expanded(s.server.command or "")
+            if os.sep in command and not os.path.isabs(command) and cwd is None:
+                refuse(
+                    "server.command",
+                    s.server.command or "",
+                    " (or a program name found on PATH, or set server.cwd)",
+                )
+        elif launch == "checkout":
+            if not os.path.isabs(_expanded(s.session_buddy_path or "")):
+                refuse("session_buddy_path", s.session_buddy_path or "")
+        elif (database := self.environ.get(paths.DB_ENV)) and not os.path.isabs(_expanded(database)):
+            refuse(paths.DB_ENV, database)
 
     def report_cwd(self) -> str | None:
         """What environment.cwd carries: the setting; on http by default a directory any host has."""
@@ -124,15 +174,16 @@ def validate(merged: sources.Merged, *, environ: Mapping[str, str]) -> LoadedCon
     except ValidationError as exc:
         raise ConfigError("; ".join(_describe_error(error, merged) for error in exc.errors())) from None
     _check_consistency(settings, merged)
-    _check_paths(settings, merged, environ)
     names = _flatten(settings.model_dump(mode="json"))
-    return LoadedConfig(
+    config = LoadedConfig(
         settings=settings,
         sources={name: merged.source_of(name) for name in names},
         settings_dir=merged.settings_dir,
         files=tuple(merged.files),
         environ=environ,
     )
+    config.check_paths()
+    return config
 
 
 def _describe_error(error: Any, merged: sources.Merged) -> str:
@@ -158,40 +209,6 @@ def _check_consistency(settings: SessionBuddySettings, merged: sources.Merged) -
             f"retry.wait_min_seconds ({settings.retry.wait_min_seconds}) is greater than "
             f"retry.wait_max_seconds ({settings.retry.wait_max_seconds}); "
             f"from {origin('retry.wait_min_seconds')} and {origin('retry.wait_max_seconds')}"
-        )
-
-
-def _check_paths(settings: SessionBuddySettings, merged: sources.Merged, environ: Mapping[str, str]) -> None:
-    """The paths the delivery agent uses must be absolute (`~` is expanded): the agent runs in `/`,
-    started by whichever shell came first, so a path relative to one shell's directory would name
-    another file there, or none."""
-    s = settings
-
-    def refuse(name: str, value: str, alternatives: str = "") -> None:
-        raise ConfigError(
-            f"{name}: {value!r} is a relative path; the delivery agent runs in /, so give an absolute "
-            f"path{alternatives}; from {sources.describe(merged.source_of(name))}"
-        )
-
-    if s.spool.path is not None and not s.spool.path.expanduser().is_absolute():
-        refuse("spool.path", str(s.spool.path))
-    if s.transport != "stdio":
-        return
-    cwd = None if s.server.cwd is None else _expanded(s.server.cwd)
-    if cwd is not None and not os.path.isabs(cwd):
-        refuse("server.cwd", s.server.cwd or "")
-    command = _expanded(s.server.command) if s.server.command else None
-    if command is not None and os.sep in command and not os.path.isabs(command) and cwd is None:
-        refuse(
-            "server.command", s.server.command or "", " (or a program name found on PATH, or set server.cwd)"
-        )
-    if s.session_buddy_path and not os.path.isabs(_expanded(s.session_buddy_path)):
-        refuse("session_buddy_path", s.session_buddy_path)
-    database = environ.get("ONEIRIC_SESSION_DB")
-    if command is None and not s.session_buddy_path and database and not os.path.isabs(_expanded(database)):
-        raise ConfigError(
-            f"ONEIRIC_SESSION_DB: {database!r} is a relative path; the delivery agent runs in /, so give "
-            "an absolute path; from environment variable ONEIRIC_SESSION_DB"
         )
 
 

@@ -60,7 +60,7 @@ MAX_ENTRIES = 16
 # bundled server's default database (`common.paths`, from this process's environment).
 _DERIVED_ENV = ("HOME", "XDG_STATE_HOME", "XDG_DATA_HOME")
 # Read from the environment the settings are read from (`paths.default_server_db_path`).
-_DB_ENV = "ONEIRIC_SESSION_DB"
+_DB_ENV = "ONEIRIC_SESSION_DB"  # common.paths.DB_ENV (not imported here: it loads platformdirs)
 # The code that turns settings into a view: editing it (an editable install) invalidates entries.
 _PACKAGE_DIR = Path(__file__).parent.parent
 _CODE_FILES = (
