@@ -179,3 +179,29 @@ def test_a_duration_no_clock_can_show_is_a_dash() -> None:
         "-",
         "1:02:05",
     ]
+
+
+def test_what_the_mcp_sdk_logs_about_a_server_reaches_the_terminal_safe(tmp_path: Path) -> None:
+    """The SDK logs the server's Content-Type where nobody configured logging: Python's last-resort
+    handler printed it raw (C1 escapes and a bidi override from the server reached the terminal)."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).parent / "support" / "raw_http_server.py"), str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def accepting() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+        return False
+
+    try:
+        wait_until(accepting, what="the raw server")
+        result = run_as_a_user_with_a_spool(tmp_path, "who", "--url", f"http://127.0.0.1:{port}/mcp")
+    finally:
+        server.kill()
+        server.wait(WAIT_SECONDS)
+    assert result.returncode == 1, result
+    assert "Unexpected content type" in result.stderr  # the SDK's line, shown, but safe
+    assert not UNSAFE.search(result.stderr), ascii(result.stderr)
