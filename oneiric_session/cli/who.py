@@ -19,7 +19,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from oneiric_session.cli import add_db_option
-from oneiric_session.cli._who_query import TOKEN_ENV, Query, Result, fetch, fill_idle_seconds
+from oneiric_session.cli._who_query import (
+    MAX_ALL_SESSIONS,
+    TOKEN_ENV,
+    Query,
+    Result,
+    fetch,
+    fill_idle_seconds,
+)
 from oneiric_session.common.safetext import terminal_safe
 
 DEFAULT_COUNT = 100
@@ -70,7 +77,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             type=int,
             default=DEFAULT_COUNT,
             metavar="N",
-            help=f"at most N sessions (default {DEFAULT_COUNT}; 0: all)",
+            help=f"at most N sessions (default {DEFAULT_COUNT}; 0: all, up to {MAX_ALL_SESSIONS:,})",
         )
         parser.add_argument("--json", action="store_true", help="print a JSON list of objects")
         parser.set_defaults(func=func)
