@@ -257,36 +257,75 @@ async def test_a_failure_after_a_success_counts_again(tmp_path: Path) -> None:
     assert worker.failures == 1 and worker.policy.breaker._failures == 1
 
 
-async def test_a_rotated_url_password_reaches_the_server(tmp_path: Path) -> None:
-    """A new password is not a new destination (it is a secret: not part of the key). The worker kept
-    the client it made with the old one, and the destination failed until the agent restarted."""
-    password = "old"
+def _password_rotation(
+    tmp_path: Path, holding: str
+) -> tuple[DeliveryAgent, Callable[[], Any], list[str], Any]:
+    """An agent whose server takes only the password in `accepted[0]`; it holds `holding`'s."""
+    accepted = ["old"]
     built: list[str] = []
 
     def answer(tool: str, event: Mapping[str, Any]) -> Any:
-        if f":{password}@" not in built[-1]:
-            return ServerUnavailableError("Server returned an error response")
+        if f":{accepted[0]}@" not in built[-1]:
+            return ServerUnavailableError("Server returned an error response")  # what a 401 gives
         return f"srv-{event['component_name']}"
 
     def client(destination: Destination, _token: Any) -> RoundTrips:
         built.append(destination.url or "")
         return RoundTrips(answer)
 
-    old = Destination(transport="http", url="http://fleet:old@127.0.0.1:1/mcp", tuning=Tuning(attempts=1))
-    new = old._replace(url="http://fleet:new@127.0.0.1:1/mcp")
-    spool = _spool(tmp_path)
-    agent = DeliveryAgent(spool, secrets={old.key: old.secrets()}, client_factory=client)
+    shell = Destination(
+        transport="http", url=f"http://fleet:{holding}@127.0.0.1:1/mcp", tuning=Tuning(attempts=1)
+    )
+    agent = DeliveryAgent(_spool(tmp_path), secrets={shell.key: shell.secrets()}, client_factory=client)
     workers = agent._destinations  # driven as serve() drives them, its client kept between looks
 
     async def look() -> None:
+        for worker in workers.workers.values():
+            worker.retry_at = 0.0  # (each back-off passed)
         workers.schedule(replaying=True)
         await asyncio.gather(*workers.tasks())
 
-    spool.append_start("local-0", old, _start(0), pid=None, pid_start_time=None, boot_id=None)
+    return agent, look, built, accepted
+
+
+def _url_with(password: str) -> Destination:
+    return Destination(
+        transport="http", url=f"http://fleet:{password}@127.0.0.1:1/mcp", tuning=Tuning(attempts=1)
+    )
+
+
+async def test_a_rotated_url_password_reaches_the_server(tmp_path: Path) -> None:
+    """A new password is not a new destination (it is a secret: not part of the key). The worker kept
+    the client it made with the old one, and the destination failed until the agent restarted."""
+    agent, look, built, accepted = _password_rotation(tmp_path, "old")
+    agent.spool.append_start(
+        "local-0", _url_with("old"), _start(0), pid=None, pid_start_time=None, boot_id=None
+    )
     await look()
-    password = "new"  # rotated at the server; the next shell brings the new one
-    agent.update_secrets({new.key: new.secrets()})
-    spool.append_start("local-1", new, _start(1), pid=None, pid_start_time=None, boot_id=None)
+    accepted[0] = "new"  # rotated at the server; the next shell brings the new one
+    agent.update_secrets({_url_with("new").key: _url_with("new").secrets()})
+    agent.spool.append_start(
+        "local-1", _url_with("new"), _start(1), pid=None, pid_start_time=None, boot_id=None
+    )
+    await look()  # the old connection fails
+    await look()  # failing, with other secrets in memory: it connects with those
+    assert agent.delivered == 2
+    assert built == [_url_with("old").url, _url_with("new").url]
+
+
+async def test_a_shell_still_holding_the_old_password_leaves_a_working_connection(tmp_path: Path) -> None:
+    """A shell started before the rotation brings the old password as it leaves: the working
+    connection was torn down and made anew with it, and delivery failed until a newer shell came."""
+    agent, look, built, accepted = _password_rotation(tmp_path, "new")
+    accepted[0] = "new"
+    agent.spool.append_start(
+        "local-0", _url_with("new"), _start(0), pid=None, pid_start_time=None, boot_id=None
+    )
+    await look()
+    agent.update_secrets({_url_with("old").key: _url_with("old").secrets()})
+    agent.spool.append_start(
+        "local-1", _url_with("new"), _start(1), pid=None, pid_start_time=None, boot_id=None
+    )
     await look()
     assert agent.delivered == 2
-    assert built == [old.url, new.url]
+    assert built == [_url_with("new").url]

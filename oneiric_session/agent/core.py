@@ -170,11 +170,11 @@ class DeliveryAgent:
 
     def update_secrets(self, secrets: Mapping[str, Mapping[str, str]]) -> None:
         """Take secret server.env values and url passwords (at start, then from each wake-up); a
-        destination whose secrets changed connects anew with them, and is tried again at once."""
+        destination whose secrets changed is tried again at once (a failing one connects anew with
+        them: `DestinationWorker.drain`)."""
         for key in self._credentials.take_secrets(secrets):
             worker = self._destinations.workers.get(key)
             if worker is not None:
-                worker.reconnect = worker.client is not None  # made with the old ones (rotated)
                 worker.retry_at = 0.0
                 self._changed.set()
 

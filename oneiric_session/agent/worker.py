@@ -99,8 +99,8 @@ class DestinationWorker:
     last_used: float = 0.0  # monotonic
     # Rows this agent backed off (row id, event id): due again when retry_at passes (agent.clock).
     deferred: set[tuple[int, str]] = field(default_factory=set, repr=False)
-    # The secrets changed since `client` was made: the next drain connects anew.
-    reconnect: bool = False
+    # The secrets `client` was made with (server.env values, the url's password).
+    client_secrets: dict[str, str] | None = field(default=None, repr=False)
     # The sessions of the rows this drain fetched: the caps spare them until its answers are recorded.
     sending: set[str] = field(default_factory=set, repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -118,8 +118,11 @@ class DestinationWorker:
     async def drain(self, *, replaying: bool, stopping: Callable[[], bool]) -> None:
         """Deliver the due rows oldest first, up to the window of calls in flight (`pipeline`),
         until none is left or the destination must back off."""
-        if self.reconnect:
-            await self.close_client()  # (no call of this destination is in flight between drains)
+        if self.client is not None and self.failures and self.client_secrets != self._secrets():
+            # Failing, and a shell brought other secrets (a rotated password): connect with those.
+            # A working connection is kept whatever a shell brings (one started before a rotation
+            # still holds the old password). No call of this destination is in flight here.
+            await self.close_client()
         try:
             await self._drain(replaying=replaying, stopping=stopping)
         finally:
@@ -153,7 +156,8 @@ class DestinationWorker:
     def _connect(self, destination: Destination) -> None:
         if self.client is not None:
             return
-        destination = destination.with_secrets(self.credentials.secrets(self.key))
+        secrets = self._secrets()
+        destination = destination.with_secrets(secrets)
         missing = destination.missing_secrets()
         if missing:
             named = ", ".join(
@@ -164,6 +168,10 @@ class DestinationWorker:
                 "a shell (or `spool replay`) with these settings"
             )
         self.client = self.client_factory(destination, lambda: self.credentials.token(self.key))
+        self.client_secrets = secrets
+
+    def _secrets(self) -> dict[str, str] | None:
+        return self.credentials.secrets(self.key)
 
     def _window(self, _state: DestinationWorker, row: SpooledEvent) -> int:
         """Calls allowed in flight to this destination (`pipeline.window_size`); one while the breaker
@@ -281,7 +289,6 @@ class DestinationWorker:
 
     async def close_client(self) -> None:
         client, self.client = self.client, None
-        self.reconnect = False
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.aclose()
