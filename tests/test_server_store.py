@@ -14,9 +14,9 @@ import pytest
 from oneiric_session.mcp_compat import MCPError, in_memory_client
 from oneiric_session.server.app import build_server
 from oneiric_session.server.listing import MAX_PAGE_JSON_BYTES, MAX_PAGE_SIZE, SessionFilter
-from oneiric_session.server.models import MAX_NAME_CHARS
+from oneiric_session.server.models import MAX_NAME_CHARS, MAX_TIMESTAMP_CHARS
 from oneiric_session.server.store import NewSession, SessionEnding, SessionStore
-from tests.support.server_process import start_event, structured_answer
+from tests.support.server_process import end_event, start_event, structured_answer
 from tests.support.together import failures_together
 
 
@@ -183,3 +183,22 @@ async def test_a_name_longer_than_any_real_one_is_refused(tmp_path: Path) -> Non
         answer = await client.call_tool("track_session_start", event)
     refused = structured_answer(answer)
     assert refused["status"] == "error" and f"at most {MAX_NAME_CHARS} characters" in refused["error"]
+
+
+@pytest.mark.parametrize("field", ["start", "end"])
+async def test_a_timestamp_of_any_length_is_refused(tmp_path: Path, field: str) -> None:
+    """The pattern takes any number of fraction digits: a start or end of megabytes broke every page
+    holding it, and one SQLite could not date gave a cursor the server then refused."""
+    store = SessionStore(tmp_path / "db.sqlite3")
+    long = "2026-02-06T12:34:56." + "1" * 400 + "Z"
+    async with in_memory_client(build_server(store)) as client:
+        if field == "start":
+            answer = await client.call_tool("track_session_start", start_event(timestamp=long))
+        else:
+            started = structured_answer(await client.call_tool("track_session_start", start_event()))
+            answer = await client.call_tool(
+                "track_session_end", end_event(started["session_id"], timestamp=long)
+            )
+    refused = structured_answer(answer)
+    assert refused["status"] == "error" and f"more than {MAX_TIMESTAMP_CHARS} characters" in refused["error"]
+    assert long not in refused["error"]

@@ -19,7 +19,7 @@ from oneiric_session.cli.spool import _retarget
 from oneiric_session.common.digest import sha256_hex
 from oneiric_session.spool import Spool
 from oneiric_session.tracking import events
-from oneiric_session.tracking.destination import Destination
+from oneiric_session.tracking.destination import Destination, Tuning
 from oneiric_session.tracking.limits import Limits
 from tests.support.delivery import WAIT_SECONDS
 
@@ -114,3 +114,16 @@ async def test_rows_an_older_version_spooled_under_another_key_are_delivered(tmp
         agent = DeliveryAgent(spool, secrets=secrets, client_factory=lambda _d, _t: Answering())
         result = await asyncio.wait_for(agent.replay(), WAIT_SECONDS)
         assert (result.delivered, result.remaining) == (1, 0)
+
+
+def test_rows_moved_to_their_current_key_keep_the_current_settings_tuning(tmp_path: Path) -> None:
+    """The older version's stored destination replaced the one a current shell stored (the older
+    tuning won, until the agent restarted)."""
+    path, destination = _spooled_by_an_older_version(tmp_path)
+    current = destination._replace(tuning=Tuning(attempts=9, call_seconds=7.0))
+    with uncapped_spool(path) as spool:
+        start = events.build_start_event(component_name="new", shell_type="S", metadata=None, limits=Limits())
+        spool.append_start("local-new", current, start, pid=None, pid_start_time=None, boot_id=None)
+        assert spool.rekey() == 1
+        assert spool.waiting(current.key) == 2
+        assert spool.destination(current.key) == current._replace(url=current._url_at_rest())

@@ -540,3 +540,12 @@ def test_a_moment_out_of_range_is_one_clear_message(
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_a_start_at_the_edge_of_the_calendar_is_shown_as_written() -> None:
+    """Year 1 east of UTC is year 0 in the local zone west of it: OverflowError out of who/last."""
+    from oneiric_session.cli.who import end_time, local_time
+
+    for moment in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
+        assert local_time(moment) == moment
+        assert end_time(moment, moment) == moment

@@ -91,9 +91,9 @@ def _parse(value: Any) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone()
+    except (ValueError, OverflowError):  # not a time, or one the local zone cannot hold (year 1)
         return None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone()
 
 
 def local_time(value: Any) -> str:

@@ -4,7 +4,8 @@ The class names appear in the error text ("1 validation error for SessionStartEv
 match the real server's. Deliberate differences: `environment.cwd` is checked for shape only (the
 server never looks at, enters or writes into the client's directory), and the names a session is
 listed by are at most `MAX_NAME_CHARS` long (any loopback client can call us: one name of megabytes
-would make every page of `who`/`last` holding it too large to answer).
+would make every page of `who`/`last` holding it too large to answer), and so are timestamps, at
+most `MAX_TIMESTAMP_CHARS`.
 """
 
 from __future__ import annotations
@@ -21,9 +22,16 @@ MAX_PID = 4194304
 # Component, shell type, host name, Python version and platform: far above what a real one is
 # (our shells cap every string at `limits.max_string_chars`, 1024 by default).
 MAX_NAME_CHARS = 4096
+# `2026-02-06T12:34:56.123456789+05:30` is 35: a timestamp is listed, and dated by SQLite, too.
+MAX_TIMESTAMP_CHARS = 40
 
 
 def _check_timestamp(value: str) -> str:
+    if len(value) > MAX_TIMESTAMP_CHARS:  # (the pattern allows any number of fraction digits)
+        raise ValueError(
+            f"Invalid ISO 8601 timestamp: {value[:MAX_TIMESTAMP_CHARS]}... (more than "
+            f"{MAX_TIMESTAMP_CHARS} characters, expected format: 2026-02-06T12:34:56.789Z)"
+        )
     if "T" not in value:
         raise ValueError(
             f"Invalid ISO 8601 timestamp: {value} (missing time component, "

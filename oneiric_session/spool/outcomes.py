@@ -162,8 +162,13 @@ class RowOutcomes(SpoolConnection):
                     continue
                 if destination.key == key and destination.to_json() == text:
                     continue
-                save_destination(conn, destination)
-                if destination.key != key:
+                if destination.key == key:
+                    save_destination(conn, destination)  # stored as this version stores it
+                else:  # a destination a current shell stored under this key keeps its tuning
+                    conn.execute(
+                        "INSERT INTO destinations (key, json) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                        (destination.key, destination.to_json()),
+                    )
                     for table in ("events", "sessions"):
                         conn.execute(
                             f"UPDATE {table} SET destination_key = ? WHERE destination_key = ?",
