@@ -201,16 +201,6 @@ class DeliveryAgent:
         if taken and failing:
             self._destinations.publish()  # the count of what waits for a failing destination changed
 
-    def _rekey(self) -> None:
-        """Rows an older version spooled under another key for their destination (`Spool.rekey`)."""
-        try:
-            moved = self.spool.rekey()
-        except SpoolError as exc:
-            logger.warning("the spool's destinations could not be brought up to date: %s", exc)
-            return
-        if moved:
-            logger.info("%d destination(s) spooled by an older version brought up to date", moved)
-
     # -- abnormal ends --------------------------------------------------------
 
     def watch_sessions(self) -> list[OpenSession]:
@@ -239,7 +229,7 @@ class DeliveryAgent:
         """Deliver until idle for `idle_exit_seconds` (or stop()). The caller holds `lock`."""
         doorbell = Doorbell(self.spool, lock, listener, self._changed.set)
         doorbell.open()
-        self._rekey()
+        _rekey(self.spool)
         self._destinations.publish()  # nothing known yet: a dead agent's view is not this one's
         self.update_tokens(self._credentials.initial_tokens)
         idle_since: float | None = None
@@ -318,7 +308,7 @@ class DeliveryAgent:
     async def replay(self, only: str | None = None) -> ReplayResult:
         """Deliver every pending row now (of destination `only`, when given), without waiting out
         back-offs. The caller holds the lock."""
-        self._rekey()
+        _rekey(self.spool)
         self.update_tokens(self._credentials.initial_tokens)
         try:
             while not self._stop.is_set():
@@ -335,6 +325,17 @@ class DeliveryAgent:
         finally:
             await self._shutdown()
         return ReplayResult(delivered=self.delivered, remaining=remaining, dead_lettered=self.dead_lettered)
+
+
+def _rekey(spool: Spool) -> None:
+    """Rows an older version spooled under another key for their destination (`Spool.rekey`)."""
+    try:
+        moved = spool.rekey()
+    except SpoolError as exc:
+        logger.warning("the spool's destinations could not be brought up to date: %s", exc)
+        return
+    if moved:
+        logger.info("%d destination(s) spooled by an older version brought up to date", moved)
 
 
 async def run_agent(agent: DeliveryAgent, lock: AgentLock, listener: WakeupListener | None) -> None:
