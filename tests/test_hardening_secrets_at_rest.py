@@ -121,3 +121,39 @@ def test_a_password_in_the_url_is_not_stored_at_rest(tmp_path: Path, monkeypatch
     finally:
         scene.stop_agents()
         server.kill()
+
+
+async def test_a_stdio_servers_stderr_never_carries_a_secret_env_value_to_disk(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server that names its secret on stderr as it fails (a password in a DSN): the stderr tail
+    in the error was scrubbed of tokens only, and went to the spool, `status` and the log."""
+    import logging
+    import sys
+
+    from oneiric_session.agent import DeliveryAgent, uncapped_spool
+    from oneiric_session.tracking import events
+    from oneiric_session.tracking.destination import Destination, Tuning
+    from oneiric_session.tracking.limits import Limits
+
+    server = tmp_path / "server.py"
+    server.write_text(
+        "import os, sys\n"
+        "print('cannot open postgres://app:' + os.environ['DB_PASSWORD'] + '@db/x', file=sys.stderr)\n"
+        "sys.exit(3)\n"
+    )
+    destination = Destination(
+        command=sys.executable,
+        args=(str(server),),
+        env=(("DB_PASSWORD", SECRET),),
+        tuning=Tuning(attempts=1, connect_seconds=10.0),
+    )
+    start = events.build_start_event(component_name="demo", shell_type="S", metadata=None, limits=Limits())
+    with uncapped_spool(tmp_path / "spool.sqlite3") as spool:
+        spool.append_start("local-0", destination, start, pid=None, pid_start_time=None, boot_id=None)
+        agent = DeliveryAgent(spool, secrets={destination.key: destination.secrets()})
+        with caplog.at_level(logging.INFO):
+            assert (await agent.replay()).delivered == 0
+        assert "[secret]" in (spool.list_pending()[0].last_error or "")
+    leaked = [p.name for p in tmp_path.iterdir() if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert leaked == [] and SECRET not in caplog.text

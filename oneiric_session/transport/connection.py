@@ -206,9 +206,14 @@ class Connection:
         return f" ({'; '.join(parts)})" if parts else ""
 
     def _scrub(self, text: str) -> str:
-        """Server-supplied text made safe to repeat: one line, capped, no token sent on this connection."""
+        """Server-supplied text made safe to repeat: one line, capped, with no token sent on this
+        connection and no secret of its destination (a server.env value a stdio server may print
+        as it fails, the url's password): the text goes into logs, the spool and `status`."""
         for token in self._tokens:
             text = text.replace(token, "[token]")
+        for secret in self.destination.secrets().values():
+            if secret:
+                text = text.replace(secret, "[secret]")
         return server_text(text)
 
     def _map(self, exc: BaseException, doing: str) -> DeliveryError:
