@@ -12,7 +12,7 @@ from typing import Any
 from oneiric_session.agent import DeliveryAgent
 from oneiric_session.agent.worker import DestinationWorker
 from oneiric_session.common.digest import token_digest
-from oneiric_session.errors import AuthenticationError, ServerUnavailableError
+from oneiric_session.errors import AuthenticationError, DeliveryTimeoutError, ServerUnavailableError
 from oneiric_session.spool import Spool
 from oneiric_session.spool.outbox import Outbox
 from oneiric_session.tracking import events
@@ -329,3 +329,30 @@ async def test_a_shell_still_holding_the_old_password_leaves_a_working_connectio
     await look()
     assert agent.delivered == 2
     assert built == [_url_with("new").url]
+
+
+async def test_a_cap_spares_a_session_whose_start_went_unanswered(tmp_path: Path) -> None:
+    """A start whose call timed out may be recorded at the server. Its session was spared only while
+    the drain lasted: once the destination backed off, a shell's full caps dropped it, and its end
+    was refused as no_start (the session open at the server for ever)."""
+    destination = Destination(command="session-buddy-test", tuning=Tuning(attempts=1, window=1))
+    spool = _spool(tmp_path)
+    _append_starts(spool, destination, 4)
+
+    def answer(tool: str, event: Mapping[str, Any]) -> Any:
+        if event["component_name"] == "demo0":
+            return DeliveryTimeoutError("track_session_start: no answer within 30 s")
+        return f"srv-{event['component_name']}"
+
+    agent = DeliveryAgent(spool, client_factory=lambda _d, _t: RoundTrips(answer))
+    assert (await agent.replay()).delivered == 0  # the first call failed: it backs off
+    shell = Outbox(spool.path, caps=(4, 2**40, 86400.0))
+    assert shell.append_start(
+        "local-late", destination, _start(9), pid=None, pid_start_time=None, boot_id=None
+    )
+    agent.take_in()
+    end = events.build_end_event(
+        session_id="local-0", exit_reason="user_exit", duration_seconds=1.0, metadata=None, limits=Limits()
+    )
+    assert spool.append_end("local-0", destination, end), "the session of the unanswered start was dropped"
+    assert spool.stats().dropped_sessions == {"max_rows": 1}  # another one went (never sent)

@@ -101,8 +101,11 @@ class DestinationWorker:
     deferred: set[tuple[int, str]] = field(default_factory=set, repr=False)
     # The secrets `client` was made with (server.env values, the url's password).
     client_secrets: dict[str, str] | None = field(default=None, repr=False)
-    # The sessions of the rows this drain fetched: the caps spare them until its answers are recorded.
+    # The sessions the caps must spare (`retention.enforce`): those of the rows the drain under way
+    # fetched, and those whose start was sent without an answer (a timeout, a dropped connection, a
+    # call cancelled in flight: the server may have recorded it) until it is answered or refused.
     sending: set[str] = field(default_factory=set, repr=False)
+    unanswered: set[str] = field(default_factory=set, repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     def status(self) -> DestinationStatus:
@@ -126,7 +129,7 @@ class DestinationWorker:
         try:
             await self._drain(replaying=replaying, stopping=stopping)
         finally:
-            self.sending.clear()  # every answer this drain received is recorded (or never came)
+            self.sending = set(self.unanswered)  # every answer this drain received is recorded
 
     async def _drain(self, *, replaying: bool, stopping: Callable[[], bool]) -> None:
         with contextlib.suppress(_BackOff):
@@ -196,7 +199,9 @@ class DestinationWorker:
         seen = self.counted
         try:
             if row.kind == "start":
+                self.unanswered.add(row.handle)  # until answered or refused
                 server_id = await self.policy.call(lambda: client.start_session(row.arguments()))
+                self.unanswered.discard(row.handle)
                 self._answered(row)
                 if acks is None:
                     self.spool.ack_start(row, server_id)
@@ -254,6 +259,7 @@ class DestinationWorker:
                 "%s of %s refused, kept as a dead letter (%s): %s", row.kind, row.handle, category, reason
             )
         self.spool.dead_letter(row, reason, category=category)
+        self.unanswered.discard(row.handle)
         self.tally.dead_lettered += 1
 
     def _auth_failed(self, row: SpooledEvent, exc: Exception) -> None:
@@ -261,6 +267,7 @@ class DestinationWorker:
 
         A refusal of a token another replaced while the call was on its way leaves the row to be
         sent again, with the new token (that token's refusal is what parks it)."""
+        self.unanswered.discard(row.handle)  # refused: the server recorded nothing
         sent = exc.token_digest if isinstance(exc, AuthenticationError) else None
         if sent is not None and sent != self.credentials.current(self.key):
             self.credentials.refuse(self.key, sent)  # never taken back from a shell still holding it
