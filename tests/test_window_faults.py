@@ -356,3 +356,27 @@ async def test_a_cap_spares_a_session_whose_start_went_unanswered(tmp_path: Path
     )
     assert spool.append_end("local-0", destination, end), "the session of the unanswered start was dropped"
     assert spool.stats().dropped_sessions == {"max_rows": 1}  # another one went (never sent)
+
+
+async def test_a_failure_after_an_old_shell_brought_the_old_password_comes_back_to_the_new(
+    tmp_path: Path,
+) -> None:
+    """The working connection (new password) is kept when an old shell brings the old one; but
+    when the server then restarts, the next connection was made with the old one, for good."""
+    agent, look, built, accepted = _password_rotation(tmp_path, "new")
+    accepted[0] = "new"
+    agent.spool.append_start(
+        "local-0", _url_with("new"), _start(0), pid=None, pid_start_time=None, boot_id=None
+    )
+    await look()
+    agent.update_secrets({_url_with("old").key: _url_with("old").secrets()})  # an old shell leaves
+    accepted[0] = "down"  # the server restarts
+    agent.spool.append_start(
+        "local-1", _url_with("new"), _start(1), pid=None, pid_start_time=None, boot_id=None
+    )
+    await look()
+    accepted[0] = "new"
+    for _ in range(3):
+        await look()
+    assert agent.delivered == 2, built
+    assert built[-1] == _url_with("new").url

@@ -99,8 +99,11 @@ class DestinationWorker:
     last_used: float = 0.0  # monotonic
     # Rows this agent backed off (row id, event id): due again when retry_at passes (agent.clock).
     deferred: set[tuple[int, str]] = field(default_factory=set, repr=False)
-    # The secrets `client` was made with (server.env values, the url's password).
+    # The secrets `client` was made with (server.env values, the url's password), and the last ones
+    # a delivery succeeded with; `_connect` uses `next_secrets` once, when set.
     client_secrets: dict[str, str] | None = field(default=None, repr=False)
+    working_secrets: dict[str, str] | None = field(default=None, repr=False)
+    next_secrets: dict[str, str] | None = field(default=None, repr=False)
     # The sessions the caps must spare (`retention.enforce`): those of the rows the drain under way
     # fetched, and those whose start was sent without an answer (a timeout, a dropped connection, a
     # call cancelled in flight: the server may have recorded it) until it is answered or refused.
@@ -121,11 +124,10 @@ class DestinationWorker:
     async def drain(self, *, replaying: bool, stopping: Callable[[], bool]) -> None:
         """Deliver the due rows oldest first, up to the window of calls in flight (`pipeline`),
         until none is left or the destination must back off."""
-        if self.client is not None and self.failures and self.client_secrets != self._secrets():
-            # Failing, and a shell brought other secrets (a rotated password): connect with those.
-            # A working connection is kept whatever a shell brings (one started before a rotation
-            # still holds the old password). No call of this destination is in flight here.
+        other = self._other_secrets() if self.client is not None and self.failures else None
+        if other is not None:  # (no call of this destination is in flight here)
             await self.close_client()
+            self.next_secrets = other
         try:
             await self._drain(replaying=replaying, stopping=stopping)
         finally:
@@ -159,7 +161,7 @@ class DestinationWorker:
     def _connect(self, destination: Destination) -> None:
         if self.client is not None:
             return
-        secrets = self._secrets()
+        secrets, self.next_secrets = self.next_secrets or self._secrets(), None
         destination = destination.with_secrets(secrets)
         missing = destination.missing_secrets()
         if missing:
@@ -175,6 +177,15 @@ class DestinationWorker:
 
     def _secrets(self) -> dict[str, str] | None:
         return self.credentials.secrets(self.key)
+
+    def _other_secrets(self) -> dict[str, str] | None:
+        """Failing: other secrets to connect with, if any are known. A shell may bring newer ones (a
+        rotated password) or older ones (a shell started before the rotation, leaving): so a
+        connection made with the ones that last worked tries the last ones a shell brought, and any
+        other connection tries the ones that last worked. A working connection is never changed."""
+        memory, working, used = self._secrets(), self.working_secrets, self.client_secrets
+        order = [memory, working] if used == working else [working, memory]
+        return next((s for s in order if s is not None and s != used), None)
 
     def _window(self, _state: DestinationWorker, row: SpooledEvent) -> int:
         """Calls allowed in flight to this destination (`pipeline.window_size`); one while the breaker
@@ -243,6 +254,7 @@ class DestinationWorker:
             self.on_answer(row)
 
     def _succeeded(self) -> None:
+        self.working_secrets = self.client_secrets
         self.tally.delivered += 1
         if self.failures or self.last_error:
             logger.info("delivering to %s again", self.describe)
