@@ -14,8 +14,9 @@ import pytest
 from oneiric_session.mcp_compat import MCPError, in_memory_client
 from oneiric_session.server.app import build_server
 from oneiric_session.server.listing import MAX_PAGE_JSON_BYTES, MAX_PAGE_SIZE, SessionFilter
-from oneiric_session.server.models import MAX_NAME_CHARS, MAX_TIMESTAMP_CHARS
+from oneiric_session.server.models import MAX_TIMESTAMP_CHARS
 from oneiric_session.server.store import NewSession, SessionEnding, SessionStore
+from oneiric_session.tracking.limits import MAX_NAME_CHARS
 from tests.support.server_process import end_event, start_event, structured_answer
 from tests.support.together import failures_together
 
@@ -202,3 +203,18 @@ async def test_a_timestamp_of_any_length_is_refused(tmp_path: Path, field: str) 
     refused = structured_answer(answer)
     assert refused["status"] == "error" and f"more than {MAX_TIMESTAMP_CHARS} characters" in refused["error"]
     assert long not in refused["error"]
+
+
+def test_what_our_shells_send_under_any_valid_limits_the_server_takes() -> None:
+    """`limits.max_string_chars` may be 65,536: a shell type that long was sent, and refused as
+    permanent by the bundled server (a dead letter). Names are cut at MAX_NAME_CHARS."""
+    from oneiric_session.server.models import SessionStartEvent
+    from oneiric_session.tracking import events
+    from oneiric_session.tracking.limits import Limits
+
+    limits = Limits(max_string_chars=65536)
+    event = events.build_start_event(
+        component_name="demo", shell_type="S" * 70000, metadata=None, limits=limits
+    )
+    assert len(event["shell_type"]) == MAX_NAME_CHARS
+    SessionStartEvent.model_validate(event)

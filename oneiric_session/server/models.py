@@ -16,12 +16,11 @@ from uuid import UUID
 
 from pydantic import BaseModel, Field, field_validator
 
+from oneiric_session.tracking.limits import MAX_NAME_CHARS
+
 COMPONENT_PATTERN = r"^[a-zA-Z0-9_-]+$"
 TIMESTAMP_PATTERN = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})?$"
 MAX_PID = 4194304
-# Component, shell type, host name, Python version and platform: far above what a real one is
-# (our shells cap every string at `limits.max_string_chars`, 1024 by default).
-MAX_NAME_CHARS = 4096
 # `2026-02-06T12:34:56.123456789+05:30` is 35: a timestamp is listed, and dated by SQLite, too.
 MAX_TIMESTAMP_CHARS = 40
 

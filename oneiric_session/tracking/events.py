@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from oneiric_session.common.safetext import sanitize_text
-from oneiric_session.tracking.limits import Limits
+from oneiric_session.tracking.limits import MAX_NAME_CHARS, Limits
 from oneiric_session.tracking.metadata import is_finite, sanitize_metadata
 
 if TYPE_CHECKING:  # the shell never imports datetime (~1 ms): timestamps come from `time`
@@ -153,11 +153,12 @@ def build_start_event(
         "event_id": _uuid4(),
         "event_type": "session_start",
         "component_name": sanitize_component_name(component_name, limits.max_component_chars),
-        "shell_type": sanitize_text(str(shell_type), limits.max_string_chars) or "unknown",
+        "shell_type": sanitize_text(str(shell_type), min(limits.max_string_chars, MAX_NAME_CHARS))
+        or "unknown",
         "timestamp": _timestamp(now),
         "pid": process_id,
         "user": {"username": sanitize_text(_username(), _MAX_USERNAME_CHARS), "home": safe_home},
-        "hostname": sanitize_text(_hostname(), limits.max_string_chars),
+        "hostname": sanitize_text(_hostname(), min(limits.max_string_chars, MAX_NAME_CHARS)),
         "environment": {
             "python_version": f"{version.major}.{version.minor}.{version.micro}",
             "platform": _platform(),

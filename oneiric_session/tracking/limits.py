@@ -2,6 +2,10 @@
 
 from typing import NamedTuple
 
+# The longest shell type or host name an event carries, whatever `max_string_chars` allows: the
+# bundled server refuses longer names (server/models.py), and no real one comes near.
+MAX_NAME_CHARS = 4096
+
 
 # A NamedTuple, not a dataclass: every shell imports this, and `dataclasses` alone costs a shell ~6 ms.
 class Limits(NamedTuple):
