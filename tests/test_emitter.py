@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from oneiric_session import SessionEventEmitter
+from tests.support.delivery import Scene, wait_until
 from tests.support.file_tracker import child_env, read_records, sessions
 
 
@@ -306,3 +307,38 @@ def test_a_forked_child_leaving_ends_nothing_of_its_parents(tmp_path: Path) -> N
     assert [(e["pid"], e["exit_reason"]) for e in session["ends"]] == [
         (int(done.stdout.split()[-1]), "user_exit")
     ]
+
+
+DELETED_CWD_HOST = textwrap.dedent(
+    """
+    import asyncio, os, tempfile
+    gone = tempfile.mkdtemp()
+    os.chdir(gone)
+    os.rmdir(gone)  # a shell left in a directory another terminal removed
+    from oneiric_session import SessionEventEmitter
+    emitter = SessionEventEmitter(component_name="svc")
+    async def main():
+        handle = await emitter.emit_session_start("TestShell")
+        print(handle, type(emitter._get_tracker()).__name__)
+        await emitter.emit_session_end(handle, {"duration_seconds": None})
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_shell_in_a_deleted_directory_is_tracked(scene: Scene) -> None:
+    """./settings (the default settings directory) could not even be named: getcwd() raised, and
+    tracking went off with a FileNotFoundError. There is simply no ./settings to read."""
+    env = {k: v for k, v in scene.env.items() if k != "ONEIRIC_SESSION_SETTINGS_DIR"}
+    done = subprocess.run(
+        [sys.executable, "-c", DELETED_CWD_HOST],
+        env=env,
+        cwd=scene.root,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and "tracking is off" not in done.stderr, done.stderr
+    handle, tracker = done.stdout.split()
+    assert handle.startswith("local-") and tracker == "SessionBuddyTracker"
+    wait_until(lambda: [s for s in scene.sessions() if s["status"] == "ended"], what="the session delivered")

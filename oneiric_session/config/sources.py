@@ -148,10 +148,20 @@ def read(
     return merged
 
 
+# The settings directory of a shell whose working directory was deleted: one that can never exist
+# (a path below a device), so every settings file in it reads as absent.
+NO_SETTINGS_DIR = Path(os.devnull) / "settings"
+
+
 def resolve_settings_dir(settings_dir: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
     """The argument, else $ONEIRIC_SESSION_SETTINGS_DIR, else ./settings (which may be absent)."""
     given = settings_dir if settings_dir is not None else environ.get(SETTINGS_DIR_ENV) or None
-    path = Path(given if given is not None else "settings").expanduser().absolute()
+    if given is None:
+        try:
+            return Path.cwd() / "settings"
+        except OSError:  # the working directory was deleted: there is no ./settings to read
+            return NO_SETTINGS_DIR
+    path = Path(given).expanduser().absolute()
     if given is not None and not path.is_dir():
         origin = "--settings" if settings_dir is not None else f"environment variable {SETTINGS_DIR_ENV}"
         raise ConfigError(f"settings directory {path} does not exist or is not a directory (from {origin})")
