@@ -342,3 +342,48 @@ def test_a_shell_in_a_deleted_directory_is_tracked(scene: Scene) -> None:
     handle, tracker = done.stdout.split()
     assert handle.startswith("local-") and tracker == "SessionBuddyTracker"
     wait_until(lambda: [s for s in scene.sessions() if s["status"] == "ended"], what="the session delivered")
+
+
+OUTLIVING_HOST = textwrap.dedent(
+    """
+    import asyncio, glob, time
+    from oneiric_session import SessionEventEmitter
+    emitter = SessionEventEmitter(component_name="svc")
+    async def main():
+        handle = await emitter.emit_session_start("TestShell")
+        assert await emitter.emit_session_end(handle, {"duration_seconds": None})
+        await emitter.close()
+    asyncio.run(main())
+    children = {p for f in glob.glob("/proc/self/task/*/children") for p in open(f).read().split()}
+    assert len(children) == 1, children  # the agent it spawned
+    (agent,) = children
+    state = "?"
+    deadline = time.monotonic() + 50
+    while time.monotonic() < deadline:  # the host carries on; the agent idles out (2 s here)
+        try:
+            with open(f"/proc/{agent}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            state = "reaped"
+            break
+        if state == "Z":
+            break
+        time.sleep(0.1)
+    print(state)
+    """
+)
+
+
+def test_a_host_that_outlives_its_session_keeps_no_zombie_agent(scene: Scene) -> None:
+    """The agent a shell spawns is its child: once it idled out it stayed a zombie until the host
+    spawned again or left (a service, a notebook kernel)."""
+    done = subprocess.run(
+        [sys.executable, "-c", OUTLIVING_HOST],
+        env=scene.env,
+        cwd=scene.root,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "reaped"

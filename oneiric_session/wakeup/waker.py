@@ -62,8 +62,6 @@ SPAWN_STALE_SECONDS = 5.0
 # "starting": nobody listens yet, but an agent holds the lock or is being spawned; it reads the spool.
 WakeResult = Literal["woken", "starting", "spawned", "failed"]
 
-# Agents this process spawned: polled on the next spawn so none stays a zombie.
-_spawned: list[subprocess.Popen[bytes]] = []
 # Whether this process said that its tokens and secret values are too large to hand over.
 _oversize_said: list[bool] = []
 
@@ -114,10 +112,8 @@ def spawn_agent(
     import path of a server it launches with `python -m` and no `server.cwd`.
     """
     import subprocess  # only when no agent listens: a shell that wakes one never pays for it
+    import threading
 
-    for child in list(_spawned):
-        if child.poll() is not None:
-            _spawned.remove(child)
     env = dict(os.environ)
     env.pop(HANDOFF_FD_ENV, None)
     handoff = _handoff_pipe(_carried(encode_wakeup(tokens, secrets=secrets), handover=False))
@@ -147,8 +143,15 @@ def spawn_agent(
     finally:
         if handoff is not None:
             os.close(handoff)
-    _spawned.append(child)
+    # Waited for as it exits, by a thread of its own: a host that outlives its sessions (a service,
+    # a notebook) keeps no zombie of an agent that idled out or lost the race for the lock.
+    threading.Thread(target=_reap, args=(child,), name="oneiric-session-reaper", daemon=True).start()
     return child.pid
+
+
+def _reap(child: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(Exception):  # (a host that reaps its children itself got there first)
+        child.wait()
 
 
 def _marker_is_stale(marker: Path) -> bool:
