@@ -59,3 +59,28 @@ def test_a_new_token_reaches_the_running_agent_and_revives_auth_dead_letters(sce
         if path.is_file():
             data = path.read_bytes()
             assert bad.encode() not in data and good.encode() not in data, path
+
+
+def test_a_shell_from_another_runtime_dir_reaches_the_agent(scene: Scene) -> None:
+    """A shell whose $XDG_RUNTIME_DIR or $TMPDIR differ from the running agent's (a login shell
+    after a cron- or tmux-started one, an ssh session) computed another socket path: its wake-up,
+    and the token in it, never reached the agent. It finds the agent's socket in its note."""
+    import shutil
+    import tempfile
+
+    short = [tempfile.mkdtemp(prefix="os-") for _ in range(2)]  # short: a socket path fits in both
+    try:
+        bad, good = _token("not-the-server-secret-" + "x" * 20), _token(SECRET)
+        holder_env = {"SESSION_BUDDY_TOKEN": bad, "XDG_RUNTIME_DIR": "", "TMPDIR": short[0]}
+        holder = scene.shell(1, hold=True, env=holder_env)
+        assert holder.stdout is not None and holder.stdin is not None
+        holder.stdout.readline()
+        wait_until(lambda: scene.dead() == 1, what="the start refused with the bad token")
+        scene.run_shell(1, env={"SESSION_BUDDY_TOKEN": good, "XDG_RUNTIME_DIR": short[1]}, component="second")
+        wait_until(lambda: len(scene.sessions()) == 2, what="both starts delivered with the new token")
+        holder.stdin.close()
+        assert holder.wait(timeout=60) == 0
+    finally:
+        scene.stop_agents()
+        for directory in short:
+            shutil.rmtree(directory, ignore_errors=True)

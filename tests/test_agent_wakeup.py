@@ -492,3 +492,30 @@ def test_a_fifo_where_the_spawn_marker_goes_never_holds_a_shell(tmp_path: Path) 
     )
     assert done.stdout.strip() == "spawned", done.stderr
     assert stat.S_ISREG(wakeup.spawn_marker_path(spool).lstat().st_mode)
+
+
+def test_the_agents_socket_note_is_believed_only_when_nobody_else_could_have_written_it(
+    tmp_path: Path,
+) -> None:
+    """The note names where a wake-up (with its tokens) goes: only a regular file of ours that
+    nobody else can write, naming a socket in a private directory of ours."""
+    from oneiric_session.wakeup.paths import published_socket, socket_note_path
+
+    spool = tmp_path / "spool.sqlite3"
+    private = tmp_path / "run"
+    private.mkdir(mode=0o700)
+    note = socket_note_path(spool)
+    note.write_text(str(private / "a.sock"))
+    note.chmod(0o600)
+    assert published_socket(spool) == private / "a.sock"
+    note.chmod(0o620)  # another user of the group could have written it
+    assert published_socket(spool) is None
+    note.chmod(0o600)
+    note.write_text(str(tmp_path / "a.sock"))  # a directory others may enter
+    tmp_path.chmod(0o755)
+    assert published_socket(spool) is None
+    note.write_text("run/a.sock")  # relative
+    assert published_socket(spool) is None
+    note.unlink()
+    note.symlink_to(private / "elsewhere")
+    assert published_socket(spool) is None

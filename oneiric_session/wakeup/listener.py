@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from oneiric_session.wakeup.message import MAX_DATAGRAM_BYTES, Wakeup, decode_wakeup
-from oneiric_session.wakeup.paths import socket_path
+from oneiric_session.wakeup.paths import socket_note_path, socket_path
 
 if TYPE_CHECKING:
     import socket
@@ -27,6 +27,7 @@ class WakeupListener:
 
     def __init__(self, spool_path: Path) -> None:
         self.path = socket_path(spool_path)
+        self._note = socket_note_path(spool_path)
         self._sock: socket.socket | None = None
         self._creds = False
         self.refused = 0  # datagrams dropped because another user sent them
@@ -57,6 +58,11 @@ class WakeupListener:
             return False
         sock.setblocking(False)
         self._sock = sock
+        # Where it listens, for shells that compute another socket path (`paths.published_socket`).
+        with contextlib.suppress(OSError):
+            from oneiric_session.common.privacy import write_private
+
+            write_private(self._note, os.fsdecode(self.path))
         return True
 
     def _receive(self) -> tuple[bytes, bool] | None:
@@ -122,5 +128,8 @@ class WakeupListener:
         if self.path is not None:
             with contextlib.suppress(OSError):
                 self.path.unlink()
+            with contextlib.suppress(OSError):
+                if self._note.read_text(encoding="utf-8") == os.fsdecode(self.path):
+                    self._note.unlink()  # (unless a newer agent's note replaced ours)
         self._sock.close()
         self._sock = None

@@ -20,7 +20,9 @@ from oneiric_session.common.digest import sha256_hex
 __all__ = [
     "agent_log_path",
     "lock_path",
+    "published_socket",
     "socket_dir_problems",
+    "socket_note_path",
     "socket_path",
     "spawn_marker_path",
 ]
@@ -44,6 +46,42 @@ def spawn_marker_path(spool_path: Path) -> Path:
     """Present while a shell's spawned agent has not yet reached for the lock (holds the agent's pid)."""
     real = _real(spool_path)
     return real.with_name(real.name + ".spawning")
+
+
+def socket_note_path(spool_path: Path) -> Path:
+    """Where the agent writes the socket it listens on: a shell started from another environment
+    (another $XDG_RUNTIME_DIR or $TMPDIR: a login shell after a cron- or tmux-started one) computes
+    another socket path, and finds the agent's here."""
+    real = _real(spool_path)
+    return real.with_name(real.name + ".socket")
+
+
+def published_socket(spool_path: Path) -> Path | None:
+    """The socket the agent's note names, or None unless the note is ours (a regular file nobody
+    else can write) and names a socket in a private directory of ours: a wake-up carries tokens."""
+    try:
+        fd = os.open(socket_note_path(spool_path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
+            return None
+        text = os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    path = Path(os.fsdecode(text))
+    if not path.is_absolute() or len(text) > _MAX_SOCKET_PATH_BYTES:
+        return None
+    try:
+        parent = path.parent.lstat()
+    except OSError:
+        return None
+    if not stat.S_ISDIR(parent.st_mode) or parent.st_uid != os.getuid() or parent.st_mode & 0o077:
+        return None
+    return path
 
 
 def agent_log_path(spool_path: Path) -> Path:

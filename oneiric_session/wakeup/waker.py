@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from oneiric_session.wakeup.message import MAX_DATAGRAM_BYTES, Wakeup, decode_wakeup, encode_wakeup
-from oneiric_session.wakeup.paths import agent_log_path, socket_path, spawn_marker_path
+from oneiric_session.wakeup.paths import agent_log_path, published_socket, socket_path, spawn_marker_path
 
 if TYPE_CHECKING:
     import subprocess
@@ -73,11 +73,18 @@ def wake(
     handover: bool = False,
     secrets: Mapping[str, Mapping[str, str]] | None = None,
 ) -> bool:
-    """Send one wake-up without blocking; True when an agent is listening."""
+    """Send one wake-up without blocking; True when an agent is listening. Where this shell's
+    environment puts the socket, else where the agent's note says it listens."""
     path = socket_path(spool_path)
-    if path is None:
-        return False
     message = _carried(encode_wakeup(tokens, handover=handover, secrets=secrets), handover=handover)
+    if path is not None and _send(path, message):
+        return True
+    published = published_socket(spool_path)  # (only when nobody listens at this shell's path)
+    return published is not None and published != path and _send(published, message)
+
+
+def _send(path: Path, message: bytes) -> bool:
+    """One datagram to `path` without blocking; True when someone listens there."""
     try:
         # `_socket`, the C module `socket` wraps: importing `socket` itself (its enums, selectors)
         # costs a shell ~2 ms before its prompt, for one datagram.
