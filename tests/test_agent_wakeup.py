@@ -505,17 +505,68 @@ def test_the_agents_socket_note_is_believed_only_when_nobody_else_could_have_wri
     private = tmp_path / "run"
     private.mkdir(mode=0o700)
     note = socket_note_path(spool)
-    note.write_text(str(private / "a.sock"))
+    name = wakeup.socket_path(spool).name  # each spool's socket is named after its real path
+    note.write_text(str(private / name))
     note.chmod(0o600)
-    assert published_socket(spool) == private / "a.sock"
+    assert published_socket(spool) == private / name
     note.chmod(0o620)  # another user of the group could have written it
     assert published_socket(spool) is None
     note.chmod(0o600)
-    note.write_text(str(tmp_path / "a.sock"))  # a directory others may enter
+    note.write_text(str(tmp_path / name))  # a directory others may enter
     tmp_path.chmod(0o755)
     assert published_socket(spool) is None
-    note.write_text("run/a.sock")  # relative
+    note.write_text(f"run/{name}")  # relative
     assert published_socket(spool) is None
     note.unlink()
     note.symlink_to(private / "elsewhere")
     assert published_socket(spool) is None
+
+
+@pytest.fixture
+def odd_tmpdir(monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A temporary directory whose name is not UTF-8 (a Latin-1 name), and no XDG_RUNTIME_DIR."""
+    base = tempfile.mkdtemp(prefix="k-", dir="/tmp")
+    odd = os.path.join(os.fsencode(base), b"caf\xe9")
+    os.mkdir(odd, 0o700)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
+    monkeypatch.setenv("TMPDIR", os.fsdecode(odd))
+    for name in ("TEMP", "TMP"):
+        monkeypatch.delenv(name, raising=False)
+    yield Path(os.fsdecode(odd))
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def test_an_agent_whose_socket_path_is_not_utf8_still_listens(tmp_path: Path, odd_tmpdir: Path) -> None:
+    """A socket path that is not UTF-8 (a Latin-1 $TMPDIR) raised UnicodeEncodeError out of open()
+    as the agent wrote its note: the agent died where before it listened (review H)."""
+    spool = tmp_path / "spool.sqlite3"
+    listener = wakeup.WakeupListener(spool)
+    assert listener.path is not None and listener.path.parent.parent == odd_tmpdir
+    try:
+        assert listener.open()
+        assert wakeup.wake(spool)
+    finally:
+        listener.close()
+
+
+def test_a_note_naming_another_spools_agent_does_not_stand_in_for_this_spools(
+    tmp_path: Path, runtime_dir: Path
+) -> None:
+    """A spool's directory copied or restored elsewhere (`cp -a`, a backup) carries its note: the
+    copy's shells found nobody at their own socket, sent to the socket the note names, which the
+    original spool's agent still listens on, and were told "woken": no agent is ever spawned for
+    the copy, and its events wait as long as the other agent lives. Each spool's socket name is the
+    hash of its real path: a note naming another name is not this spool's agent."""
+    original = tmp_path / "a" / "spool.sqlite3"
+    copy = tmp_path / "b" / "spool.sqlite3"
+    original.parent.mkdir()
+    copy.parent.mkdir()
+    listener = wakeup.WakeupListener(original)
+    try:
+        assert listener.open()
+        note = wakeup.paths.socket_note_path(original)
+        shutil.copy2(note, wakeup.paths.socket_note_path(copy))  # the directory copied with its files
+        assert wakeup.socket_path(copy) != listener.path
+        assert not wakeup.wake(copy), "the copy's wake-up reached the original spool's agent"
+    finally:
+        listener.close()

@@ -255,3 +255,19 @@ def test_paths_the_agent_can_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert (
         load_config(directory, environ=http).destination().transport == "http"
     )  # no launch line: no database
+
+
+def test_a_relative_settings_dir_in_a_deleted_directory_is_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It raised FileNotFoundError (a traceback in `status`, "tracking is off: FileNotFoundError"
+    in a shell); the default ./settings there simply reads as absent."""
+    from oneiric_session.config.sources import NO_SETTINGS_DIR
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    message = error_of(Path("settings"))
+    assert "is relative and the working directory no longer exists (from --settings)" in message
+    assert load_config(environ={}).settings_dir == NO_SETTINGS_DIR

@@ -157,3 +157,22 @@ async def test_a_stdio_servers_stderr_never_carries_a_secret_env_value_to_disk(
         assert "[secret]" in (spool.list_pending()[0].last_error or "")
     leaked = [p.name for p in tmp_path.iterdir() if p.is_file() and SECRET.encode() in p.read_bytes()]
     assert leaked == [] and SECRET not in caplog.text
+
+
+def test_a_short_secret_neither_uncovers_a_longer_one_nor_mangles_a_message() -> None:
+    """Secrets were replaced one after another: "1" (REQUIRE_AUTH, a "secret" by its name) cut the
+    password apart before it was looked for, and it leaked nearly whole; and every "1" of a
+    message became "[secret]"."""
+    import sys
+
+    from oneiric_session.tracking.destination import Destination
+    from oneiric_session.transport.connection import Connection
+
+    password = "hunter1-Vq8zLw3pXk"
+    env = (("REQUIRE_AUTH", "1"), ("DB_PASSWORD", password), ("API_KEY", password[:10]))
+    connection = Connection(Destination(command=sys.executable, env=env))
+    assert (
+        connection._scrub(f"cannot open postgres://app:{password}@db/x")
+        == "cannot open postgres://app:[secret]@db/x"
+    )
+    assert connection._scrub("port 8181 in use") == "port 8181 in use"

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 from typing import Any
 
@@ -44,6 +45,9 @@ _PERMANENT_CODES = frozenset(
 _REQUEST_TIMEOUT_CODES = frozenset({getattr(mcp.types, "REQUEST_TIMEOUT", -32001), 408})
 # Bound on tearing a session down; the stdio shutdown inside is itself bounded.
 _CLOSE_SECONDS = 10.0
+# A secret shorter than this is not looked for in a server's text: "1" under REQUIRE_AUTH would
+# mangle every message (and show itself by where it was cut), and guards nothing.
+_MIN_SCRUBBED = 6
 # What a call with an MCP session id the HTTP server does not know (it restarted, or expired the
 # session) raises: the SDK client's stand-in for a bare 404, or the SDK server's own error body.
 # INVALID_REQUEST would read as permanent; the call was never run, so it is sent again on a new session.
@@ -211,9 +215,9 @@ class Connection:
         as it fails, the url's password): the text goes into logs, the spool and `status`."""
         for token in self._tokens:
             text = text.replace(token, "[token]")
-        for secret in self.destination.secrets().values():
-            if secret:
-                text = text.replace(secret, "[secret]")
+        secrets = sorted((s for s in self.destination.secrets().values() if len(s) >= _MIN_SCRUBBED), key=len)
+        if secrets:  # in one pass, the longest first: a short one never uncovers a longer one
+            text = re.sub("|".join(map(re.escape, reversed(secrets))), "[secret]", text)
         return server_text(text)
 
     def _map(self, exc: BaseException, doing: str) -> DeliveryError:

@@ -59,7 +59,7 @@ class WakeupListener:
         sock.setblocking(False)
         self._sock = sock
         # Where it listens, for shells that compute another socket path (`paths.published_socket`).
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, ValueError):  # (ValueError: a path that is not UTF-8)
             from oneiric_session.common.privacy import write_private
 
             write_private(self._note, os.fsdecode(self.path))
@@ -128,7 +128,7 @@ class WakeupListener:
         if self.path is not None:
             with contextlib.suppress(OSError):
                 self.path.unlink()
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, ValueError):
                 if self._note.read_text(encoding="utf-8") == os.fsdecode(self.path):
                     self._note.unlink()  # (unless a newer agent's note replaced ours)
         self._sock.close()

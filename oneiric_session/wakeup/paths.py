@@ -75,6 +75,8 @@ def published_socket(spool_path: Path) -> Path | None:
     path = Path(os.fsdecode(text))
     if not path.is_absolute() or len(text) > _MAX_SOCKET_PATH_BYTES:
         return None
+    if path.name != _socket_name(os.fspath(spool_path)):
+        return None  # another spool's agent (a note copied with the spool's files)
     try:
         parent = path.parent.lstat()
     except OSError:
