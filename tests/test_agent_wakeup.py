@@ -195,7 +195,10 @@ def test_a_spawned_agent_gets_its_tokens_through_a_pipe_never_its_environment(
     )
     assert pid is not None
     try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes()  # the agent's own (Popen returns after exec)
+        # Its pid is said as it is started (by `sh`, in the background): read its environment once
+        # it runs Python.
+        wait_until(lambda: b"oneiric_session" in Path(f"/proc/{pid}/cmdline").read_bytes(), what="the exec")
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
         assert b"-in-a-pipe" not in environ
         assert wakeup.HANDOFF_FD_ENV.encode() + b"=" in environ
     finally:

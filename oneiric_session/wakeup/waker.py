@@ -31,13 +31,10 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from oneiric_session.wakeup.message import MAX_DATAGRAM_BYTES, Wakeup, decode_wakeup, encode_wakeup
 from oneiric_session.wakeup.paths import agent_log_path, published_socket, socket_path, spawn_marker_path
-
-if TYPE_CHECKING:
-    import subprocess
 
 __all__ = [
     "HANDOFF_FD_ENV",
@@ -110,7 +107,8 @@ def spawn_agent(
     idle_exit_seconds: float | None = None,
     secrets: Mapping[str, Mapping[str, str]] | None = None,
 ) -> int | None:
-    """Start an agent for this spool, detached; its pid, or None. Never waits for it.
+    """Start an agent for this spool, detached; its pid, or None. Never waits for it (only for the
+    `sh` that starts it, about a millisecond).
 
     The tokens and secret values go through a pipe only it inherits (`take_handoff`). It runs in "/"
     with `-P`, so neither the working
@@ -119,7 +117,6 @@ def spawn_agent(
     import path of a server it launches with `python -m` and no `server.cwd`.
     """
     import subprocess  # only when no agent listens: a shell that wakes one never pays for it
-    import threading
 
     env = dict(os.environ)
     env.pop(HANDOFF_FD_ENV, None)
@@ -133,11 +130,16 @@ def spawn_agent(
     argv += ["--log-file", str(agent_log_path(spool_path))]
     if idle_exit_seconds is not None:  # the spawning shell's setting: the agent has no settings dir
         argv += ["--idle-exit-seconds", repr(float(idle_exit_seconds))]
+    # Started by a shell that exits at once (`sh`), the agent is no child of this process: a host
+    # that outlives its sessions (a service, a notebook) keeps no zombie of it and no thread to
+    # wait for it, and a host's own wait() never takes it. This process waits for `sh` alone, which
+    # says the agent's pid and leaves (~1 ms); without `sh` the agent is its child, as before.
+    launch = [_SH, "-c", _LAUNCH, "oneiric-session-spawn", *argv] if os.path.exists(_SH) else argv
     try:
         child = subprocess.Popen(
-            argv,
+            launch,
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if launch is not argv else subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
             close_fds=True,
@@ -150,15 +152,18 @@ def spawn_agent(
     finally:
         if handoff is not None:
             os.close(handoff)
-    # Waited for as it exits, by a thread of its own: a host that outlives its sessions (a service,
-    # a notebook) keeps no zombie of an agent that idled out or lost the race for the lock.
-    threading.Thread(target=_reap, args=(child,), name="oneiric-session-reaper", daemon=True).start()
-    return child.pid
+    if launch is argv:
+        return child.pid
+    assert child.stdout is not None
+    with child.stdout:
+        said = child.stdout.readline().strip()
+    child.wait()
+    return int(said) if said.isdigit() else None
 
 
-def _reap(child: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(Exception):  # (a host that reaps its children itself got there first)
-        child.wait()
+# The launcher: the agent in the background, its standard streams /dev/null, its pid said.
+_SH = "/bin/sh"
+_LAUNCH = '"$@" </dev/null >/dev/null 2>&1 & echo $!'
 
 
 def _marker_is_stale(marker: Path) -> bool:
