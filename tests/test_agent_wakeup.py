@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -197,7 +198,10 @@ def test_a_spawned_agent_gets_its_tokens_through_a_pipe_never_its_environment(
     try:
         # Its pid is said as it is started (by `sh`, in the background): read its environment once
         # it runs Python.
-        wait_until(lambda: b"oneiric_session" in Path(f"/proc/{pid}/cmdline").read_bytes(), what="the exec")
+        python = os.fsencode(sys.executable)
+        wait_until(
+            lambda: Path(f"/proc/{pid}/cmdline").read_bytes().startswith(python + b"\0"), what="the exec"
+        )
         environ = Path(f"/proc/{pid}/environ").read_bytes()
         assert b"-in-a-pipe" not in environ
         assert wakeup.HANDOFF_FD_ENV.encode() + b"=" in environ
@@ -501,24 +505,27 @@ def test_the_agents_socket_note_is_believed_only_when_nobody_else_could_have_wri
     tmp_path: Path,
 ) -> None:
     """The note names where a wake-up (with its tokens) goes: only a regular file of ours that
-    nobody else can write, naming a socket in a private directory of ours."""
-    from oneiric_session.wakeup.paths import published_socket, socket_note_path
+    nobody else can write, of this spool (its lock file's identity), naming a socket in a private
+    directory of ours."""
+    from oneiric_session.wakeup.paths import lock_path, published_socket, socket_note, socket_note_path
 
     spool = tmp_path / "spool.sqlite3"
+    lock_path(spool).touch()
     private = tmp_path / "run"
     private.mkdir(mode=0o700)
     note = socket_note_path(spool)
-    name = wakeup.socket_path(spool).name  # each spool's socket is named after its real path
-    note.write_text(str(private / name))
+    note.write_text(socket_note(private / "a.sock", spool))
     note.chmod(0o600)
-    assert published_socket(spool) == private / name
+    assert published_socket(spool) == private / "a.sock"
     note.chmod(0o620)  # another user of the group could have written it
     assert published_socket(spool) is None
     note.chmod(0o600)
-    note.write_text(str(tmp_path / name))  # a directory others may enter
+    note.write_text(socket_note(tmp_path / "a.sock", spool))  # a directory others may enter
     tmp_path.chmod(0o755)
     assert published_socket(spool) is None
-    note.write_text(f"run/{name}")  # relative
+    note.write_text(socket_note(Path("run/a.sock"), spool))  # relative
+    assert published_socket(spool) is None
+    note.write_text(str(private / "a.sock"))  # of no lock file: not this spool's
     assert published_socket(spool) is None
     note.unlink()
     note.symlink_to(private / "elsewhere")
@@ -558,18 +565,171 @@ def test_a_note_naming_another_spools_agent_does_not_stand_in_for_this_spools(
     """A spool's directory copied or restored elsewhere (`cp -a`, a backup) carries its note: the
     copy's shells found nobody at their own socket, sent to the socket the note names, which the
     original spool's agent still listens on, and were told "woken": no agent is ever spawned for
-    the copy, and its events wait as long as the other agent lives. Each spool's socket name is the
-    hash of its real path: a note naming another name is not this spool's agent."""
+    the copy, and its events wait as long as the other agent lives. The note names the spool's
+    lock file by its identity: a copy's is another file."""
     original = tmp_path / "a" / "spool.sqlite3"
     copy = tmp_path / "b" / "spool.sqlite3"
     original.parent.mkdir()
     copy.parent.mkdir()
+    lock = wakeup.AgentLock(original)
+    assert lock.acquire()
     listener = wakeup.WakeupListener(original)
     try:
         assert listener.open()
-        note = wakeup.paths.socket_note_path(original)
-        shutil.copy2(note, wakeup.paths.socket_note_path(copy))  # the directory copied with its files
+        for name in (wakeup.paths.socket_note_path, wakeup.paths.lock_path):  # copied with its files
+            shutil.copy2(name(original), name(copy))
         assert wakeup.socket_path(copy) != listener.path
         assert not wakeup.wake(copy), "the copy's wake-up reached the original spool's agent"
+        assert wakeup.wake(original)
     finally:
         listener.close()
+        lock.release()
+
+
+# Review of the spawn through `sh` (review I): each of these failed on its first version.
+
+
+def test_an_agent_that_cannot_be_executed_is_a_failed_spawn(
+    tmp_path: Path, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, Popen raised (exec failed) and the spawn said None / "failed" (CLI exit 1, marker
+    removed). Through sh the exec fails in sh's background child, after sh said its pid: the spawn
+    says "spawned", the marker names a process that never ran, `oneiric-session agent` exits 0.
+    (An interpreter removed under a long-running host: a venv rebuilt, a pyenv/uv uninstall.)"""
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "gone" / "python3"))
+    spool = tmp_path / "spool.sqlite3"
+    assert wakeup.spawn_agent(spool) is None
+    assert wakeup.wake_or_spawn(spool) == "failed"
+
+
+def test_a_sh_that_cannot_be_run_still_spawns_the_agent(
+    tmp_path: Path, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`os.path.exists(_SH)` is the only test: a /bin/sh this user may not execute (a hardened
+    image: mode 0700 root, a noexec/nosuid policy, an LSM) makes every spawn fail, where running
+    the agent directly (the fallback a missing sh gets) would work."""
+    sh = tmp_path / "sh"
+    sh.write_text("#!/bin/false\n")
+    sh.chmod(0o644)  # exists, not executable
+    monkeypatch.setattr(waker, "_SH", str(sh))
+    pid = wakeup.spawn_agent(tmp_path / "spool.sqlite3", idle_exit_seconds=1)
+    try:
+        assert pid is not None
+    finally:
+        if pid:
+            wait_until(lambda: process_gone(pid), what="the agent to exit")
+
+
+def _ignored(pid: int) -> set[str]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    mask = int(next(line for line in status.splitlines() if line.startswith("SigIgn")).split()[1], 16)
+    return {signal.Signals(s).name for s in signal.valid_signals() if 0 < s < 65 and mask >> (s - 1) & 1}
+
+
+def test_the_spawned_agent_does_not_run_with_sigquit_ignored(tmp_path: Path, runtime_dir: Path) -> None:
+    """A non-interactive sh starts a `&` job with SIGINT and SIGQUIT ignored (POSIX). Ignored
+    dispositions survive exec: Python then installs no KeyboardInterrupt handler, so SIGINT is
+    ignored through the agent's start-up (until run_agent's loop handler), and SIGQUIT stays
+    ignored for the agent's whole life, and in every server it launches (exec keeps SIG_IGN)."""
+    spool = tmp_path / "spool.sqlite3"
+    pid = wakeup.spawn_agent(spool, idle_exit_seconds=1)
+    assert pid is not None
+    try:
+        wait_until(lambda: wakeup.wake(spool), what="the agent to listen")
+        assert "SIGQUIT" not in _ignored(pid), _ignored(pid)
+    finally:
+        wait_until(lambda: process_gone(pid), what="the agent to exit")
+
+
+SUBREAPER_HOST = textwrap.dedent(
+    """
+    import ctypes, os, sys, time
+    from pathlib import Path
+    ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER (PID 1 of a container)
+    from oneiric_session import wakeup
+    spool = Path(sys.argv[1])
+    pid = wakeup.spawn_agent(spool, idle_exit_seconds=1)
+    deadline = time.monotonic() + 40
+    state = "?"
+    zombie_seen = False
+    while time.monotonic() < deadline:  # the host carries on; the agent idles out
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            state = "reaped"
+            break
+        if state == "Z" and zombie_seen:
+            break
+        zombie_seen = state == "Z"
+        wakeup.wake(spool)  # the host's next session: what it spawned and exited is waited for
+        time.sleep(0.1)
+    print(state)
+    """
+)
+
+
+def test_a_host_that_is_a_subreaper_keeps_no_zombie_agent(tmp_path: Path, runtime_dir: Path) -> None:
+    """The orphaned agent is reparented to the nearest subreaper, not to init: a host that is one
+    (a service run as PID 1 in a container, `python app.py` as CMD; a supervisor using
+    PR_SET_CHILD_SUBREAPER) gets the agent back as its child, and nothing waits for it any more
+    (the reaper thread of review D is gone): each idled-out agent stayed a zombie for the host's life.
+    It is now waited for at the host's next wake-up (until then it is a zombie: a subreaper's lot)."""
+    done = subprocess.run(
+        [sys.executable, "-c", SUBREAPER_HOST, str(tmp_path / "spool.sqlite3")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ),
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "reaped"
+
+
+def test_an_exported_shell_function_cannot_change_the_pid_said(
+    tmp_path: Path, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where /bin/sh is bash (Fedora, RHEL, Arch; bash in POSIX mode as `sh`), functions exported in
+    the environment are imported: an exported `echo` (a user's `export -f echo`) prints what it
+    likes. Simulated with a `sh` symlink to bash (same argv[0] basename, so POSIX mode)."""
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    sh = tmp_path / "bin" / "sh"
+    sh.parent.mkdir()
+    sh.symlink_to(bash)
+    monkeypatch.setattr(waker, "_SH", str(sh))
+    monkeypatch.setenv("BASH_FUNC_echo%%", "() { builtin echo 1; }")
+    pid = wakeup.spawn_agent(tmp_path / "spool.sqlite3", idle_exit_seconds=1)
+    assert pid is not None and pid != 1, pid
+    wait_until(lambda: b"oneiric_session" in Path(f"/proc/{pid}/cmdline").read_bytes(), what="the exec")
+    wait_until(lambda: process_gone(pid), what="the agent to exit")
+
+
+def test_a_spool_path_with_spaces_and_newlines_is_passed_whole(runtime_dir: Path) -> None:
+    """(Passes: "$@" keeps every argument whole.)"""
+    base = tempfile.mkdtemp(prefix="odd-", dir="/tmp")
+    spool = Path(base) / 'a b\n$(x) "q" *' / "spool.sqlite3"
+    spool.parent.mkdir(mode=0o700)
+    try:
+        pid = wakeup.spawn_agent(spool, idle_exit_seconds=1)
+        assert pid is not None
+        wait_until(lambda: wakeup.wake(spool), what="the agent to listen")
+        assert os.fsencode(spool) in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        wait_until(lambda: process_gone(pid), what="the agent to exit")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_a_spool_path_that_is_not_utf8_can_be_woken(runtime_dir: Path) -> None:
+    """PRE-EXISTING (28a2d83), found here: `_socket_name` hashes `realpath(...).encode()`, strict
+    UTF-8: a Latin-1 spool directory raises UnicodeEncodeError out of wake()/wake_or_spawn() at
+    every event (a shell logs "could not wake the delivery agent" and never spawns one), and the
+    agent gets no socket. 3ec7508 made the note tolerate a non-UTF-8 *socket* path only."""
+    base = tempfile.mkdtemp(prefix="odd-", dir="/tmp")
+    odd = os.path.join(os.fsencode(base), b"caf\xe9")
+    os.mkdir(odd, 0o700)
+    spool = Path(os.fsdecode(odd)) / "spool.sqlite3"
+    try:
+        assert wakeup.socket_path(spool) is not None
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

@@ -176,3 +176,43 @@ def test_a_short_secret_neither_uncovers_a_longer_one_nor_mangles_a_message() ->
         == "cannot open postgres://app:[secret]@db/x"
     )
     assert connection._scrub("port 8181 in use") == "port 8181 in use"
+
+
+@pytest.mark.parametrize(
+    ("env", "token", "said", "scrubbed"),
+    [
+        (
+            {"DB_PASSWORD": "pa55w"},
+            None,
+            "cannot open postgres://app:pa55w@db/x",
+            "cannot open postgres://app:[secret]@db/x",
+        ),
+        (
+            {"DB_PASSWORD": "Vq8zLw3pXk-hunter2-9f3a", "API_KEY": "user::Vq8z"},
+            None,
+            "login user::Vq8zLw3pXk-hunter2-9f3a refused",
+            "login [secret] refused",
+        ),
+        (
+            {"API_CREDENTIALS": "tok-1234567890abcdef:s3cr3t-Pa55w0rd"},
+            "tok-1234567890abcdef",
+            "bad credentials tok-1234567890abcdef:s3cr3t-Pa55w0rd",
+            "bad credentials [token]",
+        ),
+    ],
+    ids=["five_characters", "overlapping_from_before", "a_token_inside_a_secret"],
+)
+def test_every_secret_is_cut_out_whole(
+    env: dict[str, str], token: str | None, said: str, scrubbed: str
+) -> None:
+    """A short secret was skipped (review H), and one secret or token replaced before another could
+    cut that other apart, leaving most of it (review H)."""
+    import sys
+
+    from oneiric_session.tracking.destination import Destination
+    from oneiric_session.transport.connection import Connection
+
+    connection = Connection(Destination(command=sys.executable, env=tuple(env.items())))
+    if token:
+        connection._tokens.add(token)
+    assert connection._scrub(said) == scrubbed

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import logging.handlers
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -117,6 +118,10 @@ def run(args: argparse.Namespace, *, on_answer: Callable[[SpooledEvent], None] |
         )
         print(f"delivery agent for {spool_path}: {'already running' if result == 'woken' else result}")
         return 0 if result != "failed" else 1
+    # A shell starts it in the background through `sh`, which sets SIGINT and SIGQUIT to be ignored
+    # (POSIX), and that survives exec (into every server it launches, too): back to the defaults.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
     with contextlib.suppress(OSError):  # a priority we cannot lower is no reason not to deliver
         os.nice(AGENT_NICENESS)
     _setup_logging(args.log_file)

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Iterable
 from typing import Any
 
 import anyio
@@ -45,9 +46,9 @@ _PERMANENT_CODES = frozenset(
 _REQUEST_TIMEOUT_CODES = frozenset({getattr(mcp.types, "REQUEST_TIMEOUT", -32001), 408})
 # Bound on tearing a session down; the stdio shutdown inside is itself bounded.
 _CLOSE_SECONDS = 10.0
-# A secret shorter than this is not looked for in a server's text: "1" under REQUIRE_AUTH would
-# mangle every message (and show itself by where it was cut), and guards nothing.
-_MIN_SCRUBBED = 6
+# A secret shorter than this is cut out only where it stands as a word of its own: "1" under
+# REQUIRE_AUTH, cut out of "8181", would mangle a message and show itself by where it was cut.
+_WORD_ONLY_BELOW = 6
 # What a call with an MCP session id the HTTP server does not know (it restarted, or expired the
 # session) raises: the SDK client's stand-in for a bare 404, or the SDK server's own error body.
 # INVALID_REQUEST would read as permanent; the call was never run, so it is sent again on a new session.
@@ -213,11 +214,12 @@ class Connection:
         """Server-supplied text made safe to repeat: one line, capped, with no token sent on this
         connection and no secret of its destination (a server.env value a stdio server may print
         as it fails, the url's password): the text goes into logs, the spool and `status`."""
-        for token in self._tokens:
-            text = text.replace(token, "[token]")
-        secrets = sorted((s for s in self.destination.secrets().values() if len(s) >= _MIN_SCRUBBED), key=len)
-        if secrets:  # in one pass, the longest first: a short one never uncovers a longer one
-            text = re.sub("|".join(map(re.escape, reversed(secrets))), "[secret]", text)
+        found = [
+            *_spans(text, self._tokens, "[token]"),
+            *_spans(text, self.destination.secrets().values(), "[secret]"),
+        ]
+        if found:
+            text = _cut_out(text, found)
         return server_text(text)
 
     def _map(self, exc: BaseException, doing: str) -> DeliveryError:
@@ -255,3 +257,37 @@ class Connection:
             return ServerUnavailableError(f"{doing}: the server sent a malformed answer{self._tail()}")
         logger.warning("unexpected error while %s", doing, exc_info=exc)
         return ServerUnavailableError(f"{doing}: unexpected {type(exc).__name__}{self._tail()}")
+
+
+def _spans(text: str, values: Iterable[str], label: str) -> list[tuple[int, int, str]]:
+    """Where each value stands in `text` (a short one only as a word of its own)."""
+    found = []
+    for value in values:
+        if not value:
+            continue
+        if len(value) < _WORD_ONLY_BELOW:
+            pattern = rf"(?<![0-9A-Za-z]){re.escape(value)}(?![0-9A-Za-z])"
+            found += [(m.start(), m.end(), label) for m in re.finditer(pattern, text)]
+            continue
+        start = text.find(value)
+        while start >= 0:
+            found.append((start, start + len(value), label))
+            start = text.find(value, start + 1)
+    return found
+
+
+def _cut_out(text: str, spans: list[tuple[int, int, str]]) -> str:
+    """`text` with every span replaced by its label, overlapping spans merged into one (a secret
+    overlapping another is never left in part)."""
+    pieces, done = [], 0
+    merged: list[list[Any]] = []
+    for start, end, label in sorted(spans):
+        if merged and start < merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+            merged[-1][2] = "[token]" if "[token]" in (label, merged[-1][2]) else label
+        else:
+            merged.append([start, end, label])
+    for start, end, label in merged:
+        pieces += [text[done:start], label]
+        done = end
+    return "".join([*pieces, text[done:]])

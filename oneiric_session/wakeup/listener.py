@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from oneiric_session.wakeup.message import MAX_DATAGRAM_BYTES, Wakeup, decode_wakeup
-from oneiric_session.wakeup.paths import socket_note_path, socket_path
+from oneiric_session.wakeup.paths import socket_note, socket_note_path, socket_path
 
 if TYPE_CHECKING:
     import socket
@@ -27,6 +27,7 @@ class WakeupListener:
 
     def __init__(self, spool_path: Path) -> None:
         self.path = socket_path(spool_path)
+        self._spool_path = spool_path
         self._note = socket_note_path(spool_path)
         self._sock: socket.socket | None = None
         self._creds = False
@@ -62,7 +63,7 @@ class WakeupListener:
         with contextlib.suppress(OSError, ValueError):  # (ValueError: a path that is not UTF-8)
             from oneiric_session.common.privacy import write_private
 
-            write_private(self._note, os.fsdecode(self.path))
+            write_private(self._note, socket_note(self.path, self._spool_path))
         return True
 
     def _receive(self) -> tuple[bytes, bool] | None:
@@ -129,7 +130,7 @@ class WakeupListener:
             with contextlib.suppress(OSError):
                 self.path.unlink()
             with contextlib.suppress(OSError, ValueError):
-                if self._note.read_text(encoding="utf-8") == os.fsdecode(self.path):
+                if self._note.read_text(encoding="utf-8").partition("\n")[0] == os.fsdecode(self.path):
                     self._note.unlink()  # (unless a newer agent's note replaced ours)
         self._sock.close()
         self._sock = None

@@ -22,6 +22,7 @@ __all__ = [
     "lock_path",
     "published_socket",
     "socket_dir_problems",
+    "socket_note",
     "socket_note_path",
     "socket_path",
     "spawn_marker_path",
@@ -56,9 +57,17 @@ def socket_note_path(spool_path: Path) -> Path:
     return real.with_name(real.name + ".socket")
 
 
+def socket_note(socket: Path, spool_path: Path) -> str:
+    """What the agent's note says: its socket, and the identity of the spool's lock file (the one
+    file every path to this spool leads to, a bind mount's included; a copy's is another)."""
+    info = os.stat(lock_path(spool_path))
+    return f"{os.fsdecode(socket)}\n{info.st_dev}:{info.st_ino}"
+
+
 def published_socket(spool_path: Path) -> Path | None:
     """The socket the agent's note names, or None unless the note is ours (a regular file nobody
-    else can write) and names a socket in a private directory of ours: a wake-up carries tokens."""
+    else can write), is this spool's (its lock file's identity), and names a socket in a private
+    directory of ours: a wake-up carries tokens."""
     try:
         fd = os.open(socket_note_path(spool_path), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -72,10 +81,15 @@ def published_socket(spool_path: Path) -> Path | None:
         return None
     finally:
         os.close(fd)
-    path = Path(os.fsdecode(text))
-    if not path.is_absolute() or len(text) > _MAX_SOCKET_PATH_BYTES:
+    named, _, identity = os.fsdecode(text).partition("\n")
+    path = Path(named)
+    if not path.is_absolute() or len(os.fsencode(named)) > _MAX_SOCKET_PATH_BYTES:
         return None
-    if path.name != _socket_name(os.fspath(spool_path)):
+    try:
+        lock = os.stat(lock_path(spool_path))
+    except OSError:
+        return None
+    if identity != f"{lock.st_dev}:{lock.st_ino}":
         return None  # another spool's agent (a note copied with the spool's files)
     try:
         parent = path.parent.lstat()
@@ -144,7 +158,7 @@ def socket_dir_problems() -> list[str]:
 @functools.lru_cache(maxsize=8)
 def _socket_name(spool_path: str) -> str:
     """A hash of the spool's real path (worked out once per path: a shell wakes at each event)."""
-    return sha256_hex(os.path.realpath(spool_path).encode())[:20] + ".sock"
+    return sha256_hex(os.fsencode(os.path.realpath(spool_path)))[:20] + ".sock"  # (any bytes)
 
 
 def socket_path(spool_path: Path) -> Path | None:

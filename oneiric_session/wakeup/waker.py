@@ -72,6 +72,8 @@ def wake(
 ) -> bool:
     """Send one wake-up without blocking; True when an agent is listening. Where this shell's
     environment puts the socket, else where the agent's note says it listens."""
+    if _spawned:
+        _reap_spawned()
     path = socket_path(spool_path)
     message = _carried(encode_wakeup(tokens, handover=handover, secrets=secrets), handover=handover)
     if path is not None and _send(path, message):
@@ -130,40 +132,68 @@ def spawn_agent(
     argv += ["--log-file", str(agent_log_path(spool_path))]
     if idle_exit_seconds is not None:  # the spawning shell's setting: the agent has no settings dir
         argv += ["--idle-exit-seconds", repr(float(idle_exit_seconds))]
+    if not os.access(sys.executable, os.X_OK):
+        return None  # (an interpreter removed under a long-running host): no agent would run
     # Started by a shell that exits at once (`sh`), the agent is no child of this process: a host
     # that outlives its sessions (a service, a notebook) keeps no zombie of it and no thread to
     # wait for it, and a host's own wait() never takes it. This process waits for `sh` alone, which
-    # says the agent's pid and leaves (~1 ms); without `sh` the agent is its child, as before.
-    launch = [_SH, "-c", _LAUNCH, "oneiric-session-spawn", *argv] if os.path.exists(_SH) else argv
-    try:
-        child = subprocess.Popen(
-            launch,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE if launch is not argv else subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-            close_fds=True,
-            pass_fds=() if handoff is None else (handoff,),
-            env=env,
-            cwd="/",
-        )
-    except OSError:
+    # says the agent's pid and leaves (~1 ms); without a `sh` it may run, the agent is its child.
+    for launch in ([_SH, "-c", _LAUNCH, "oneiric-session-spawn", *argv], argv):
+        if launch is not argv and not os.access(_SH, os.X_OK):
+            continue
+        try:
+            child = subprocess.Popen(
+                launch,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE if launch is not argv else subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                close_fds=True,
+                pass_fds=() if handoff is None else (handoff,),
+                env=env,
+                cwd="/",
+            )
+        except OSError:
+            continue
+        break
+    else:
+        child = None
+    if handoff is not None:
+        os.close(handoff)
+    if child is None:
         return None
-    finally:
-        if handoff is not None:
-            os.close(handoff)
-    if launch is argv:
-        return child.pid
-    assert child.stdout is not None
-    with child.stdout:
-        said = child.stdout.readline().strip()
-    child.wait()
-    return int(said) if said.isdigit() else None
+    if child.stdout is None:  # the agent itself
+        pid = child.pid
+    else:
+        with child.stdout:
+            said = child.stdout.readline().strip()
+        child.wait()
+        if not said.isdigit():
+            return None
+        pid = int(said)
+    _spawned.append(pid)  # a host that is a subreaper (PID 1 of a container) gets it back: see wake()
+    return pid
 
 
-# The launcher: the agent in the background, its standard streams /dev/null, its pid said.
+def _reap_spawned() -> None:
+    """Wait for the agents this process spawned that exited, without blocking. They are a host's
+    children only when it is a subreaper (`prctl(PR_SET_CHILD_SUBREAPER)`, PID 1 of a container),
+    or without a `sh`; otherwise the kernel says they are not, and they are forgotten."""
+    for pid in list(_spawned):
+        try:
+            done, _status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _spawned.remove(pid)
+
+
+# The launcher: the agent in the background, its standard streams /dev/null, its pid said
+# (`command`: an exported shell function named printf is not used).
 _SH = "/bin/sh"
-_LAUNCH = '"$@" </dev/null >/dev/null 2>&1 & echo $!'
+_LAUNCH = '"$@" </dev/null >/dev/null 2>&1 & command printf "%s\\n" "$!"'
+# Agents this process spawned, until they exited (`_reap_spawned`).
+_spawned: list[int] = []
 
 
 def _marker_is_stale(marker: Path) -> bool:
