@@ -52,6 +52,21 @@ class RoundTrips:
         pass
 
 
+class AllInFlight:
+    """Holds each call until `count` are in flight, then lets them all go, in the order sent."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.arrived = 0
+        self._open = asyncio.Event()
+
+    async def passed(self) -> None:
+        self.arrived += 1
+        if self.arrived == self.count:
+            asyncio.get_running_loop().call_soon(self._open.set)
+        await self._open.wait()
+
+
 def _spool(tmp_path: Path, clock: FakeClock | None = None) -> Spool:
     extra = {} if clock is None else {"clock": clock}
     return Spool(
@@ -106,15 +121,10 @@ async def test_a_window_failing_together_counts_one_failure_towards_the_back_off
     """One dropped connection fails the 16 calls in flight at once: the destination waits its first
     back-off (0.5 s), as after one failed call, not the one of 16 failures in a row (wait_max)."""
     clock = FakeClock()
-    dropped = asyncio.Event()
-    in_flight = 0
+    gate = AllInFlight(16)
 
     async def drop_all(tool: str, event: Mapping[str, Any]) -> Exception:
-        nonlocal in_flight
-        in_flight += 1
-        if in_flight == 16:
-            dropped.set()
-        await dropped.wait()
+        await gate.passed()
         return ServerUnavailableError("the server closed the connection")
 
     destination = Destination(command="session-buddy-test", tuning=Tuning(attempts=1, window=16))
@@ -122,7 +132,7 @@ async def test_a_window_failing_together_counts_one_failure_towards_the_back_off
     _append_starts(spool, destination, 20)
     worker = destination_worker(spool, destination, clock, RoundTrips(drop_all))
     await worker.drain(replaying=False, stopping=lambda: False)
-    assert in_flight == 16
+    assert gate.arrived == 16
     assert worker.failures == 1
     assert worker.policy.breaker.state == "closed"
     assert worker.retry_at == START + 0.5
@@ -235,15 +245,10 @@ async def test_a_failure_after_a_success_counts_again(tmp_path: Path) -> None:
     skipped as failing "together" with demo0, so the destination backed off with no failure
     counted (status said 0 consecutive failures beside its last error; the breaker counted 0)."""
     clock = FakeClock()
-    release = asyncio.Event()
-    sent = 0
+    gate = AllInFlight(3)
 
     async def answer(tool: str, event: Mapping[str, Any]) -> Any:
-        nonlocal sent
-        sent += 1
-        if sent == 3:
-            asyncio.get_running_loop().call_soon(release.set)  # the three wake in the order sent
-        await release.wait()
+        await gate.passed()
         if event["component_name"] == "demo1":
             return "srv-1"
         return ServerUnavailableError("the server closed the connection")
