@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from oneiric_session.mcp_compat import MCPError, in_memory_client
+from oneiric_session.mcp_compat import MCPError, answer_view, in_memory_client
 from oneiric_session.server.app import build_server
 from oneiric_session.server.listing import MAX_PAGE_JSON_BYTES, MAX_PAGE_SIZE, SessionFilter
 from oneiric_session.server.models import MAX_TIMESTAMP_CHARS
@@ -182,7 +182,7 @@ async def test_a_name_longer_than_any_real_one_is_refused(tmp_path: Path) -> Non
     async with in_memory_client(build_server(store)) as client:
         event = start_event(shell_type="S" * (MAX_NAME_CHARS + 1))
         answer = await client.call_tool("track_session_start", event)
-    refused = structured_answer(answer)
+    refused = structured_answer(answer_view(answer))
     assert refused["status"] == "error" and f"at most {MAX_NAME_CHARS} characters" in refused["error"]
 
 
@@ -196,11 +196,13 @@ async def test_a_timestamp_of_any_length_is_refused(tmp_path: Path, field: str) 
         if field == "start":
             answer = await client.call_tool("track_session_start", start_event(timestamp=long))
         else:
-            started = structured_answer(await client.call_tool("track_session_start", start_event()))
+            started = structured_answer(
+                answer_view(await client.call_tool("track_session_start", start_event()))
+            )
             answer = await client.call_tool(
                 "track_session_end", end_event(started["session_id"], timestamp=long)
             )
-    refused = structured_answer(answer)
+    refused = structured_answer(answer_view(answer))
     assert refused["status"] == "error" and f"more than {MAX_TIMESTAMP_CHARS} characters" in refused["error"]
     assert long not in refused["error"]
 
