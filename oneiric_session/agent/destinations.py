@@ -109,8 +109,9 @@ class Destinations:
         return destinations
 
     def sending(self) -> set[str]:
-        """The sessions whose start is on its way to a server, or answered and not recorded yet."""
-        return set().union(*(w.sending for w in self.workers.values()))
+        """The sessions the caps must spare: whose start is on its way to a server, answered and not
+        recorded yet, or went unanswered."""
+        return set().union(*(w.sending | w.unanswered for w in self.workers.values()))
 
     def tasks(self) -> list[asyncio.Task[None]]:
         return [w.task for w in self.workers.values() if w.task is not None]

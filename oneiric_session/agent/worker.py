@@ -104,9 +104,10 @@ class DestinationWorker:
     client_secrets: dict[str, str] | None = field(default=None, repr=False)
     working_secrets: dict[str, str] | None = field(default=None, repr=False)
     next_secrets: dict[str, str] | None = field(default=None, repr=False)
-    # The sessions the caps must spare (`retention.enforce`): those of the rows the drain under way
-    # fetched, and those whose start was sent without an answer (a timeout, a dropped connection, a
-    # call cancelled in flight: the server may have recorded it) until it is answered or refused.
+    # The sessions the caps must spare (`retention.enforce`, `Destinations.sending`): those of the
+    # rows the drain under way fetched, and those whose start was sent without an answer (a timeout,
+    # a dropped connection, a call cancelled in flight: the server may have recorded it) until it
+    # is answered or refused.
     sending: set[str] = field(default_factory=set, repr=False)
     unanswered: set[str] = field(default_factory=set, repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -131,7 +132,7 @@ class DestinationWorker:
         try:
             await self._drain(replaying=replaying, stopping=stopping)
         finally:
-            self.sending = set(self.unanswered)  # every answer this drain received is recorded
+            self.sending.clear()  # every answer this drain received is recorded
 
     async def _drain(self, *, replaying: bool, stopping: Callable[[], bool]) -> None:
         with contextlib.suppress(_BackOff):
@@ -294,7 +295,7 @@ class DestinationWorker:
         if not together:
             self.failures += 1
             self.counted += 1
-        delay = self.policy.backoff_seconds(max(self.failures, 1), exc)
+        delay = self.policy.backoff_seconds(self.failures, exc)  # (>= 1: `together` needs one counted)
         self.retry_at = self.mono() + delay
         message = str(exc) or type(exc).__name__
         if self.last_error is None:

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-from oneiric_session.tracking.destination import is_secret_env
+from oneiric_session.tracking.destination import is_secret_env, replace_url_password
 
 REDACTED = "<redacted>"
 
@@ -15,9 +14,5 @@ def redact(name: str, value: Any) -> Any:
     if name.startswith("server.env.") and is_secret_env(name.removeprefix("server.env.")):
         return REDACTED
     if name == "url" and isinstance(value, str):
-        parts = urlsplit(value)
-        userinfo, at, host = parts.netloc.rpartition("@")
-        if at and ":" in userinfo:
-            netloc = f"{userinfo.partition(':')[0]}:{REDACTED}@{host}"
-            return urlunsplit(parts._replace(netloc=netloc))
+        return replace_url_password(value, REDACTED)  # (the same object when it has none)
     return value

@@ -161,16 +161,15 @@ def resolve_settings_dir(settings_dir: str | os.PathLike[str] | None, environ: M
             return Path.cwd() / "settings"
         except OSError:  # the working directory was deleted: there is no ./settings to read
             return NO_SETTINGS_DIR
+    origin = "--settings" if settings_dir is not None else f"environment variable {SETTINGS_DIR_ENV}"
     try:
         path = Path(given).expanduser().absolute()
     except OSError:  # relative, and the working directory was deleted
-        origin = "--settings" if settings_dir is not None else f"environment variable {SETTINGS_DIR_ENV}"
         raise ConfigError(
             f"settings directory {os.fspath(given)!r} is relative and the working directory no longer "
             f"exists (from {origin})"
         ) from None
-    if given is not None and not path.is_dir():
-        origin = "--settings" if settings_dir is not None else f"environment variable {SETTINGS_DIR_ENV}"
+    if not path.is_dir():
         raise ConfigError(f"settings directory {path} does not exist or is not a directory (from {origin})")
     return path
 

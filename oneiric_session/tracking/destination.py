@@ -82,9 +82,7 @@ class Destination(NamedTuple):
         return {name: SECRET_REFERENCE if is_secret_env(name) else value for name, value in self.env}
 
     def _url_at_rest(self) -> str | None:
-        if self.url is None or _url_password(self.url) is None:
-            return self.url
-        return _with_url_password(self.url, SECRET_REFERENCE)
+        return None if self.url is None else replace_url_password(self.url, SECRET_REFERENCE)
 
     def secrets(self) -> dict[str, str]:
         """The secret server.env values (names `status` redacts) and the url's password, which are
@@ -107,7 +105,7 @@ class Destination(NamedTuple):
         env = tuple((n, secrets.get(n, v) if v == SECRET_REFERENCE else v) for n, v in self.env)
         url = self.url
         if url is not None and _url_password(url) == SECRET_REFERENCE and URL_PASSWORD in secrets:
-            url = _with_url_password(url, secrets[URL_PASSWORD])
+            url = replace_url_password(url, secrets[URL_PASSWORD])
         return self._replace(env=env, url=url)
 
     def to_json(self) -> str:
@@ -190,8 +188,12 @@ def _url_password(url: str) -> str | None:
     return parts[1].partition(":")[2]
 
 
-def _with_url_password(url: str, password: str) -> str:
-    head, userinfo, tail = _userinfo(url) or ("", "", url)
+def replace_url_password(url: str, password: str) -> str:
+    """`url` with its password, if it has one, replaced by `password` (else `url` itself)."""
+    parts = _userinfo(url)
+    if parts is None or ":" not in parts[1]:
+        return url
+    head, userinfo, tail = parts
     return f"{head}{userinfo.partition(':')[0]}:{password}{tail}"
 
 

@@ -148,17 +148,17 @@ def build_start_event(
     if not 1 <= process_id <= _MAX_PID:
         process_id = os.getpid()
     version = sys.version_info
+    name_chars = min(limits.max_string_chars, MAX_NAME_CHARS)  # a shell type or host name
     return {
         "event_version": EVENT_VERSION,
         "event_id": _uuid4(),
         "event_type": "session_start",
         "component_name": sanitize_component_name(component_name, limits.max_component_chars),
-        "shell_type": sanitize_text(str(shell_type), min(limits.max_string_chars, MAX_NAME_CHARS))
-        or "unknown",
+        "shell_type": sanitize_text(str(shell_type), name_chars) or "unknown",
         "timestamp": _timestamp(now),
         "pid": process_id,
         "user": {"username": sanitize_text(_username(), _MAX_USERNAME_CHARS), "home": safe_home},
-        "hostname": sanitize_text(_hostname(), min(limits.max_string_chars, MAX_NAME_CHARS)),
+        "hostname": sanitize_text(_hostname(), name_chars),
         "environment": {
             "python_version": f"{version.major}.{version.minor}.{version.micro}",
             "platform": _platform(),

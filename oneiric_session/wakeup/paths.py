@@ -92,12 +92,9 @@ def published_socket(spool_path: Path) -> Path | None:
     if identity != f"{lock.st_dev}:{lock.st_ino}":
         return None  # another spool's agent (a note copied with the spool's files)
     try:
-        parent = path.parent.lstat()
+        return path if _ours_and_private(path.parent.lstat()) else None
     except OSError:
         return None
-    if not stat.S_ISDIR(parent.st_mode) or parent.st_uid != os.getuid() or parent.st_mode & 0o077:
-        return None
-    return path
 
 
 def agent_log_path(spool_path: Path) -> Path:
@@ -117,9 +114,12 @@ def _private_dir(path: Path) -> Path | None:
         info = path.lstat()
     except OSError:
         return None
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
-        return None
-    return path
+    return path if _ours_and_private(info) else None
+
+
+def _ours_and_private(info: os.stat_result) -> bool:
+    """A real directory (not a link to one) of ours that nobody else may enter."""
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
 
 
 def _runtime_dirs() -> list[Path]:

@@ -138,14 +138,14 @@ def spawn_agent(
     # that outlives its sessions (a service, a notebook) keeps no zombie of it and no thread to
     # wait for it, and a host's own wait() never takes it. This process waits for `sh` alone, which
     # says the agent's pid and leaves (~1 ms); without a `sh` it may run, the agent is its child.
-    for launch in ([_SH, "-c", _LAUNCH, "oneiric-session-spawn", *argv], argv):
-        if launch is not argv and not os.access(_SH, os.X_OK):
-            continue
-        try:
+    launches = [[_SH, "-c", _LAUNCH, "oneiric-session-spawn", *argv]] if os.access(_SH, os.X_OK) else []
+    child = None
+    for launch in [*launches, argv]:
+        with contextlib.suppress(OSError):
             child = subprocess.Popen(
                 launch,
                 stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE if launch is not argv else subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL if launch is argv else subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
                 close_fds=True,
@@ -153,11 +153,7 @@ def spawn_agent(
                 env=env,
                 cwd="/",
             )
-        except OSError:
-            continue
-        break
-    else:
-        child = None
+            break
     if handoff is not None:
         os.close(handoff)
     if child is None:
