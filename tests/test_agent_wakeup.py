@@ -662,7 +662,7 @@ SUBREAPER_HOST = textwrap.dedent(
             break
         zombie_seen = state == "Z"
         wakeup.wake(spool)  # the host's next session: what it spawned and exited is waited for
-        time.sleep(0.1)
+        time.sleep(0.1)  # sleep-ok: polling a real process
     print(state)
     """
 )

@@ -360,11 +360,12 @@ OUTLIVING_HOST = textwrap.dedent(
     threads = threading.active_count()  # a thread left running would make every fork warn (3.12+)
     spool = Path(os.environ["ONEIRIC_SESSION_SPOOL__PATH"])
     deadline = time.monotonic() + 50
-    while not agent_holds_lock(spool) and time.monotonic() < deadline:  # the agent starts
-        time.sleep(0.05)
-    while agent_holds_lock(spool) and time.monotonic() < deadline:  # the host carries on: the agent
-        time.sleep(0.1)                                              # idles out (2 s here)
-    time.sleep(0.5)
+    # The host carries on while the agent starts, then idles out (2 s here); polled (real processes).
+    while not agent_holds_lock(spool) and time.monotonic() < deadline:
+        time.sleep(0.05)  # sleep-ok
+    while agent_holds_lock(spool) and time.monotonic() < deadline:
+        time.sleep(0.1)  # sleep-ok
+    time.sleep(0.5)  # sleep-ok: the lock goes as the agent exits; a child of ours would be a zombie by now
     children = [p for f in glob.glob("/proc/self/task/*/children") for p in open(f).read().split()]
     print("running" if agent_holds_lock(spool) else "gone", children, threads)
     """

@@ -43,7 +43,9 @@ class RoundTrips:
         answer = self.answer(tool, event)
         if asyncio.iscoroutine(answer):
             answer = await answer
-        await asyncio.sleep(self.round_trip)
+        await asyncio.sleep(
+            self.round_trip
+        )  # sleep-ok: a real round trip (0 unless a test orders calls by it)
         if isinstance(answer, Exception):
             raise answer
         return str(answer)
@@ -83,6 +85,23 @@ def _start(n: int) -> dict[str, Any]:
 def _append_starts(spool: Spool, destination: Destination, count: int) -> None:
     for n in range(count):
         spool.append_start(f"local-{n}", destination, _start(n), pid=None, pid_start_time=None, boot_id=None)
+
+
+async def _one_drain(
+    tmp_path: Path,
+    clock: FakeClock,
+    answer: Callable[[str, Mapping[str, Any]], Any],
+    tuning: Tuning,
+    *,
+    starts: int,
+) -> DestinationWorker:
+    """A worker for `starts` spooled starts, after one drain against a server answering `answer`."""
+    destination = Destination(command="session-buddy-test", tuning=tuning)
+    spool = _spool(tmp_path, clock)
+    _append_starts(spool, destination, starts)
+    worker = destination_worker(spool, destination, clock, RoundTrips(answer))
+    await worker.drain(replaying=False, stopping=lambda: False)
+    return worker
 
 
 async def _drain_as_the_agent_would(worker: DestinationWorker, clock: FakeClock, spool: Spool) -> None:
@@ -127,11 +146,7 @@ async def test_a_window_failing_together_counts_one_failure_towards_the_back_off
         await gate.passed()
         return ServerUnavailableError("the server closed the connection")
 
-    destination = Destination(command="session-buddy-test", tuning=Tuning(attempts=1, window=16))
-    spool = _spool(tmp_path, clock)
-    _append_starts(spool, destination, 20)
-    worker = destination_worker(spool, destination, clock, RoundTrips(drop_all))
-    await worker.drain(replaying=False, stopping=lambda: False)
+    worker = await _one_drain(tmp_path, clock, drop_all, Tuning(attempts=1, window=16), starts=20)
     assert gate.arrived == 16
     assert worker.failures == 1
     assert worker.policy.breaker.state == "closed"
@@ -253,11 +268,7 @@ async def test_a_failure_after_a_success_counts_again(tmp_path: Path) -> None:
             return "srv-1"
         return ServerUnavailableError("the server closed the connection")
 
-    destination = Destination(command="session-buddy-test", tuning=Tuning(attempts=1, window=3))
-    spool = _spool(tmp_path, clock)
-    _append_starts(spool, destination, 3)
-    worker = destination_worker(spool, destination, clock, RoundTrips(answer))
-    await worker.drain(replaying=False, stopping=lambda: False)
+    worker = await _one_drain(tmp_path, clock, answer, Tuning(attempts=1, window=3), starts=3)
     assert worker.last_error is not None and worker.retry_at > START
     assert worker.failures == 1 and worker.policy.breaker._failures == 1
 
