@@ -134,6 +134,24 @@ def test_the_shell_side_never_loads_the_agents_queue(code: str) -> None:
     assert done.stdout.splitlines()[-1] == "[]", code
 
 
+def test_the_shell_side_defines_its_records_cheaply() -> None:
+    """No NamedTuple nor dataclass among the classes a shell defines, and no `dataclasses`: a
+    NamedTuple costs a shell 0.1-0.3 ms to define, `dataclasses` ~6 ms to import (common/record.py).
+    The `memory` provider is for tests: what they read of it stays a dataclass (`dataclasses.replace`)."""
+    in_production = [m for m in SHELL_SIDE if m != "oneiric_session.tracking.providers.memory"]
+    probe = "\n".join(f"import {m}" for m in in_production) + (
+        "\nimport sys\n"
+        "found = sorted(f'{name}.{k}' for name, m in list(sys.modules.items())"
+        " if name.startswith('oneiric_session')"
+        " for k, v in vars(m).items() if isinstance(v, type) and v.__module__ == name"
+        " and ((issubclass(v, tuple) and hasattr(v, '_make')) or hasattr(v, '__dataclass_fields__')))\n"
+        "print(found + (['dataclasses'] if 'dataclasses' in sys.modules else []))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"
+
+
 def test_the_transport_never_imports_the_spool_or_the_agent() -> None:
     """Neither at import time (a fresh interpreter) nor anywhere in its source (lazy imports too)."""
     modules = sorted(

@@ -27,7 +27,7 @@ PUBLIC_UNUSED = {
     "oneiric_session.agent.pipeline": {"ACK_BATCH_ROWS", "PIPELINE_SAFE_SERVERS"},
     "oneiric_session.transport.answers": {"MAX_SESSION_ID_CHARS"},
     "oneiric_session.transport.bounded_http": {"AnswerTooLargeError"},
-    "oneiric_session.config": {"SessionBuddySettings"},
+    "oneiric_session.config": {"LoadedConfig", "SessionBuddySettings"},  # load_config and its result
     "oneiric_session.agent": {"ABNORMAL_EXIT_REASON", "ReplayResult"},
     "oneiric_session.config.shell_view": {"CACHE_DIR_NAME"},
     "oneiric_session.tracking.events": {"EVENT_VERSION"},

@@ -17,6 +17,8 @@ at most `MAX_ENTRIES` are kept. A corrupt or foreign entry is ignored (and
 replaced by the next store). The token is never part of an entry or its key.
 """
 
+from __future__ import annotations
+
 import contextlib
 import json
 import os
@@ -24,11 +26,12 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import oneiric_session
 from oneiric_session.common.digest import sha256_hex
 from oneiric_session.common.privacy import private_dir, write_private
+from oneiric_session.common.record import Record
 from oneiric_session.config import sources
 from oneiric_session.config.files import read_bounded
 from oneiric_session.config.sources import read_token
@@ -75,13 +78,13 @@ _CODE_FILES = (
 )
 
 
-class ShellView(NamedTuple):
-    """The validated settings the shell-side tracker uses (a NamedTuple: ~0.2 ms to define, not ~0.9)."""
+class ShellView(Record):
+    """The validated settings the shell-side tracker uses (a Record: see common/record.py)."""
 
     provider: str
     provider_source: str
-    destination: "Destination"
-    limits: "Limits"
+    destination: Destination
+    limits: Limits
     spool_path: Path
     spool_max_rows: int
     spool_max_bytes: int
@@ -99,7 +102,7 @@ class ShellView(NamedTuple):
         return f"ShellView(provider={self.provider!r}, destination={self.destination.describe()!r})"
 
     @classmethod
-    def from_config(cls, config: "LoadedConfig") -> "ShellView":
+    def from_config(cls, config: LoadedConfig) -> ShellView:
         s = config.settings
         return cls(
             provider=s.provider,
@@ -133,7 +136,7 @@ class ShellView(NamedTuple):
         return data
 
     @classmethod
-    def from_json(cls, data: Mapping[str, Any], environ: Mapping[str, str]) -> "ShellView":
+    def from_json(cls, data: Mapping[str, Any], environ: Mapping[str, str]) -> ShellView:
         # Imported here: a shell whose provider needs no settings (noop) never loads them.
         from oneiric_session.tracking.destination import Destination
         from oneiric_session.tracking.limits import Limits

@@ -9,13 +9,16 @@ Every value keeps the label of the layer it came from: "default", "file:<path>",
 `LoadedConfig` and the shell's cached `ShellView` both call it; it is never stored).
 """
 
+from __future__ import annotations
+
 import json
 import os
 import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
+from oneiric_session.common.record import Record
 from oneiric_session.config.files import read_bounded, read_file
 from oneiric_session.errors import ConfigError
 
@@ -49,8 +52,8 @@ JSON_SETTINGS = frozenset(
 )
 
 
-# Not dataclasses: the shell reads its settings here, and importing `dataclasses` costs it ~6 ms.
-class Layer(NamedTuple):
+# A Record (common/record.py): the shell reads its settings here.
+class Layer(Record):
     """One source's values, nested in the settings' own shape."""
 
     source: str

@@ -14,11 +14,14 @@ A password in `url` (`http://user:password@host/mcp`) is one more such secret, u
 `URL_PASSWORD`. This module is imported by the shell side: standard library only.
 """
 
+from __future__ import annotations
+
 import functools
 import json
-from typing import Literal, NamedTuple
+from typing import Literal
 
 from oneiric_session.common.digest import sha256_hex
+from oneiric_session.common.record import Record
 
 TransportName = Literal["stdio", "http"]
 
@@ -39,8 +42,8 @@ def is_secret_env(name: str) -> bool:
     return any(word in lowered for word in _SECRET_WORDS)
 
 
-# NamedTuples, not dataclasses: every shell imports this, and `dataclasses` alone costs a shell ~6 ms.
-class Tuning(NamedTuple):
+# Records (common/record.py): every shell imports this.
+class Tuning(Record):
     """Retry, breaker and timeout figures for one destination (defaults fit the real Session-Buddy)."""
 
     attempts: int = 3
@@ -56,7 +59,7 @@ class Tuning(NamedTuple):
     window: int = 0
 
 
-class Destination(NamedTuple):
+class Destination(Record):
     """How to reach one server. `key` identifies it; `tuning` travels along but is not part of the key."""
 
     transport: TransportName = "stdio"
@@ -98,7 +101,7 @@ class Destination(NamedTuple):
         missing = [name for name, value in self.env if value == SECRET_REFERENCE]
         return missing + ([URL_PASSWORD] if _url_password(self.url or "") == SECRET_REFERENCE else [])
 
-    def with_secrets(self, secrets: dict[str, str] | None) -> "Destination":
+    def with_secrets(self, secrets: dict[str, str] | None) -> Destination:
         """This destination with its references replaced by `secrets` (those it has)."""
         if not secrets or not self.missing_secrets():
             return self
@@ -118,7 +121,7 @@ class Destination(NamedTuple):
         return json.dumps(data, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Destination":
+    def from_json(cls, text: str) -> Destination:
         """`to_json`'s text read back; ValueError for anything it would not have written (a
         destination read from a file another program may have edited is a launch line)."""
         data = json.loads(text)

@@ -1,14 +1,16 @@
 """Sanitization limits applied to every event before it is spooled or sent (standard library only)."""
 
-from typing import NamedTuple
+from __future__ import annotations
+
+from oneiric_session.common.record import Record
 
 # The longest shell type or host name an event carries, whatever `max_string_chars` allows: the
 # bundled server refuses longer names (server/models.py), and no real one comes near.
 MAX_NAME_CHARS = 4096
 
 
-# A NamedTuple, not a dataclass: every shell imports this, and `dataclasses` alone costs a shell ~6 ms.
-class Limits(NamedTuple):
+# A Record (common/record.py): every shell imports this.
+class Limits(Record):
     """Caps that keep hostile input from breaking a call or bloating the spool."""
 
     max_string_chars: int = 1024

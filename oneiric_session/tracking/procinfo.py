@@ -8,9 +8,12 @@ sharing the state directory, or on another host sharing an NFS home, records its
 and PID namespace too, and `is_visible` tells whether this process can judge that pid at all.
 """
 
+from __future__ import annotations
+
 import os
 from pathlib import Path
-from typing import NamedTuple
+
+from oneiric_session.common.record import Record
 
 _PROC = Path("/proc")
 _BOOT_ID = _PROC / "sys" / "kernel" / "random" / "boot_id"
@@ -22,16 +25,16 @@ _STARTTIME_FIELD = 19
 
 _UNREAD = object()
 _boot_id: object = _UNREAD  # boot_id(), once read
-_own: "ProcessIdentity | None" = None  # identify() of this process, once read
+_own: ProcessIdentity | None = None  # identify() of this process, once read
 
 
-class ProcessIdentity(NamedTuple):
+class ProcessIdentity(Record):
     pid: int
     start_time: int | None
     boot_id: str | None
 
 
-class Origin(NamedTuple):
+class Origin(Record):
     """Where a pid means something: a host name and a PID namespace ("pid:[4026531836]")."""
 
     host: str | None

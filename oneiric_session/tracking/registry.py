@@ -10,12 +10,15 @@ or a callable returning either. Built-in names are reserved, so selecting a
 built-in never scans entry points (~100 ms in a large environment).
 """
 
+from __future__ import annotations
+
 import importlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
+from oneiric_session.common.record import Record
 from oneiric_session.config import shell_view, sources
 from oneiric_session.errors import ConfigError
 
@@ -33,9 +36,8 @@ logger = logging.getLogger("oneiric_session")
 Factory = Callable[["LoadedConfig | ShellView | None"], "Tracker"]
 
 
-# NamedTuples, not dataclasses: every shell resolves its tracker here, and importing `dataclasses`
-# alone (inspect, ast, dis) costs it ~6 ms and ~1 MB.
-class Candidate(NamedTuple):
+# Records (common/record.py): every shell resolves its tracker here.
+class Candidate(Record):
     """One provider that can serve the category. `factory` may be "module:attribute", imported on use."""
 
     provider: str
@@ -52,7 +54,7 @@ class Candidate(NamedTuple):
     category: str = CATEGORY
     origin: str = "manual"
 
-    def create(self, config: "LoadedConfig | ShellView | None") -> "Tracker":
+    def create(self, config: LoadedConfig | ShellView | None) -> Tracker:
         factory = self.factory
         if isinstance(factory, str):
             module, _, attribute = factory.partition(":")
@@ -60,7 +62,7 @@ class Candidate(NamedTuple):
         return factory(config)
 
 
-class Ranked(NamedTuple):
+class Ranked(Record):
     """A candidate's place in the ranking and why."""
 
     candidate: Candidate
@@ -201,7 +203,7 @@ def build_tracker(
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     registry: Registry | None = None,
-) -> "Tracker":
+) -> Tracker:
     """The configured tracker. Raises ConfigError (for the CLI); the shell uses resolve_tracker()."""
     if provider is not None:
         overrides = {**(overrides or {}), "provider": provider}
@@ -243,7 +245,7 @@ def resolve_tracker(
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     registry: Registry | None = None,
-) -> "Tracker":
+) -> Tracker:
     """The configured tracker; never raises: on any failure, one log line and the noop tracker."""
     try:
         return build_tracker(

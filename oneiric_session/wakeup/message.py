@@ -6,10 +6,13 @@ secret server.env values, or asks the agent to step aside for `spool replay` is 
 object. A malformed datagram is read as a plain wake-up, never as an error.
 """
 
+from __future__ import annotations
+
 import json
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import NamedTuple
+
+from oneiric_session.common.record import Record
 
 __all__ = ["MAX_DATAGRAM_BYTES", "Wakeup", "decode_wakeup", "encode_wakeup"]
 
@@ -17,11 +20,11 @@ __all__ = ["MAX_DATAGRAM_BYTES", "Wakeup", "decode_wakeup", "encode_wakeup"]
 MAX_DATAGRAM_BYTES = 65536
 
 
-class Wakeup(NamedTuple):
+class Wakeup(Record):
     """What the datagrams read at once asked for: the newest token per destination key, and
     whether a foreground `spool replay` wants this agent to step aside.
 
-    A NamedTuple, not a dataclass: every shell imports this module, and it costs a fifth to define.
+    A Record (common/record.py): every shell imports this module.
     """
 
     datagrams: int = 0  # not `count`: that would hide tuple.count
