@@ -9,6 +9,7 @@ never writes these (it only writes its outbox: spool/outbox.py). Standard librar
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterable
 
 from oneiric_session.spool.connection import SpoolConnection
@@ -151,29 +152,46 @@ class RowOutcomes(SpoolConnection):
         store the destination as this version does (secrets as references); how many moved.
 
         The agent does this as it starts: otherwise those rows would belong to no destination it
-        looks for, and wait for ever.
+        looks for, and wait for ever. The rows rewritten held secrets (a url's password): their old
+        bytes are zeroed (`secure_delete`) and the WAL emptied into the file, so the secrets are not
+        left readable in the spool's files (a checkpoint that readers hold back is made later by
+        SQLite, which writes over the old page then).
         """
         with self.transaction() as conn:
-            moved = 0
-            for key, text in conn.execute("SELECT key, json FROM destinations").fetchall():
-                try:
-                    destination = Destination.from_json(text)
-                except ValueError:  # not one this version would write: its rows stay as they are
-                    continue
-                if destination.key == key and destination.to_json() == text:
-                    continue
-                if destination.key == key:
-                    save_destination(conn, destination)  # stored as this version stores it
-                else:  # a destination a current shell stored under this key keeps its tuning
+            secure = conn.execute("PRAGMA secure_delete").fetchone()[0]
+            conn.execute("PRAGMA secure_delete = ON")
+            try:
+                moved = self._rekey_rows(conn)
+            finally:
+                conn.execute(f"PRAGMA secure_delete = {int(secure)}")
+        if moved:
+            with self.reading() as conn:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return moved
+
+    @staticmethod
+    def _rekey_rows(conn: sqlite3.Connection) -> int:
+        """`rekey`'s moves, in the caller's transaction."""
+        moved = 0
+        for key, text in conn.execute("SELECT key, json FROM destinations").fetchall():
+            try:
+                destination = Destination.from_json(text)
+            except ValueError:  # not one this version would write: its rows stay as they are
+                continue
+            if destination.key == key and destination.to_json() == text:
+                continue
+            if destination.key == key:
+                save_destination(conn, destination)  # stored as this version stores it
+            else:  # a destination a current shell stored under this key keeps its tuning
+                conn.execute(
+                    "INSERT INTO destinations (key, json) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                    (destination.key, destination.to_json()),
+                )
+                for table in ("events", "sessions"):
                     conn.execute(
-                        "INSERT INTO destinations (key, json) VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
-                        (destination.key, destination.to_json()),
+                        f"UPDATE {table} SET destination_key = ? WHERE destination_key = ?",
+                        (destination.key, key),
                     )
-                    for table in ("events", "sessions"):
-                        conn.execute(
-                            f"UPDATE {table} SET destination_key = ? WHERE destination_key = ?",
-                            (destination.key, key),
-                        )
-                    conn.execute("DELETE FROM destinations WHERE key = ?", (key,))
-                moved += 1
-            return moved
+                conn.execute("DELETE FROM destinations WHERE key = ?", (key,))
+            moved += 1
+        return moved
