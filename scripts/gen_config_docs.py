@@ -98,7 +98,8 @@ one: mappings merge key by key, lists and plain values are replaced.
 `--settings DIR`, else `${sources.SETTINGS_DIR_ENV}`, else `./settings` in the current
 directory. A directory named by the flag or the variable must exist (a configuration
 error otherwise); `./settings` may be absent, and then only the environment and the
-defaults apply.
+defaults apply. So in a working directory that was deleted under the shell: `status` then
+says there is no settings directory (`"settings_dir": null` in `--json`).
 
 ### `settings/adapters.yml`
 

@@ -142,3 +142,25 @@ def test_status_with_noop_imports_no_mcp(tmp_path: Path) -> None:
     done = run_cli(tmp_path, "-c", code, env={"ONEIRIC_SESSION_PROVIDER": "noop"})
     assert done.returncode == 0, done.stderr
     assert [name for name in json.loads(done.stdout.splitlines()[-1]) if name.split(".")[0] == "mcp"] == []
+
+
+def test_status_in_a_deleted_working_directory_says_there_is_no_settings_directory(tmp_path: Path) -> None:
+    """It showed "settings directory: /dev/null/settings" and three files "absent" under it: a
+    path below a device, the stand-in that makes every settings file read as absent."""
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    code = (
+        "import os, sys\n"
+        f"os.chdir({str(gone)!r}); os.rmdir({str(gone)!r})\n"
+        "from oneiric_session.cli import main\n"
+        "sys.argv[0] = 'oneiric-session'\n"
+        "print('--json--'); main(['status', '--json']); print('--text--'); sys.exit(main(['status']))\n"
+    )
+    done = run_cli(tmp_path, "-c", code, env={"ONEIRIC_SESSION_PROVIDER": "noop"})
+    assert done.returncode == 0, done.stderr
+    as_json, _, text = done.stdout.partition("--text--\n")
+    report = json.loads(as_json.partition("--json--\n")[2])
+    assert report["settings_dir"] is None
+    assert [f for f in report["files"] if f["path"].startswith(os.devnull)] == []
+    assert os.devnull not in text
+    assert "settings directory: none (the working directory no longer exists, so no ./settings)\n" in text

@@ -8,9 +8,14 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from oneiric_session.config.sources import NO_SETTINGS_DIR
+
 if TYPE_CHECKING:
     from oneiric_session.config.loader import LoadedConfig
     from oneiric_session.tracking.registry import Registry
+
+
+NO_SETTINGS_DIR_SAID = "none (the working directory no longer exists, so no ./settings)"
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,6 +50,7 @@ def collect(
     source = config.source_of("provider")
     registry.resolve(config.provider, selection_source=source)  # unknown provider: ConfigError
     values = config.values()
+    no_settings_dir = config.settings_dir == NO_SETTINGS_DIR
     return {
         "provider": {"name": config.provider, "source": source},
         "ranking": {
@@ -52,8 +58,13 @@ def collect(
             "category": CATEGORY,
             "candidates": [r.as_dict() for r in registry.explain(config.provider, selection_source=source)],
         },
-        "settings_dir": str(config.settings_dir),
-        "files": [{"path": str(path), "present": present} for path, present in config.files],
+        # None: the working directory was deleted, so there is no ./settings (sources.NO_SETTINGS_DIR).
+        "settings_dir": None if no_settings_dir else str(config.settings_dir),
+        "files": [
+            {"path": str(path), "present": present}
+            for path, present in config.files
+            if not (no_settings_dir and path.is_relative_to(config.settings_dir))
+        ],
         "settings": {
             name: {"value": values[name], "source": config.sources[name]} for name in sorted(values)
         },
@@ -84,7 +95,7 @@ def render(report: Mapping[str, Any]) -> str:
     ranking = report["ranking"]
     lines = [
         f"provider: {provider['name']}  ({provider['source']})",
-        f"settings directory: {report['settings_dir']}",
+        f"settings directory: {report['settings_dir'] or NO_SETTINGS_DIR_SAID}",
         "files:",
         *(f"  {'read  ' if f['present'] else 'absent'}  {f['path']}" for f in report["files"]),
         f"ranking ({ranking['domain']}/{ranking['category']}, best first):",
