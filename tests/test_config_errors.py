@@ -271,3 +271,21 @@ def test_a_relative_settings_dir_in_a_deleted_directory_is_a_configuration_error
     message = error_of(Path("settings"))
     assert "is relative and the working directory no longer exists (from --settings)" in message
     assert load_config(environ={}).settings_dir == NO_SETTINGS_DIR
+
+
+def test_a_relative_oneiric_config_in_a_deleted_directory_is_a_configuration_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`$ONEIRIC_CONFIG=oneiric.yaml` in a deleted working directory: FileNotFoundError, a traceback
+    in `status` and "tracking is off: FileNotFoundError" in a shell (review J)."""
+    settings = tmp_path / "settings"
+    settings.mkdir()
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    message = error_of(settings, {"ONEIRIC_CONFIG": "oneiric.yaml"})
+    assert message == (
+        "environment variable ONEIRIC_CONFIG names 'oneiric.yaml', which is relative, and the working "
+        "directory no longer exists"
+    )

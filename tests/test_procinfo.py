@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from oneiric_session.tracking import procinfo
+from tests.support.delivery import wait_until
 
 linux_only = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 
@@ -92,3 +93,27 @@ def test_without_proc_it_degrades_to_the_signal_check(
     child.kill()
     child.wait()
     assert not procinfo.is_alive(child.pid, None, None)
+
+
+@linux_only
+def test_a_shell_whose_name_is_cut_inside_a_character_is_still_known_alive() -> None:
+    """/proc/<pid>/stat names the process in its first 15 bytes, which may end inside a UTF-8
+    character (a setproctitle'd or non-ASCII name): the file did not decode, the start time read as
+    unknown and the live shell as dead, so the agent ended its session as abnormal (review J)."""
+    name = "admin-shell-é日本".encode()  # 15 bytes end inside 日
+    child = subprocess.Popen(  # sleep-ok: a live process to look at, killed below
+        [sys.executable, "-c", f"open('/proc/self/comm', 'wb').write({name!r}); import time; time.sleep(60)"]
+    )
+    try:
+        wait_until(
+            lambda: Path(f"/proc/{child.pid}/comm").read_bytes().strip() == name[:15],
+            timeout=30,
+            poll=0.01,
+            what="the child named itself",
+        )
+        started = procinfo.pid_start_time(child.pid)
+        assert isinstance(started, int) and started > 0
+        assert procinfo.is_alive(child.pid, started, procinfo.boot_id())
+    finally:
+        child.kill()
+        child.wait()

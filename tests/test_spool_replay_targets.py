@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -144,4 +145,32 @@ def test_the_password_an_older_version_stored_is_gone_from_the_files_once_rekeye
         assert [p.name for p in tmp_path.iterdir() if p.is_file() and b"pw-0451" in p.read_bytes()] == []
         with spool.reading() as conn:  # the connection's own setting again afterwards
             assert conn.execute("PRAGMA secure_delete").fetchone()[0] == int(built_with_secure_delete)
+    assert [p.name for p in tmp_path.iterdir() if p.is_file() and b"pw-0451" in p.read_bytes()] == []
+
+
+def test_rekeying_beside_a_reader_neither_waits_nor_holds_writers_back(tmp_path: Path) -> None:
+    """The checkpoint after a rekey waited the whole busy timeout for a reader's snapshot (`status`
+    mid-read), the agent's event loop stopped meanwhile and every other writer failed "database is
+    locked" (review J). It is made only if it can be made at once; the file is cleared later."""
+    path, _ = _spooled_by_an_older_version(tmp_path)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM destinations").fetchall()  # a snapshot held open
+    with uncapped_spool(path) as spool:
+        try:
+            with spool.reading() as conn:  # so long that waiting for the reader would fail the test
+                conn.execute("PRAGMA busy_timeout = 600000")
+            moved: list[int] = []
+            rekeying = threading.Thread(target=lambda: moved.append(spool.rekey()), daemon=True)
+            rekeying.start()
+            rekeying.join(WAIT_SECONDS)
+            assert moved == [1], "rekey waited for the reader"
+            with spool.reading() as conn:
+                assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 600000
+            writer = sqlite3.connect(path, timeout=0, isolation_level=None)
+            writer.execute("BEGIN IMMEDIATE")  # nobody holds the write lock
+            writer.execute("COMMIT")
+            writer.close()
+        finally:
+            reader.close()  # its snapshot gone, a checkpoint still waiting ends: the spool can close
     assert [p.name for p in tmp_path.iterdir() if p.is_file() and b"pw-0451" in p.read_bytes()] == []

@@ -185,7 +185,13 @@ def oneiric_files(directory: Path, environ: Mapping[str, str]) -> list[Path]:
     config_file = environ.get(ONEIRIC_CONFIG_ENV)
     if config_file:
         # In Oneiric this variable names one file, never a directory.
-        path = Path(config_file).expanduser().absolute()
+        try:
+            path = Path(config_file).expanduser().absolute()
+        except OSError:  # relative, and the working directory was deleted
+            raise ConfigError(
+                f"environment variable {ONEIRIC_CONFIG_ENV} names {config_file!r}, which is relative, "
+                "and the working directory no longer exists"
+            ) from None
         if path.is_dir():
             raise ConfigError(
                 f"environment variable {ONEIRIC_CONFIG_ENV} names a directory ({path}); it must name a file"

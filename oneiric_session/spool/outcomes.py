@@ -154,8 +154,9 @@ class RowOutcomes(SpoolConnection):
         The agent does this as it starts: otherwise those rows would belong to no destination it
         looks for, and wait for ever. The rows rewritten held secrets (a url's password): their old
         bytes are zeroed (`secure_delete`) and the WAL emptied into the file, so the secrets are not
-        left readable in the spool's files (a checkpoint that readers hold back is made later by
-        SQLite, which writes over the old page then).
+        left readable in the spool's files. That checkpoint never waits: while a reader (`status`)
+        holds an older snapshot it cannot be made, and SQLite's own checkpoints write over the old
+        page later (at the latest when the last connection closes).
         """
         with self.transaction() as conn:
             secure = conn.execute("PRAGMA secure_delete").fetchone()[0]
@@ -166,7 +167,12 @@ class RowOutcomes(SpoolConnection):
                 conn.execute(f"PRAGMA secure_delete = {int(secure)}")
         if moved:
             with self.reading() as conn:
-                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                wait = conn.execute("PRAGMA busy_timeout").fetchone()[0]
+                conn.execute("PRAGMA busy_timeout = 0")  # waiting would hold every writer back
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {int(wait)}")
         return moved
 
     @staticmethod

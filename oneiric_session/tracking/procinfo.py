@@ -87,14 +87,14 @@ def boot_id() -> str | None:
     global _boot_id
     if _boot_id is _UNREAD:
         try:
-            _boot_id = _read(_BOOT_ID).strip() or None
+            _boot_id = _read(_BOOT_ID).decode("ascii").strip() or None
         except (OSError, ValueError):
             _boot_id = None
     return _boot_id  # type: ignore[return-value]  # read above
 
 
-def _read(path: Path) -> str:
-    """A small /proc file's text (os.read: a shell reads two before its prompt, and `read_text`'s
+def _read(path: Path) -> bytes:
+    """A small /proc file's bytes (os.read: a shell reads two before its prompt, and `read_text`'s
     text layer costs 5 times as much)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -103,16 +103,17 @@ def _read(path: Path) -> str:
             chunks.append(chunk)
     finally:
         os.close(fd)
-    return b"".join(chunks).decode()
+    return b"".join(chunks)
 
 
 def _stat_fields(pid: int) -> list[str] | None:
     try:
-        text = _read(_PROC / str(pid) / "stat")
+        data = _read(_PROC / str(pid) / "stat")
     except (OSError, ValueError):
         return None
-    _, _, rest = text.rpartition(")")
-    fields = rest.split()
+    # Only what follows the command name is read: the name is any bytes (cut at 15, maybe inside a
+    # character), the rest ASCII figures.
+    fields = data.rpartition(b")")[2].decode("ascii", "replace").split()
     return fields if len(fields) > _STARTTIME_FIELD else None
 
 
