@@ -269,7 +269,10 @@ def test_a_relative_settings_dir_in_a_deleted_directory_is_a_configuration_error
     monkeypatch.chdir(gone)
     gone.rmdir()
     message = error_of(Path("settings"))
-    assert "is relative and the working directory no longer exists (from --settings)" in message
+    assert message == (
+        "settings directory (from --settings) is relative, and the working directory no longer exists: "
+        "'settings'"
+    )
     assert load_config(environ={}).settings_dir == NO_SETTINGS_DIR
 
 
@@ -286,6 +289,41 @@ def test_a_relative_oneiric_config_in_a_deleted_directory_is_a_configuration_err
     gone.rmdir()
     message = error_of(settings, {"ONEIRIC_CONFIG": "oneiric.yaml"})
     assert message == (
-        "environment variable ONEIRIC_CONFIG names 'oneiric.yaml', which is relative, and the working "
-        "directory no longer exists"
+        "environment variable ONEIRIC_CONFIG is relative, and the working directory no longer exists: "
+        "'oneiric.yaml'"
     )
+    # The reason before the value, which is cut short: a long one hid the reason (review K).
+    message = error_of(settings, {"ONEIRIC_CONFIG": "x" * 3000})
+    assert message.startswith("environment variable ONEIRIC_CONFIG is relative, and the working directory")
+    assert len(message) < 400
+    # Oneiric's per-user directory, relative there too, is one nothing can be read from (review K).
+    for env in ({"XDG_CONFIG_HOME": "relative-config"}, {"HOME": "relative-home"}):
+        assert load_config(settings, environ=env).provider == "session-buddy"
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        (
+            "--settings",
+            "settings directory (from --settings) names a home directory ('~') this system does not know",
+        ),
+        (
+            "ONEIRIC_CONFIG",
+            "environment variable ONEIRIC_CONFIG names a home directory ('~') this system does not",
+        ),
+        ("ONEIRIC_SESSION_SPOOL__PATH", "spool.path: names a home directory ('~') this system does not know"),
+        ("ONEIRIC_SESSION_TOKEN_FILE", "token_file: names a home directory ('~') this system does not know"),
+    ],
+)
+def test_the_home_of_an_unknown_user_is_a_configuration_error(
+    tmp_path: Path, where: str, expected: str
+) -> None:
+    """`~nosuchuser/...` raised RuntimeError where the path was expanded: a traceback in `status`,
+    "tracking is off: RuntimeError" in a shell (review K)."""
+    settings = tmp_path / "settings"
+    settings.mkdir()
+    value = "~oneiric-session-no-such-user/x"
+    message = error_of(Path(value)) if where == "--settings" else error_of(settings, {where: value})
+    assert message.startswith(expected)
+    assert "oneiric-session-no-such-user" in message

@@ -189,7 +189,8 @@ def validate(merged: sources.Merged, *, environ: Mapping[str, str]) -> LoadedCon
 def _describe_error(error: Any, merged: sources.Merged) -> str:
     name = ".".join(str(part) for part in error["loc"]) or "settings"
     unknown = error["type"] == "extra_forbidden"
-    message = "unknown setting" if unknown else error["msg"]
+    # A validator's own ValueError reads as its message, without pydantic's "Value error, ".
+    message = "unknown setting" if unknown else str(error["msg"]).removeprefix("Value error, ")
     value = error.get("input")
     # An unknown setting's value is never shown: it is often a secret put where it does not
     # belong (`token:` in a file, a server secret under `server:` rather than `server.env:`).

@@ -80,10 +80,22 @@ class TimeoutSettings(_Section):
     call_seconds: float = Field(_TUNING.call_seconds, gt=0, le=600, description="Limit for one tool call.")
 
 
+def _home_known(path: Path | None) -> Path | None:
+    """A path whose `~user` names no user this system knows is refused with the setting's name
+    (expanding it where it is used raised RuntimeError: a traceback in `status`, tracking off)."""
+    if path is not None and path.parts and path.parts[0].startswith("~"):
+        try:
+            path.expanduser()
+        except RuntimeError:
+            raise ValueError("names a home directory ('~') this system does not know") from None
+    return path
+
+
 class SpoolSettings(_Section):
     path: Path | None = Field(
         None, description="Spool database (unset: $XDG_STATE_HOME/oneiric-session/spool.sqlite3)."
     )
+    _path_home_known = field_validator("path")(_home_known)
     max_rows: int = Field(
         10000, ge=1, le=10_000_000, description="Most events kept waiting; the oldest go first."
     )
@@ -170,6 +182,7 @@ class SessionBuddySettings(BaseSettings):
         "SESSION_BUDDY_TOKEN", min_length=1, description="Environment variable holding the server token."
     )
     token_file: Path | None = Field(None, description="File holding the token (must be mode 0600).")
+    _token_file_home_known = field_validator("token_file")(_home_known)
     report_cwd: str | None = Field(
         None, description="environment.cwd sent to the server (unset: stdio the real cwd, http /tmp)."
     )

@@ -165,16 +165,29 @@ def resolve_settings_dir(settings_dir: str | os.PathLike[str] | None, environ: M
         except OSError:  # the working directory was deleted: there is no ./settings to read
             return NO_SETTINGS_DIR
     origin = "--settings" if settings_dir is not None else f"environment variable {SETTINGS_DIR_ENV}"
-    try:
-        path = Path(given).expanduser().absolute()
-    except OSError:  # relative, and the working directory was deleted
-        raise ConfigError(
-            f"settings directory {os.fspath(given)!r} is relative and the working directory no longer "
-            f"exists (from {origin})"
-        ) from None
+    path = _absolute(os.fspath(given), f"settings directory (from {origin})")
     if not path.is_dir():
         raise ConfigError(f"settings directory {path} does not exist or is not a directory (from {origin})")
     return path
+
+
+def _absolute(value: str, what: str) -> Path:
+    """`value` with its `~` expanded, made absolute; ConfigError naming `what` when it cannot be
+    (expanding would raise into `status` or a shell's start). The reason comes first: a long value
+    is cut short where the message is shown."""
+    try:
+        return Path(value).expanduser().absolute()
+    except RuntimeError:  # `~user` of a user this system does not know
+        reason = "names a home directory ('~') this system does not know"
+    except OSError:  # relative, and the working directory was deleted
+        reason = "is relative, and the working directory no longer exists"
+    from oneiric_session.common.safetext import terminal_safe
+
+    raise ConfigError(f"{what} {reason}: {terminal_safe(repr(value), _SHOWN_VALUE_CHARS)}")
+
+
+# Of a path that cannot be used, the part a message shows (the whole is in the user's own settings).
+_SHOWN_VALUE_CHARS = 200
 
 
 def oneiric_files(directory: Path, environ: Mapping[str, str]) -> list[Path]:
@@ -185,13 +198,7 @@ def oneiric_files(directory: Path, environ: Mapping[str, str]) -> list[Path]:
     config_file = environ.get(ONEIRIC_CONFIG_ENV)
     if config_file:
         # In Oneiric this variable names one file, never a directory.
-        try:
-            path = Path(config_file).expanduser().absolute()
-        except OSError:  # relative, and the working directory was deleted
-            raise ConfigError(
-                f"environment variable {ONEIRIC_CONFIG_ENV} names {config_file!r}, which is relative, "
-                "and the working directory no longer exists"
-            ) from None
+        path = _absolute(config_file, f"environment variable {ONEIRIC_CONFIG_ENV}")
         if path.is_dir():
             raise ConfigError(
                 f"environment variable {ONEIRIC_CONFIG_ENV} names a directory ({path}); it must name a file"
@@ -205,7 +212,10 @@ def oneiric_user_dir(environ: Mapping[str, str]) -> Path | None:
     base = environ.get("XDG_CONFIG_HOME") or (
         str(Path(environ["HOME"]) / ".config") if environ.get("HOME") else None
     )
-    return Path(base).expanduser().absolute() / "oneiric" if base else None
+    try:
+        return Path(base).expanduser().absolute() / "oneiric" if base else None
+    except (OSError, RuntimeError):  # relative in a deleted directory, or an unknown user's `~`
+        return None  # a directory nothing can be read from, as ./settings there
 
 
 def adapters_files(directory: Path) -> list[Path]:

@@ -29,6 +29,10 @@ from oneiric_session.tracking.destination import Destination
 __all__ = ["RowOutcomes"]
 
 
+# `PRAGMA secure_delete` reads 0, 1 or 2, and is set by name: a number sets it on or off, never FAST.
+_SECURE_DELETE_MODES = {0: "OFF", 1: "ON", 2: "FAST"}
+
+
 class RowOutcomes(SpoolConnection):
     """Each row's outcome: acknowledged, failed for now, dead, requeued or sent elsewhere."""
 
@@ -164,7 +168,7 @@ class RowOutcomes(SpoolConnection):
             try:
                 moved = self._rekey_rows(conn)
             finally:
-                conn.execute(f"PRAGMA secure_delete = {int(secure)}")
+                conn.execute(f"PRAGMA secure_delete = {_SECURE_DELETE_MODES[secure]}")
         if moved:
             with self.reading() as conn:
                 wait = conn.execute("PRAGMA busy_timeout").fetchone()[0]
