@@ -733,3 +733,26 @@ def test_a_spool_path_that_is_not_utf8_can_be_woken(runtime_dir: Path) -> None:
         assert wakeup.socket_path(spool) is not None
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_relative_runtime_and_temporary_directories_are_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative $XDG_RUNTIME_DIR made the shell's socket directory and the agent's (it runs in /)
+    two different ones, so the agent was never woken; a relative $TMPDIR in a deleted working
+    directory raised out of every wake-up, so no agent was ever started (review L). The XDG spec:
+    a relative value is ignored."""
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "run")
+    monkeypatch.setenv("TMPDIR", "tmp")
+    spool = tmp_path / "spool.sqlite3"
+    private_tmp = Path("/tmp") / f"oneiric-session-{os.getuid()}"
+    path = wakeup.socket_path(spool)
+    assert path is not None and path.parent == private_tmp
+    assert list(here.iterdir()) == []  # nothing made below the working directory
+    here.rmdir()  # now the working directory is gone
+    assert wakeup.socket_path(spool) is not None
+    assert wakeup.socket_dir_problems() == []
+    assert wakeup.wake(spool) is False  # nobody listens: said, not raised

@@ -327,3 +327,52 @@ def test_the_home_of_an_unknown_user_is_a_configuration_error(
     message = error_of(Path(value)) if where == "--settings" else error_of(settings, {where: value})
     assert message.startswith(expected)
     assert "oneiric-session-no-such-user" in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("ONEIRIC_SESSION_SPOOL", '{"path": "/tmp/a\\u0000b"}', "spool.path"),
+        ("ONEIRIC_SESSION_TOKEN_FILE", "/tmp/a\x00b", "token_file"),
+        ("ONEIRIC_SESSION_SERVER", '{"command": "/tmp/a\\u0000b"}', "server.command"),
+        ("ONEIRIC_SESSION_SERVER", '{"args": ["-m", "x\\u0000y"]}', "server.args"),
+        ("ONEIRIC_SESSION_SERVER", '{"cwd": "/tmp/a\\u0000b"}', "server.cwd"),
+        (
+            "ONEIRIC_SESSION_SERVER",
+            '{"env": {"SECRET_TOKEN": "x\\u0000secret-value"}}',
+            "server.env.SECRET_TOKEN",
+        ),
+        ("ONEIRIC_SESSION_SERVER", '{"env": {"A\\u0000B": "x"}}', "server.env"),
+    ],
+)
+def test_a_nul_character_in_a_setting_is_a_configuration_error(
+    tmp_path: Path, variable: str, value: str, named: str
+) -> None:
+    """A NUL passed validation and raised ValueError where the value was used: `status` printed a
+    traceback, a shell lost every event ("embedded null byte"), an agent retried a server cwd or
+    env for ever (review L). The value is never shown: it may be a secret."""
+    settings = tmp_path / "settings"
+    settings.mkdir()
+    message = error_of(settings, {variable: value})
+    assert message.startswith(f"{named}: ")
+    assert "NUL character" in message
+    assert "secret-value" not in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("ONEIRIC_SESSION_SERVER", '{"cwd": "~oneiric-session-no-such-user/x"}', "server.cwd"),
+        ("ONEIRIC_SESSION_SESSION_BUDDY_PATH", "~oneiric-session-no-such-user/x", "session_buddy_path"),
+    ],
+)
+def test_an_agent_path_naming_an_unknown_users_home_says_so(
+    tmp_path: Path, variable: str, value: str, named: str
+) -> None:
+    """It was refused as "a relative path" (review L)."""
+    settings = tmp_path / "settings"
+    settings.mkdir()
+    message = error_of(settings, {variable: value})
+    assert message.startswith(
+        f"{named}: '~oneiric-session-no-such-user/x' names a home directory ('~') this system does not know"
+    )

@@ -166,6 +166,49 @@ def test_listing_a_missing_spool_creates_nothing(scene: Scene) -> None:
     assert not scene.spool_path.exists()
 
 
+def test_listing_shows_the_outbox_before_any_agent_made_the_database(scene: Scene) -> None:
+    """`spool list` said "0 waiting" and exited 0 while `status` counted the shells' records still in
+    the outbox: no agent had made the database yet (one never started: review L)."""
+    destination = load_config(environ=scene.env).destination()
+    outbox = Outbox(scene.spool_path, caps=(10_000, 64 * 1024 * 1024, 30 * 86400.0))
+    start = events.build_start_event(component_name="early", shell_type="S", metadata=None, limits=Limits())
+    assert outbox.append_start(
+        "local-early", destination, start, pid=os.getpid(), pid_start_time=None, boot_id=None
+    )
+    result = scene.run("spool", "list", "--json")
+    assert result.returncode == 1, result.stdout + result.stderr  # events wait: scriptable
+    (row,) = json.loads(result.stdout)["pending"]
+    assert (row["kind"], row["handle"], row["component_name"]) == ("start", "local-early", "early")
+    assert "1 waiting" in scene.run("spool", "list").stdout
+    assert not scene.spool_path.exists()  # listing still creates nothing
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("who", "--db"),
+        ("last", "--db"),
+        ("sessions", "--db"),
+        ("serve", "--db"),
+        ("spool", "list", "--spool"),
+        ("spool", "replay", "--spool"),
+        ("agent", "--foreground", "--spool"),
+    ],
+)
+def test_a_path_option_naming_an_unknown_users_home_is_a_configuration_error(
+    scene: Scene, command: tuple[str, ...]
+) -> None:
+    """`--db ~nosuchuser/x` was a RuntimeError traceback; `serve` and `sessions` did not expand `~`
+    at all while `who` and `last` did, so they read different files (review L)."""
+    result = scene.run(*command, "~oneiric-session-no-such-user/x")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr == (
+        f"oneiric-session: configuration error: {command[-1]} names a home directory ('~') this system does "
+        "not know: '~oneiric-session-no-such-user/x'\n"
+    )
+    assert "Traceback" not in result.stderr
+
+
 def test_replay_sends_only_its_own_destinations_rows(scene: Scene) -> None:
     """Another project's server that answers keeps its events, and replay never sends them itself:
     it has no token for that server (only that project's shells bring it), so a refusal would make
@@ -231,3 +274,40 @@ def test_replay_progress_counts_the_events_shells_write_meanwhile(capsys: pytest
         progress(delivered)
     assert progress.shown
     assert capsys.readouterr().err == "\rreplay: 1/2 delivered\rreplay: 2/2 delivered\rreplay: 3/3 delivered"
+
+
+@pytest.mark.parametrize("command", ["sessions", "who", "last"])
+def test_the_server_database_variable_naming_an_unknown_users_home_is_a_configuration_error(
+    scene: Scene, command: str
+) -> None:
+    """$ONEIRIC_SESSION_DB=~nosuchuser/x was a RuntimeError traceback (review L)."""
+    result = scene.run(command, env={"ONEIRIC_SESSION_DB": "~oneiric-session-no-such-user/x"})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "ONEIRIC_SESSION_DB names a home directory ('~') this system does not know" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "code", "said"),
+    [
+        (
+            ("status",),
+            {"ONEIRIC_SESSION_SETTINGS_DIR": "/tmp/" + "L" * 300},
+            2,
+            "does not exist or is not a directory",
+        ),
+        (("sessions", "--db", "/tmp/" + "L" * 300), {}, 0, "no sessions recorded"),
+        (("who", "--db", "/tmp/" + "L" * 300), {}, 0, "no sessions"),
+        (("spool", "list", "--spool", "/tmp/" + "L" * 300), {}, 0, "0 waiting"),
+    ],
+    ids=["settings-dir", "sessions", "who", "spool-list"],
+)
+def test_a_path_too_long_to_look_at_is_said_not_raised(
+    scene: Scene, args: tuple[str, ...], env: dict[str, str], code: int, said: str
+) -> None:
+    """On Python 3.11 and 3.12 `Path.exists()`/`is_dir()` raise for ENAMETOOLONG (and EACCES) where
+    3.13 answers False: tracebacks from status, sessions, who and spool list (review L)."""
+    result = scene.run(*args, env=env)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == code, result.stdout + result.stderr
+    assert said in result.stdout + result.stderr

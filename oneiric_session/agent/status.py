@@ -175,7 +175,7 @@ def delivery_status(
     from oneiric_session.spool.opening import disk_bytes
     from oneiric_session.spool.outbox_reader import read_outbox
 
-    if not path.exists():  # no agent made it yet: what the shells wrote waits in the outbox
+    if not os.path.exists(path):  # no agent made it yet: what the shells wrote waits in the outbox
         waiting = read_outbox(path)
         if waiting:
             oldest = max(0.0, time.time() - min(r.created_at for r in waiting))

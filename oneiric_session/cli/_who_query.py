@@ -17,10 +17,10 @@ import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from oneiric_session.common.safetext import terminal_safe
+from oneiric_session.config.sources import given_path
 from oneiric_session.errors import ConfigError
 
 TOKEN_ENV = "SESSION_BUDDY_TOKEN"
@@ -124,8 +124,8 @@ def _local(args: argparse.Namespace, query: Query) -> Result:
     from oneiric_session.server.listing import BadQuery, SessionFilter
     from oneiric_session.server.store import SessionStore
 
-    db_path = Path(args.db).expanduser() if args.db else default_server_db_path()
-    if not db_path.exists():  # reading must not create a database
+    db_path = given_path(args.db, "--db") if args.db else default_server_db_path()
+    if not os.path.exists(db_path):  # reading must not create a database
         return Result([], False)
     where = SessionFilter(query.open_only, query.component, query.user, query.host, query.since, query.until)
     try:
@@ -261,7 +261,7 @@ def fill_idle_seconds(args: argparse.Namespace, sessions: list[dict[str, Any]], 
         from oneiric_session.spool import Spool
 
         path = load_config(args.settings).spool_path()
-        if not path.exists():
+        if not os.path.exists(path):
             return
         with Spool(path) as spool:
             seen: dict[tuple[object, object], float] = {

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from oneiric_session.cli import SafeFormatter
+from oneiric_session.config.sources import given_path
 
 if TYPE_CHECKING:
     from oneiric_session.config.loader import LoadedConfig
@@ -103,7 +104,7 @@ def run(args: argparse.Namespace, *, on_answer: Callable[[SpooledEvent], None] |
 
     if not args.foreground:
         if args.spool:
-            spool_path = Path(args.spool).expanduser()
+            spool_path = given_path(args.spool, "--spool")
             config = load_config_quietly(args.settings)
         else:
             config = _load_config(args.settings)  # ConfigError: exit 2, the spool is unknown
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace, *, on_answer: Callable[[SpooledEvent], None] |
         raise ConfigError(f"--idle-exit-seconds {args.idle_exit_seconds}: must be positive")
     config = None
     if args.spool:
-        spool_path = Path(args.spool).expanduser()
+        spool_path = given_path(args.spool, "--spool")
     else:
         config = _load_config(args.settings)
         spool_path = config.spool_path()

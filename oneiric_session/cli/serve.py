@@ -16,6 +16,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from oneiric_session.cli import add_db_option
+from oneiric_session.config.sources import given_path
 from oneiric_session.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -104,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         check_bind(bind, allow_remote=args.allow_remote, secret=secret)
     verifier = TokenVerifier(secret) if secret else None
     sock = _listen(bind) if bind is not None else None
-    db_path = Path(args.db) if args.db else default_server_db_path()
+    db_path = given_path(args.db, "--db") if args.db else default_server_db_path()
     store = _open_store(db_path)
 
     from oneiric_session.server.app import build_server

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
+import os
 from typing import Any
 
 from oneiric_session.cli import add_db_option
 from oneiric_session.common.safetext import terminal_safe
+from oneiric_session.config.sources import given_path
 
 # What a table cell shows of one value at most.
 _CELL_CHARS = 200
@@ -32,9 +33,9 @@ def run(args: argparse.Namespace) -> int:
     from oneiric_session.errors import ConfigError
     from oneiric_session.server.store import LISTED_COLUMNS, SessionStore
 
-    db_path = Path(args.db) if args.db else default_server_db_path()
+    db_path = given_path(args.db, "--db") if args.db else default_server_db_path()
     sessions: list[dict[str, Any]] = []
-    if db_path.exists():  # listing must not create a database
+    if os.path.exists(db_path):  # listing must not create a database
         try:
             store = SessionStore(db_path)
             try:

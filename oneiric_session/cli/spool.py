@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from oneiric_session.common.safetext import terminal_safe
+from oneiric_session.config.sources import given_path
 
 if TYPE_CHECKING:
     from oneiric_session.spool import Spool, SpooledEvent
@@ -49,7 +51,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def _spool_path(args: argparse.Namespace) -> Path:
     if args.spool:
-        return Path(args.spool).expanduser()
+        return given_path(args.spool, "--spool")
     from oneiric_session.config.loader import load_config
 
     return load_config(args.settings).spool_path()
@@ -77,15 +79,18 @@ def _row(event: SpooledEvent, now: float) -> dict[str, Any]:
 
 def run_list(args: argparse.Namespace) -> int:
     from oneiric_session.spool import Spool
+    from oneiric_session.spool.full import outbox_pending
 
     path = _spool_path(args)
     report: dict[str, Any] = {"spool_path": str(path), "pending": [], "dead": [], "drops": {}}
-    if path.exists():  # listing must not create a spool
-        now = time.time()
+    now = time.time()
+    if os.path.exists(path):  # listing must not create a spool
         with Spool(path, read_only=True) as spool:
             report["pending"] = [_row(e, now) for e in spool.list_pending()]
             report["dead"] = [_row(e, now) for e in spool.list_dead()]
             report["drops"] = spool.stats().drops
+    else:  # no agent made it yet: what the shells wrote waits in the outbox (as `status` counts it)
+        report["pending"] = [_row(e, now) for e in outbox_pending(path)]
     # CONTRACT.md: 0 when nothing remains, 1 if some events wait or are dead letters (scriptable).
     status = 1 if report["pending"] or report["dead"] else 0
     if args.json:
@@ -135,14 +140,14 @@ def run_replay(args: argparse.Namespace) -> int:
     from oneiric_session.config.loader import load_config
 
     config = load_config(args.settings)
-    path = Path(args.spool).expanduser() if args.spool else config.spool_path()
+    path = given_path(args.spool, "--spool") if args.spool else config.spool_path()
     destination = config.destination()
     token = config_token(config)
     tokens = {destination.key: token} if token else None
     secrets = {destination.key: destination.secrets()} if destination.secrets() else None
     from oneiric_session.spool.outbox_reader import read_outbox
 
-    if not path.exists() and not read_outbox(path):  # no database, and no shell's record waiting
+    if not os.path.exists(path) and not read_outbox(path):  # no database, and no shell's record waiting
         return _replay_report(args, destination.describe(), 0, 0, 0)
     from oneiric_session.common.privacy import foreign_reason
     from oneiric_session.errors import SpoolError, UnsafeSpoolError

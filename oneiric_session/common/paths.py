@@ -32,4 +32,14 @@ DB_ENV = "ONEIRIC_SESSION_DB"
 def default_server_db_path(environ: Mapping[str, str] | None = None) -> Path:
     """The bundled server's database: `$ONEIRIC_SESSION_DB`, else under the XDG data dir."""
     env = (os.environ if environ is None else environ).get(DB_ENV)
-    return Path(env).expanduser() if env else data_dir() / "sessions.sqlite3"
+    if not env:
+        return data_dir() / "sessions.sqlite3"
+    try:
+        return Path(env).expanduser()
+    except RuntimeError:  # `~user` of a user this system does not know
+        from oneiric_session.errors import ConfigError
+
+        raise ConfigError(
+            f"environment variable {DB_ENV} names a home directory ('~') this system does not know: "
+            f"{env!r:.200}"
+        ) from None

@@ -110,6 +110,10 @@ class LoadedConfig:
                 if name == paths.DB_ENV
                 else sources.describe(self.source_of(name))
             )
+            if value.startswith("~") and os.path.expanduser(value) == value:  # `~user` of nobody here
+                raise ConfigError(
+                    f"{name}: {value!r} names a home directory ('~') this system does not know; from {origin}"
+                )
             raise ConfigError(
                 f"{name}: {value!r} is a relative path; the delivery agent runs in /, so give an "
                 f"absolute path{alternatives}; from {origin}"
@@ -174,7 +178,9 @@ def validate(merged: sources.Merged, *, environ: Mapping[str, str]) -> LoadedCon
     except ValidationError as exc:
         raise ConfigError("; ".join(_describe_error(error, merged) for error in exc.errors())) from None
     _check_consistency(settings, merged)
-    names = _flatten(settings.model_dump(mode="json"))
+    dumped = settings.model_dump(mode="json")
+    _refuse_nul(dumped, merged)
+    names = _flatten(dumped)
     config = LoadedConfig(
         settings=settings,
         sources={name: merged.source_of(name) for name in names},
@@ -184,6 +190,28 @@ def validate(merged: sources.Merged, *, environ: Mapping[str, str]) -> LoadedCon
     )
     config.check_paths()
     return config
+
+
+def _refuse_nul(value: Any, merged: sources.Merged, name: str = "") -> None:
+    """A NUL character anywhere is refused, naming the setting (never its value: it may be a
+    secret): no path, command, argument or environment variable can hold one, and it raised
+    ValueError where the value was used (a spool path lost every event, a server cwd retried
+    for ever)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{name}.{key}" if name else str(key)
+            if "\0" in str(key):
+                raise ConfigError(f"{name}: a name holds a NUL character; from {_origin(merged, name)}")
+            _refuse_nul(item, merged, inner)
+    elif isinstance(value, list):
+        for item in value:
+            _refuse_nul(item, merged, name)
+    elif isinstance(value, str) and "\0" in value:
+        raise ConfigError(f"{name}: holds a NUL character; from {_origin(merged, name)}")
+
+
+def _origin(merged: sources.Merged, name: str) -> str:
+    return sources.describe(merged.source_of(name))
 
 
 def _describe_error(error: Any, merged: sources.Merged) -> str:

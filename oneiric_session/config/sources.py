@@ -165,13 +165,13 @@ def resolve_settings_dir(settings_dir: str | os.PathLike[str] | None, environ: M
         except OSError:  # the working directory was deleted: there is no ./settings to read
             return NO_SETTINGS_DIR
     origin = "--settings" if settings_dir is not None else f"environment variable {SETTINGS_DIR_ENV}"
-    path = _absolute(os.fspath(given), f"settings directory (from {origin})")
-    if not path.is_dir():
+    path = given_path(os.fspath(given), f"settings directory (from {origin})")
+    if not os.path.isdir(path):  # (False, not an error, for a path that cannot be searched or is too long)
         raise ConfigError(f"settings directory {path} does not exist or is not a directory (from {origin})")
     return path
 
 
-def _absolute(value: str, what: str) -> Path:
+def given_path(value: str, what: str) -> Path:
     """`value` with its `~` expanded, made absolute; ConfigError naming `what` when it cannot be
     (expanding would raise into `status` or a shell's start). The reason comes first: a long value
     is cut short where the message is shown."""
@@ -198,8 +198,8 @@ def oneiric_files(directory: Path, environ: Mapping[str, str]) -> list[Path]:
     config_file = environ.get(ONEIRIC_CONFIG_ENV)
     if config_file:
         # In Oneiric this variable names one file, never a directory.
-        path = _absolute(config_file, f"environment variable {ONEIRIC_CONFIG_ENV}")
-        if path.is_dir():
+        path = given_path(config_file, f"environment variable {ONEIRIC_CONFIG_ENV}")
+        if os.path.isdir(path):
             raise ConfigError(
                 f"environment variable {ONEIRIC_CONFIG_ENV} names a directory ({path}); it must name a file"
             )

@@ -6,13 +6,14 @@ and dead. A shell writes through `spool.outbox` alone and never loads any of thi
 from __future__ import annotations
 
 import json
+import os
 
 from oneiric_session.spool.intake import Intake
-from oneiric_session.spool.outbox_reader import OutboxRecord
+from oneiric_session.spool.outbox_reader import OutboxRecord, read_outbox
 from oneiric_session.spool.queue import DeliveryQueue
 from oneiric_session.spool.records import STATE_DEAD, STATE_PENDING, SpooledEvent
 
-__all__ = ["Spool"]
+__all__ = ["Spool", "outbox_pending"]
 
 
 class Spool(DeliveryQueue, Intake):
@@ -30,6 +31,12 @@ class Spool(DeliveryQueue, Intake):
 
     def list_dead(self, limit: int | None = None) -> list[SpooledEvent]:
         return self._select_events(f"e.state = '{STATE_DEAD}'", [], limit)
+
+
+def outbox_pending(path: str | os.PathLike[str]) -> list[SpooledEvent]:
+    """What the shells wrote for a spool whose database no agent has made yet, as `list_pending`
+    shows it (reading changes nothing)."""
+    return [_waiting(record) for record in read_outbox(path)]
 
 
 def _waiting(record: OutboxRecord) -> SpooledEvent:

@@ -124,13 +124,15 @@ def _ours_and_private(info: os.stat_result) -> bool:
 
 def _runtime_dirs() -> list[Path]:
     """Candidate private directories for the socket, best first: $XDG_RUNTIME_DIR, then the
-    temporary directory as tempfile.gettempdir() looks for it (importing tempfile costs a shell ~1 ms)."""
+    temporary directory as tempfile.gettempdir() looks for it (importing tempfile costs a shell ~1 ms).
+    A relative value is ignored, as the XDG spec says: it names another directory in the agent (which
+    runs in /) than in the shell, or none at all in a deleted working directory."""
     dirs = []
     runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime:
+    if runtime and os.path.isabs(runtime):
         dirs.append(Path(runtime) / "oneiric-session")
     temporary = [os.environ.get(name) for name in ("TMPDIR", "TEMP", "TMP")]
-    for base in dict.fromkeys([*(os.path.abspath(t) for t in temporary if t), "/tmp"]):
+    for base in dict.fromkeys([*(os.path.normpath(t) for t in temporary if t and os.path.isabs(t)), "/tmp"]):
         dirs.append(Path(base) / f"oneiric-session-{os.getuid()}")
     return dirs
 
