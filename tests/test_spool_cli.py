@@ -16,7 +16,7 @@ from oneiric_session.spool.outbox import Outbox, outbox_dir
 from oneiric_session.tracking import events
 from oneiric_session.tracking.limits import Limits
 from oneiric_session.wakeup import agent_holds_lock
-from tests.support.delivery import Scene, wait_until
+from tests.support.delivery import CLI, Scene, wait_until
 from tests.support.faults import FAULT_SERVER
 
 SLOW_AGENT = str(Path(__file__).parent / "support" / "slow_agent.py")
@@ -298,7 +298,13 @@ def test_the_server_database_variable_naming_an_unknown_users_home_is_a_configur
         ),
         (("sessions", "--db", "/tmp/" + "L" * 300), {}, 0, "no sessions recorded"),
         (("who", "--db", "/tmp/" + "L" * 300), {}, 0, "no sessions"),
-        (("spool", "list", "--spool", "/tmp/" + "L" * 300), {}, 0, "0 waiting"),
+        # Refused, as the agent and replay refuse it: its directory cannot be checked (review M).
+        (
+            ("spool", "list", "--spool", "{root}/" + "L" * 300),
+            {},
+            1,
+            "cannot be examined: File name too long",
+        ),
     ],
     ids=["settings-dir", "sessions", "who", "spool-list"],
 )
@@ -307,7 +313,83 @@ def test_a_path_too_long_to_look_at_is_said_not_raised(
 ) -> None:
     """On Python 3.11 and 3.12 `Path.exists()`/`is_dir()` raise for ENAMETOOLONG (and EACCES) where
     3.13 answers False: tracebacks from status, sessions, who and spool list (review L)."""
-    result = scene.run(*args, env=env)
+    result = scene.run(*(a.replace("{root}", str(scene.root)) for a in args), env=env)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == code, result.stdout + result.stderr
     assert said in result.stdout + result.stderr
+
+
+# Root reads any file; without these two capabilities its permission checks are an ordinary user's.
+AS_ORDINARY_USER = (
+    ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "what"),
+    [
+        (("spool", "list", "--spool"), "spool"),
+        (("spool", "replay", "--spool"), "spool"),
+        (("sessions", "--db"), "session database"),
+        (("who", "--db"), "session database"),
+        (("last", "--db"), "session database"),
+    ],
+    ids=["spool-list", "spool-replay", "sessions", "who", "last"],
+)
+def test_a_database_that_cannot_be_examined_is_said_not_taken_for_absent(
+    scene: Scene, args: tuple[str, ...], what: str
+) -> None:
+    """`os.path.exists` is False for permission denied too: an unreadable spool listed as "0
+    waiting" and exit 0 (CONTRACT.md: nothing remains), a replay "delivered 0" (review M)."""
+    locked = scene.root / "locked"
+    locked.mkdir(mode=0o700)
+    (locked / "spool.sqlite3").write_bytes(b"")
+    path = locked / "spool.sqlite3"
+    os.chmod(locked, 0)
+    try:
+        result = subprocess.run(
+            [*AS_ORDINARY_USER, *CLI, *args, str(path)],
+            env=scene.env,
+            cwd=scene.root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.chmod(locked, 0o700)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"{what} {path} cannot be examined: Permission denied" in result.stderr
+
+
+def test_listing_an_outbox_in_a_directory_others_can_write_is_refused_as_replay_refuses_it(
+    scene: Scene,
+) -> None:
+    """With no database yet, `spool list` listed the records of a spool every other command refuses
+    (another user could have written its directory): events shown waiting that nothing would ever
+    deliver (review M)."""
+    shared = scene.root / "shared"
+    shared.mkdir()
+    path = shared / "spool.sqlite3"
+    outbox = Outbox(path, caps=(10_000, 64 * 1024 * 1024, 30 * 86400.0))
+    start = events.build_start_event(component_name="early", shell_type="S", metadata=None, limits=Limits())
+    destination = load_config(environ=scene.env).destination()
+    assert outbox.append_start(
+        "local-early", destination, start, pid=os.getpid(), pid_start_time=None, boot_id=None
+    )
+    os.chmod(shared, 0o777)
+    listing, replay = (
+        scene.run("spool", "list", "--spool", str(path)),
+        scene.run("spool", "replay", "--spool", str(path)),
+    )
+    for result in (listing, replay):
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert f"spool {path} refused: directory {shared} is writable by other users" in result.stderr
+
+
+def test_a_tilde_after_a_leading_dot_slash_is_a_file_name(scene: Scene) -> None:
+    """`--db ./~old.sqlite3` names a file in this directory: pathlib drops the `./` and then
+    expanded it as the home of a user `old.sqlite3`, a configuration error (review M)."""
+    result = scene.run("sessions", "--db", "./~old.sqlite3")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"no sessions recorded in {scene.root / '~old.sqlite3'}" in result.stdout

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from oneiric_session.common.safetext import terminal_safe
+from oneiric_session.common.sqlite_files import database_present
 from oneiric_session.config.sources import given_path
 from oneiric_session.errors import ConfigError
 
@@ -125,7 +126,7 @@ def _local(args: argparse.Namespace, query: Query) -> Result:
     from oneiric_session.server.store import SessionStore
 
     db_path = given_path(args.db, "--db") if args.db else default_server_db_path()
-    if not os.path.exists(db_path):  # reading must not create a database
+    if not database_present(db_path, "session database"):  # reading must not create a database
         return Result([], False)
     where = SessionFilter(query.open_only, query.component, query.user, query.host, query.since, query.until)
     try:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from typing import Any
 
 from oneiric_session.cli import add_db_option
 from oneiric_session.common.safetext import terminal_safe
+from oneiric_session.common.sqlite_files import database_present
 from oneiric_session.config.sources import given_path
 
 # What a table cell shows of one value at most.
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     db_path = given_path(args.db, "--db") if args.db else default_server_db_path()
     sessions: list[dict[str, Any]] = []
-    if os.path.exists(db_path):  # listing must not create a database
+    if database_present(db_path, "session database"):  # listing must not create a database
         try:
             store = SessionStore(db_path)
             try:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from oneiric_session.common.safetext import terminal_safe
+from oneiric_session.common.sqlite_files import database_present
 from oneiric_session.config.sources import given_path
 
 if TYPE_CHECKING:
@@ -57,6 +57,20 @@ def _spool_path(args: argparse.Namespace) -> Path:
     return load_config(args.settings).spool_path()
 
 
+def _refuse_foreign(path: Path) -> None:
+    """UnsafeSpoolError for a spool another user could have written: its launch lines would run as
+    you, so the agent and replay refuse it (a database that exists is refused when it is opened)."""
+    from oneiric_session.common.privacy import foreign_reason
+    from oneiric_session.errors import UnsafeSpoolError
+
+    refused = foreign_reason(path)
+    if refused is not None:
+        raise UnsafeSpoolError(
+            f"spool {path} refused: {refused}, so another user could have written it (its launch lines "
+            "would run as you); set spool.path to a directory only you can write"
+        )
+
+
 def _row(event: SpooledEvent, now: float) -> dict[str, Any]:
     row: dict[str, Any] = {
         "kind": event.kind,
@@ -84,12 +98,13 @@ def run_list(args: argparse.Namespace) -> int:
     path = _spool_path(args)
     report: dict[str, Any] = {"spool_path": str(path), "pending": [], "dead": [], "drops": {}}
     now = time.time()
-    if os.path.exists(path):  # listing must not create a spool
+    if database_present(path, "spool"):  # listing must not create a spool
         with Spool(path, read_only=True) as spool:
             report["pending"] = [_row(e, now) for e in spool.list_pending()]
             report["dead"] = [_row(e, now) for e in spool.list_dead()]
             report["drops"] = spool.stats().drops
     else:  # no agent made it yet: what the shells wrote waits in the outbox (as `status` counts it)
+        _refuse_foreign(path)  # as the agent and replay would: listed, it would never be delivered
         report["pending"] = [_row(e, now) for e in outbox_pending(path)]
     # CONTRACT.md: 0 when nothing remains, 1 if some events wait or are dead letters (scriptable).
     status = 1 if report["pending"] or report["dead"] else 0
@@ -147,17 +162,13 @@ def run_replay(args: argparse.Namespace) -> int:
     secrets = {destination.key: destination.secrets()} if destination.secrets() else None
     from oneiric_session.spool.outbox_reader import read_outbox
 
-    if not os.path.exists(path) and not read_outbox(path):  # no database, and no shell's record waiting
+    if not database_present(path, "spool") and not read_outbox(
+        path
+    ):  # no database, and no shell's record waiting
         return _replay_report(args, destination.describe(), 0, 0, 0)
-    from oneiric_session.common.privacy import foreign_reason
-    from oneiric_session.errors import SpoolError, UnsafeSpoolError
+    from oneiric_session.errors import SpoolError
 
-    refused = foreign_reason(path)
-    if refused is not None:  # its launch lines could be another user's: run none of them
-        raise UnsafeSpoolError(
-            f"spool {path} refused: {refused}, so another user could have written it (its launch lines "
-            "would run as you); set spool.path to a directory only you can write"
-        )
+    _refuse_foreign(path)
     spool = uncapped_spool(path)  # one connection, the lock's claim included
     lock = _take_lock(path, tokens, spool)
     if lock is None:

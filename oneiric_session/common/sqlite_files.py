@@ -13,15 +13,36 @@ spool/recovery.py, spool/rejoin.py) and the bundled server's store (server/store
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["SQLITE_MAGIC", "directory_lock", "is_wal_database", "is_wal_file"]
+__all__ = ["SQLITE_MAGIC", "database_present", "directory_lock", "is_wal_database", "is_wal_file"]
 
 # The first 16 bytes of every SQLite database file.
 SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def database_present(path: str | os.PathLike[str], what: str) -> bool:
+    """Whether the database file at `path` (`what`: "spool", "session database") is there for a
+    command that must not create it: False when it, or a directory on its way, does not exist (or
+    the path is too long to name one); OneiricSessionError when it cannot be looked at (permission
+    denied): reading on as if it were absent would report an unreadable spool as empty."""
+    try:
+        os.stat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return False
+        from oneiric_session.errors import OneiricSessionError
+
+        raise OneiricSessionError(
+            f"{what} {os.fspath(path)} cannot be examined: {exc.strerror or exc}"
+        ) from None
+    return True
 
 
 def is_wal_database(header: bytes) -> bool:

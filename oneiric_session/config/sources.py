@@ -175,12 +175,15 @@ def given_path(value: str, what: str) -> Path:
     """`value` with its `~` expanded, made absolute; ConfigError naming `what` when it cannot be
     (expanding would raise into `status` or a shell's start). The reason comes first: a long value
     is cut short where the message is shown."""
-    try:
-        return Path(value).expanduser().absolute()
-    except RuntimeError:  # `~user` of a user this system does not know
+    # os.path's expanduser, not pathlib's: only a leading `~` is one (`./~x` is a file named `~x`).
+    expanded = os.path.expanduser(value)
+    if value.startswith("~") and expanded == value:  # `~user` of a user this system does not know
         reason = "names a home directory ('~') this system does not know"
-    except OSError:  # relative, and the working directory was deleted
-        reason = "is relative, and the working directory no longer exists"
+    else:
+        try:
+            return Path(expanded).absolute()
+        except OSError:  # relative, and the working directory was deleted
+            reason = "is relative, and the working directory no longer exists"
     from oneiric_session.common.safetext import terminal_safe
 
     raise ConfigError(f"{what} {reason}: {terminal_safe(repr(value), _SHOWN_VALUE_CHARS)}")
