@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -298,13 +299,7 @@ def test_the_server_database_variable_naming_an_unknown_users_home_is_a_configur
         ),
         (("sessions", "--db", "/tmp/" + "L" * 300), {}, 0, "no sessions recorded"),
         (("who", "--db", "/tmp/" + "L" * 300), {}, 0, "no sessions"),
-        # Refused, as the agent and replay refuse it: its directory cannot be checked (review M).
-        (
-            ("spool", "list", "--spool", "{root}/" + "L" * 300),
-            {},
-            1,
-            "cannot be examined: File name too long",
-        ),
+        (("spool", "list", "--spool", "{root}/" + "L" * 300), {}, 0, "0 waiting"),
     ],
     ids=["settings-dir", "sessions", "who", "spool-list"],
 )
@@ -359,7 +354,7 @@ def test_a_database_that_cannot_be_examined_is_said_not_taken_for_absent(
         os.chmod(locked, 0o700)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 1, result.stdout + result.stderr
-    assert f"{what} {path} cannot be examined: Permission denied" in result.stderr
+    assert f"{what} cannot be examined (Permission denied): {path}" in result.stderr
 
 
 def test_listing_an_outbox_in_a_directory_others_can_write_is_refused_as_replay_refuses_it(
@@ -393,3 +388,62 @@ def test_a_tilde_after_a_leading_dot_slash_is_a_file_name(scene: Scene) -> None:
     result = scene.run("sessions", "--db", "./~old.sqlite3")
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"no sessions recorded in {scene.root / '~old.sqlite3'}" in result.stdout
+
+
+def test_listing_agrees_with_replay_on_a_spool_that_holds_nothing_yet(scene: Scene) -> None:
+    """`spool list` refused a spool path under /tmp whose directory does not exist yet, while
+    replay said "delivered 0" for it: nothing is listed, so nothing is refused (review N)."""
+    path = Path("/tmp") / f"oneiric-session-test-{os.urandom(6).hex()}" / "spool.sqlite3"
+    try:
+        listing = scene.run("spool", "list", "--spool", str(path))
+        replay = scene.run("spool", "replay", "--spool", str(path))
+    finally:
+        shutil.rmtree(path.parent, ignore_errors=True)
+    assert (listing.returncode, replay.returncode) == (0, 0), listing.stderr + replay.stderr
+    assert "0 waiting" in listing.stdout
+
+
+def test_a_fifo_where_the_database_should_be_is_refused_not_waited_on(scene: Scene) -> None:
+    """`sessions --db <fifo>` hung for ever opening it (review N)."""
+    fifo = scene.root / "db.sqlite3"
+    os.mkfifo(fifo)
+    result = scene.run("sessions", "--db", str(fifo), timeout=60)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"session database is not a regular file: {fifo}" in result.stderr
+
+
+def test_the_database_variable_reads_a_tilde_after_dot_slash_as_a_file_name(scene: Scene) -> None:
+    """$ONEIRIC_SESSION_DB=./~old.sqlite3 was refused as the home of a user `old.sqlite3`, while
+    `--db ./~old.sqlite3` was a file here (review N)."""
+    result = scene.run("sessions", env={"ONEIRIC_SESSION_DB": "./~old.sqlite3"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no sessions recorded in ~old.sqlite3" in result.stdout
+
+
+@pytest.mark.parametrize("how", ["others-can-write", "unreadable"])
+def test_records_in_an_outbox_that_cannot_be_read_are_said_not_hidden(scene: Scene, how: str) -> None:
+    """An outbox another user could have written, or one that cannot be listed: `spool list` said
+    "0 waiting" and exit 0 (nothing remains) while records waited there, or raised PermissionError
+    (review N). It says the outbox is refused, and exits 1."""
+    destination = load_config(environ=scene.env).destination()
+    outbox = Outbox(scene.spool_path, caps=(10_000, 64 * 1024 * 1024, 30 * 86400.0))
+    start = events.build_start_event(component_name="early", shell_type="S", metadata=None, limits=Limits())
+    assert outbox.append_start(
+        "local-early", destination, start, pid=os.getpid(), pid_start_time=None, boot_id=None
+    )
+    directory = outbox_dir(scene.spool_path)
+    os.chmod(directory, 0o777 if how == "others-can-write" else 0)
+    try:
+        result = subprocess.run(
+            [*AS_ORDINARY_USER, *CLI, "spool", "list"],
+            env=scene.env,
+            cwd=scene.root,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.chmod(directory, 0o700)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "warning: outbox refused, its records are not read:" in result.stdout

@@ -94,6 +94,8 @@ def _row(event: SpooledEvent, now: float) -> dict[str, Any]:
 def run_list(args: argparse.Namespace) -> int:
     from oneiric_session.spool import Spool
     from oneiric_session.spool.full import outbox_pending
+    from oneiric_session.spool.outbox import outbox_dir
+    from oneiric_session.spool.outbox_reader import outbox_unreadable
 
     path = _spool_path(args)
     report: dict[str, Any] = {"spool_path": str(path), "pending": [], "dead": [], "drops": {}}
@@ -104,10 +106,15 @@ def run_list(args: argparse.Namespace) -> int:
             report["dead"] = [_row(e, now) for e in spool.list_dead()]
             report["drops"] = spool.stats().drops
     else:  # no agent made it yet: what the shells wrote waits in the outbox (as `status` counts it)
-        _refuse_foreign(path)  # as the agent and replay would: listed, it would never be delivered
         report["pending"] = [_row(e, now) for e in outbox_pending(path)]
+        if report["pending"]:
+            _refuse_foreign(path)  # as replay does: listed, they would never be delivered
+    # Records there may wait, unread: said (as `status` warns), and not "nothing remains".
+    refused = outbox_unreadable(outbox_dir(path))
+    if refused is not None:
+        report["outbox_refused"] = refused
     # CONTRACT.md: 0 when nothing remains, 1 if some events wait or are dead letters (scriptable).
-    status = 1 if report["pending"] or report["dead"] else 0
+    status = 1 if report["pending"] or report["dead"] or refused is not None else 0
     if args.json:
         # ensure_ascii: a C1 control or a bidi override in a spooled value prints as \\uXXXX.
         print(json.dumps(report, indent=2))
@@ -127,6 +134,8 @@ def run_list(args: argparse.Namespace) -> int:
         )
     for reason, count in sorted(report["drops"].items()):
         print(f"  dropped {count} ({safe(reason)})")
+    if refused is not None:
+        print(f"  warning: outbox refused, its records are not read: {safe(refused)}")
     return status
 
 

@@ -34,12 +34,12 @@ def default_server_db_path(environ: Mapping[str, str] | None = None) -> Path:
     env = (os.environ if environ is None else environ).get(DB_ENV)
     if not env:
         return data_dir() / "sessions.sqlite3"
-    try:
-        return Path(env).expanduser()
-    except RuntimeError:  # `~user` of a user this system does not know
+    expanded = os.path.expanduser(env)  # only a leading `~` (pathlib reads `./~x` as one too)
+    if env.startswith("~") and expanded == env:  # `~user` of a user this system does not know
         from oneiric_session.errors import ConfigError
 
         raise ConfigError(
             f"environment variable {DB_ENV} names a home directory ('~') this system does not know: "
             f"{env!r:.200}"
-        ) from None
+        )
+    return Path(expanded)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,19 +31,22 @@ def database_present(path: str | os.PathLike[str], what: str) -> bool:
     command that must not create it: False when it, or a directory on its way, does not exist (or
     the path is too long to name one); OneiricSessionError when it cannot be looked at (permission
     denied): reading on as if it were absent would report an unreadable spool as empty."""
+    from oneiric_session.errors import OneiricSessionError
+
     try:
-        os.stat(path)
+        st = os.stat(path)
     except (FileNotFoundError, NotADirectoryError):
         return False
     except OSError as exc:
         if exc.errno == errno.ENAMETOOLONG:
             return False
-        from oneiric_session.errors import OneiricSessionError
-
-        raise OneiricSessionError(
-            f"{what} {os.fspath(path)} cannot be examined: {exc.strerror or exc}"
-        ) from None
-    return True
+        problem = f"cannot be examined ({exc.strerror or exc})"
+    else:
+        if stat.S_ISREG(st.st_mode):
+            return True
+        problem = "is not a regular file"  # a FIFO would hold the reader for ever
+    # The reason before the path: a long path is cut short where the message is shown.
+    raise OneiricSessionError(f"{what} {problem}: {os.fspath(path)}")
 
 
 def is_wal_database(header: bytes) -> bool:

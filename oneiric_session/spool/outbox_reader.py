@@ -7,6 +7,7 @@ newline is one still being written (`Unfinished`). Standard library only.
 """
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -64,7 +65,7 @@ class OutboxRecord(NamedTuple):
 def read_outbox(spool_path: str | os.PathLike[str], *, taken: Collection[str] = ()) -> list[OutboxRecord]:
     """The readable records in the outbox of `spool_path` not in `taken`, oldest first; reads only."""
     directory = outbox_dir(spool_path)
-    if outbox_problem(directory) is not None:
+    if outbox_unreadable(directory) is not None:
         return []
     records = []
     for name in record_names(directory) or ():
@@ -74,6 +75,25 @@ def read_outbox(spool_path: str | os.PathLike[str], *, taken: Collection[str] = 
             records.append(load_record(directory, name))
     records.sort(key=lambda r: (r.created_at, KINDS.index(r.kind)))
     return records
+
+
+def outbox_unreadable(directory: str) -> str | None:
+    """Why the records in the outbox `directory` are not read (another user could have written
+    them, or it cannot be listed); None when they are, or when there is no outbox."""
+    try:
+        os.lstat(directory)
+    except OSError as exc:  # none there; or a path too long to name one
+        if isinstance(exc, FileNotFoundError | NotADirectoryError) or exc.errno == errno.ENAMETOOLONG:
+            return None
+    problem = outbox_problem(directory)
+    if problem is None:
+        try:
+            os.listdir(directory)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            problem = f"{directory} cannot be read: {exc.strerror or exc}"
+    return problem
 
 
 def outbox_waiting(spool_path: str | os.PathLike[str], taken: Collection[str]) -> dict[str, float]:
@@ -93,8 +113,10 @@ def record_names(directory: str) -> list[str] | None:
     """The names of the records in `directory`, oldest name first (None if it does not exist)."""
     try:
         names = os.listdir(directory)
-    except FileNotFoundError:
-        return None
+    except OSError as exc:  # none there, or a path too long to name one
+        if isinstance(exc, FileNotFoundError | NotADirectoryError) or exc.errno == errno.ENAMETOOLONG:
+            return None
+        raise
     return sorted(name for name in names if name.endswith(_SUFFIXES) and not name.startswith("."))
 
 
