@@ -320,6 +320,18 @@ AS_ORDINARY_USER = (
 )
 
 
+def _as_ordinary_user(scene: Scene, *args: str) -> subprocess.CompletedProcess[str]:
+    """The command line in the scene, its permission checks an ordinary user's."""
+    return subprocess.run(
+        [*AS_ORDINARY_USER, *CLI, *args],
+        env=scene.env,
+        cwd=scene.root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "what"),
     [
@@ -342,14 +354,7 @@ def test_a_database_that_cannot_be_examined_is_said_not_taken_for_absent(
     path = locked / "spool.sqlite3"
     os.chmod(locked, 0)
     try:
-        result = subprocess.run(
-            [*AS_ORDINARY_USER, *CLI, *args, str(path)],
-            env=scene.env,
-            cwd=scene.root,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = _as_ordinary_user(scene, *args, str(path))
     finally:
         os.chmod(locked, 0o700)
     assert "Traceback" not in result.stderr, result.stderr
@@ -434,14 +439,7 @@ def test_records_in_an_outbox_that_cannot_be_read_are_said_not_hidden(scene: Sce
     directory = outbox_dir(scene.spool_path)
     os.chmod(directory, 0o777 if how == "others-can-write" else 0)
     try:
-        result = subprocess.run(
-            [*AS_ORDINARY_USER, *CLI, "spool", "list"],
-            env=scene.env,
-            cwd=scene.root,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        result = _as_ordinary_user(scene, "spool", "list")
     finally:
         os.chmod(directory, 0o700)
     assert "Traceback" not in result.stderr, result.stderr
