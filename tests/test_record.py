@@ -118,9 +118,11 @@ def test_a_record_needs_annotations_it_can_read_without_evaluating_them() -> Non
         """
     )
     namespace: dict[str, object] = {"__name__": "late_module"}
+    # dont_inherit: exec would otherwise compile it with this module's `from __future__ import annotations`.
+    code = compile(source, "late_module", "exec", dont_inherit=True)
     if sys.version_info >= (3, 14):
         with pytest.raises(TypeError, match="needs `from __future__ import annotations`"):
-            exec(source, namespace)
+            exec(code, namespace)
     else:  # annotations are a dict at once: the record has its field
-        exec(source, namespace)
+        exec(code, namespace)
         assert namespace["Late"]._fields == ("size",)  # type: ignore[attr-defined]
