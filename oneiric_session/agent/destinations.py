@@ -45,32 +45,32 @@ class Destinations:
         self.spool = spool
         self.workers: dict[str, DestinationWorker] = {}
         self.due_at: float | None = None  # monotonic: when the earliest row not yet due becomes due
-        self._credentials = credentials
-        self._client_factory = client_factory
+        # A worker: what every worker of this agent shares; `worker()` adds the destination's own.
+        self._new_worker = functools.partial(
+            DestinationWorker,
+            spool=spool,
+            credentials=credentials,
+            client_factory=client_factory,
+            mono=mono,
+            wall=wall,
+            tally=tally,
+            changed=self.publish,
+            on_answer=on_answer,
+        )
         self._mono = mono
         self._wall = wall
-        self._tally = tally
         self._stop = stop
         self._poll_seconds = poll_seconds
         self._changed = changed  # the agent's loop should look again
-        self._on_answer = on_answer
         self._published: str | None = None
 
     def worker(self, destination: Destination) -> DestinationWorker:
         worker = self.workers.get(destination.key)
         if worker is None:
-            worker = self.workers[destination.key] = DestinationWorker(
+            worker = self.workers[destination.key] = self._new_worker(
                 key=destination.key,
                 describe=destination.describe(),
-                spool=self.spool,
-                credentials=self._credentials,
-                client_factory=self._client_factory,
-                mono=self._mono,
-                wall=self._wall,
-                tally=self._tally,
                 policy=RetryPolicy(destination.tuning, clock=self._mono, stop=self._stop),
-                changed=self.publish,
-                on_answer=self._on_answer,
             )
         return worker
 

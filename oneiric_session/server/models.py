@@ -11,10 +11,10 @@ most `MAX_TIMESTAMP_CHARS`.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import AfterValidator, BaseModel, Field
 
 from oneiric_session.tracking.limits import MAX_NAME_CHARS
 
@@ -41,91 +41,69 @@ def _check_timestamp(value: str) -> str:
     return value
 
 
-class UserInfo(BaseModel):
-    username: str = Field(max_length=100)
-    home: str = Field(max_length=500)
+def _strip(value: str) -> str:
+    return value.strip()
 
-    @field_validator("username", "home")
-    @classmethod
-    def _strip(cls, value: str) -> str:
-        return value.strip()
+
+def _uuid(value: str) -> str:
+    # Like the real server: any UUID parses (version=4 only stamps the version bits).
+    try:
+        UUID(value, version=4)
+    except ValueError as exc:
+        raise ValueError(f"Invalid UUID v4 format: {value}") from exc
+    return value
+
+
+def _component(value: str) -> str:
+    if not re.match(COMPONENT_PATTERN, value):
+        raise ValueError(f"Invalid component_name '{value}': must match pattern {COMPONENT_PATTERN}")
+    return value
+
+
+def _exactly(expected: str, message: str) -> AfterValidator:
+    """A string that must be `expected`; else `message`, its `{}` the value given."""
+
+    def check(value: str) -> str:
+        if value != expected:
+            raise ValueError(message.format(value))
+        return value
+
+    return AfterValidator(check)
+
+
+Stripped = AfterValidator(_strip)
+Timestamp = Annotated[str, AfterValidator(_check_timestamp)]
+
+
+class UserInfo(BaseModel):
+    username: Annotated[str, Field(max_length=100), Stripped]
+    home: Annotated[str, Field(max_length=500), Stripped]
 
 
 class EnvironmentInfo(BaseModel):
     python_version: str = Field(max_length=MAX_NAME_CHARS)
     platform: str = Field(max_length=MAX_NAME_CHARS)
-    cwd: str = Field(max_length=500)
-
-    @field_validator("cwd")
-    @classmethod
-    def _strip(cls, value: str) -> str:
-        return value.strip()
+    cwd: Annotated[str, Field(max_length=500), Stripped]
 
 
 class SessionStartEvent(BaseModel):
-    event_version: str
-    event_id: str
-    event_type: str
-    component_name: str = Field(max_length=MAX_NAME_CHARS)
+    event_version: Annotated[str, _exactly("1.0", "Unsupported event version: {} (expected '1.0')")]
+    event_id: Annotated[str, AfterValidator(_uuid)]
+    event_type: Annotated[str, _exactly("session_start", "Invalid event_type for SessionStartEvent: {}")]
+    component_name: Annotated[str, Field(max_length=MAX_NAME_CHARS), AfterValidator(_component)]
     shell_type: str = Field(max_length=MAX_NAME_CHARS)
-    timestamp: str
+    timestamp: Timestamp
     pid: int = Field(ge=1, le=MAX_PID)
     user: UserInfo
     hostname: str = Field(max_length=MAX_NAME_CHARS)
     environment: EnvironmentInfo
     metadata: dict[str, Any] = Field(default_factory=dict)
 
-    @field_validator("event_id")
-    @classmethod
-    def _uuid(cls, value: str) -> str:
-        # Like the real server: any UUID parses (version=4 only stamps the version bits).
-        try:
-            UUID(value, version=4)
-        except ValueError as exc:
-            raise ValueError(f"Invalid UUID v4 format: {value}") from exc
-        return value
-
-    @field_validator("event_version")
-    @classmethod
-    def _version(cls, value: str) -> str:
-        if value != "1.0":
-            raise ValueError(f"Unsupported event version: {value} (expected '1.0')")
-        return value
-
-    @field_validator("event_type")
-    @classmethod
-    def _event_type(cls, value: str) -> str:
-        if value != "session_start":
-            raise ValueError(f"Invalid event_type for SessionStartEvent: {value}")
-        return value
-
-    @field_validator("component_name")
-    @classmethod
-    def _component(cls, value: str) -> str:
-        if not re.match(COMPONENT_PATTERN, value):
-            raise ValueError(f"Invalid component_name '{value}': must match pattern {COMPONENT_PATTERN}")
-        return value
-
-    @field_validator("timestamp")
-    @classmethod
-    def _timestamp(cls, value: str) -> str:
-        return _check_timestamp(value)
-
 
 class SessionEndEvent(BaseModel):
-    event_type: str = "session_end"
+    event_type: Annotated[str, _exactly("session_end", "Invalid event_type for SessionEndEvent: {}")] = (
+        "session_end"
+    )
     session_id: str
-    timestamp: str
+    timestamp: Timestamp
     metadata: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("event_type")
-    @classmethod
-    def _event_type(cls, value: str) -> str:
-        if value != "session_end":
-            raise ValueError(f"Invalid event_type for SessionEndEvent: {value}")
-        return value
-
-    @field_validator("timestamp")
-    @classmethod
-    def _timestamp(cls, value: str) -> str:
-        return _check_timestamp(value)

@@ -34,6 +34,7 @@ MAX_STORED_METADATA_BYTES = 64 * 1024
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+E = TypeVar("E", SessionStartEvent, SessionEndEvent)
 
 # The SDK derives the output schema from this: an object, like the real server's.
 Answer = Annotated[types.CallToolResult, dict[str, Any]]
@@ -113,6 +114,18 @@ class SessionTools:
         message = self._verifier.failure(token)
         return None if message is None else refusal(message)
 
+    def _admitted(
+        self, token: str | None, event: Callable[[], E], failure: str, session_id: str | None = None
+    ) -> E | Answer:
+        """The call's event, validated, for a caller with a valid token (checked first, as the real
+        server checks it); else the answer that refuses the call."""
+        if (refused := self._refused(token)) is not None:
+            return refused
+        try:
+            return event()
+        except ValidationError as exc:
+            return tracking_answer(session_id, "error", f"{failure}: {exc}")
+
     async def track_session_start(
         self,
         event_version: str,
@@ -129,10 +142,9 @@ class SessionTools:
         token: str | None = None,
     ) -> Answer:
         """Record admin shell session start events with validation and auth."""
-        if (refused := self._refused(token)) is not None:
-            return refused
-        try:
-            event = SessionStartEvent(
+        event = self._admitted(
+            token,
+            lambda: SessionStartEvent(
                 event_version=event_version,
                 event_id=event_id,
                 event_type=event_type,
@@ -144,9 +156,11 @@ class SessionTools:
                 hostname=hostname,
                 environment=EnvironmentInfo(**environment),
                 metadata=metadata or {},
-            )
-        except ValidationError as exc:
-            return tracking_answer(None, "error", f"Session start tracking failed: {exc}")
+            ),
+            "Session start tracking failed",
+        )
+        if not isinstance(event, SessionStartEvent):
+            return event
         try:
             # The real server's id: the timestamp's own digits (no time-zone conversion).
             second = datetime.fromisoformat(event.timestamp).strftime("%Y%m%d-%H%M%S")
@@ -177,14 +191,16 @@ class SessionTools:
         token: str | None = None,
     ) -> Answer:
         """Track admin shell session end event."""
-        if (refused := self._refused(token)) is not None:
-            return refused
-        try:
-            event = SessionEndEvent(
+        event = self._admitted(
+            token,
+            lambda: SessionEndEvent(
                 session_id=session_id, timestamp=timestamp, event_type=event_type, metadata=metadata or {}
-            )
-        except ValidationError as exc:
-            return tracking_answer(session_id, "error", f"Session end tracking failed: {exc}")
+            ),
+            "Session end tracking failed",
+            session_id,
+        )
+        if not isinstance(event, SessionEndEvent):
+            return event
         work = self._store.end_work(
             SessionEnding(
                 session_id=event.session_id,

@@ -30,7 +30,7 @@ from typing import Any
 
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool.meta import MetaTable
-from oneiric_session.spool.outbox import encode, outbox_dir, outbox_problem, shell_identity, sync_directory
+from oneiric_session.spool.outbox import StartAppender, encode, outbox_dir, outbox_problem, sync_directory
 from oneiric_session.spool.outbox_reader import (
     KINDS,
     STALE_UNFINISHED_SECONDS,
@@ -62,31 +62,17 @@ logger = logging.getLogger("oneiric_session.spool")
 _META_RELEASED = "outbox.released"
 
 
-class Intake(MetaTable):
+class Intake(MetaTable, StartAppender):
     """The spool at `path`: appends, the outbox taken in, the totals. Thread-safe.
 
     Every public method raises only SpoolError (after recovery from corruption was tried).
     """
 
-    def append_start(
-        self,
-        handle: str,
-        destination: Destination,
-        event: Mapping[str, Any],
-        *,
-        pid: int | None,
-        pid_start_time: int | None,
-        boot_id: str | None,
-        host: str | None = None,
-        pid_ns: str | None = None,
+    def _start(
+        self, handle: str, destination: Destination, event: Mapping[str, Any], shell: dict[str, Any]
     ) -> bool:
-        """Spool a session start durably. False if this event_id or handle was already spooled.
-
-        `pid` is the shell's, on `host` in PID namespace `pid_ns` (procinfo.identify()).
-        """
         payload = encode(event)
         event_id = str(event.get("event_id") or f"start:{handle}")
-        shell = shell_identity(pid, pid_start_time, boot_id, host, pid_ns)
 
         with self.transaction() as conn:
             now = self._clock()

@@ -40,6 +40,7 @@ __all__ = [
     "FORMAT",
     "MAX_RECORD_BYTES",
     "Outbox",
+    "StartAppender",
     "encode",
     "outbox_dir",
     "outbox_problem",
@@ -105,7 +106,37 @@ def encode(event: Mapping[str, Any]) -> str:
         raise SpoolError(f"event cannot be spooled: {type(exc).__name__}") from None
 
 
-class Outbox:
+class StartAppender:
+    """One signature for spooling a session start, in the two places a start is written: the
+    shell's `Outbox` (a file) and the agent's `Intake` (the spool's database: tests, benchmarks)."""
+
+    def append_start(
+        self,
+        handle: str,
+        destination: Destination,
+        event: Mapping[str, Any],
+        *,
+        pid: int | None,
+        pid_start_time: int | None,
+        boot_id: str | None,
+        host: str | None = None,
+        pid_ns: str | None = None,
+    ) -> bool:
+        """Write a session start durably. False if this handle's start (or its event_id) is written already.
+
+        `pid` is the shell's, on `host` in PID namespace `pid_ns` (procinfo.identify()).
+        """
+        return self._start(
+            handle, destination, event, shell_identity(pid, pid_start_time, boot_id, host, pid_ns)
+        )
+
+    def _start(
+        self, handle: str, destination: Destination, event: Mapping[str, Any], shell: dict[str, Any]
+    ) -> bool:
+        raise NotImplementedError
+
+
+class Outbox(StartAppender):
     """Where one shell process writes its sessions' starts and ends for the spool at `spool_path`.
 
     Thread-safe (each record is its own file). Every method raises only SpoolError.
@@ -129,23 +160,9 @@ class Outbox:
     def directory(self) -> str:
         return outbox_dir(self.spool_path)
 
-    def append_start(
-        self,
-        handle: str,
-        destination: Destination,
-        event: Mapping[str, Any],
-        *,
-        pid: int | None,
-        pid_start_time: int | None,
-        boot_id: str | None,
-        host: str | None = None,
-        pid_ns: str | None = None,
+    def _start(
+        self, handle: str, destination: Destination, event: Mapping[str, Any], shell: dict[str, Any]
     ) -> bool:
-        """Write a session start durably. False if this handle's start is written already.
-
-        `pid` is the shell's, on `host` in PID namespace `pid_ns` (procinfo.identify()).
-        """
-        shell = shell_identity(pid, pid_start_time, boot_id, host, pid_ns)
         return self._write(handle, "start", destination, event, shell)
 
     def append_end(self, handle: str, destination: Destination | None, event: Mapping[str, Any]) -> bool:

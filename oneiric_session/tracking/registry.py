@@ -12,11 +12,12 @@ built-in never scans entry points (~100 ms in a large environment).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec
 
 from oneiric_session.common.record import Record
 from oneiric_session.config import shell_view, sources
@@ -33,6 +34,7 @@ ENTRY_POINT_GROUP = "oneiric_session.tracking.providers"
 
 logger = logging.getLogger("oneiric_session")
 
+P = ParamSpec("P")
 Factory = Callable[["LoadedConfig | ShellView | None"], "Tracker"]
 
 
@@ -238,24 +240,26 @@ def _resolve(registry: Registry | None, selection: str, source: str) -> Candidat
     return registry.resolve(selection, selection_source=source)
 
 
-def resolve_tracker(
-    settings_dir: str | os.PathLike[str] | None = None,
-    *,
-    provider: str | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    environ: Mapping[str, str] | None = None,
-    registry: Registry | None = None,
-) -> Tracker:
-    """The configured tracker; never raises: on any failure, one log line and the noop tracker."""
-    try:
-        return build_tracker(
-            settings_dir, provider=provider, overrides=overrides, environ=environ, registry=registry
-        )
-    except Exception as exc:  # a tracking problem must never stop the shell
-        kind = "configuration error" if isinstance(exc, ConfigError) else type(exc).__name__
-        from oneiric_session.common.safetext import terminal_safe  # (a plugin's error may hold anything)
+def _or_noop(build: Callable[P, Tracker]) -> Callable[P, Tracker]:
+    """`build` (its parameters), never raising."""
 
-        logger.warning("session tracking is off (provider noop): %s: %s", kind, terminal_safe(exc))
-        from oneiric_session.tracking.providers.noop import NoopTracker
+    @functools.wraps(build, assigned=("__module__", "__annotations__"))
+    def resolve_tracker(*args: P.args, **kwargs: P.kwargs) -> Tracker:
+        """The configured tracker; never raises: on any failure, one log line and the noop tracker."""
+        try:
+            return build(*args, **kwargs)
+        except Exception as exc:  # a tracking problem must never stop the shell
+            kind = "configuration error" if isinstance(exc, ConfigError) else type(exc).__name__
+            from oneiric_session.common.safetext import terminal_safe  # (a plugin's error may hold anything)
 
-        return NoopTracker()
+            logger.warning("session tracking is off (provider noop): %s: %s", kind, terminal_safe(exc))
+            from oneiric_session.tracking.providers.noop import NoopTracker
+
+            return NoopTracker()
+
+    resolve_tracker.__qualname__ = resolve_tracker.__name__
+    return resolve_tracker
+
+
+# What a shell calls: build_tracker()'s parameters, and the noop tracker where it would raise.
+resolve_tracker = _or_noop(build_tracker)
