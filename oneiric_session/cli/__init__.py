@@ -31,7 +31,7 @@ _SETTINGS_HELP = "settings directory (default: $ONEIRIC_SESSION_SETTINGS_DIR, el
 def add_db_option(parser: argparse._ActionsContainer) -> None:
     """`--db PATH`: the bundled server's database, one option for every command that serves or reads it.
 
-    None when not given: the command asks `paths.default_server_db_path()`, which the help describes.
+    None when not given: the command asks `config.sources.server_db_path()`, which the help describes.
     """
     parser.add_argument(
         "--db",

@@ -21,7 +21,7 @@ from typing import Any
 
 from oneiric_session.common.safetext import terminal_safe
 from oneiric_session.common.sqlite_files import database_present
-from oneiric_session.config.sources import given_path
+from oneiric_session.config.sources import given_path, server_db_path
 from oneiric_session.errors import ConfigError
 
 TOKEN_ENV = "SESSION_BUDDY_TOKEN"
@@ -121,11 +121,10 @@ def _collect(pages: Iterable[tuple[list[dict[str, Any]], bool]], query: Query) -
 def _local(args: argparse.Namespace, query: Query) -> Result:
     import sqlite3
 
-    from oneiric_session.common.paths import default_server_db_path
     from oneiric_session.server.listing import BadQuery, SessionFilter
     from oneiric_session.server.store import SessionStore
 
-    db_path = given_path(args.db, "--db") if args.db else default_server_db_path()
+    db_path = given_path(args.db, "--db") if args.db else server_db_path()
     if not database_present(db_path, "session database"):  # reading must not create a database
         return Result([], False)
     where = SessionFilter(query.open_only, query.component, query.user, query.host, query.since, query.until)

@@ -16,7 +16,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from oneiric_session.cli import add_db_option
-from oneiric_session.config.sources import given_path
+from oneiric_session.config.sources import given_path, server_db_path
 from oneiric_session.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -93,7 +93,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     # Logs go to stderr: in stdio mode stdout carries JSON-RPC and nothing else.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="oneiric-session serve: %(message)s")
-    from oneiric_session.common.paths import default_server_db_path
     from oneiric_session.server.auth import TokenVerifier, secret_from_env
 
     bind = parse_bind(args.http) if args.http else None
@@ -105,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         check_bind(bind, allow_remote=args.allow_remote, secret=secret)
     verifier = TokenVerifier(secret) if secret else None
     sock = _listen(bind) if bind is not None else None
-    db_path = given_path(args.db, "--db") if args.db else default_server_db_path()
+    db_path = given_path(args.db, "--db") if args.db else server_db_path()
     store = _open_store(db_path)
 
     from oneiric_session.server.app import build_server

@@ -9,7 +9,7 @@ from typing import Any
 from oneiric_session.cli import add_db_option
 from oneiric_session.common.safetext import terminal_safe
 from oneiric_session.common.sqlite_files import database_present
-from oneiric_session.config.sources import given_path
+from oneiric_session.config.sources import given_path, server_db_path
 
 # What a table cell shows of one value at most.
 _CELL_CHARS = 200
@@ -29,11 +29,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def run(args: argparse.Namespace) -> int:
     import sqlite3
 
-    from oneiric_session.common.paths import default_server_db_path
     from oneiric_session.errors import ConfigError
     from oneiric_session.server.store import LISTED_COLUMNS, SessionStore
 
-    db_path = given_path(args.db, "--db") if args.db else default_server_db_path()
+    db_path = given_path(args.db, "--db") if args.db else server_db_path()
     sessions: list[dict[str, Any]] = []
     if database_present(db_path, "session database"):  # listing must not create a database
         try:

@@ -1,9 +1,8 @@
-"""Per-user file locations (XDG), in one place."""
+"""Per-user file locations (XDG), in one place; and which errors say that nothing is at a path."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
+import errno
 from pathlib import Path
 
 import platformdirs
@@ -25,21 +24,8 @@ def default_spool_path() -> Path:
     return state_dir() / "spool.sqlite3"
 
 
-# Names the bundled server's database (a variable, not a setting: `serve` and `sessions` read it too).
-DB_ENV = "ONEIRIC_SESSION_DB"
-
-
-def default_server_db_path(environ: Mapping[str, str] | None = None) -> Path:
-    """The bundled server's database: `$ONEIRIC_SESSION_DB`, else under the XDG data dir."""
-    env = (os.environ if environ is None else environ).get(DB_ENV)
-    if not env:
-        return data_dir() / "sessions.sqlite3"
-    expanded = os.path.expanduser(env)  # only a leading `~` (pathlib reads `./~x` as one too)
-    if env.startswith("~") and expanded == env:  # `~user` of a user this system does not know
-        from oneiric_session.errors import ConfigError
-
-        raise ConfigError(
-            f"environment variable {DB_ENV} names a home directory ('~') this system does not know: "
-            f"{env!r:.200}"
-        )
-    return Path(expanded)
+def nothing_there(exc: OSError) -> bool:
+    """Whether `exc`, raised looking at a path, means nothing is there: the path, or a directory on
+    its way, does not exist, or the path is too long to name a file. Any other error (permission
+    denied, ...) means something may be there that cannot be seen: never to be read as absent."""
+    return isinstance(exc, FileNotFoundError | NotADirectoryError) or exc.errno == errno.ENAMETOOLONG

@@ -13,7 +13,6 @@ spool/recovery.py, spool/rejoin.py) and the bundled server's store (server/store
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import stat
 import threading
@@ -31,14 +30,13 @@ def database_present(path: str | os.PathLike[str], what: str) -> bool:
     command that must not create it: False when it, or a directory on its way, does not exist (or
     the path is too long to name one); OneiricSessionError when it cannot be looked at (permission
     denied): reading on as if it were absent would report an unreadable spool as empty."""
+    from oneiric_session.common.paths import nothing_there
     from oneiric_session.errors import OneiricSessionError
 
     try:
         st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return False
     except OSError as exc:
-        if exc.errno == errno.ENAMETOOLONG:
+        if nothing_there(exc):
             return False
         problem = f"cannot be examined ({exc.strerror or exc})"
     else:

@@ -74,7 +74,7 @@ class LoadedConfig:
         else:  # the bundled compatible server, so a fresh machine works with no configuration
             # Its database is resolved here, from the shell's environment, so that it is part of
             # the destination: the agent (spawned by whichever shell came first) never guesses it.
-            db = paths.default_server_db_path(self.environ)
+            db = sources.server_db_path(self.environ)
             command, args = sys.executable, ("-m", "oneiric_session", "serve", "--db", str(db))
         return Destination(
             command=command,
@@ -107,13 +107,11 @@ class LoadedConfig:
         def refuse(name: str, value: str, alternatives: str = "") -> None:
             origin = (
                 f"environment variable {name}"
-                if name == paths.DB_ENV
+                if name == sources.DB_ENV
                 else sources.describe(self.source_of(name))
             )
-            if value.startswith("~") and os.path.expanduser(value) == value:  # `~user` of nobody here
-                raise ConfigError(
-                    f"{name}: {value!r} names a home directory ('~') this system does not know; from {origin}"
-                )
+            if sources.expand_home(value) is None:
+                raise ConfigError(f"{name}: {value!r} {sources.UNKNOWN_HOME}; from {origin}")
             raise ConfigError(
                 f"{name}: {value!r} is a relative path; the delivery agent runs in /, so give an "
                 f"absolute path{alternatives}; from {origin}"
@@ -138,8 +136,8 @@ class LoadedConfig:
         elif launch == "checkout":
             if not os.path.isabs(_expanded(s.session_buddy_path or "")):
                 refuse("session_buddy_path", s.session_buddy_path or "")
-        elif (database := self.environ.get(paths.DB_ENV)) and not os.path.isabs(_expanded(database)):
-            refuse(paths.DB_ENV, database)
+        elif (database := self.environ.get(sources.DB_ENV)) and not os.path.isabs(_expanded(database)):
+            refuse(sources.DB_ENV, database)
 
     def report_cwd(self) -> str | None:
         """What environment.cwd carries: the setting; on http by default a directory any host has."""

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from oneiric_session.config.sources import DEFAULT_IDLE_EXIT_SECONDS, DEFAULT_PROVIDER
+from oneiric_session.config.sources import DEFAULT_IDLE_EXIT_SECONDS, DEFAULT_PROVIDER, UNKNOWN_HOME
 from oneiric_session.tracking.destination import Tuning
 from oneiric_session.tracking.limits import Limits
 
@@ -87,7 +87,7 @@ def _home_known(path: Path | None) -> Path | None:
         try:
             path.expanduser()
         except RuntimeError:
-            raise ValueError("names a home directory ('~') this system does not know") from None
+            raise ValueError(UNKNOWN_HOME) from None
     return path
 
 

@@ -60,10 +60,8 @@ CACHE_FORMAT = 3  # 2: agent_idle_exit_seconds; 3: report_cwd resolved for http
 # Distinct configurations remembered (settings dirs x environments); the oldest go first.
 MAX_ENTRIES = 16
 # Variables read outside the settings layers: `~` expansion, the default spool path, and the
-# bundled server's default database (`common.paths`, from this process's environment).
+# bundled server's default database (`sources.server_db_path`, from this process's environment).
 _DERIVED_ENV = ("HOME", "XDG_STATE_HOME", "XDG_DATA_HOME")
-# Read from the environment the settings are read from (`paths.default_server_db_path`).
-_DB_ENV = "ONEIRIC_SESSION_DB"  # common.paths.DB_ENV (not imported here: it loads platformdirs)
 # The code that turns settings into a view: editing it (an editable install) invalidates entries.
 _PACKAGE_DIR = Path(__file__).parent.parent
 _CODE_FILES = (
@@ -282,7 +280,7 @@ def cache_key(
             [[str(path), _file_digest(path)] for path in files],
             sorted(sources.relevant_environ(environ).items()),
             [[name, os.environ.get(name)] for name in _DERIVED_ENV],
-            environ.get(_DB_ENV),
+            environ.get(sources.DB_ENV),
             sorted((str(k), v) for k, v in (overrides or {}).items()),
         ]
         material = json.dumps(parts, default=repr, ensure_ascii=False).encode("utf-8", "surrogatepass")

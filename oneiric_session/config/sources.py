@@ -171,14 +171,27 @@ def resolve_settings_dir(settings_dir: str | os.PathLike[str] | None, environ: M
     return path
 
 
+# Why a path whose `~user` names no user of this system is refused, wherever it is given.
+UNKNOWN_HOME = "names a home directory ('~') this system does not know"
+# Names the bundled server's database (a variable, not a setting: `serve` and `sessions` read it too).
+DB_ENV = "ONEIRIC_SESSION_DB"
+
+
+def expand_home(value: str) -> str | None:
+    """`value` with a leading `~` or `~user` expanded; None when it names the home of a user this
+    system does not know. os.path's expansion, not pathlib's: only a leading `~` is one (`./~x`
+    is a file named `~x`)."""
+    expanded = os.path.expanduser(value)
+    return None if value.startswith("~") and expanded == value else expanded
+
+
 def given_path(value: str, what: str) -> Path:
     """`value` with its `~` expanded, made absolute; ConfigError naming `what` when it cannot be
     (expanding would raise into `status` or a shell's start). The reason comes first: a long value
     is cut short where the message is shown."""
-    # os.path's expanduser, not pathlib's: only a leading `~` is one (`./~x` is a file named `~x`).
-    expanded = os.path.expanduser(value)
-    if value.startswith("~") and expanded == value:  # `~user` of a user this system does not know
-        reason = "names a home directory ('~') this system does not know"
+    expanded = expand_home(value)
+    if expanded is None:
+        reason = UNKNOWN_HOME
     else:
         try:
             return Path(expanded).absolute()
@@ -191,6 +204,16 @@ def given_path(value: str, what: str) -> Path:
 
 # Of a path that cannot be used, the part a message shows (the whole is in the user's own settings).
 _SHOWN_VALUE_CHARS = 200
+
+
+def server_db_path(environ: Mapping[str, str] | None = None) -> Path:
+    """The bundled server's database: `$ONEIRIC_SESSION_DB`, else under the XDG data dir."""
+    value = (os.environ if environ is None else environ).get(DB_ENV)
+    if value:
+        return given_path(value, f"environment variable {DB_ENV}")
+    from oneiric_session.common.paths import data_dir  # (platformdirs: not on a shell's path)
+
+    return data_dir() / "sessions.sqlite3"
 
 
 def oneiric_files(directory: Path, environ: Mapping[str, str]) -> list[Path]:

@@ -7,7 +7,6 @@ newline is one still being written (`Unfinished`). Standard library only.
 """
 
 import contextlib
-import errno
 import functools
 import json
 import os
@@ -16,6 +15,7 @@ import time
 from collections.abc import Collection
 from typing import Any, NamedTuple
 
+from oneiric_session.common.paths import nothing_there
 from oneiric_session.common.privacy import ownership_problem
 from oneiric_session.spool.outbox import FORMAT, MAX_RECORD_BYTES, outbox_dir, outbox_problem, same_file_at
 from oneiric_session.tracking.destination import Destination
@@ -82,8 +82,8 @@ def outbox_unreadable(directory: str) -> str | None:
     them, or it cannot be listed); None when they are, or when there is no outbox."""
     try:
         os.lstat(directory)
-    except OSError as exc:  # none there; or a path too long to name one
-        if isinstance(exc, FileNotFoundError | NotADirectoryError) or exc.errno == errno.ENAMETOOLONG:
+    except OSError as exc:
+        if nothing_there(exc):
             return None
     problem = outbox_problem(directory)
     if problem is None:
@@ -113,8 +113,8 @@ def record_names(directory: str) -> list[str] | None:
     """The names of the records in `directory`, oldest name first (None if it does not exist)."""
     try:
         names = os.listdir(directory)
-    except OSError as exc:  # none there, or a path too long to name one
-        if isinstance(exc, FileNotFoundError | NotADirectoryError) or exc.errno == errno.ENAMETOOLONG:
+    except OSError as exc:
+        if nothing_there(exc):
             return None
         raise
     return sorted(name for name in names if name.endswith(_SUFFIXES) and not name.startswith("."))
