@@ -6,7 +6,14 @@ import asyncio
 
 import pytest
 
-from oneiric_session.agent.resilience import CircuitBreaker, backoff, capped_delay, is_retryable, retrying
+from oneiric_session.agent.resilience import (
+    CircuitBreaker,
+    FailureRun,
+    backoff,
+    capped_delay,
+    is_retryable,
+    retrying,
+)
 from oneiric_session.errors import (
     CircuitOpenError,
     DeliveryTimeoutError,
@@ -210,3 +217,23 @@ async def test_calls_in_flight_that_fail_together_count_once() -> None:
         with pytest.raises(ServerUnavailableError):
             await cb.call(down)
     assert cb.state == "open"  # 1 + 2 consecutive failures
+
+
+def test_a_failure_run_counts_calls_failing_together_once() -> None:
+    """The one counter of consecutive failures (the breaker's tries, the worker's calls): calls
+    marked before a failure was counted fail with it; a later call, a lone one or a success
+    after them starts counting again."""
+    run = FailureRun()
+    wave = [run.mark() for _ in range(3)]  # a window of three calls in flight
+    assert [run.failed(mark) for mark in wave] == [True, False, False]
+    assert run.length == 1
+    assert run.failed(run.mark())  # the next call, sent after that failure: a failure of its own
+    assert run.length == 2
+    stale = run.mark()
+    assert run.failed(run.mark())
+    assert run.failed(stale, alone=True)  # a probe counts whatever failed since it was sent
+    assert run.length == 4
+    run.succeeded()
+    assert run.length == 0
+    late = wave[0]  # a call sent long before, failing after the success: the run starts again
+    assert run.failed(late) and run.length == 1

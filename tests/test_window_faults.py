@@ -270,7 +270,7 @@ async def test_a_failure_after_a_success_counts_again(tmp_path: Path) -> None:
 
     worker = await _one_drain(tmp_path, clock, answer, Tuning(attempts=1, window=3), starts=3)
     assert worker.last_error is not None and worker.retry_at > START
-    assert worker.failures == 1 and worker.policy.breaker._failures == 1
+    assert worker.failures == 1 and worker.policy.breaker.failures == 1
 
 
 def _password_rotation(

@@ -26,7 +26,7 @@ import tenacity
 from oneiric_session.errors import CircuitOpenError, TransientDeliveryError
 from oneiric_session.tracking.destination import Tuning
 
-__all__ = ["CircuitBreaker", "RetryPolicy", "Stopped", "backoff", "is_retryable", "retrying"]
+__all__ = ["CircuitBreaker", "FailureRun", "RetryPolicy", "Stopped", "backoff", "is_retryable", "retrying"]
 
 T = TypeVar("T")
 BreakerState = Literal["closed", "open", "half_open"]
@@ -78,6 +78,34 @@ def retrying(
     )
 
 
+class FailureRun:
+    """A run of consecutive failures, where calls in flight together that fail together count once.
+
+    A call takes a `mark()` when it is sent. Its failure counts unless a failure of the current run
+    was counted since (one dropped connection fails every call of the window at once), so an outage
+    counts one failure per wave of calls, whatever the window. A success ends the run. The breaker
+    counts failed tries with one, the destination worker failed calls (their tries spent) with another.
+    """
+
+    def __init__(self) -> None:
+        self.length = 0
+        self._counted = 0  # failures counted ever: what a mark is
+
+    def mark(self) -> int:
+        return self._counted
+
+    def failed(self, mark: int, *, alone: bool = False) -> bool:
+        """Count the failure of the call marked `mark` (`alone`: whatever failed since); True if counted."""
+        if not alone and mark != self._counted and self.length > 0:
+            return False  # it failed with a call already counted since it was sent
+        self.length += 1
+        self._counted += 1
+        return True
+
+    def succeeded(self) -> None:
+        self.length = 0
+
+
 class CircuitBreaker:
     """Closed -> open after `threshold` consecutive failures -> half-open after `reset_seconds`.
 
@@ -87,10 +115,7 @@ class CircuitBreaker:
     any other outcome (a success, or the server refusing an event) shows the
     server is reachable and counts as a success.
 
-    Calls in flight together that fail together count once: a call whose failure comes after
-    another failure of the current run was counted since it was let through failed with that one
-    (one dropped connection fails every call of the window at once), so an outage counts one
-    failure per wave of calls, whatever the window; after a success, a failure counts again.
+    Calls in flight together that fail together count once (`FailureRun`); a probe always counts.
     """
 
     def __init__(
@@ -107,8 +132,7 @@ class CircuitBreaker:
         self._reset_seconds = reset_seconds
         self._clock = clock
         self._is_failure = is_failure
-        self._failures = 0
-        self._counted = 0  # failures counted ever: what a call saw when it was let through
+        self._run = FailureRun()
         self._opened_at: float | None = None
         self._probe_in_flight = False
 
@@ -121,6 +145,11 @@ class CircuitBreaker:
         return "open"
 
     @property
+    def failures(self) -> int:
+        """Consecutive failed tries (tries failing together count once)."""
+        return self._run.length
+
+    @property
     def retry_after_seconds(self) -> float:
         """Seconds until a probe may go (0 when calls are let through now)."""
         if self._opened_at is None:
@@ -130,12 +159,12 @@ class CircuitBreaker:
     async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
         """Run `operation` unless the circuit is open; record its outcome."""
         probe = self._admit()
-        seen = self._counted
+        mark = self._run.mark()
         try:
             result = await operation()
         except Exception as exc:
             if self._is_failure(exc):
-                self._record_failure(probe, together=seen != self._counted and self._failures > 0)
+                self._record_failure(probe, mark)
             else:
                 self._record_success(probe)
             raise
@@ -155,26 +184,24 @@ class CircuitBreaker:
             self._probe_in_flight = True
             return True
         raise CircuitOpenError(
-            f"circuit open after {self._failures} consecutive failures; "
+            f"circuit open after {self._run.length} consecutive failures; "
             f"next attempt in {self.retry_after_seconds:.1f} s"
         )
 
     def _record_success(self, probe: bool) -> None:
         if not probe and self._opened_at is not None:
             return  # a call admitted before the circuit opened; only the probe decides now
-        self._failures = 0
+        self._run.succeeded()
         self._opened_at = None
         self._probe_in_flight = False
 
-    def _record_failure(self, probe: bool, *, together: bool) -> None:
-        if together and not probe:
-            return  # it failed with a call already counted since this one was let through
-        self._failures += 1
-        self._counted += 1
+    def _record_failure(self, probe: bool, mark: int) -> None:
+        if not self._run.failed(mark, alone=probe):
+            return
         if probe:
             self._probe_in_flight = False
             self._opened_at = self._clock()
-        elif self._opened_at is None and self._failures >= self._threshold:
+        elif self._opened_at is None and self._run.length >= self._threshold:
             self._opened_at = self._clock()
 
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import oneiric_session.agent.pipeline as pipeline
 from oneiric_session.agent.credentials import Credentials
-from oneiric_session.agent.resilience import RetryPolicy, Stopped
+from oneiric_session.agent.resilience import FailureRun, RetryPolicy, Stopped
 from oneiric_session.agent.status import DestinationStatus
 from oneiric_session.errors import AuthenticationError, DeliveryError, SpoolError, TransientDeliveryError
 from oneiric_session.spool import DEAD_AUTH, DEAD_REJECTED, Spool, SpooledEvent
@@ -90,8 +90,8 @@ class DestinationWorker:
     # Called with each answered row before its acknowledgement (tests kill the agent there).
     on_answer: Callable[[SpooledEvent], None] | None = None
     client: Client | None = None
-    failures: int = 0  # consecutive transient failures (calls failing together count once)
-    counted: int = 0  # failures counted ever: what a call saw when it was sent
+    # Consecutive calls failed transiently, their tries spent (calls failing together count once).
+    run: FailureRun = field(default_factory=FailureRun, repr=False)
     retry_at: float = 0.0  # monotonic: no attempt before this
     last_error: str | None = None
     auth_error: str | None = None  # the server refused the token; cleared by a new token or a delivery
@@ -111,6 +111,10 @@ class DestinationWorker:
     sending: set[str] = field(default_factory=set, repr=False)
     unanswered: set[str] = field(default_factory=set, repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    @property
+    def failures(self) -> int:
+        return self.run.length
 
     def status(self) -> DestinationStatus:
         return DestinationStatus(
@@ -208,7 +212,7 @@ class DestinationWorker:
         assert client is not None
         self.last_used = self.mono()
         before = self.status()
-        seen = self.counted
+        mark = self.run.mark()
         try:
             if row.kind == "start":
                 self.unanswered.add(row.handle)  # until answered or refused
@@ -239,10 +243,9 @@ class DestinationWorker:
             else:
                 if not isinstance(exc, DeliveryError):  # a bug below us must not stop delivery
                     logger.exception("unexpected error delivering %s %s", row.kind, row.handle)
-                # Failed with a call counted since this one was sent, in the same run of failures
-                # (one dropped connection fails the whole window at once): one failure towards the
-                # back-off, not one a row.
-                self._failed(row, exc, together=seen != self.counted and self.failures > 0)
+                # One dropped connection fails the whole window at once: one failure towards the
+                # back-off, not one a row (`FailureRun`).
+                self._failed(row, exc, mark)
                 return False
         else:
             self._succeeded()
@@ -259,7 +262,8 @@ class DestinationWorker:
         self.tally.delivered += 1
         if self.failures or self.last_error:
             logger.info("delivering to %s again", self.describe)
-        self.failures, self.last_error, self.failing_since = 0, None, None
+        self.run.succeeded()
+        self.last_error, self.failing_since = None, None
         self.auth_error = None
         if self.tally.progress is not None:
             self.tally.progress(self.tally.delivered)
@@ -291,11 +295,10 @@ class DestinationWorker:
             logger.warning("authentication failed at %s: %s", self.describe, self.auth_error)
         self._dead(row, str(exc), DEAD_AUTH, log=False)
 
-    def _failed(self, row: SpooledEvent, exc: BaseException, *, together: bool = False) -> None:
-        if not together:
-            self.failures += 1
-            self.counted += 1
-        delay = self.policy.backoff_seconds(self.failures, exc)  # (>= 1: `together` needs one counted)
+    def _failed(self, row: SpooledEvent, exc: BaseException, mark: int | None = None) -> None:
+        """Back off after `row` failed (sent at `mark`; None: a failure of its own)."""
+        self.run.failed(self.run.mark() if mark is None else mark)
+        delay = self.policy.backoff_seconds(self.run.length, exc)  # (>= 1: a failure is counted first)
         self.retry_at = self.mono() + delay
         message = str(exc) or type(exc).__name__
         if self.last_error is None:
