@@ -95,15 +95,22 @@ def test_server_env_secrets_are_not_stored_at_rest(tmp_path: Path, monkeypatch: 
     assert all("SESSION_BUDDY_SECRET" in d["env"] for d in stored)  # the name is kept, as a reference
 
 
-def test_a_password_in_the_url_is_not_stored_at_rest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`url: http://user:password@host/mcp`: the password travels like a secret server.env value,
-    in memory only; it was written into the config cache and the spool's destinations."""
+@pytest.mark.parametrize("where", ["password", "query"])
+def test_a_secret_in_the_url_is_not_stored_at_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """`url: http://user:password@host/mcp`, or `...?access_token=...` (review O: shown by `status`
+    and `spool list`, and stored): the secret travels like a secret server.env value, in memory
+    only; the password was written into the config cache and the spool's destinations."""
     from tests.support.http_server import HttpServer
 
     server = HttpServer(tmp_path / "server")
     (tmp_path / "server").mkdir()
     password = "url-pass-" + "0123456789abcdef" * 2
-    url = server.url.replace("http://", f"http://fleet:{password}@")
+    if where == "password":
+        url = server.url.replace("http://", f"http://fleet:{password}@")
+    else:
+        url = f"{server.url}?team=a&access_token={password}"
     scene = Scene(tmp_path, transport="http", url=url, agent__idle_exit_seconds=60)
     monkeypatch.setenv("XDG_RUNTIME_DIR", scene.env["XDG_RUNTIME_DIR"])
     server.start()
@@ -118,6 +125,7 @@ def test_a_password_in_the_url_is_not_stored_at_rest(tmp_path: Path, monkeypatch
             if path.is_file():
                 assert password.encode() not in path.read_bytes(), path
         assert password not in scene.run("status").stdout
+        assert password not in scene.run("spool", "list").stdout
     finally:
         scene.stop_agents()
         server.kill()

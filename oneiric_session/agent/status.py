@@ -171,11 +171,18 @@ def delivery_status(
     problems = _privacy_problems(path)
     if problems:
         report["warnings"] = problems
+    from oneiric_session.common.sqlite_files import database_present
+    from oneiric_session.errors import OneiricSessionError
     from oneiric_session.spool.intake import Intake
     from oneiric_session.spool.opening import disk_bytes
     from oneiric_session.spool.outbox_reader import read_outbox
 
-    if not os.path.exists(path):  # no agent made it yet: what the shells wrote waits in the outbox
+    try:
+        present = database_present(path, "spool")
+    except OneiricSessionError as exc:  # (not "absent": an unreadable spool is not an empty one)
+        report["error"] = str(exc)
+        return report
+    if not present:  # no agent made it yet: what the shells wrote waits in the outbox
         waiting = read_outbox(path)
         if waiting:
             oldest = max(0.0, time.time() - min(r.created_at for r in waiting))
@@ -229,12 +236,13 @@ def _privacy_problems(path: Path) -> list[str]:
     problems = []
     reason = privacy.foreign_reason(path)
     if reason is not None:
-        problems.append(f"spool refused: {reason} (another user could have written its launch lines)")
-    from oneiric_session.spool.outbox import outbox_dir, outbox_problem
+        problems.append(privacy.refusal("spool", reason))
+    from oneiric_session.spool.outbox import outbox_dir
+    from oneiric_session.spool.outbox_reader import outbox_unreadable
 
-    problem = outbox_problem(outbox_dir(path))
+    problem = outbox_unreadable(outbox_dir(path))  # another user's, or one that cannot be listed
     if problem is not None:
-        problems.append(f"outbox refused: {problem} (another user could have written its records)")
+        problems.append(f"outbox refused, its records are not read: {problem}")
     real = os.path.realpath(path)
     paths = [
         os.path.dirname(real),

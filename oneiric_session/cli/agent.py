@@ -143,16 +143,11 @@ def run(args: argparse.Namespace, *, on_answer: Callable[[SpooledEvent], None] |
     handed_tokens = dict(handed.tokens)
     handed_secrets = {key: dict(values) for key, values in handed.secrets.items()}
     wakeup.clear_spawn_marker(spool_path)  # before the lock: see wakeup.waker's module doc
-    from oneiric_session.common.privacy import foreign_reason
+    from oneiric_session.common.privacy import foreign_reason, refusal
 
     refused = foreign_reason(spool_path)
     if refused is not None:  # its launch lines and wake-ups could be another user's: run nothing
-        log.error(
-            "refusing to deliver %s: %s, so another user could have written it; set spool.path to a "
-            "directory only you can write",
-            spool_path,
-            refused,
-        )
+        log.error("refusing to deliver: %s", refusal(f"spool {spool_path}", refused))
         return 1
     from oneiric_session.spool import Spool
 

@@ -131,8 +131,12 @@ def run(args: argparse.Namespace) -> int:
 def _open_store(db_path: Path) -> SessionStore:
     import sqlite3
 
+    from oneiric_session.common.sqlite_files import database_present
     from oneiric_session.server.store import SessionStore
 
+    # Made if absent; refused if not a regular file: a FIFO would hold the open for ever, and in
+    # stdio mode the exit signals are blocked by then (not a database there: said, not waited on).
+    database_present(db_path, "session database")
     try:
         return SessionStore(db_path)
     except (OSError, sqlite3.Error) as exc:

@@ -60,15 +60,12 @@ def _spool_path(args: argparse.Namespace) -> Path:
 def _refuse_foreign(path: Path) -> None:
     """UnsafeSpoolError for a spool another user could have written: its launch lines would run as
     you, so the agent and replay refuse it (a database that exists is refused when it is opened)."""
-    from oneiric_session.common.privacy import foreign_reason
+    from oneiric_session.common.privacy import foreign_reason, refusal
     from oneiric_session.errors import UnsafeSpoolError
 
     refused = foreign_reason(path)
     if refused is not None:
-        raise UnsafeSpoolError(
-            f"spool {path} refused: {refused}, so another user could have written it (its launch lines "
-            "would run as you); set spool.path to a directory only you can write"
-        )
+        raise UnsafeSpoolError(refusal(f"spool {path}", refused))
 
 
 def _row(event: SpooledEvent, now: float) -> dict[str, Any]:
@@ -142,17 +139,22 @@ def run_list(args: argparse.Namespace) -> int:
 def _take_lock(path: Path, tokens: dict[str, str] | None, spool: Spool | None = None) -> Any:
     """The agent lock, asking a running agent to step aside first; None if it would not."""
     from oneiric_session import wakeup
+    from oneiric_session.errors import OneiricSessionError
 
     lock = wakeup.AgentLock(path, spool)
     deadline = time.monotonic() + HANDOVER_SECONDS
-    while not lock.acquire():
+    while True:
+        try:
+            if lock.acquire():
+                return lock
+        except OSError as exc:  # a lock or spool that cannot be used at all (as the agent says it)
+            raise OneiricSessionError(f"cannot take the agent lock {lock.path}: {exc}") from None
         if time.monotonic() >= deadline:
             return None
         # Asked again at each look: an agent that holds the lock but has not bound its socket yet
         # (starting, or handing over) loses the datagram, and a busy one never idles out.
         wakeup.wake(path, tokens=tokens, handover=True)
         time.sleep(_HANDOVER_POLL_SECONDS)  # sleep-ok: bounded wait for another process to let go
-    return lock
 
 
 def run_replay(args: argparse.Namespace) -> int:
@@ -169,17 +171,22 @@ def run_replay(args: argparse.Namespace) -> int:
     token = config_token(config)
     tokens = {destination.key: token} if token else None
     secrets = {destination.key: destination.secrets()} if destination.secrets() else None
-    from oneiric_session.spool.outbox_reader import read_outbox
+    from oneiric_session.spool.outbox import outbox_dir
+    from oneiric_session.spool.outbox_reader import outbox_unreadable, read_outbox
 
-    if not database_present(path, "spool") and not read_outbox(
-        path
-    ):  # no database, and no shell's record waiting
-        return _replay_report(args, destination.describe(), 0, 0, 0)
+    # Records may wait there unread: said at the end, and not "nothing remains" (as `spool list`).
+    refused = outbox_unreadable(outbox_dir(path))
+    if not database_present(path, "spool") and not read_outbox(path):  # nothing to deliver here
+        return _replay_report(args, destination.describe(), 0, 0, 0, refused)
     from oneiric_session.errors import SpoolError
 
     _refuse_foreign(path)
     spool = uncapped_spool(path)  # one connection, the lock's claim included
-    lock = _take_lock(path, tokens, spool)
+    try:
+        lock = _take_lock(path, tokens, spool)
+    except BaseException:
+        spool.close()
+        raise
     if lock is None:
         spool.close()
         print(
@@ -216,7 +223,7 @@ def run_replay(args: argparse.Namespace) -> int:
         idle = config.settings.agent.idle_exit_seconds  # as a shell of these settings passes it
         wakeup.wake_or_spawn(path, tokens=tokens, idle_exit_seconds=idle, secrets=secrets)
     return _replay_report(
-        args, destination.describe(), result.delivered, result.remaining, result.dead_lettered
+        args, destination.describe(), result.delivered, result.remaining, result.dead_lettered, refused
     )
 
 
@@ -256,18 +263,24 @@ class Progress:
         print(f"\rreplay: {delivered}/{self.total} delivered", end="", file=sys.stderr, flush=True)
 
 
-def _replay_report(args: argparse.Namespace, target: str, delivered: int, remaining: int, dead: int) -> int:
+def _replay_report(
+    args: argparse.Namespace, target: str, delivered: int, remaining: int, dead: int, refused: str | None
+) -> int:
     if args.json:
-        report = {
+        report: dict[str, Any] = {
             "destination": target,
             "delivered": delivered,
             "remaining": remaining,
             "dead_lettered": dead,
         }
+        if refused is not None:
+            report["outbox_refused"] = refused
         print(json.dumps(report, indent=2))
     else:
         print(
             f"delivered {delivered} event(s) to {target}; "
             f"{remaining} still waiting; {dead} new dead letter(s)"
         )
-    return 0 if remaining == 0 and dead == 0 else 1
+        if refused is not None:
+            print(f"  warning: outbox refused, its records are not read: {terminal_safe(refused)}")
+    return 0 if remaining == 0 and dead == 0 and refused is None else 1

@@ -9,7 +9,7 @@ A spool is a list of launch lines the agent executes, so a spool that another us
 could have written is refused outright (`foreign_reason`): its directory must belong
 to us (or root) and be writable by nobody else, and the spool and its companion files
 (WAL, SHM, lock) must be ours and writable by nobody else. `not_private` is the milder
-check `status` warns about: a path of ours that others can read.
+check `status` warns about: a path of ours that others can read. `refusal` words every refusal.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 
 __all__ = [
     "PrivatePathError",
+    "Unexamined",
     "foreign_reason",
     "not_private",
     "open_private",
@@ -30,6 +31,25 @@ __all__ = [
     "spool_companions",
     "write_private",
 ]
+
+
+class Unexamined(str):
+    """A reason to refuse a path that could not be looked at (permission denied, a name too long):
+    nothing says another user wrote it, only that it cannot be ruled out."""
+
+
+def refusal(subject: str, reason: str) -> str:
+    """The one message refusing `subject` ("spool /x", "outbox /x.outbox") for `reason`, as
+    `foreign_reason` or `outbox_problem` gave it."""
+    if isinstance(reason, Unexamined):
+        return (
+            f"{subject} refused: {reason}, so who could have written it cannot be checked; let "
+            "yourself read that directory, or set spool.path to a directory only you can write"
+        )
+    return (
+        f"{subject} refused: {reason}, so another user could have written it (its launch lines "
+        "would run as you); set spool.path to a directory only you can write"
+    )
 
 
 class PrivatePathError(PermissionError):
@@ -118,7 +138,7 @@ def _dir_reason(directory: str) -> str | None:
                 return None
             path = parent  # created by us, 0700: what matters is who can write the nearest existing one
         except OSError as exc:
-            return f"directory {path} cannot be examined: {exc.strerror or exc}"
+            return Unexamined(f"directory {path} cannot be examined: {exc.strerror or exc}")
     if not stat.S_ISDIR(st.st_mode):
         return None  # a file in the way: the caller's own error says so
     if st.st_uid not in (os.getuid(), 0):
@@ -142,7 +162,7 @@ def foreign_reason(path: str | os.PathLike[str], companions: Iterable[str] | Non
         except (FileNotFoundError, NotADirectoryError):
             continue  # absent (or a file in the way of its directory: the caller's error says so)
         except OSError as exc:
-            return f"{name} cannot be examined: {exc.strerror or exc}"
+            return Unexamined(f"{name} cannot be examined: {exc.strerror or exc}")
         problem = ownership_problem(name, st)
         if problem is not None:
             return problem

@@ -117,8 +117,8 @@ class LoadedConfig:
                 f"absolute path{alternatives}; from {origin}"
             )
 
-        if s.spool.path is not None and not s.spool.path.expanduser().is_absolute():
-            refuse("spool.path", str(s.spool.path))
+        if s.spool.path is not None and not s.spool.path.is_absolute():  # (`~` expanded: models)
+            refuse("spool.path", os.path.join(".", s.spool.path))  # as given: `./~x` is no home
         launch = self.launch()
         if launch is None:
             return
@@ -149,8 +149,8 @@ class LoadedConfig:
         return Limits(**self.settings.limits.model_dump())
 
     def spool_path(self) -> Path:
-        path = self.settings.spool.path
-        return path.expanduser() if path is not None else paths.default_spool_path()
+        path = self.settings.spool.path  # (its `~` expanded when it was validated)
+        return path if path is not None else paths.default_spool_path()
 
     def token(self) -> str | None:
         """The token from $token_env, else token_file (owner-only). Never log or show it."""

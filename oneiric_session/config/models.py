@@ -8,13 +8,18 @@ and every value keeps its source.
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from oneiric_session.config.sources import DEFAULT_IDLE_EXIT_SECONDS, DEFAULT_PROVIDER, UNKNOWN_HOME
+from oneiric_session.config.sources import (
+    DEFAULT_IDLE_EXIT_SECONDS,
+    DEFAULT_PROVIDER,
+    UNKNOWN_HOME,
+    expand_home,
+)
 from oneiric_session.tracking.destination import Tuning
 from oneiric_session.tracking.limits import Limits
 
@@ -80,22 +85,24 @@ class TimeoutSettings(_Section):
     call_seconds: float = Field(_TUNING.call_seconds, gt=0, le=600, description="Limit for one tool call.")
 
 
-def _home_known(path: Path | None) -> Path | None:
-    """A path whose `~user` names no user this system knows is refused with the setting's name
-    (expanding it where it is used raised RuntimeError: a traceback in `status`, tracking off)."""
-    if path is not None and path.parts and path.parts[0].startswith("~"):
-        try:
-            path.expanduser()
-        except RuntimeError:
-            raise ValueError(UNKNOWN_HOME) from None
-    return path
+def _home_expanded(value: Any) -> Any:
+    """A path setting's leading `~` or `~user` expanded here, once, from the text given: only a
+    leading one, as os.path expands it (pathlib shortens `./~x` to `~x`, which it would then read
+    as the home of user `x`), so nothing later expands the Path again. A user this system does not
+    know is refused with the setting's name (expanding it later raised into `status` or a shell)."""
+    if not isinstance(value, str | PurePath):
+        return value  # (None, or a wrong type: pydantic says so)
+    expanded = expand_home(str(value))
+    if expanded is None:
+        raise ValueError(UNKNOWN_HOME)
+    return expanded
 
 
 class SpoolSettings(_Section):
     path: Path | None = Field(
         None, description="Spool database (unset: $XDG_STATE_HOME/oneiric-session/spool.sqlite3)."
     )
-    _path_home_known = field_validator("path")(_home_known)
+    _path_home = field_validator("path", mode="before")(_home_expanded)
     max_rows: int = Field(
         10000, ge=1, le=10_000_000, description="Most events kept waiting; the oldest go first."
     )
@@ -182,7 +189,7 @@ class SessionBuddySettings(BaseSettings):
         "SESSION_BUDDY_TOKEN", min_length=1, description="Environment variable holding the server token."
     )
     token_file: Path | None = Field(None, description="File holding the token (must be mode 0600).")
-    _token_file_home_known = field_validator("token_file")(_home_known)
+    _token_file_home = field_validator("token_file", mode="before")(_home_expanded)
     report_cwd: str | None = Field(
         None, description="environment.cwd sent to the server (unset: stdio the real cwd, http /tmp)."
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from oneiric_session.tracking.destination import is_secret_env, replace_url_password
+from oneiric_session.tracking.destination import is_secret_env, replace_url_secrets
 
 REDACTED = "<redacted>"
 
@@ -14,5 +14,5 @@ def redact(name: str, value: Any) -> Any:
     if name.startswith("server.env.") and is_secret_env(name.removeprefix("server.env.")):
         return REDACTED
     if name == "url" and isinstance(value, str):
-        return replace_url_password(value, REDACTED)  # (the same object when it has none)
+        return replace_url_secrets(value, REDACTED)  # (the same object when it has none)
     return value

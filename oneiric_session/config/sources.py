@@ -118,7 +118,7 @@ def read_token(
         return value
     if token_file is None:
         return None
-    path = token_file.expanduser()
+    path = token_file  # (its `~` expanded when it was validated: config.models)
     origin = describe(token_file_source)
     try:
         mode = path.stat().st_mode

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Self
 
-from oneiric_session.common.privacy import foreign_reason
+from oneiric_session.common.privacy import foreign_reason, refusal
 from oneiric_session.common.sqlite_files import directory_lock, is_wal_database
 from oneiric_session.errors import SpoolError, UnsafeSpoolError
 from oneiric_session.spool.descriptors import header_of, hold, release, written_over
@@ -218,10 +218,7 @@ class SpoolConnection:
                 self._inherited, self._conn = self._conn, None
         reason = foreign_reason(self.path)
         if reason is not None:
-            raise UnsafeSpoolError(
-                f"spool {self.path} refused: {reason}, so another user could have written it (its "
-                "launch lines would run as you); set spool.path to a directory only you can write"
-            )
+            raise UnsafeSpoolError(refusal(f"spool {self.path}", reason))
         if self._read_only:
             conn, self._file_id, held = open_read_only(self.path, self._busy_timeout_seconds)
             self._conn, self._conn_pid = conn, os.getpid()

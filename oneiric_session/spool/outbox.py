@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from oneiric_session.common.privacy import foreign_reason, ownership_problem, private_dir
+from oneiric_session.common.privacy import Unexamined, foreign_reason, ownership_problem, private_dir, refusal
 from oneiric_session.errors import SpoolError, UnsafeSpoolError
 from oneiric_session.tracking.destination import Destination
 
@@ -75,7 +75,7 @@ def outbox_problem(directory: str) -> str | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        return f"{directory} cannot be examined: {exc.strerror or exc}"
+        return Unexamined(f"{directory} cannot be examined: {exc.strerror or exc}")
     return ownership_problem(directory, st, directory=True)
 
 
@@ -193,10 +193,7 @@ class Outbox(StartAppender):
                 raise SpoolError(f"outbox {directory} cannot be created: {exc.strerror or exc}") from exc
             reason = outbox_problem(directory)
         if reason is not None:
-            raise UnsafeSpoolError(
-                f"spool {self.spool_path} refused: {reason}, so another user could have written it (its "
-                "launch lines would run as you); set spool.path to a directory only you can write"
-            )
+            raise UnsafeSpoolError(refusal(f"spool {self.spool_path}", reason))
         return directory
 
     def _write(

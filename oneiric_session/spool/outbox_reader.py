@@ -99,7 +99,7 @@ def outbox_unreadable(directory: str) -> str | None:
 def outbox_waiting(spool_path: str | os.PathLike[str], taken: Collection[str]) -> dict[str, float]:
     """The records waiting in the outbox, not read: name -> when it was written (its mtime)."""
     directory = outbox_dir(spool_path)
-    if outbox_problem(directory) is not None:
+    if outbox_unreadable(directory) is not None:  # (said by `status`, `spool list` and replay)
         return {}
     waiting = {}
     for name in record_names(directory) or ():

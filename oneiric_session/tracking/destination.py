@@ -34,6 +34,9 @@ _SECRET_WORDS = ("token", "secret", "passw", "key", "credential", "auth", "cooki
 SECRET_REFERENCE = "\x00oneiric-session:secret-in-memory-only"
 # The name a password in `url` goes by among the secrets (no environment variable has a NUL).
 URL_PASSWORD = "\x00url-password"
+# The names of the values of the url's query parameters named like secrets (`?access_token=...`),
+# among the secrets: this prefix and the parameter's name.
+URL_QUERY = "\x00url-query:"
 
 
 def is_secret_env(name: str) -> bool:
@@ -78,28 +81,26 @@ class Destination(Record):
     def describe(self) -> str:
         """A one-line human description (no environment values, no URL credentials: they are secrets)."""
         if self.transport == "http":
-            return f"http {_without_credentials(self.url or '')}"
+            return f"http {_without_credentials(replace_url_secrets(self.url or '', '***'))}"
         return " ".join([self.command, *self.args])
 
     def _env_at_rest(self) -> dict[str, str]:
         return {name: SECRET_REFERENCE if is_secret_env(name) else value for name, value in self.env}
 
     def _url_at_rest(self) -> str | None:
-        return None if self.url is None else replace_url_password(self.url, SECRET_REFERENCE)
+        return None if self.url is None else replace_url_secrets(self.url, SECRET_REFERENCE)
 
     def secrets(self) -> dict[str, str]:
-        """The secret server.env values (names `status` redacts) and the url's password, which are
-        never written to disk."""
+        """The secret server.env values (names `status` redacts), the url's password and its query
+        values named like secrets, which are never written to disk."""
         found = {n: v for n, v in self.env if is_secret_env(n) and v != SECRET_REFERENCE}
-        password = _url_password(self.url or "")
-        if password is not None and password != SECRET_REFERENCE:
-            found[URL_PASSWORD] = password
+        found.update((n, v) for n, v in url_secrets(self.url or "").items() if v != SECRET_REFERENCE)
         return found
 
     def missing_secrets(self) -> list[str]:
         """Names whose value is only a reference (read back from disk and not filled in yet)."""
         missing = [name for name, value in self.env if value == SECRET_REFERENCE]
-        return missing + ([URL_PASSWORD] if _url_password(self.url or "") == SECRET_REFERENCE else [])
+        return missing + [n for n, v in url_secrets(self.url or "").items() if v == SECRET_REFERENCE]
 
     def with_secrets(self, secrets: dict[str, str] | None) -> Destination:
         """This destination with its references replaced by `secrets` (those it has)."""
@@ -107,8 +108,11 @@ class Destination(Record):
             return self
         env = tuple((n, secrets.get(n, v) if v == SECRET_REFERENCE else v) for n, v in self.env)
         url = self.url
-        if url is not None and _url_password(url) == SECRET_REFERENCE and URL_PASSWORD in secrets:
-            url = replace_url_password(url, secrets[URL_PASSWORD])
+        if url is not None:
+            found = url_secrets(url)
+            url = _with_url_secrets(
+                url, {n: secrets.get(n, v) if v == SECRET_REFERENCE else v for n, v in found.items()}
+            )
         return self._replace(env=env, url=url)
 
     def to_json(self) -> str:
@@ -198,6 +202,51 @@ def replace_url_password(url: str, password: str) -> str:
         return url
     head, userinfo, tail = parts
     return f"{head}{userinfo.partition(':')[0]}:{password}{tail}"
+
+
+def _query_span(url: str) -> tuple[int, int]:
+    """Where the query of `url` is (after its `?`, up to its `#`); empty where it has none."""
+    start = url.find("?")
+    if start < 0:
+        return len(url), len(url)
+    end = url.find("#", start)
+    return start + 1, len(url) if end < 0 else end
+
+
+def url_secrets(url: str) -> dict[str, str]:
+    """The secrets in `url`, by name: its password (`URL_PASSWORD`) and the values of its query
+    parameters named like secrets (`URL_QUERY` + the name), as written (percent-encoded)."""
+    found = {}
+    password = _url_password(url)
+    if password is not None:
+        found[URL_PASSWORD] = password
+    start, end = _query_span(url)
+    for pair in url[start:end].split("&"):
+        name, equals, value = pair.partition("=")
+        if equals and is_secret_env(name):
+            found[URL_QUERY + name] = value
+    return found
+
+
+def _with_url_secrets(url: str, values: dict[str, str]) -> str:
+    """`url` with the secrets `url_secrets` names replaced by `values` (those it has)."""
+    if URL_PASSWORD in values:
+        url = replace_url_password(url, values[URL_PASSWORD])
+    start, end = _query_span(url)
+    if start == end:
+        return url
+    pairs = []
+    for pair in url[start:end].split("&"):
+        name, equals, _ = pair.partition("=")
+        pairs.append(f"{name}={values[URL_QUERY + name]}" if equals and URL_QUERY + name in values else pair)
+    return url[:start] + "&".join(pairs) + url[end:]
+
+
+def replace_url_secrets(url: str, value: str) -> str:
+    """`url` with every secret in it (its password, its query values named like secrets) replaced by
+    `value` (else `url` itself): what is written to disk, shown or logged of it."""
+    found = url_secrets(url)
+    return _with_url_secrets(url, dict.fromkeys(found, value)) if found else url
 
 
 def _without_credentials(url: str) -> str:

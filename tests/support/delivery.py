@@ -18,6 +18,10 @@ from oneiric_session.spool import Spool
 from oneiric_session.spool.outbox_reader import read_outbox
 
 CLI = [sys.executable, "-m", "oneiric_session"]
+# Root reads any file; without these two capabilities its permission checks are an ordinary user's.
+AS_ORDINARY_USER = (
+    ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+)
 KILLING_AGENT = str(Path(__file__).with_name("killing_agent.py"))
 # Every wait on another process is bounded by this (CI machines are slow, 2 cores).
 WAIT_SECONDS = 60.0
@@ -85,10 +89,15 @@ class Scene:
         )
 
     def run(
-        self, *args: str, env: Mapping[str, str] | None = None, timeout: float = WAIT_SECONDS
+        self,
+        *args: str,
+        env: Mapping[str, str] | None = None,
+        timeout: float = WAIT_SECONDS,
+        ordinary_user: bool = False,
     ) -> subprocess.CompletedProcess[str]:
+        """The command line in the scene; `ordinary_user`: its permission checks an ordinary user's."""
         return subprocess.run(
-            [*CLI, *args],
+            [*(AS_ORDINARY_USER if ordinary_user else []), *CLI, *args],
             env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
