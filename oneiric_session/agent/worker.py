@@ -24,7 +24,7 @@ from oneiric_session.agent.resilience import FailureRun, RetryPolicy, Stopped
 from oneiric_session.agent.status import DestinationStatus
 from oneiric_session.errors import AuthenticationError, DeliveryError, SpoolError, TransientDeliveryError
 from oneiric_session.spool import DEAD_AUTH, DEAD_REJECTED, Spool, SpooledEvent
-from oneiric_session.tracking.destination import URL_PASSWORD, URL_QUERY, Destination
+from oneiric_session.tracking.destination import Destination, secret_named
 
 __all__ = ["Client", "ClientFactory", "DestinationWorker", "Outcome", "Tally", "classify"]
 
@@ -170,7 +170,7 @@ class DestinationWorker:
         destination = destination.with_secrets(secrets)
         missing = destination.missing_secrets()
         if missing:
-            named = ", ".join(_secret_named(n) for n in missing)
+            named = ", ".join(secret_named(n) for n in missing)
             raise TransientDeliveryError(
                 f"{named}: kept in memory only, and this agent has not received it yet: it waits for "
                 "a shell (or `spool replay`) with these settings"
@@ -313,12 +313,3 @@ class DestinationWorker:
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.aclose()
-
-
-def _secret_named(name: str) -> str:
-    """How a message names one of `Destination.secrets()`."""
-    if name == URL_PASSWORD:
-        return "the url's password"
-    if name.startswith(URL_QUERY):
-        return f"the url's {name.removeprefix(URL_QUERY)}"
-    return f"server.env {name}"

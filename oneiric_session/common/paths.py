@@ -5,18 +5,20 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-import platformdirs
-
 APP_NAME = "oneiric-session"
 
 
 def state_dir() -> Path:
     """`$XDG_STATE_HOME/oneiric-session`: the spool and the agent's lock and socket."""
+    import platformdirs  # (here: `nothing_there` is for the spool's code, standard library only)
+
     return Path(platformdirs.user_state_dir(APP_NAME, appauthor=False))
 
 
 def data_dir() -> Path:
     """`$XDG_DATA_HOME/oneiric-session`: the bundled server's database."""
+    import platformdirs
+
     return Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
 
 

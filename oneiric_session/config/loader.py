@@ -118,7 +118,8 @@ class LoadedConfig:
             )
 
         if s.spool.path is not None and not s.spool.path.is_absolute():  # (`~` expanded: models)
-            refuse("spool.path", os.path.join(".", s.spool.path))  # as given: `./~x` is no home
+            shown = str(s.spool.path)
+            refuse("spool.path", f"./{shown}" if shown.startswith("~") else shown)  # (`./~x` is no home)
         launch = self.launch()
         if launch is None:
             return

@@ -90,8 +90,8 @@ def _home_expanded(value: Any) -> Any:
     leading one, as os.path expands it (pathlib shortens `./~x` to `~x`, which it would then read
     as the home of user `x`), so nothing later expands the Path again. A user this system does not
     know is refused with the setting's name (expanding it later raised into `status` or a shell)."""
-    if not isinstance(value, str | PurePath):
-        return value  # (None, or a wrong type: pydantic says so)
+    if not isinstance(value, str | PurePath) or "\x00" in str(value):
+        return value  # (None, a wrong type, or a NUL: refused with the setting's name afterwards)
     expanded = expand_home(str(value))
     if expanded is None:
         raise ValueError(UNKNOWN_HOME)

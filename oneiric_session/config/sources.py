@@ -238,9 +238,10 @@ def oneiric_user_dir(environ: Mapping[str, str]) -> Path | None:
     base = environ.get("XDG_CONFIG_HOME") or (
         str(Path(environ["HOME"]) / ".config") if environ.get("HOME") else None
     )
+    expanded = expand_home(base) if base else None  # (`./~x` is a directory named `~x`)
     try:
-        return Path(base).expanduser().absolute() / "oneiric" if base else None
-    except (OSError, RuntimeError):  # relative in a deleted directory, or an unknown user's `~`
+        return Path(expanded).absolute() / "oneiric" if expanded else None
+    except OSError:  # relative in a deleted directory
         return None  # a directory nothing can be read from, as ./settings there
 
 

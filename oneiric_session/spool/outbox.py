@@ -45,7 +45,6 @@ __all__ = [
     "outbox_dir",
     "outbox_problem",
     "same_file_at",
-    "shell_identity",
     "sync_directory",
 ]
 

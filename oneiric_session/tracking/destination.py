@@ -213,18 +213,35 @@ def _query_span(url: str) -> tuple[int, int]:
     return start + 1, len(url) if end < 0 else end
 
 
+def _query_secrets(query: str) -> list[str | None]:
+    """For each `&`-separated pair of `query`, its name among the secrets (`URL_QUERY`, the pair's
+    position, `:`, the parameter's name as written) when its name reads as a secret's once
+    percent-decoded, as a server reads it; else None."""
+    names: list[str | None] = []
+    for index, pair in enumerate(query.split("&")):
+        name, equals, _ = pair.partition("=")
+        if "%" in name or "+" in name:
+            from urllib.parse import unquote_plus  # (rare: no shell pays for it otherwise)
+
+            decoded = unquote_plus(name)
+        else:
+            decoded = name
+        names.append(f"{URL_QUERY}{index}:{name}" if equals and is_secret_env(decoded) else None)
+    return names
+
+
 def url_secrets(url: str) -> dict[str, str]:
     """The secrets in `url`, by name: its password (`URL_PASSWORD`) and the values of its query
-    parameters named like secrets (`URL_QUERY` + the name), as written (percent-encoded)."""
+    parameters named like secrets (`_query_secrets`), as written (percent-encoded)."""
     found = {}
     password = _url_password(url)
     if password is not None:
         found[URL_PASSWORD] = password
     start, end = _query_span(url)
-    for pair in url[start:end].split("&"):
-        name, equals, value = pair.partition("=")
-        if equals and is_secret_env(name):
-            found[URL_QUERY + name] = value
+    pairs = url[start:end].split("&")
+    for pair, secret in zip(pairs, _query_secrets(url[start:end]), strict=True):
+        if secret is not None:
+            found[secret] = pair.partition("=")[2]
     return found
 
 
@@ -235,11 +252,21 @@ def _with_url_secrets(url: str, values: dict[str, str]) -> str:
     start, end = _query_span(url)
     if start == end:
         return url
-    pairs = []
-    for pair in url[start:end].split("&"):
-        name, equals, _ = pair.partition("=")
-        pairs.append(f"{name}={values[URL_QUERY + name]}" if equals and URL_QUERY + name in values else pair)
+    query = url[start:end]
+    pairs = [
+        pair if secret is None or secret not in values else f"{pair.partition('=')[0]}={values[secret]}"
+        for pair, secret in zip(query.split("&"), _query_secrets(query), strict=True)
+    ]
     return url[:start] + "&".join(pairs) + url[end:]
+
+
+def secret_named(name: str) -> str:
+    """How a message names one of `Destination.secrets()`."""
+    if name == URL_PASSWORD:
+        return "the url's password"
+    if name.startswith(URL_QUERY):
+        return f"the url's {name.removeprefix(URL_QUERY).partition(':')[2]}"
+    return f"server.env {name}"
 
 
 def replace_url_secrets(url: str, value: str) -> str:

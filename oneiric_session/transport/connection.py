@@ -16,6 +16,7 @@ import re
 import shutil
 from collections.abc import Iterable
 from typing import Any
+from urllib.parse import unquote, unquote_plus
 
 import anyio
 from pydantic import ValidationError
@@ -28,7 +29,7 @@ from oneiric_session.errors import (
     RejectedError,
     ServerUnavailableError,
 )
-from oneiric_session.tracking.destination import Destination
+from oneiric_session.tracking.destination import URL_PASSWORD, URL_QUERY, Destination
 from oneiric_session.transport.answers import server_text
 from oneiric_session.transport.bounded_http import BoundedHttp
 from oneiric_session.transport.stdio import MAX_LINE_BYTES, ServerProcess, child_environment
@@ -216,7 +217,7 @@ class Connection:
         as it fails, the url's password): the text goes into logs, the spool and `status`."""
         found = [
             *_spans(text, self._tokens, "[token]"),
-            *_spans(text, self.destination.secrets().values(), "[secret]"),
+            *_spans(text, _secret_forms(self.destination), "[secret]"),
         ]
         if found:
             text = _cut_out(text, found)
@@ -257,6 +258,17 @@ class Connection:
             return ServerUnavailableError(f"{doing}: the server sent a malformed answer{self._tail()}")
         logger.warning("unexpected error while %s", doing, exc_info=exc)
         return ServerUnavailableError(f"{doing}: unexpected {type(exc).__name__}{self._tail()}")
+
+
+def _secret_forms(destination: Destination) -> set[str]:
+    """Each secret of `destination` as a server may repeat it: as configured, and a url's secret
+    percent-decoded too (as the server received it: `%2B` is `+`)."""
+    forms = set()
+    for name, value in destination.secrets().items():
+        forms.add(value)
+        if name == URL_PASSWORD or name.startswith(URL_QUERY):
+            forms.update((unquote(value), unquote_plus(value)))
+    return forms
 
 
 def _spans(text: str, values: Iterable[str], label: str) -> list[tuple[int, int, str]]:

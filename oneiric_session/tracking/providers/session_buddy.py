@@ -218,7 +218,7 @@ def _refuse_special_token_file(view: ShellView) -> None:
     import stat
 
     try:
-        mode = view.token_file.expanduser().stat().st_mode
+        mode = view.token_file.stat().st_mode  # (its `~` expanded when it was validated)
     except OSError:
         return  # absent or unreadable: reported when the token is read, as before
     if not stat.S_ISREG(mode):
