@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from oneiric_session.config.sources import NO_SETTINGS_DIR
+from oneiric_session.config.sources import NO_SETTINGS_DIR, shown_path
 
 if TYPE_CHECKING:
     from oneiric_session.config.loader import LoadedConfig
@@ -78,7 +78,7 @@ def token_section(config: LoadedConfig) -> dict[str, Any]:
     settings = config.settings
     return {
         "env": settings.token_env,
-        "file": str(settings.token_file) if settings.token_file else None,
+        "file": shown_path(settings.token_file) if settings.token_file else None,
         "available": config.token() is not None,
     }
 

@@ -38,9 +38,16 @@ class Unexamined(str):
     nothing says another user wrote it, only that it cannot be ruled out."""
 
 
+class WrongKind(str):
+    """A reason to refuse a path that is not what it must be (a directory where the spool should
+    be, a file where its outbox should be): a mistake, nothing that says another user wrote it."""
+
+
 def refusal(subject: str, reason: str) -> str:
     """The one message refusing `subject` ("spool /x", "outbox /x.outbox") for `reason`, as
     `foreign_reason` or `outbox_problem` gave it."""
+    if isinstance(reason, WrongKind):
+        return f"{subject} refused: {reason}; set spool.path to a file in a directory only you can write"
     if isinstance(reason, Unexamined):
         return (
             f"{subject} refused: {reason}, so who could have written it cannot be checked; let "
@@ -175,9 +182,9 @@ def ownership_problem(
     """Why `name` (its `lstat`) may hold what another user wrote: not a regular file (or, with
     `directory`, not a directory), another user's, or writable by others; None when it is ours."""
     if directory and not stat.S_ISDIR(st.st_mode):
-        return f"{name} is not a directory"
+        return WrongKind(f"{name} is not a directory")
     if not directory and not stat.S_ISREG(st.st_mode):
-        return f"{name} is not a regular file"
+        return WrongKind(f"{name} is not a regular file")
     if st.st_uid != os.getuid():
         return f"{name} belongs to another user (uid {st.st_uid})"
     if _others_can_write(st):

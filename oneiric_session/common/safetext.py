@@ -9,8 +9,9 @@ terminal, and a huge value is cut to a stated length.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
-__all__ = ["DEFAULT_TERMINAL_CHARS", "safe_lines", "sanitize_text", "terminal_safe"]
+__all__ = ["DEFAULT_TERMINAL_CHARS", "safe_lines", "sanitize_text", "terminal_safe", "without_secrets"]
 
 # Patterns are compiled on first use (re caches them): compiling all at import costs ~1 ms of the
 # shell's start-up, and the usual text (printable, plain names) never needs them.
@@ -57,3 +58,17 @@ def terminal_safe(value: object, max_chars: int = DEFAULT_TERMINAL_CHARS) -> str
     except Exception:  # a hostile __str__: show its type, not its failure
         text = f"<unprintable {type(value).__name__}>"
     return sanitize_text(text, max_chars)
+
+
+def without_secrets(text: str | None, secrets: Iterable[str]) -> str | None:
+    """`text` with each of `secrets` cut out ("[secret]") where it stands as a word of its own, as
+    given and percent-decoded (a url's secret, as a server or an older version wrote it)."""
+    if not text:
+        return text
+    from urllib.parse import unquote, unquote_plus  # (never on a shell's path)
+
+    for form in {
+        form for secret in secrets if secret for form in (secret, unquote(secret), unquote_plus(secret))
+    }:
+        text = re.sub(rf"(?<![0-9A-Za-z]){re.escape(form)}(?![0-9A-Za-z])", "[secret]", text)
+    return text

@@ -17,7 +17,7 @@ from oneiric_session.config.models import SessionBuddySettings
 from oneiric_session.config.redact import redact
 from oneiric_session.config.sources import read_token
 from oneiric_session.errors import ConfigError
-from oneiric_session.tracking.destination import Destination, Tuning
+from oneiric_session.tracking.destination import Destination, Tuning, password_with_raw_delimiter
 from oneiric_session.tracking.limits import Limits
 
 # Session-Buddy 0.23.0 has no stdio entry point; this is the launch line that serves stdio.
@@ -118,8 +118,7 @@ class LoadedConfig:
             )
 
         if s.spool.path is not None and not s.spool.path.is_absolute():  # (`~` expanded: models)
-            shown = str(s.spool.path)
-            refuse("spool.path", f"./{shown}" if shown.startswith("~") else shown)  # (`./~x` is no home)
+            refuse("spool.path", sources.shown_path(s.spool.path))
         launch = self.launch()
         if launch is None:
             return
@@ -232,6 +231,11 @@ def _check_consistency(settings: SessionBuddySettings, merged: sources.Merged) -
 
     if settings.transport == "http" and not settings.url:
         raise ConfigError(f"url: required when transport is 'http' (transport from {origin('transport')})")
+    if settings.url and password_with_raw_delimiter(settings.url):  # (the value is never named)
+        raise ConfigError(
+            "url: its password holds a raw '/', '?' or '#', so it would read as the host and path "
+            f"(and be shown and stored as such): percent-encode it (%2F, %3F, %23); from {origin('url')}"
+        )
     if settings.retry.wait_min_seconds > settings.retry.wait_max_seconds:
         raise ConfigError(
             f"retry.wait_min_seconds ({settings.retry.wait_min_seconds}) is greater than "

@@ -56,7 +56,9 @@ __all__ = [
 
 CACHE_DIR_NAME = "config-cache"
 # Bumped when the entry's shape changes (old entries then never match).
-CACHE_FORMAT = 3  # 2: agent_idle_exit_seconds; 3: report_cwd resolved for http
+# 2: agent_idle_exit_seconds; 3: report_cwd resolved for http; 4: a url's query secrets kept out
+# (an entry of another format is deleted at the next store: format 3's could hold one in clear).
+CACHE_FORMAT = 4
 # Distinct configurations remembered (settings dirs x environments); the oldest go first.
 MAX_ENTRIES = 16
 # Variables read outside the settings layers: `~` expansion, the default spool path, and the
@@ -222,6 +224,8 @@ def store(
     if view.destination.secrets():
         # A secret server.env value is never stored at rest: such a configuration is validated at
         # each shell start (the view would otherwise hold only a reference the shell cannot resolve).
+        with contextlib.suppress(Exception):  # (never raises) ... nor left by an older version
+            _prune(cache_dir(), keep=None)
         return
     _store_if_unchanged(key, settings_dir, overrides, environ, view)
 
@@ -341,15 +345,27 @@ def _write_entry(key: str, view: ShellView | None, *, selection: tuple[str, str]
     _prune(directory, keep=target)
 
 
-def _prune(directory: Path, *, keep: Path) -> None:
-    """Keep the newest MAX_ENTRIES entries; drop temporary files a crashed writer left (a minute old)."""
+def _prune(directory: Path, *, keep: Path | None) -> None:
+    """Keep the newest MAX_ENTRIES entries of this format; drop the entries of any other (an older
+    version's may hold what this one keeps out) and temporary files a crashed writer left (a
+    minute old)."""
     try:
         found = [(entry.stat().st_mtime, entry) for entry in directory.iterdir()]
     except OSError:
         return
     entries = sorted(item for item in found if item[1].suffix == ".json")
     stale = [entry for mtime, entry in found if entry.suffix == ".tmp" and mtime < time.time() - 60]
+    stale += [entry for _, entry in entries if _format_of(entry) != CACHE_FORMAT]
     for entry in [entry for _, entry in entries[: max(0, len(entries) - MAX_ENTRIES)]] + stale:
         if entry != keep:
             with contextlib.suppress(OSError):
                 entry.unlink()
+
+
+def _format_of(entry: Path) -> object:
+    """The format an entry says it has (this one's when it cannot be read: left to the count)."""
+    try:
+        with open(entry, "rb") as file:
+            return json.loads(file.read(1024 * 1024)).get("format")
+    except Exception:  # unreadable, or not an entry: another's to keep
+        return CACHE_FORMAT

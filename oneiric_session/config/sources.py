@@ -119,22 +119,23 @@ def read_token(
     if token_file is None:
         return None
     path = token_file  # (its `~` expanded when it was validated: config.models)
+    shown = shown_path(path)
     origin = describe(token_file_source)
     try:
         mode = path.stat().st_mode
         if not stat.S_ISREG(mode):
             kind = "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
-            raise ConfigError(f"token_file {path} is {kind}; it must be a regular file; from {origin}")
+            raise ConfigError(f"token_file {shown} is {kind}; it must be a regular file; from {origin}")
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise ConfigError(
-                f"token_file {path} must be readable by its owner only (chmod 600), "
+                f"token_file {shown} must be readable by its owner only (chmod 600), "
                 f"its mode is {stat.S_IMODE(mode):o}; from {origin}"
             )
         data = read_bounded(path, _MAX_TOKEN_BYTES, "token_file")
         return data.decode("utf-8").strip() or None
     except (OSError, UnicodeDecodeError) as exc:
         reason = type(exc).__name__
-        raise ConfigError(f"token_file {path}: cannot read it ({reason}); from {origin}") from None
+        raise ConfigError(f"token_file {shown}: cannot read it ({reason}); from {origin}") from None
 
 
 def read(
@@ -175,6 +176,13 @@ def resolve_settings_dir(settings_dir: str | os.PathLike[str] | None, environ: M
 UNKNOWN_HOME = "names a home directory ('~') this system does not know"
 # Names the bundled server's database (a variable, not a setting: `serve` and `sessions` read it too).
 DB_ENV = "ONEIRIC_SESSION_DB"
+
+
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """A path setting as a message names it: pathlib shortens `./~x` to `~x`, which would read as
+    the home of user `x` (the setting's `~` was expanded when it was validated: config.models)."""
+    text = os.fspath(path)
+    return f"./{text}" if text.startswith("~") else text
 
 
 def expand_home(value: str) -> str | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
+from oneiric_session.common.safetext import without_secrets
 from oneiric_session.spool.connection import SpoolConnection
 from oneiric_session.spool.records import (
     DEAD_REJECTED,
@@ -190,6 +191,9 @@ class RowOutcomes(SpoolConnection):
                 continue
             if destination.key == key and destination.to_json() == text:
                 continue
+            # Its secrets were in clear: so were they in its rows' errors (an older version's
+            # description of the server held a url's query), shown by `spool list`.
+            _scrub_rows(conn, key, destination.secrets().values())
             if destination.key == key:
                 save_destination(conn, destination)  # stored as this version stores it
             else:  # a destination a current shell stored under this key keeps its tuning
@@ -205,3 +209,17 @@ class RowOutcomes(SpoolConnection):
                 conn.execute("DELETE FROM destinations WHERE key = ?", (key,))
             moved += 1
         return moved
+
+
+def _scrub_rows(conn: sqlite3.Connection, key: str, secrets: Iterable[str]) -> None:
+    """Each of `secrets` cut out of the errors and dead-letter reasons of destination `key`'s rows."""
+    secrets = list(secrets)
+    if not secrets:
+        return
+    rows = conn.execute(
+        "SELECT id, last_error, dead_reason FROM events WHERE destination_key = ?", (key,)
+    ).fetchall()
+    for row_id, error, reason in rows:
+        clean = (without_secrets(error, secrets), without_secrets(reason, secrets))
+        if clean != (error, reason):
+            conn.execute("UPDATE events SET last_error = ?, dead_reason = ? WHERE id = ?", (*clean, row_id))

@@ -187,6 +187,29 @@ def _userinfo(url: str) -> tuple[str, str, str] | None:
     return scheme + sep, userinfo, at + host + rest[end:]
 
 
+def password_with_raw_delimiter(url: str) -> bool:
+    """Whether `url` reads as `scheme://user:password@host...` with a raw `/`, `?` or `#` in its
+    password, where they must be percent-encoded: the password would then be read as the host and
+    path (and stored and shown as such). A port followed by a path holding `@` is not one."""
+    _, sep, rest = url.partition("://")
+    if not sep or "@" not in rest or _userinfo(url) is not None:
+        return False
+    user, colon, after = rest[: rest.rfind("@")].partition(":")
+    if not colon or any(mark in user for mark in "/?#"):
+        return False
+    first = min((i for i in map(after.find, "/?#") if i >= 0), default=len(after))
+    return first < len(after) and not after[:first].isdigit()
+
+
+def url_credentials(url: str) -> tuple[str, str] | None:
+    """(user, password) of `scheme://user:password@host/...`, as written (percent-encoded), or None."""
+    parts = _userinfo(url)
+    if parts is None or ":" not in parts[1]:
+        return None
+    user, _, password = parts[1].partition(":")
+    return user, password
+
+
 def _url_password(url: str) -> str | None:
     """The password in `scheme://user:password@host/...` (as written, percent-encoded), or None."""
     parts = _userinfo(url)

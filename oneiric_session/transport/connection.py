@@ -9,6 +9,7 @@ errors become `oneiric_session.errors` types here and nowhere else.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import os
@@ -29,7 +30,7 @@ from oneiric_session.errors import (
     RejectedError,
     ServerUnavailableError,
 )
-from oneiric_session.tracking.destination import URL_PASSWORD, URL_QUERY, Destination
+from oneiric_session.tracking.destination import URL_PASSWORD, URL_QUERY, Destination, url_credentials
 from oneiric_session.transport.answers import server_text
 from oneiric_session.transport.bounded_http import BoundedHttp
 from oneiric_session.transport.stdio import MAX_LINE_BYTES, ServerProcess, child_environment
@@ -268,6 +269,10 @@ def _secret_forms(destination: Destination) -> set[str]:
         forms.add(value)
         if name == URL_PASSWORD or name.startswith(URL_QUERY):
             forms.update((unquote(value), unquote_plus(value)))
+    credentials = url_credentials(destination.url or "")
+    if credentials is not None:  # as httpx sends them: `Authorization: Basic base64(user:password)`
+        user, password = (unquote(part) for part in credentials)
+        forms.add(base64.b64encode(f"{user}:{password}".encode()).decode("ascii"))
     return forms
 
 
