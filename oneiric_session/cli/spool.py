@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from oneiric_session.common.safetext import terminal_safe, without_secrets
 from oneiric_session.common.sqlite_files import database_present
 from oneiric_session.config.sources import given_path
+from oneiric_session.tracking.destination import query_secret_names
 
 if TYPE_CHECKING:
     from oneiric_session.spool import Spool, SpooledEvent
@@ -70,7 +71,8 @@ def _refuse_foreign(path: Path) -> None:
 
 def _row(event: SpooledEvent, now: float) -> dict[str, Any]:
     # An older version's row may name a url secret in its error (kept in clear then): cut out.
-    secrets = event.destination.secrets().values() if event.destination else ()
+    secrets = event.destination.secrets() if event.destination else {}
+    names = query_secret_names(secrets)
     row: dict[str, Any] = {
         "kind": event.kind,
         "handle": event.handle,
@@ -80,13 +82,13 @@ def _row(event: SpooledEvent, now: float) -> dict[str, Any]:
         "destination": event.destination.describe() if event.destination else event.destination_key,
         "age_seconds": round(max(0.0, now - event.created_at), 1),
         "attempts": event.attempts,
-        "last_error": without_secrets(event.last_error, secrets),
+        "last_error": without_secrets(event.last_error, secrets.values(), names),
     }
     from oneiric_session.spool import STATE_DEAD
 
     if event.state == STATE_DEAD:
         row["dead_category"] = event.dead_category
-        row["dead_reason"] = without_secrets(event.dead_reason, secrets)
+        row["dead_reason"] = without_secrets(event.dead_reason, secrets.values(), names)
     return row
 
 

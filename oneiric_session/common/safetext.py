@@ -10,8 +10,18 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
-__all__ = ["DEFAULT_TERMINAL_CHARS", "safe_lines", "sanitize_text", "terminal_safe", "without_secrets"]
+__all__ = [
+    "DEFAULT_TERMINAL_CHARS",
+    "cut_spans",
+    "safe_lines",
+    "sanitize_text",
+    "secret_forms",
+    "secret_spans",
+    "terminal_safe",
+    "without_secrets",
+]
 
 # Patterns are compiled on first use (re caches them): compiling all at import costs ~1 ms of the
 # shell's start-up, and the usual text (printable, plain names) never needs them.
@@ -60,15 +70,69 @@ def terminal_safe(value: object, max_chars: int = DEFAULT_TERMINAL_CHARS) -> str
     return sanitize_text(text, max_chars)
 
 
-def without_secrets(text: str | None, secrets: Iterable[str]) -> str | None:
-    """`text` with each of `secrets` cut out ("[secret]") where it stands as a word of its own, as
-    given and percent-decoded (a url's secret, as a server or an older version wrote it)."""
+# A secret shorter than this is cut out only where it stands as a word of its own: "1" under
+# REQUIRE_AUTH, cut out of "8181", would mangle a message and show itself by where it was cut.
+WORD_ONLY_BELOW = 6
+# What httpx leaves as it is in a url's query as it sends it (it percent-encodes the rest).
+_SENT_AS_IS = "!$&'()*+,;=:@/?~"
+
+
+def secret_forms(values: Iterable[str]) -> set[str]:
+    """Each of `values` in every form a url may carry it and a server repeat it: as written,
+    percent-decoded (`%2B` is `+`), and percent-encoded as httpx sends it (non-ASCII)."""
+    from urllib.parse import quote, unquote, unquote_plus  # (never on a shell's path)
+
+    forms: set[str] = set()
+    for value in values:
+        if value:
+            forms.update(
+                (value, unquote(value), unquote_plus(value), quote(unquote(value), safe=_SENT_AS_IS))
+            )
+    return forms
+
+
+def secret_spans(text: str, values: Iterable[str], label: str) -> list[tuple[int, int, str]]:
+    """Where each value stands in `text` (a short one only as a word of its own)."""
+    found = []
+    for value in values:
+        if not value:
+            continue
+        if len(value) < WORD_ONLY_BELOW:
+            pattern = rf"(?<![0-9A-Za-z]){re.escape(value)}(?![0-9A-Za-z])"
+            found += [(m.start(), m.end(), label) for m in re.finditer(pattern, text)]
+            continue
+        start = text.find(value)
+        while start >= 0:
+            found.append((start, start + len(value), label))
+            start = text.find(value, start + 1)
+    return found
+
+
+def cut_spans(text: str, spans: list[tuple[int, int, str]]) -> str:
+    """`text` with every span replaced by its label, overlapping spans merged into one (a secret
+    overlapping another is never left in part; "[token]" wins over another label)."""
+    pieces, done = [], 0
+    merged: list[list[Any]] = []
+    for start, end, label in sorted(spans):
+        if merged and start < merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+            merged[-1][2] = "[token]" if "[token]" in (label, merged[-1][2]) else label
+        else:
+            merged.append([start, end, label])
+    for start, end, label in merged:
+        pieces += [text[done:start], label]
+        done = end
+    return "".join([*pieces, text[done:]])
+
+
+def without_secrets(text: str | None, secrets: Iterable[str], query_names: Iterable[str] = ()) -> str | None:
+    """`text` with each of `secrets` (in each of its `secret_forms`) cut out ("[secret]"), and the
+    value of each query parameter named in `query_names`, whatever it holds: an older version's
+    message may have cut such a value short, where the whole secret is no longer found."""
     if not text:
         return text
-    from urllib.parse import unquote, unquote_plus  # (never on a shell's path)
-
-    for form in {
-        form for secret in secrets if secret for form in (secret, unquote(secret), unquote_plus(secret))
-    }:
-        text = re.sub(rf"(?<![0-9A-Za-z]){re.escape(form)}(?![0-9A-Za-z])", "[secret]", text)
-    return text
+    spans = secret_spans(text, secret_forms(secrets), "[secret]")
+    for name in query_names:
+        pattern = rf"(?<=[?&]){re.escape(name)}=([^&#\s'\"]+)"
+        spans += [(m.start(1), m.end(1), "[secret]") for m in re.finditer(pattern, text)]
+    return cut_spans(text, spans)

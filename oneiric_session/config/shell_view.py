@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import sys
 import time
 from collections.abc import Mapping
@@ -57,8 +58,10 @@ __all__ = [
 CACHE_DIR_NAME = "config-cache"
 # Bumped when the entry's shape changes (old entries then never match).
 # 2: agent_idle_exit_seconds; 3: report_cwd resolved for http; 4: a url's query secrets kept out
-# (an entry of another format is deleted at the next store: format 3's could hold one in clear).
+# (an entry of an older format is deleted at the next miss: format 3's could hold one in clear).
 CACHE_FORMAT = 4
+# An entry is a few kB; a larger file in the cache directory is no entry of ours.
+_MAX_ENTRY_BYTES = 1024 * 1024
 # Distinct configurations remembered (settings dirs x environments); the oldest go first.
 MAX_ENTRIES = 16
 # Variables read outside the settings layers: `~` expansion, the default spool path, and the
@@ -185,7 +188,9 @@ def read_cached(key: str, environ: Mapping[str, str]) -> ShellView | tuple[str, 
     """The entry under `key`: a validated view, a bare selection (provider, source) that
     `store_selection` left for a provider needing no settings, or None (absent, corrupt, foreign)."""
     entry = _read_trusted(key)
-    if entry is None:
+    if entry is None:  # a miss: validated now, so older entries go (some a store never follows)
+        with contextlib.suppress(Exception):
+            _prune(cache_dir(), keep=None)
         return None
     try:
         if "view" in entry:
@@ -224,8 +229,6 @@ def store(
     if view.destination.secrets():
         # A secret server.env value is never stored at rest: such a configuration is validated at
         # each shell start (the view would otherwise hold only a reference the shell cannot resolve).
-        with contextlib.suppress(Exception):  # (never raises) ... nor left by an older version
-            _prune(cache_dir(), keep=None)
         return
     _store_if_unchanged(key, settings_dir, overrides, environ, view)
 
@@ -346,26 +349,36 @@ def _write_entry(key: str, view: ShellView | None, *, selection: tuple[str, str]
 
 
 def _prune(directory: Path, *, keep: Path | None) -> None:
-    """Keep the newest MAX_ENTRIES entries of this format; drop the entries of any other (an older
-    version's may hold what this one keeps out) and temporary files a crashed writer left (a
-    minute old)."""
+    """Keep the newest MAX_ENTRIES entries; drop those of an older format (they may hold what this
+    version keeps out) and temporary files a crashed writer left (a minute old)."""
     try:
         found = [(entry.stat().st_mtime, entry) for entry in directory.iterdir()]
     except OSError:
         return
     entries = sorted(item for item in found if item[1].suffix == ".json")
     stale = [entry for mtime, entry in found if entry.suffix == ".tmp" and mtime < time.time() - 60]
-    stale += [entry for _, entry in entries if _format_of(entry) != CACHE_FORMAT]
+    stale += [entry for _, entry in entries if _older_format(entry)]
     for entry in [entry for _, entry in entries[: max(0, len(entries) - MAX_ENTRIES)]] + stale:
         if entry != keep:
             with contextlib.suppress(OSError):
                 entry.unlink()
 
 
-def _format_of(entry: Path) -> object:
-    """The format an entry says it has (this one's when it cannot be read: left to the count)."""
+def _older_format(entry: Path) -> bool:
+    """Whether `entry` is ours and says it is of an older format than this one's (a newer
+    version's, or anything else, is left to the count). Never waits: a FIFO is no entry."""
     try:
-        with open(entry, "rb") as file:
-            return json.loads(file.read(1024 * 1024)).get("format")
-    except Exception:  # unreadable, or not an entry: another's to keep
-        return CACHE_FORMAT
+        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not (stat.S_ISREG(st.st_mode) and _ours(st)) or st.st_size > _MAX_ENTRY_BYTES:
+            return False
+        with os.fdopen(os.dup(fd), "rb") as file:
+            found = json.loads(file.read()).get("format")
+    except Exception:  # unreadable, or not an entry
+        return False
+    finally:
+        os.close(fd)
+    return isinstance(found, int) and not isinstance(found, bool) and found < CACHE_FORMAT

@@ -25,7 +25,7 @@ from oneiric_session.spool.records import (
     clip,
     save_destination,
 )
-from oneiric_session.tracking.destination import Destination
+from oneiric_session.tracking.destination import Destination, query_secret_names
 
 __all__ = ["RowOutcomes"]
 
@@ -193,7 +193,7 @@ class RowOutcomes(SpoolConnection):
                 continue
             # Its secrets were in clear: so were they in its rows' errors (an older version's
             # description of the server held a url's query), shown by `spool list`.
-            _scrub_rows(conn, key, destination.secrets().values())
+            _scrub_rows(conn, key, destination.secrets())
             if destination.key == key:
                 save_destination(conn, destination)  # stored as this version stores it
             else:  # a destination a current shell stored under this key keeps its tuning
@@ -211,15 +211,19 @@ class RowOutcomes(SpoolConnection):
         return moved
 
 
-def _scrub_rows(conn: sqlite3.Connection, key: str, secrets: Iterable[str]) -> None:
-    """Each of `secrets` cut out of the errors and dead-letter reasons of destination `key`'s rows."""
-    secrets = list(secrets)
+def _scrub_rows(conn: sqlite3.Connection, key: str, secrets: dict[str, str]) -> None:
+    """Each of `secrets` (`Destination.secrets()`) cut out of the errors and dead-letter reasons of
+    destination `key`'s rows."""
     if not secrets:
         return
+    names = query_secret_names(secrets)
     rows = conn.execute(
         "SELECT id, last_error, dead_reason FROM events WHERE destination_key = ?", (key,)
     ).fetchall()
     for row_id, error, reason in rows:
-        clean = (without_secrets(error, secrets), without_secrets(reason, secrets))
+        clean = (
+            without_secrets(error, secrets.values(), names),
+            without_secrets(reason, secrets.values(), names),
+        )
         if clean != (error, reason):
             conn.execute("UPDATE events SET last_error = ?, dead_reason = ? WHERE id = ?", (*clean, row_id))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Iterable
 from typing import Literal
 
 from oneiric_session.common.digest import sha256_hex
@@ -180,6 +181,9 @@ def _userinfo(url: str) -> tuple[str, str, str] | None:
     """(`scheme://`, userinfo, `@host...`) of a URL naming a user, else None. The userinfo ends at
     the authority's last `@`, as RFC 3986 (and httpx) read it: a password may hold a raw `@`."""
     scheme, sep, rest = url.partition("://")
+    if ambiguous_at_sign(url):  # (refused in settings; an older version's spooled destination)
+        userinfo, at, host = rest.rpartition("@")
+        return scheme + sep, userinfo, at + host
     end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
     userinfo, at, host = rest[:end].rpartition("@")
     if not sep or not at:
@@ -187,18 +191,20 @@ def _userinfo(url: str) -> tuple[str, str, str] | None:
     return scheme + sep, userinfo, at + host + rest[end:]
 
 
-def password_with_raw_delimiter(url: str) -> bool:
-    """Whether `url` reads as `scheme://user:password@host...` with a raw `/`, `?` or `#` in its
-    password, where they must be percent-encoded: the password would then be read as the host and
-    path (and stored and shown as such). A port followed by a path holding `@` is not one."""
+def ambiguous_at_sign(url: str) -> bool:
+    """Whether `url` has an `@` after its host while its authority holds a `:` (outside an IPv6
+    literal): `user:pass/word@host/...` (a password with a raw `/`, `?` or `#`) and
+    `host:8080/users/@me` cannot be told apart, and the first would be read as the second, its
+    password as the host and path. Such a url is taken as `user:password@` up to its last `@`."""
     _, sep, rest = url.partition("://")
-    if not sep or "@" not in rest or _userinfo(url) is not None:
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    if not sep or "@" not in rest[end:]:
         return False
-    user, colon, after = rest[: rest.rfind("@")].partition(":")
-    if not colon or any(mark in user for mark in "/?#"):
-        return False
-    first = min((i for i in map(after.find, "/?#") if i >= 0), default=len(after))
-    return first < len(after) and not after[:first].isdigit()
+    authority = rest[:end]
+    while "[" in authority and "]" in authority.partition("[")[2]:
+        head, _, tail = authority.partition("[")
+        authority = head + tail.partition("]")[2]
+    return ":" in authority
 
 
 def url_credentials(url: str) -> tuple[str, str] | None:
@@ -281,6 +287,11 @@ def _with_url_secrets(url: str, values: dict[str, str]) -> str:
         for pair, secret in zip(query.split("&"), _query_secrets(query), strict=True)
     ]
     return url[:start] + "&".join(pairs) + url[end:]
+
+
+def query_secret_names(secrets: Iterable[str]) -> list[str]:
+    """The names of the url's query parameters among `secrets`' names (`Destination.secrets()`)."""
+    return [name.removeprefix(URL_QUERY).partition(":")[2] for name in secrets if name.startswith(URL_QUERY)]
 
 
 def secret_named(name: str) -> str:

@@ -13,24 +13,23 @@ import base64
 import contextlib
 import logging
 import os
-import re
 import shutil
-from collections.abc import Iterable
 from typing import Any
-from urllib.parse import unquote, unquote_plus
+from urllib.parse import unquote
 
 import anyio
 from pydantic import ValidationError
 
 from oneiric_session import __version__
 from oneiric_session import mcp_compat as mcp
+from oneiric_session.common.safetext import cut_spans, secret_forms, secret_spans
 from oneiric_session.errors import (
     DeliveryError,
     DeliveryTimeoutError,
     RejectedError,
     ServerUnavailableError,
 )
-from oneiric_session.tracking.destination import URL_PASSWORD, URL_QUERY, Destination, url_credentials
+from oneiric_session.tracking.destination import Destination, url_credentials
 from oneiric_session.transport.answers import server_text
 from oneiric_session.transport.bounded_http import BoundedHttp
 from oneiric_session.transport.stdio import MAX_LINE_BYTES, ServerProcess, child_environment
@@ -48,9 +47,6 @@ _PERMANENT_CODES = frozenset(
 _REQUEST_TIMEOUT_CODES = frozenset({getattr(mcp.types, "REQUEST_TIMEOUT", -32001), 408})
 # Bound on tearing a session down; the stdio shutdown inside is itself bounded.
 _CLOSE_SECONDS = 10.0
-# A secret shorter than this is cut out only where it stands as a word of its own: "1" under
-# REQUIRE_AUTH, cut out of "8181", would mangle a message and show itself by where it was cut.
-_WORD_ONLY_BELOW = 6
 # What a call with an MCP session id the HTTP server does not know (it restarted, or expired the
 # session) raises: the SDK client's stand-in for a bare 404, or the SDK server's own error body.
 # INVALID_REQUEST would read as permanent; the call was never run, so it is sent again on a new session.
@@ -217,11 +213,11 @@ class Connection:
         connection and no secret of its destination (a server.env value a stdio server may print
         as it fails, the url's password): the text goes into logs, the spool and `status`."""
         found = [
-            *_spans(text, self._tokens, "[token]"),
-            *_spans(text, _secret_forms(self.destination), "[secret]"),
+            *secret_spans(text, self._tokens, "[token]"),
+            *secret_spans(text, _secret_forms(self.destination), "[secret]"),
         ]
         if found:
-            text = _cut_out(text, found)
+            text = cut_spans(text, found)
         return server_text(text)
 
     def _map(self, exc: BaseException, doing: str) -> DeliveryError:
@@ -262,49 +258,11 @@ class Connection:
 
 
 def _secret_forms(destination: Destination) -> set[str]:
-    """Each secret of `destination` as a server may repeat it: as configured, and a url's secret
-    percent-decoded too (as the server received it: `%2B` is `+`)."""
-    forms = set()
-    for name, value in destination.secrets().items():
-        forms.add(value)
-        if name == URL_PASSWORD or name.startswith(URL_QUERY):
-            forms.update((unquote(value), unquote_plus(value)))
+    """Each secret of `destination` as a server may repeat it (`safetext.secret_forms`), and the
+    url's credentials as httpx sends them (`Authorization: Basic base64(user:password)`)."""
+    forms = secret_forms(destination.secrets().values())
     credentials = url_credentials(destination.url or "")
-    if credentials is not None:  # as httpx sends them: `Authorization: Basic base64(user:password)`
+    if credentials is not None:
         user, password = (unquote(part) for part in credentials)
         forms.add(base64.b64encode(f"{user}:{password}".encode()).decode("ascii"))
     return forms
-
-
-def _spans(text: str, values: Iterable[str], label: str) -> list[tuple[int, int, str]]:
-    """Where each value stands in `text` (a short one only as a word of its own)."""
-    found = []
-    for value in values:
-        if not value:
-            continue
-        if len(value) < _WORD_ONLY_BELOW:
-            pattern = rf"(?<![0-9A-Za-z]){re.escape(value)}(?![0-9A-Za-z])"
-            found += [(m.start(), m.end(), label) for m in re.finditer(pattern, text)]
-            continue
-        start = text.find(value)
-        while start >= 0:
-            found.append((start, start + len(value), label))
-            start = text.find(value, start + 1)
-    return found
-
-
-def _cut_out(text: str, spans: list[tuple[int, int, str]]) -> str:
-    """`text` with every span replaced by its label, overlapping spans merged into one (a secret
-    overlapping another is never left in part)."""
-    pieces, done = [], 0
-    merged: list[list[Any]] = []
-    for start, end, label in sorted(spans):
-        if merged and start < merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-            merged[-1][2] = "[token]" if "[token]" in (label, merged[-1][2]) else label
-        else:
-            merged.append([start, end, label])
-    for start, end, label in merged:
-        pieces += [text[done:start], label]
-        done = end
-    return "".join([*pieces, text[done:]])
