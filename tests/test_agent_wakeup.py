@@ -440,18 +440,7 @@ def test_many_shells_released_at_once_start_at_most_two_agents(tmp_path: Path) -
     wait_until(first_agent_gone, what="the first agent's idle exit")
     before = set(re.findall(r"agent\[(\d+)\]", log.read_text()))
     count = 16
-    shells = [
-        subprocess.Popen(
-            [sys.executable, "-c", CROWD_SHELL, f"crowd{n}"],
-            env=scene.env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=scene.root,
-        )
-        for n in range(count)
-    ]
+    shells = [scene.popen([sys.executable, "-c", CROWD_SHELL, f"crowd{n}"]) for n in range(count)]
     try:
         for shell in shells:
             assert shell.stdout is not None and shell.stdout.readline().strip() == "ready"

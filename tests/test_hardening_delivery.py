@@ -333,15 +333,7 @@ def test_a_shell_the_agent_cannot_see_is_not_ended_as_abnormal(scene: Scene, whe
 
     # The host's agent, up before the shell and staying (one spawned in the namespace would die with it).
     agent = scene.start_agent("--idle-exit-seconds", "600")
-    shell = subprocess.Popen(
-        [*_ELSEWHERE[where], sys.executable, "-c", SHELL, "1", "hold", "contained"],
-        env=scene.env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=scene.root,
-    )
+    shell = scene.popen([*_ELSEWHERE[where], sys.executable, "-c", SHELL, "1", "hold", "contained"])
     assert shell.stdout is not None and shell.stdin is not None
     handle = shell.stdout.readline().strip()
     assert handle.startswith("local-"), shell.stderr.read() if shell.stderr else ""

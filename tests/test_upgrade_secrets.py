@@ -20,13 +20,11 @@ from pathlib import Path
 import pytest
 
 from oneiric_session.config.loader import load_config
-from oneiric_session.config.shell_view import cache_dir
 from oneiric_session.errors import ConfigError
 from oneiric_session.spool import Spool
-from oneiric_session.tracking import events
 from oneiric_session.tracking.destination import Destination
-from oneiric_session.tracking.limits import Limits
 from tests.support.delivery import Scene
+from tests.support.older_version import older_cache_entry, older_row
 
 SECRET = "upgrade-query-secret-" + "fedcba9876543210" * 2
 URL = f"http://127.0.0.1:9/mcp?access_token={SECRET}"
@@ -47,42 +45,16 @@ def test_a_cache_entry_an_older_version_wrote_with_a_query_secret_is_dropped(
 ) -> None:
     """Format 3's entry held the url whole; this version never read it again, nor deleted it."""
     scene = Scene(tmp_path, transport="http", url=URL)
-    for name, value in scene.env.items():
-        monkeypatch.setenv(name, value)
-    old = cache_dir()
-    old.mkdir(parents=True, mode=0o700)
-    entry = old / "0123456789abcdef.json"
-    entry.write_text(json.dumps({"format": 3, "key": "0123456789abcdef", "view": {"url": URL}}))
-    entry.chmod(0o600)
+    entry = older_cache_entry(scene, monkeypatch, URL)
     scene.run_shell(1)  # a shell of this version, with that url
     scene.stop_agents()
     assert not entry.exists()
     assert not _holding(tmp_path / "state", SECRET)
 
 
-def _old_row(scene: Scene) -> None:
-    """A start spooled as the older version spooled it: its destination stored with the url whole
-    under the key it computed then, and an error naming the url whole."""
-    destination = Destination(transport="http", url=URL)
-    start = events.build_start_event(component_name="old", shell_type="S", metadata=None, limits=Limits())
-    with scene.spool() as spool:
-        assert spool.append_start(
-            "local-old", destination, start, pid=None, pid_start_time=None, boot_id=None
-        )
-        (row,) = spool.list_pending()
-        spool.record_failure(row, f"no MCP handshake within 1 s from http {URL}", 0.0)
-        with spool.transaction() as conn:
-            stored = json.loads(conn.execute("SELECT json FROM destinations").fetchone()[0])
-            conn.execute(
-                "UPDATE destinations SET key = 'oldkey', json = ?", (json.dumps({**stored, "url": URL}),)
-            )
-            conn.execute("UPDATE events SET destination_key = 'oldkey'")
-            conn.execute("UPDATE sessions SET destination_key = 'oldkey'")
-
-
 def test_an_error_an_older_version_spooled_with_a_query_secret_is_not_shown(tmp_path: Path) -> None:
     scene = Scene(tmp_path)
-    _old_row(scene)
+    older_row(scene, URL, f"no MCP handshake within 1 s from http {URL}")
     listing = scene.run("spool", "list")
     assert "no MCP handshake" in listing.stdout
     assert SECRET not in listing.stdout, listing.stdout
@@ -91,7 +63,7 @@ def test_an_error_an_older_version_spooled_with_a_query_secret_is_not_shown(tmp_
 
 def test_rekey_cuts_the_secret_out_of_an_older_versions_errors(tmp_path: Path) -> None:
     scene = Scene(tmp_path)
-    _old_row(scene)
+    older_row(scene, URL, f"no MCP handshake within 1 s from http {URL}")
     with Spool(scene.spool_path) as spool:
         assert spool.rekey() == 1
         (row,) = spool.list_pending()

@@ -18,6 +18,7 @@ import pytest
 from oneiric_session.config.loader import load_config
 from oneiric_session.errors import ConfigError
 from tests.support.delivery import Scene
+from tests.support.older_version import older_cache_entry, older_row
 
 
 def _http_env(tmp_path: Path, url: str) -> dict[str, str]:
@@ -109,29 +110,6 @@ SECRET = "upgrade-query-secret-" + "fedcba9876543210" * 2
 URL = f"http://127.0.0.1:9/mcp?access_token={SECRET}"
 
 
-def _old_row(scene: Scene, error: str, url: str = URL) -> None:
-    """As tests/test_upgrade_secrets._old_row, with the error given."""
-    from oneiric_session.tracking import events
-    from oneiric_session.tracking.destination import Destination
-    from oneiric_session.tracking.limits import Limits
-
-    destination = Destination(transport="http", url=url)
-    start = events.build_start_event(component_name="old", shell_type="S", metadata=None, limits=Limits())
-    with scene.spool() as spool:
-        assert spool.append_start(
-            "local-old", destination, start, pid=None, pid_start_time=None, boot_id=None
-        )
-        (row,) = spool.list_pending()
-        spool.record_failure(row, error, 0.0)
-        with spool.transaction() as conn:
-            stored = json.loads(conn.execute("SELECT json FROM destinations").fetchone()[0])
-            conn.execute(
-                "UPDATE destinations SET key = 'oldkey', json = ?", (json.dumps({**stored, "url": url}),)
-            )
-            conn.execute("UPDATE events SET destination_key = 'oldkey'")
-            conn.execute("UPDATE sessions SET destination_key = 'oldkey'")
-
-
 def _left_of(secret: str, text: str, size: int = 12) -> list[str]:
     return [secret[i : i + size] for i in range(len(secret) - size + 1) if secret[i : i + size] in text]
 
@@ -143,7 +121,7 @@ def test_rekey_leaves_no_part_of_a_secret_an_older_version_clipped(tmp_path: Pat
 
     scene = Scene(tmp_path)
     said = "x" * 200 + f" not found: {URL}"
-    _old_row(scene, f"rejected: {said[:299]}…")  # server_text's cap (300) in the middle of the secret
+    older_row(scene, URL, f"rejected: {said[:299]}…")  # server_text's cap (300) in the middle of the secret
     with Spool(scene.spool_path) as spool:
         spool.rekey()
         (row,) = spool.list_pending()
@@ -156,8 +134,9 @@ def test_a_long_secret_glued_to_a_letter_is_cut_out(tmp_path: Path) -> None:
     from oneiric_session.spool import Spool
 
     scene = Scene(tmp_path)
-    _old_row(
+    older_row(
         scene,
+        URL,
         f"login required: http://idp/login?next=http%3A%2F%2F127.0.0.1%3A9%2Fmcp%3Faccess_token%3D{SECRET}",
     )
     listing = scene.run("spool", "list")
@@ -183,17 +162,9 @@ def test_two_overlapping_secrets_leave_no_part_of_either() -> None:
 def test_an_older_entry_holding_a_now_refused_url_is_dropped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from oneiric_session.config.shell_view import cache_dir
-
     url = "http://alice:Abc/def-Secret-Passw0rd@server.example/mcp"
     scene = Scene(tmp_path, transport="http", url=url)
-    for name, value in scene.env.items():
-        monkeypatch.setenv(name, value)
-    old = cache_dir()
-    old.mkdir(parents=True, mode=0o700)
-    entry = old / "0123456789abcdef.json"
-    entry.write_text(json.dumps({"format": 3, "key": "0123456789abcdef", "view": {"url": url}}))
-    entry.chmod(0o600)
+    entry = older_cache_entry(scene, monkeypatch, url)
     shell = scene.shell(1)
     _out, err = shell.communicate(timeout=60)
     scene.stop_agents()
@@ -208,7 +179,7 @@ def test_an_older_destination_with_a_raw_delimiter_password_is_not_kept_nor_show
 
     url = "http://alice:Abc/def-Secret-Passw0rd@server.example/mcp"
     scene = Scene(tmp_path)
-    _old_row(scene, "connection refused", url=url)
+    older_row(scene, url, "connection refused")
     listing = scene.run("spool", "list")
     with Spool(scene.spool_path) as spool:
         spool.rekey()

@@ -86,15 +86,6 @@ def test_a_servers_echo_of_a_percent_encoded_query_secret_is_scrubbed() -> None:
 # -- 5. a relative spool.path is shown as './<what was given>' ------------------------------------
 
 
-def test_a_relative_spool_path_is_named_as_given(tmp_path: Path) -> None:
-    from tests.support.delivery import Scene
-
-    scene = Scene(tmp_path)
-    result = scene.run("status", env={"ONEIRIC_SESSION_SPOOL__PATH": "spool.sqlite3"})
-    assert result.returncode == 2
-    assert "'spool.sqlite3' is a relative path" in result.stderr, result.stderr
-
-
 def test_a_percent_encoded_secret_query_name_is_not_stored_under_the_state_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -105,6 +105,22 @@ class Scene:
             cwd=self.root,
         )
 
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        """The command line in the scene, started (`popen`)."""
+        return self.popen([*CLI, *args])
+
+    def popen(self, argv: list[str]) -> subprocess.Popen[str]:
+        """`argv` started in the scene, with pipes for its stdin, stdout and stderr."""
+        return subprocess.Popen(
+            argv,
+            env=self.env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=self.root,
+        )
+
     def shell(
         self,
         count: int = 1,

@@ -1,0 +1,48 @@
+"""What a version before b5b63d2 left on disk, where a url's query secret was no secret yet."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from oneiric_session.tracking import events
+from oneiric_session.tracking.destination import Destination
+from oneiric_session.tracking.limits import Limits
+from tests.support.delivery import Scene
+
+
+def older_cache_entry(scene: Scene, monkeypatch: pytest.MonkeyPatch, url: str) -> Path:
+    """A settings cache entry of format 3, holding `url` whole, in the scene's cache directory
+    (the scene's environment set in this process, so the cache directory is the scene's)."""
+    from oneiric_session.config.shell_view import cache_dir
+
+    for name, value in scene.env.items():
+        monkeypatch.setenv(name, value)
+    directory = cache_dir()
+    directory.mkdir(parents=True, mode=0o700, exist_ok=True)
+    entry = directory / "0123456789abcdef.json"
+    entry.write_text(json.dumps({"format": 3, "key": "0123456789abcdef", "view": {"url": url}}))
+    entry.chmod(0o600)
+    return entry
+
+
+def older_row(scene: Scene, url: str, error: str) -> None:
+    """A start spooled as the older version spooled it: its destination stored with `url` whole,
+    under a key this version does not compute, and its last error `error`."""
+    destination = Destination(transport="http", url=url)
+    start = events.build_start_event(component_name="old", shell_type="S", metadata=None, limits=Limits())
+    with scene.spool() as spool:
+        assert spool.append_start(
+            "local-old", destination, start, pid=None, pid_start_time=None, boot_id=None
+        )
+        (row,) = spool.list_pending()
+        spool.record_failure(row, error, 0.0)
+        with spool.transaction() as conn:
+            stored = json.loads(conn.execute("SELECT json FROM destinations").fetchone()[0])
+            conn.execute(
+                "UPDATE destinations SET key = 'oldkey', json = ?", (json.dumps({**stored, "url": url}),)
+            )
+            conn.execute("UPDATE events SET destination_key = 'oldkey'")
+            conn.execute("UPDATE sessions SET destination_key = 'oldkey'")
