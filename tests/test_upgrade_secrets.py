@@ -14,7 +14,6 @@ import base64
 import json
 import os
 import pwd
-import re
 from pathlib import Path
 
 import pytest
@@ -80,9 +79,7 @@ def test_a_password_with_a_raw_delimiter_is_refused_without_naming_it(tmp_path: 
     scene = Scene(tmp_path)
     env = {**scene.env, "ONEIRIC_SESSION_TRANSPORT": "http"}
     env["ONEIRIC_SESSION_URL"] = f"http://alice:{password}@server.example/mcp"
-    with pytest.raises(
-        ConfigError, match=re.escape("url: an '@' after a ':' and a '/', '?' or '#' is ambiguous")
-    ) as refused:
+    with pytest.raises(ConfigError, match="url: its port is not a number") as refused:
         load_config(environ=env)
     assert password not in str(refused.value)
     status = scene.run("status", env={k: v for k, v in env.items() if k.startswith("ONEIRIC_SESSION_")})

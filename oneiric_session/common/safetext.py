@@ -132,7 +132,8 @@ def without_secrets(text: str | None, secrets: Iterable[str], query_names: Itera
     if not text:
         return text
     spans = secret_spans(text, secret_forms(secrets), "[secret]")
-    for name in query_names:
-        pattern = rf"(?<=[?&]){re.escape(name)}=([^&#\s'\"]+)"
+    for name in query_names:  # after `?` or `&` (or their percent-encoded forms, in a url in a url)
+        before, equals = r"(?:(?<=[?&])|(?<=%3[Ff])|(?<=%26))", r"(?:=|%3[Dd])"
+        pattern = rf"{before}{re.escape(name)}{equals}([^&#\s'\"),;>\]]+)"
         spans += [(m.start(1), m.end(1), "[secret]") for m in re.finditer(pattern, text)]
     return cut_spans(text, spans)

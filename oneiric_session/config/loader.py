@@ -17,7 +17,7 @@ from oneiric_session.config.models import SessionBuddySettings
 from oneiric_session.config.redact import redact
 from oneiric_session.config.sources import read_token
 from oneiric_session.errors import ConfigError
-from oneiric_session.tracking.destination import Destination, Tuning, ambiguous_at_sign
+from oneiric_session.tracking.destination import PORT_NOT_A_NUMBER, Destination, Tuning, port_not_a_number
 from oneiric_session.tracking.limits import Limits
 
 # Session-Buddy 0.23.0 has no stdio entry point; this is the launch line that serves stdio.
@@ -231,12 +231,8 @@ def _check_consistency(settings: SessionBuddySettings, merged: sources.Merged) -
 
     if settings.transport == "http" and not settings.url:
         raise ConfigError(f"url: required when transport is 'http' (transport from {origin('transport')})")
-    if settings.url and ambiguous_at_sign(settings.url):  # (the value is never named)
-        raise ConfigError(
-            "url: an '@' after a ':' and a '/', '?' or '#' is ambiguous: a password holding them would "
-            "be read as the host and path (and shown and stored as such); percent-encode a password's "
-            f"'/', '?', '#' (%2F, %3F, %23), or an '@' in the path or query (%40); from {origin('url')}"
-        )
+    if settings.url and port_not_a_number(settings.url):  # (the value is never named)
+        raise ConfigError(f"url: {PORT_NOT_A_NUMBER}; from {origin('url')}")
     if settings.retry.wait_min_seconds > settings.retry.wait_max_seconds:
         raise ConfigError(
             f"retry.wait_min_seconds ({settings.retry.wait_min_seconds}) is greater than "

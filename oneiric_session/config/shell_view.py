@@ -350,9 +350,16 @@ def _write_entry(key: str, view: ShellView | None, *, selection: tuple[str, str]
 
 def _prune(directory: Path, *, keep: Path | None) -> None:
     """Keep the newest MAX_ENTRIES entries; drop those of an older format (they may hold what this
-    version keeps out) and temporary files a crashed writer left (a minute old)."""
+    version keeps out) and temporary files a crashed writer left (a minute old). Only in a
+    directory of ours, and only files of ours (`sudo` keeping HOME must not prune a user's)."""
     try:
-        found = [(entry.stat().st_mtime, entry) for entry in directory.iterdir()]
+        if not _ours(os.stat(directory)):
+            return
+        found = []
+        for entry in directory.iterdir():
+            st = os.lstat(entry)
+            if stat.S_ISREG(st.st_mode) and _ours(st):
+                found.append((st.st_mtime, entry))
     except OSError:
         return
     entries = sorted(item for item in found if item[1].suffix == ".json")

@@ -81,6 +81,8 @@ class Destination(Record):
 
     def describe(self) -> str:
         """A one-line human description (no environment values, no URL credentials: they are secrets)."""
+        if self.transport == "http" and port_not_a_number(self.url or ""):
+            return "http (a url whose port is not a number, not shown: it may be a password)"
         if self.transport == "http":
             return f"http {_without_credentials(replace_url_secrets(self.url or '', '***'))}"
         return " ".join([self.command, *self.args])
@@ -181,9 +183,6 @@ def _userinfo(url: str) -> tuple[str, str, str] | None:
     """(`scheme://`, userinfo, `@host...`) of a URL naming a user, else None. The userinfo ends at
     the authority's last `@`, as RFC 3986 (and httpx) read it: a password may hold a raw `@`."""
     scheme, sep, rest = url.partition("://")
-    if ambiguous_at_sign(url):  # (refused in settings; an older version's spooled destination)
-        userinfo, at, host = rest.rpartition("@")
-        return scheme + sep, userinfo, at + host
     end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
     userinfo, at, host = rest[:end].rpartition("@")
     if not sep or not at:
@@ -191,20 +190,24 @@ def _userinfo(url: str) -> tuple[str, str, str] | None:
     return scheme + sep, userinfo, at + host + rest[end:]
 
 
-def ambiguous_at_sign(url: str) -> bool:
-    """Whether `url` has an `@` after its host while its authority holds a `:` (outside an IPv6
-    literal): `user:pass/word@host/...` (a password with a raw `/`, `?` or `#`) and
-    `host:8080/users/@me` cannot be told apart, and the first would be read as the second, its
-    password as the host and path. Such a url is taken as `user:password@` up to its last `@`."""
+# Why such a url is refused (the url itself is never named: it may hold a password).
+PORT_NOT_A_NUMBER = (
+    "its port is not a number; if what follows the ':' is a password, percent-encode its '/', '?' "
+    "and '#' (%2F, %3F, %23), or it is read as the host and path"
+)
+
+
+def port_not_a_number(url: str) -> bool:
+    """Whether `url`'s port, as RFC 3986 (and httpx) read it, is not a number: what a password
+    holding a raw `/`, `?` or `#` turns into (`http://alice:pass/word@host` is host `alice`, port
+    `pass`), so such a url is refused before its password could be shown as a host or a path."""
     _, sep, rest = url.partition("://")
     end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
-    if not sep or "@" not in rest[end:]:
-        return False
-    authority = rest[:end]
-    while "[" in authority and "]" in authority.partition("[")[2]:
-        head, _, tail = authority.partition("[")
-        authority = head + tail.partition("]")[2]
-    return ":" in authority
+    host = rest[:end].rpartition("@")[2]
+    if host.startswith("["):  # an IPv6 literal: its colons are no port
+        host = host.partition("]")[2]
+    port = host.partition(":")[2]
+    return bool(sep) and ":" in host and not port.isdigit() and port != ""
 
 
 def url_credentials(url: str) -> tuple[str, str] | None:
