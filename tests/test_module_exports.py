@@ -134,3 +134,24 @@ def test_the_names_kept_for_outside_callers_are_still_exported_and_unused() -> N
         assert names <= exported, f"{module}: {sorted(names - exported)} not exported any more"
         used = _used_elsewhere(module, names, uses)
         assert used == [], f"{module}: {used} are used now; drop them from PUBLIC_UNUSED"
+
+
+# Issue 11's bounds: one job per module shows in its size.
+MAX_MODULE_LINES = 400
+MAX_CLASS_LINES = 250
+
+
+def test_no_module_is_over_400_lines_and_no_class_over_250() -> None:
+    package = Path(oneiric_session.__file__).parent
+    over = []
+    for path in sorted(package.rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        name = path.relative_to(package)
+        if len(source.splitlines()) > MAX_MODULE_LINES:
+            over.append(f"{name}: {len(source.splitlines())} lines")
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.ClassDef) and node.end_lineno is not None:
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_CLASS_LINES:
+                    over.append(f"{name}: class {node.name}: {lines} lines")
+    assert not over, over

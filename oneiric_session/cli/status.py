@@ -8,7 +8,8 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from oneiric_session.config.sources import NO_SETTINGS_DIR, shown_path
+from oneiric_session.config.files import shown_path
+from oneiric_session.config.sources import NO_SETTINGS_DIR
 
 if TYPE_CHECKING:
     from oneiric_session.config.loader import LoadedConfig

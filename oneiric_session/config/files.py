@@ -1,4 +1,5 @@
-"""Reading one settings file: bounded in size, never waiting, and YAML without alias bombs.
+"""Reading one settings file, or the token file: bounded in size, never waiting, and YAML without
+alias bombs.
 
 Run by every side that reads settings: the shell (`sources.read`, and `shell_view` hashing the
 files for its cache key), the agent and the command line. Standard library only at import;
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -129,3 +131,44 @@ def _check_expansion(data: Any, path: Path) -> None:
             stack.extend(value.values())
         elif isinstance(value, list):
             stack.extend(value)
+
+
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """A path setting as a message names it: pathlib shortens `./~x` to `~x`, which would read as
+    the home of user `x` (the setting's `~` was expanded when it was validated: config.models)."""
+    text = os.fspath(path)
+    return f"./{text}" if text.startswith("~") else text
+
+
+# A token is a few hundred bytes (a JWT); a bigger token_file is refused, not read.
+_MAX_TOKEN_BYTES = 64 * 1024
+
+
+def read_token(
+    environ: Mapping[str, str], token_env: str, token_file: Path | None, origin: str
+) -> str | None:
+    """The token from the variable `token_env`, else `token_file` (mode 0600, named in messages
+    with `origin`, where the setting came from); ConfigError if unreadable. The loader's
+    `LoadedConfig` and the shell's cached `ShellView` both call it; a token is never stored."""
+    value = environ.get(token_env)
+    if value:
+        return value
+    if token_file is None:
+        return None
+    path = token_file  # (its `~` expanded when it was validated: config.models)
+    shown = shown_path(path)
+    try:
+        mode = path.stat().st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
+            raise ConfigError(f"token_file {shown} is {kind}; it must be a regular file; from {origin}")
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"token_file {shown} must be readable by its owner only (chmod 600), "
+                f"its mode is {stat.S_IMODE(mode):o}; from {origin}"
+            )
+        data = read_bounded(path, _MAX_TOKEN_BYTES, "token_file")
+        return data.decode("utf-8").strip() or None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = type(exc).__name__
+        raise ConfigError(f"token_file {shown}: cannot read it ({reason}); from {origin}") from None

@@ -13,9 +13,9 @@ from pydantic import ValidationError
 
 from oneiric_session.common import paths
 from oneiric_session.config import sources
+from oneiric_session.config.files import read_token, shown_path
 from oneiric_session.config.models import SessionBuddySettings
 from oneiric_session.config.redact import redact
-from oneiric_session.config.sources import read_token
 from oneiric_session.errors import ConfigError
 from oneiric_session.tracking.destination import PORT_NOT_A_NUMBER, Destination, Tuning, port_not_a_number
 from oneiric_session.tracking.limits import Limits
@@ -118,7 +118,7 @@ class LoadedConfig:
             )
 
         if s.spool.path is not None and not s.spool.path.is_absolute():  # (`~` expanded: models)
-            refuse("spool.path", sources.shown_path(s.spool.path))
+            refuse("spool.path", shown_path(s.spool.path))
         launch = self.launch()
         if launch is None:
             return
@@ -155,7 +155,8 @@ class LoadedConfig:
     def token(self) -> str | None:
         """The token from $token_env, else token_file (owner-only). Never log or show it."""
         s = self.settings
-        return read_token(self.environ, s.token_env, s.token_file, self.source_of("token_file"))
+        origin = sources.describe(self.source_of("token_file"))
+        return read_token(self.environ, s.token_env, s.token_file, origin)
 
 
 def load_config(

@@ -34,8 +34,7 @@ from oneiric_session.common.digest import sha256_hex
 from oneiric_session.common.privacy import private_dir, write_private
 from oneiric_session.common.record import Record
 from oneiric_session.config import sources
-from oneiric_session.config.files import read_bounded
-from oneiric_session.config.sources import read_token
+from oneiric_session.config.files import read_bounded, read_token
 from oneiric_session.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -127,7 +126,9 @@ class ShellView(Record):
 
     def token(self) -> str | None:
         """The token from $token_env, else token_file (owner-only). Never log or show it."""
-        return read_token(self.environ, self.token_env, self.token_file, self.token_file_source)
+        return read_token(
+            self.environ, self.token_env, self.token_file, sources.describe(self.token_file_source)
+        )
 
     def to_json(self) -> dict[str, Any]:
         data = self._asdict()

@@ -5,21 +5,19 @@ full validation (`loader`) runs only when the selected provider needs settings.
 Reading one file (bounded, and YAML through PyYAML only when a file exists) is `files`' job;
 this module finds the files and variables, interprets their shapes and merges the layers.
 Every value keeps the label of the layer it came from: "default", "file:<path>",
-"env:<VAR>" or "argument". `read_token` reads the token the settings name (the loader's
-`LoadedConfig` and the shell's cached `ShellView` both call it; it is never stored).
+"env:<VAR>" or "argument".
 """
 
 from __future__ import annotations
 
 import json
 import os
-import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from oneiric_session.common.record import Record
-from oneiric_session.config.files import read_bounded, read_file
+from oneiric_session.config.files import read_file
 from oneiric_session.errors import ConfigError
 
 CATEGORY = "session_tracker"
@@ -105,39 +103,6 @@ def describe(source: str) -> str:
     return {"file": f"file {where}", "env": f"environment variable {where}"}.get(kind, source)
 
 
-# A token is a few hundred bytes (a JWT); a bigger token_file is refused, not read.
-_MAX_TOKEN_BYTES = 64 * 1024
-
-
-def read_token(
-    environ: Mapping[str, str], token_env: str, token_file: Path | None, token_file_source: str
-) -> str | None:
-    """The token from the variable `token_env`, else `token_file` (mode 0600); ConfigError if unreadable."""
-    value = environ.get(token_env)
-    if value:
-        return value
-    if token_file is None:
-        return None
-    path = token_file  # (its `~` expanded when it was validated: config.models)
-    shown = shown_path(path)
-    origin = describe(token_file_source)
-    try:
-        mode = path.stat().st_mode
-        if not stat.S_ISREG(mode):
-            kind = "a FIFO" if stat.S_ISFIFO(mode) else "not a regular file"
-            raise ConfigError(f"token_file {shown} is {kind}; it must be a regular file; from {origin}")
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise ConfigError(
-                f"token_file {shown} must be readable by its owner only (chmod 600), "
-                f"its mode is {stat.S_IMODE(mode):o}; from {origin}"
-            )
-        data = read_bounded(path, _MAX_TOKEN_BYTES, "token_file")
-        return data.decode("utf-8").strip() or None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = type(exc).__name__
-        raise ConfigError(f"token_file {shown}: cannot read it ({reason}); from {origin}") from None
-
-
 def read(
     settings_dir: str | os.PathLike[str] | None = None,
     *,
@@ -176,13 +141,6 @@ def resolve_settings_dir(settings_dir: str | os.PathLike[str] | None, environ: M
 UNKNOWN_HOME = "names a home directory ('~') this system does not know"
 # Names the bundled server's database (a variable, not a setting: `serve` and `sessions` read it too).
 DB_ENV = "ONEIRIC_SESSION_DB"
-
-
-def shown_path(path: str | os.PathLike[str]) -> str:
-    """A path setting as a message names it: pathlib shortens `./~x` to `~x`, which would read as
-    the home of user `x` (the setting's `~` was expanded when it was validated: config.models)."""
-    text = os.fspath(path)
-    return f"./{text}" if text.startswith("~") else text
 
 
 def expand_home(value: str) -> str | None:
