@@ -79,7 +79,9 @@ def test_a_password_with_a_raw_delimiter_is_refused_without_naming_it(tmp_path: 
     scene = Scene(tmp_path)
     env = {**scene.env, "ONEIRIC_SESSION_TRANSPORT": "http"}
     env["ONEIRIC_SESSION_URL"] = f"http://alice:{password}@server.example/mcp"
-    with pytest.raises(ConfigError, match="url: its port is not a number") as refused:
+    with pytest.raises(
+        ConfigError, match="url: an '@' after its host, or a port that is not a number"
+    ) as refused:
         load_config(environ=env)
     assert password not in str(refused.value)
     status = scene.run("status", env={k: v for k, v in env.items() if k.startswith("ONEIRIC_SESSION_")})

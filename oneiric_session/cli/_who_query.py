@@ -159,10 +159,10 @@ class RemoteError(Exception):
 def _remote(url: str, query: Query) -> Result:
     import asyncio
 
-    from oneiric_session.tracking.destination import PORT_NOT_A_NUMBER, port_not_a_number
+    from oneiric_session.tracking.destination import UNCLEAR_URL, unclear_url
 
-    if port_not_a_number(url):  # (httpx would refuse it with the "port": maybe a password)
-        raise ConfigError(f"--url: {PORT_NOT_A_NUMBER}")
+    if unclear_url(url):  # (httpx would refuse it, or name a password as the host or path)
+        raise ConfigError(f"--url: {UNCLEAR_URL}")
     try:
         return asyncio.run(_remote_pages(url, query))
     except RemoteError as exc:

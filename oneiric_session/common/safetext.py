@@ -127,13 +127,18 @@ def cut_spans(text: str, spans: list[tuple[int, int, str]]) -> str:
 
 def without_secrets(text: str | None, secrets: Iterable[str], query_names: Iterable[str] = ()) -> str | None:
     """`text` with each of `secrets` (in each of its `secret_forms`) cut out ("[secret]"), and the
-    value of each query parameter named in `query_names`, whatever it holds: an older version's
-    message may have cut such a value short, where the whole secret is no longer found."""
+    value of each query parameter named in `query_names`: whole where a form of a secret starts it,
+    else up to the next separator (an older version's message may have cut the value short, where
+    the whole secret is no longer found). A separator may be percent-encoded, and again (a url in a
+    url in a url)."""
     if not text:
         return text
-    spans = secret_spans(text, secret_forms(secrets), "[secret]")
-    for name in query_names:  # after `?` or `&` (or their percent-encoded forms, in a url in a url)
-        before, equals = r"(?:(?<=[?&])|(?<=%3[Ff])|(?<=%26))", r"(?:=|%3[Dd])"
-        pattern = rf"{before}{re.escape(name)}{equals}([^&#\s'\"),;>\]]+)"
-        spans += [(m.start(1), m.end(1), "[secret]") for m in re.finditer(pattern, text)]
+    forms = secret_forms(secrets)
+    spans = secret_spans(text, forms, "[secret]")
+    for name in query_names:
+        pattern = rf"(?:[?&]|%(?:25)*3[Ff]|%(?:25)*26){re.escape(name)}(?:=|%(?:25)*3[Dd])([^&#\s'\"]+)"
+        for match in re.finditer(pattern, text):
+            start, value = match.start(1), match.group(1)
+            whole = max((len(form) for form in forms if value.startswith(form)), default=len(value))
+            spans.append((start, start + whole, "[secret]"))
     return cut_spans(text, spans)

@@ -17,7 +17,7 @@ from oneiric_session.config.files import read_token, shown_path
 from oneiric_session.config.models import SessionBuddySettings
 from oneiric_session.config.redact import redact
 from oneiric_session.errors import ConfigError
-from oneiric_session.tracking.destination import PORT_NOT_A_NUMBER, Destination, Tuning, port_not_a_number
+from oneiric_session.tracking.destination import UNCLEAR_URL, Destination, Tuning, unclear_url
 from oneiric_session.tracking.limits import Limits
 
 # Session-Buddy 0.23.0 has no stdio entry point; this is the launch line that serves stdio.
@@ -232,8 +232,8 @@ def _check_consistency(settings: SessionBuddySettings, merged: sources.Merged) -
 
     if settings.transport == "http" and not settings.url:
         raise ConfigError(f"url: required when transport is 'http' (transport from {origin('transport')})")
-    if settings.url and port_not_a_number(settings.url):  # (the value is never named)
-        raise ConfigError(f"url: {PORT_NOT_A_NUMBER}; from {origin('url')}")
+    if settings.url and unclear_url(settings.url):  # (the value is never named)
+        raise ConfigError(f"url: {UNCLEAR_URL}; from {origin('url')}")
     if settings.retry.wait_min_seconds > settings.retry.wait_max_seconds:
         raise ConfigError(
             f"retry.wait_min_seconds ({settings.retry.wait_min_seconds}) is greater than "

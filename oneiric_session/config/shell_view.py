@@ -57,10 +57,9 @@ __all__ = [
 CACHE_DIR_NAME = "config-cache"
 # Bumped when the entry's shape changes (old entries then never match).
 # 2: agent_idle_exit_seconds; 3: report_cwd resolved for http; 4: a url's query secrets kept out
-# (an entry of an older format is deleted at the next miss: format 3's could hold one in clear).
+# (an entry of an older format is deleted at the next miss: format 3's could hold one in clear;
+# since format 4 the format is in the entry's name too, so pruning opens no entry).
 CACHE_FORMAT = 4
-# An entry is a few kB; a larger file in the cache directory is no entry of ours.
-_MAX_ENTRY_BYTES = 1024 * 1024
 # Distinct configurations remembered (settings dirs x environments); the oldest go first.
 MAX_ENTRIES = 16
 # Variables read outside the settings layers: `~` expansion, the default spool path, and the
@@ -317,7 +316,7 @@ def _file_digest(path: Path) -> str | None:
 
 
 def _entry_path(key: str) -> Path:
-    return cache_dir() / f"{key}.json"
+    return cache_dir() / f"{key}.v{CACHE_FORMAT}.json"
 
 
 def _read_trusted(key: str) -> dict[str, Any] | None:
@@ -344,7 +343,7 @@ def _ours(st: os.stat_result) -> bool:
 def _write_entry(key: str, view: ShellView | None, *, selection: tuple[str, str] | None = None) -> None:
     directory = private_dir(cache_dir())  # each directory made private (0700), as the spool's are
     content = {"view": view.to_json()} if view is not None else {"selection": list(selection or ())}
-    target = directory / f"{key}.json"
+    target = _entry_path(key)
     write_private(target, json.dumps({"format": CACHE_FORMAT, "key": key, **content}, sort_keys=True))
     _prune(directory, keep=target)
 
@@ -365,28 +364,18 @@ def _prune(directory: Path, *, keep: Path | None) -> None:
         return
     entries = sorted(item for item in found if item[1].suffix == ".json")
     stale = [entry for mtime, entry in found if entry.suffix == ".tmp" and mtime < time.time() - 60]
-    stale += [entry for _, entry in entries if _older_format(entry)]
+    stale += [entry for _, entry in entries if _older_format(entry.name)]
     for entry in [entry for _, entry in entries[: max(0, len(entries) - MAX_ENTRIES)]] + stale:
         if entry != keep:
             with contextlib.suppress(OSError):
                 entry.unlink()
 
 
-def _older_format(entry: Path) -> bool:
-    """Whether `entry` is ours and says it is of an older format than this one's (a newer
-    version's, or anything else, is left to the count). Never waits: a FIFO is no entry."""
-    try:
-        fd = os.open(entry, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        st = os.fstat(fd)
-        if not (stat.S_ISREG(st.st_mode) and _ours(st)) or st.st_size > _MAX_ENTRY_BYTES:
-            return False
-        with os.fdopen(os.dup(fd), "rb") as file:
-            found = json.loads(file.read()).get("format")
-    except Exception:  # unreadable, or not an entry
-        return False
-    finally:
-        os.close(fd)
-    return isinstance(found, int) and not isinstance(found, bool) and found < CACHE_FORMAT
+def _older_format(name: str) -> bool:
+    """Whether the entry file `name` is of an older format than this one's, by its name (never
+    opened: a shell pays no read per entry): `<key>.json` before format 4, `<key>.v<N>.json` since."""
+    stem, version = name.removesuffix(".json"), None
+    _, dot_v, number = stem.rpartition(".v")
+    if dot_v and number.isascii() and number.isdigit():
+        version = int(number)
+    return version is None or version < CACHE_FORMAT

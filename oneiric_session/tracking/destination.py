@@ -81,8 +81,11 @@ class Destination(Record):
 
     def describe(self) -> str:
         """A one-line human description (no environment values, no URL credentials: they are secrets)."""
-        if self.transport == "http" and port_not_a_number(self.url or ""):
-            return "http (a url whose port is not a number, not shown: it may be a password)"
+        if self.transport == "http" and port_not_a_number(self.url or ""):  # an older version's row:
+            scheme, _, rest = (self.url or "").partition("://")  # its "port" may be a password
+            host = rest.rpartition("@")[2]
+            host = host[: min((i for i in map(host.find, "/?#") if i >= 0), default=len(host))]
+            return f"http {scheme}://***@{host}" if "@" in rest else "http (a url not shown)"
         if self.transport == "http":
             return f"http {_without_credentials(replace_url_secrets(self.url or '', '***'))}"
         return " ".join([self.command, *self.args])
@@ -91,6 +94,8 @@ class Destination(Record):
         return {name: SECRET_REFERENCE if is_secret_env(name) else value for name, value in self.env}
 
     def _url_at_rest(self) -> str | None:
+        if self.url is not None and port_not_a_number(self.url):  # an older version's, never deliverable:
+            return f"{self.url.partition('://')[0]}://{SECRET_REFERENCE}"  # its "port" may be a password
         return None if self.url is None else replace_url_secrets(self.url, SECRET_REFERENCE)
 
     def secrets(self) -> dict[str, str]:
@@ -190,24 +195,43 @@ def _userinfo(url: str) -> tuple[str, str, str] | None:
     return scheme + sep, userinfo, at + host + rest[end:]
 
 
-# Why such a url is refused (the url itself is never named: it may hold a password).
-PORT_NOT_A_NUMBER = (
-    "its port is not a number; if what follows the ':' is a password, percent-encode its '/', '?' "
-    "and '#' (%2F, %3F, %23), or it is read as the host and path"
+# Why a url is refused where it is given (settings, `--url`): never naming it, it may hold a password.
+UNCLEAR_URL = (
+    "an '@' after its host, or a port that is not a number, is what a password holding a raw '/', "
+    "'?', '#' or '@' becomes: percent-encode them in a password (%2F, %3F, %23, %40), and an '@' "
+    "in the path or query (%40)"
 )
 
 
+def unclear_url(url: str) -> bool:
+    """Whether `url` is refused where it is given (`UNCLEAR_URL`): its port, as RFC 3986 (and
+    httpx) read it, is not a number, or an `@` follows its host while its authority holds a `:`.
+    Read as RFC 3986 reads them, `http://alice:pass/word@host` is host `alice` with port `pass`,
+    and `http://alice:p@ss/word@host` the host `ss`: their passwords would be shown as a host or
+    a path. (`host:8080/users/@me` is refused too: it cannot be told from the second.)"""
+    return port_not_a_number(url) or _at_after_host(url)
+
+
 def port_not_a_number(url: str) -> bool:
-    """Whether `url`'s port, as RFC 3986 (and httpx) read it, is not a number: what a password
-    holding a raw `/`, `?` or `#` turns into (`http://alice:pass/word@host` is host `alice`, port
-    `pass`), so such a url is refused before its password could be shown as a host or a path."""
+    """Whether `url`'s port, as RFC 3986 (and httpx) read it, is not a number (httpx refuses it)."""
     _, sep, rest = url.partition("://")
     end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
     host = rest[:end].rpartition("@")[2]
     if host.startswith("["):  # an IPv6 literal: its colons are no port
         host = host.partition("]")[2]
-    port = host.partition(":")[2]
-    return bool(sep) and ":" in host and not port.isdigit() and port != ""
+    port = host.partition(":")[2].strip()
+    return bool(sep) and ":" in host and port != "" and not (port.isascii() and port.isdigit())
+
+
+def _at_after_host(url: str) -> bool:
+    """An `@` after the authority while the authority holds a `:` (outside an IPv6 literal)."""
+    _, sep, rest = url.partition("://")
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    authority = rest[:end]
+    while "[" in authority and "]" in authority.partition("[")[2]:
+        head, _, tail = authority.partition("[")
+        authority = head + tail.partition("]")[2]
+    return bool(sep) and "@" in rest[end:] and ":" in authority
 
 
 def url_credentials(url: str) -> tuple[str, str] | None:

@@ -29,7 +29,7 @@ from oneiric_session.errors import (
     RejectedError,
     ServerUnavailableError,
 )
-from oneiric_session.tracking.destination import Destination, url_credentials
+from oneiric_session.tracking.destination import Destination, port_not_a_number, url_credentials
 from oneiric_session.transport.answers import server_text
 from oneiric_session.transport.bounded_http import BoundedHttp
 from oneiric_session.transport.stdio import MAX_LINE_BYTES, ServerProcess, child_environment
@@ -116,6 +116,10 @@ class Connection:
 
     async def open(self) -> None:
         """Start the server (stdio) or reach it (http) and complete the MCP handshake."""
+        if self.destination.transport == "http" and port_not_a_number(self.destination.url or ""):
+            # An older version's row (settings refuse such a url): httpx's error would name the
+            # "port", maybe a password, and no retry can deliver it.
+            raise RejectedError("connecting: the url's port is not a number; it is not shown")
         transport = self._transport()
         ready: asyncio.Future[mcp.ClientHandle] = asyncio.get_running_loop().create_future()
         self._owner = asyncio.create_task(self._own(transport, ready), name="oneiric-session-mcp")
