@@ -158,7 +158,7 @@ def test_a_long_secret_glued_to_a_letter_is_cut_out(tmp_path: Path) -> None:
 def test_two_overlapping_secrets_leave_no_part_of_either() -> None:
     """connection._cut_out merges overlapping spans ("a secret overlapping another is never left in
     part"); without_secrets replaces one after the other."""
-    from oneiric_session.common.safetext import without_secrets
+    from oneiric_session.common.scrub import without_secrets
 
     first, second = "Alpha-Secret-1111-Beta-Shared", "Beta-Shared-Gamma-Secret-2222"
     text = without_secrets("said: Alpha-Secret-1111-Beta-Shared-Gamma-Secret-2222", [first, second])

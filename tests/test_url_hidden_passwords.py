@@ -122,7 +122,7 @@ def test_a_clipped_secret_in_a_twice_encoded_url_is_cut_out(tmp_path: Path) -> N
 # 4. The by-name cut now stops at ',', ';', ')', '>' and ']': a secret value holding one (httpx
 # sends them as they are) and clipped by an older version shows everything after it.
 def test_a_clipped_secret_holding_a_comma_is_cut_out_whole() -> None:
-    from oneiric_session.common.safetext import without_secrets
+    from oneiric_session.common.scrub import without_secrets
 
     secret = "part1,Review-T-Second-Half-" + "0123456789" * 3
     clipped = f"rejected: GET /mcp?access_token={secret[:40]}…"

@@ -171,7 +171,7 @@ def test_who_url_with_a_raw_slash_in_its_password_is_refused_without_showing_it(
 # punctuation that closes the url in a message (')', ',', ':', '.') goes with it, though the whole
 # secret was found and cut already.
 def test_the_by_name_cut_takes_only_the_value(tmp_path: Path) -> None:
-    from oneiric_session.common.safetext import without_secrets
+    from oneiric_session.common.scrub import without_secrets
 
     said = without_secrets(
         f"unauthorized (GET /mcp?access_token={SECRET}), retrying", [SECRET], ["access_token"]

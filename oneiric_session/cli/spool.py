@@ -9,7 +9,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from oneiric_session.common.safetext import terminal_safe, without_secrets
+from oneiric_session.common.safetext import terminal_safe
+from oneiric_session.common.scrub import without_secrets
 from oneiric_session.common.sqlite_files import database_present
 from oneiric_session.config.sources import given_path
 from oneiric_session.tracking.destination import query_secret_names

@@ -9,19 +9,8 @@ terminal, and a huge value is cut to a stated length.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from typing import Any
 
-__all__ = [
-    "DEFAULT_TERMINAL_CHARS",
-    "cut_spans",
-    "safe_lines",
-    "sanitize_text",
-    "secret_forms",
-    "secret_spans",
-    "terminal_safe",
-    "without_secrets",
-]
+__all__ = ["DEFAULT_TERMINAL_CHARS", "safe_lines", "sanitize_text", "terminal_safe"]
 
 # Patterns are compiled on first use (re caches them): compiling all at import costs ~1 ms of the
 # shell's start-up, and the usual text (printable, plain names) never needs them.
@@ -68,77 +57,3 @@ def terminal_safe(value: object, max_chars: int = DEFAULT_TERMINAL_CHARS) -> str
     except Exception:  # a hostile __str__: show its type, not its failure
         text = f"<unprintable {type(value).__name__}>"
     return sanitize_text(text, max_chars)
-
-
-# A secret shorter than this is cut out only where it stands as a word of its own: "1" under
-# REQUIRE_AUTH, cut out of "8181", would mangle a message and show itself by where it was cut.
-WORD_ONLY_BELOW = 6
-# What httpx leaves as it is in a url's query as it sends it (it percent-encodes the rest).
-_SENT_AS_IS = "!$&'()*+,;=:@/?~"
-
-
-def secret_forms(values: Iterable[str]) -> set[str]:
-    """Each of `values` in every form a url may carry it and a server repeat it: as written,
-    percent-decoded (`%2B` is `+`), and percent-encoded as httpx sends it (non-ASCII)."""
-    from urllib.parse import quote, unquote, unquote_plus  # (never on a shell's path)
-
-    forms: set[str] = set()
-    for value in values:
-        if value:
-            forms.update(
-                (value, unquote(value), unquote_plus(value), quote(unquote(value), safe=_SENT_AS_IS))
-            )
-    return forms
-
-
-def secret_spans(text: str, values: Iterable[str], label: str) -> list[tuple[int, int, str]]:
-    """Where each value stands in `text` (a short one only as a word of its own)."""
-    found = []
-    for value in values:
-        if not value:
-            continue
-        if len(value) < WORD_ONLY_BELOW:
-            pattern = rf"(?<![0-9A-Za-z]){re.escape(value)}(?![0-9A-Za-z])"
-            found += [(m.start(), m.end(), label) for m in re.finditer(pattern, text)]
-            continue
-        start = text.find(value)
-        while start >= 0:
-            found.append((start, start + len(value), label))
-            start = text.find(value, start + 1)
-    return found
-
-
-def cut_spans(text: str, spans: list[tuple[int, int, str]]) -> str:
-    """`text` with every span replaced by its label, overlapping spans merged into one (a secret
-    overlapping another is never left in part; "[token]" wins over another label)."""
-    pieces, done = [], 0
-    merged: list[list[Any]] = []
-    for start, end, label in sorted(spans):
-        if merged and start < merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-            merged[-1][2] = "[token]" if "[token]" in (label, merged[-1][2]) else label
-        else:
-            merged.append([start, end, label])
-    for start, end, label in merged:
-        pieces += [text[done:start], label]
-        done = end
-    return "".join([*pieces, text[done:]])
-
-
-def without_secrets(text: str | None, secrets: Iterable[str], query_names: Iterable[str] = ()) -> str | None:
-    """`text` with each of `secrets` (in each of its `secret_forms`) cut out ("[secret]"), and the
-    value of each query parameter named in `query_names`: whole where a form of a secret starts it,
-    else up to the next separator (an older version's message may have cut the value short, where
-    the whole secret is no longer found). A separator may be percent-encoded, and again (a url in a
-    url in a url)."""
-    if not text:
-        return text
-    forms = secret_forms(secrets)
-    spans = secret_spans(text, forms, "[secret]")
-    for name in query_names:
-        pattern = rf"(?:[?&]|%(?:25)*3[Ff]|%(?:25)*26){re.escape(name)}(?:=|%(?:25)*3[Dd])([^&#\s'\"]+)"
-        for match in re.finditer(pattern, text):
-            start, value = match.start(1), match.group(1)
-            whole = max((len(form) for form in forms if value.startswith(form)), default=len(value))
-            spans.append((start, start + whole, "[secret]"))
-    return cut_spans(text, spans)

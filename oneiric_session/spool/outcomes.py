@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-from oneiric_session.common.safetext import without_secrets
+from oneiric_session.common.scrub import without_secrets
 from oneiric_session.spool.connection import SpoolConnection
 from oneiric_session.spool.records import (
     DEAD_REJECTED,

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from oneiric_session import __version__
 from oneiric_session import mcp_compat as mcp
-from oneiric_session.common.safetext import cut_spans, secret_forms, secret_spans
+from oneiric_session.common.scrub import cut_spans, secret_forms, secret_spans
 from oneiric_session.errors import (
     DeliveryError,
     DeliveryTimeoutError,
@@ -262,7 +262,7 @@ class Connection:
 
 
 def _secret_forms(destination: Destination) -> set[str]:
-    """Each secret of `destination` as a server may repeat it (`safetext.secret_forms`), and the
+    """Each secret of `destination` as a server may repeat it (`scrub.secret_forms`), and the
     url's credentials as httpx sends them (`Authorization: Basic base64(user:password)`)."""
     forms = secret_forms(destination.secrets().values())
     credentials = url_credentials(destination.url or "")
