@@ -127,15 +127,21 @@ SECRET = "upgrade-query-secret-" + "fedcba9876543210" * 2
 URL = f"http://127.0.0.1:9/mcp?access_token={SECRET}"
 
 
-def test_a_clipped_secret_in_a_percent_encoded_url_is_cut_out(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "nested",
+    [
+        "http://idp/login?next=http%3A%2F%2F127.0.0.1%3A9%2Fmcp%3Faccess_token%3D",
+        # a url in a url in a url (an IdP's redirect inside another's), review T
+        "http://idp/login?next=https%3A%2F%2Fsso%2Fauth%3Fnext%3Dhttp%253A%252F%252F127.0.0.1%253A9"
+        "%252Fmcp%253Faccess_token%253D",
+    ],
+    ids=["encoded-once", "encoded-twice"],
+)
+def test_a_clipped_secret_in_a_percent_encoded_url_is_cut_out(tmp_path: Path, nested: str) -> None:
     from oneiric_session.spool import Spool
 
     scene = Scene(tmp_path)
-    said = (
-        "x" * 180
-        + " login required: http://idp/login?next=http%3A%2F%2F127.0.0.1%3A9%2Fmcp%3Faccess_token%3D"
-    )
-    said += SECRET
+    said = "x" * 100 + f" login required: {nested}{SECRET}"
     older_row(scene, URL, f"rejected: {said[:299]}…")  # server_text's cap, inside the secret
     assert SECRET[:24] in said[:299]
     listing = scene.run("spool", "list")

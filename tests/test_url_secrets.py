@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from oneiric_session.tracking.destination import Destination, secret_named
+from oneiric_session.tracking.destination import Destination
+from oneiric_session.tracking.url_rules import secret_named
 
 
 def _through_disk(url: str) -> tuple[Destination, Destination]:

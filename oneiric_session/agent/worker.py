@@ -24,7 +24,8 @@ from oneiric_session.agent.resilience import FailureRun, RetryPolicy, Stopped
 from oneiric_session.agent.status import DestinationStatus
 from oneiric_session.errors import AuthenticationError, DeliveryError, SpoolError, TransientDeliveryError
 from oneiric_session.spool import DEAD_AUTH, DEAD_REJECTED, Spool, SpooledEvent
-from oneiric_session.tracking.destination import Destination, secret_named
+from oneiric_session.tracking.destination import Destination
+from oneiric_session.tracking.url_rules import secret_named
 
 __all__ = ["Client", "ClientFactory", "DestinationWorker", "Outcome", "Tally", "classify"]
 

@@ -159,7 +159,7 @@ class RemoteError(Exception):
 def _remote(url: str, query: Query) -> Result:
     import asyncio
 
-    from oneiric_session.tracking.destination import UNCLEAR_URL, unclear_url
+    from oneiric_session.tracking.url_rules import UNCLEAR_URL, unclear_url
 
     if unclear_url(url):  # (httpx would refuse it, or name a password as the host or path)
         raise ConfigError(f"--url: {UNCLEAR_URL}")

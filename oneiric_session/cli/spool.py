@@ -13,7 +13,7 @@ from oneiric_session.common.safetext import terminal_safe
 from oneiric_session.common.scrub import without_secrets
 from oneiric_session.common.sqlite_files import database_present
 from oneiric_session.config.sources import given_path
-from oneiric_session.tracking.destination import query_secret_names
+from oneiric_session.tracking.url_rules import query_secret_names
 
 if TYPE_CHECKING:
     from oneiric_session.spool import Spool, SpooledEvent

@@ -17,8 +17,9 @@ from oneiric_session.config.files import read_token, shown_path
 from oneiric_session.config.models import SessionBuddySettings
 from oneiric_session.config.redact import redact
 from oneiric_session.errors import ConfigError
-from oneiric_session.tracking.destination import UNCLEAR_URL, Destination, Tuning, unclear_url
+from oneiric_session.tracking.destination import Destination, Tuning
 from oneiric_session.tracking.limits import Limits
+from oneiric_session.tracking.url_rules import UNCLEAR_URL, unclear_url
 
 # Session-Buddy 0.23.0 has no stdio entry point; this is the launch line that serves stdio.
 # What environment.cwd carries on http when report_cwd is unset: the real server refuses a cwd

@@ -25,7 +25,8 @@ from oneiric_session.spool.records import (
     clip,
     save_destination,
 )
-from oneiric_session.tracking.destination import Destination, query_secret_names
+from oneiric_session.tracking.destination import Destination
+from oneiric_session.tracking.url_rules import query_secret_names
 
 __all__ = ["RowOutcomes"]
 

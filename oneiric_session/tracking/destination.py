@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterable
 from typing import Literal
 
 from oneiric_session.common.digest import sha256_hex
@@ -184,7 +183,7 @@ def _key(destination: Destination) -> str:
     return sha256_hex(json.dumps(ident, sort_keys=True).encode())[:16]
 
 
-def _userinfo(url: str) -> tuple[str, str, str] | None:
+def userinfo_parts(url: str) -> tuple[str, str, str] | None:
     """(`scheme://`, userinfo, `@host...`) of a URL naming a user, else None. The userinfo ends at
     the authority's last `@`, as RFC 3986 (and httpx) read it: a password may hold a raw `@`."""
     scheme, sep, rest = url.partition("://")
@@ -193,23 +192,6 @@ def _userinfo(url: str) -> tuple[str, str, str] | None:
     if not sep or not at:
         return None
     return scheme + sep, userinfo, at + host + rest[end:]
-
-
-# Why a url is refused where it is given (settings, `--url`): never naming it, it may hold a password.
-UNCLEAR_URL = (
-    "an '@' after its host, or a port that is not a number, is what a password holding a raw '/', "
-    "'?', '#' or '@' becomes: percent-encode them in a password (%2F, %3F, %23, %40), and an '@' "
-    "in the path or query (%40)"
-)
-
-
-def unclear_url(url: str) -> bool:
-    """Whether `url` is refused where it is given (`UNCLEAR_URL`): its port, as RFC 3986 (and
-    httpx) read it, is not a number, or an `@` follows its host while its authority holds a `:`.
-    Read as RFC 3986 reads them, `http://alice:pass/word@host` is host `alice` with port `pass`,
-    and `http://alice:p@ss/word@host` the host `ss`: their passwords would be shown as a host or
-    a path. (`host:8080/users/@me` is refused too: it cannot be told from the second.)"""
-    return port_not_a_number(url) or _at_after_host(url)
 
 
 def port_not_a_number(url: str) -> bool:
@@ -223,29 +205,9 @@ def port_not_a_number(url: str) -> bool:
     return bool(sep) and ":" in host and port != "" and not (port.isascii() and port.isdigit())
 
 
-def _at_after_host(url: str) -> bool:
-    """An `@` after the authority while the authority holds a `:` (outside an IPv6 literal)."""
-    _, sep, rest = url.partition("://")
-    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
-    authority = rest[:end]
-    while "[" in authority and "]" in authority.partition("[")[2]:
-        head, _, tail = authority.partition("[")
-        authority = head + tail.partition("]")[2]
-    return bool(sep) and "@" in rest[end:] and ":" in authority
-
-
-def url_credentials(url: str) -> tuple[str, str] | None:
-    """(user, password) of `scheme://user:password@host/...`, as written (percent-encoded), or None."""
-    parts = _userinfo(url)
-    if parts is None or ":" not in parts[1]:
-        return None
-    user, _, password = parts[1].partition(":")
-    return user, password
-
-
 def _url_password(url: str) -> str | None:
     """The password in `scheme://user:password@host/...` (as written, percent-encoded), or None."""
-    parts = _userinfo(url)
+    parts = userinfo_parts(url)
     if parts is None or ":" not in parts[1]:
         return None
     return parts[1].partition(":")[2]
@@ -253,7 +215,7 @@ def _url_password(url: str) -> str | None:
 
 def replace_url_password(url: str, password: str) -> str:
     """`url` with its password, if it has one, replaced by `password` (else `url` itself)."""
-    parts = _userinfo(url)
+    parts = userinfo_parts(url)
     if parts is None or ":" not in parts[1]:
         return url
     head, userinfo, tail = parts
@@ -316,20 +278,6 @@ def _with_url_secrets(url: str, values: dict[str, str]) -> str:
     return url[:start] + "&".join(pairs) + url[end:]
 
 
-def query_secret_names(secrets: Iterable[str]) -> list[str]:
-    """The names of the url's query parameters among `secrets`' names (`Destination.secrets()`)."""
-    return [name.removeprefix(URL_QUERY).partition(":")[2] for name in secrets if name.startswith(URL_QUERY)]
-
-
-def secret_named(name: str) -> str:
-    """How a message names one of `Destination.secrets()`."""
-    if name == URL_PASSWORD:
-        return "the url's password"
-    if name.startswith(URL_QUERY):
-        return f"the url's {name.removeprefix(URL_QUERY).partition(':')[2]}"
-    return f"server.env {name}"
-
-
 def replace_url_secrets(url: str, value: str) -> str:
     """`url` with every secret in it (its password, its query values named like secrets) replaced by
     `value` (else `url` itself): what is written to disk, shown or logged of it."""
@@ -339,5 +287,5 @@ def replace_url_secrets(url: str, value: str) -> str:
 
 def _without_credentials(url: str) -> str:
     """`http://user:secret@host/mcp` -> `http://***@host/mcp`."""
-    parts = _userinfo(url)
+    parts = userinfo_parts(url)
     return url if parts is None else f"{parts[0]}***{parts[2]}"
