@@ -22,7 +22,7 @@ from oneiric_session.config.loader import load_config
 from oneiric_session.errors import ConfigError
 from oneiric_session.spool import Spool
 from oneiric_session.tracking.destination import Destination
-from tests.support.delivery import Scene
+from tests.support.delivery import Scene, wait_until
 from tests.support.older_version import older_cache_entry, older_row
 
 SECRET = "upgrade-query-secret-" + "fedcba9876543210" * 2
@@ -45,8 +45,11 @@ def test_a_cache_entry_an_older_version_wrote_with_a_query_secret_is_dropped(
     """Format 3's entry held the url whole; this version never read it again, nor deleted it."""
     scene = Scene(tmp_path, transport="http", url=URL)
     entry = older_cache_entry(scene, monkeypatch, URL)
-    scene.run_shell(1)  # a shell of this version, with that url
-    scene.stop_agents()
+    try:
+        scene.run_shell(1)  # a shell of this version, with that url
+        wait_until(lambda: scene.agent_pid() is not None, what="the spawned agent", timeout=30)
+    finally:
+        scene.stop_agents()  # (its rows can never be delivered: it would never idle out)
     assert not entry.exists()
     assert not _holding(tmp_path / "state", SECRET)
 
