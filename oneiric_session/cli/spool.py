@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from oneiric_session.common.safetext import terminal_safe
-from oneiric_session.common.scrub import without_secrets
 from oneiric_session.common.sqlite_files import database_present
 from oneiric_session.config.sources import given_path
-from oneiric_session.tracking.url_rules import query_secret_names
+from oneiric_session.tracking.url_rules import without_destination_secrets
 
 if TYPE_CHECKING:
     from oneiric_session.spool import Spool, SpooledEvent
@@ -73,7 +72,6 @@ def _refuse_foreign(path: Path) -> None:
 def _row(event: SpooledEvent, now: float) -> dict[str, Any]:
     # An older version's row may name a url secret in its error (kept in clear then): cut out.
     secrets = event.destination.secrets() if event.destination else {}
-    names = query_secret_names(secrets)
     row: dict[str, Any] = {
         "kind": event.kind,
         "handle": event.handle,
@@ -83,13 +81,13 @@ def _row(event: SpooledEvent, now: float) -> dict[str, Any]:
         "destination": event.destination.describe() if event.destination else event.destination_key,
         "age_seconds": round(max(0.0, now - event.created_at), 1),
         "attempts": event.attempts,
-        "last_error": without_secrets(event.last_error, secrets.values(), names),
+        "last_error": without_destination_secrets(event.last_error, secrets),
     }
     from oneiric_session.spool import STATE_DEAD
 
     if event.state == STATE_DEAD:
         row["dead_category"] = event.dead_category
-        row["dead_reason"] = without_secrets(event.dead_reason, secrets.values(), names)
+        row["dead_reason"] = without_destination_secrets(event.dead_reason, secrets)
     return row
 
 

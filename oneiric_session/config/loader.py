@@ -244,7 +244,9 @@ def _check_consistency(settings: SessionBuddySettings, merged: sources.Merged) -
 
 
 def _expanded(path: str) -> str:
-    return os.path.expanduser(path) if path.startswith("~") else path
+    """`path` with a leading `~` expanded (`sources.expand_home`); as given where it names a user
+    this system does not know (`check_paths` refuses it)."""
+    return sources.expand_home(path) or path
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

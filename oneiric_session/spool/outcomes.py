@@ -12,7 +12,6 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-from oneiric_session.common.scrub import without_secrets
 from oneiric_session.spool.connection import SpoolConnection
 from oneiric_session.spool.records import (
     DEAD_REJECTED,
@@ -26,7 +25,7 @@ from oneiric_session.spool.records import (
     save_destination,
 )
 from oneiric_session.tracking.destination import Destination
-from oneiric_session.tracking.url_rules import query_secret_names
+from oneiric_session.tracking.url_rules import without_destination_secrets
 
 __all__ = ["RowOutcomes"]
 
@@ -217,14 +216,10 @@ def _scrub_rows(conn: sqlite3.Connection, key: str, secrets: dict[str, str]) -> 
     destination `key`'s rows."""
     if not secrets:
         return
-    names = query_secret_names(secrets)
     rows = conn.execute(
         "SELECT id, last_error, dead_reason FROM events WHERE destination_key = ?", (key,)
     ).fetchall()
     for row_id, error, reason in rows:
-        clean = (
-            without_secrets(error, secrets.values(), names),
-            without_secrets(reason, secrets.values(), names),
-        )
+        clean = (without_destination_secrets(error, secrets), without_destination_secrets(reason, secrets))
         if clean != (error, reason):
             conn.execute("UPDATE events SET last_error = ?, dead_reason = ? WHERE id = ?", (*clean, row_id))

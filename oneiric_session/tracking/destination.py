@@ -83,7 +83,7 @@ class Destination(Record):
         if self.transport == "http" and port_not_a_number(self.url or ""):  # an older version's row:
             scheme, _, rest = (self.url or "").partition("://")  # its "port" may be a password
             host = rest.rpartition("@")[2]
-            host = host[: min((i for i in map(host.find, "/?#") if i >= 0), default=len(host))]
+            host = host[: authority_end(host)]
             return f"http {scheme}://***@{host}" if "@" in rest else "http (a url not shown)"
         if self.transport == "http":
             return f"http {_without_credentials(replace_url_secrets(self.url or '', '***'))}"
@@ -183,11 +183,17 @@ def _key(destination: Destination) -> str:
     return sha256_hex(json.dumps(ident, sort_keys=True).encode())[:16]
 
 
+def authority_end(rest: str) -> int:
+    """Where the authority of `rest` (a url after its `://`) ends: at its first `/`, `?` or `#`,
+    as RFC 3986 (and httpx) read it."""
+    return min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+
+
 def userinfo_parts(url: str) -> tuple[str, str, str] | None:
     """(`scheme://`, userinfo, `@host...`) of a URL naming a user, else None. The userinfo ends at
     the authority's last `@`, as RFC 3986 (and httpx) read it: a password may hold a raw `@`."""
     scheme, sep, rest = url.partition("://")
-    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    end = authority_end(rest)
     userinfo, at, host = rest[:end].rpartition("@")
     if not sep or not at:
         return None
@@ -197,7 +203,7 @@ def userinfo_parts(url: str) -> tuple[str, str, str] | None:
 def port_not_a_number(url: str) -> bool:
     """Whether `url`'s port, as RFC 3986 (and httpx) read it, is not a number (httpx refuses it)."""
     _, sep, rest = url.partition("://")
-    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    end = authority_end(rest)
     host = rest[:end].rpartition("@")[2]
     if host.startswith("["):  # an IPv6 literal: its colons are no port
         host = host.partition("]")[2]
@@ -205,12 +211,19 @@ def port_not_a_number(url: str) -> bool:
     return bool(sep) and ":" in host and port != "" and not (port.isascii() and port.isdigit())
 
 
-def _url_password(url: str) -> str | None:
-    """The password in `scheme://user:password@host/...` (as written, percent-encoded), or None."""
+def url_credentials(url: str) -> tuple[str, str] | None:
+    """(user, password) of `scheme://user:password@host/...`, as written (percent-encoded), or None."""
     parts = userinfo_parts(url)
     if parts is None or ":" not in parts[1]:
         return None
-    return parts[1].partition(":")[2]
+    user, _, password = parts[1].partition(":")
+    return user, password
+
+
+def _url_password(url: str) -> str | None:
+    """The password in `scheme://user:password@host/...` (as written, percent-encoded), or None."""
+    credentials = url_credentials(url)
+    return None if credentials is None else credentials[1]
 
 
 def replace_url_password(url: str, password: str) -> str:

@@ -5,11 +5,12 @@ credentials as httpx sends them, and how the url's secrets are named in messages
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Mapping
 
-from oneiric_session.tracking.destination import URL_PASSWORD, URL_QUERY, port_not_a_number, userinfo_parts
+from oneiric_session.common.scrub import without_secrets
+from oneiric_session.tracking.destination import URL_PASSWORD, URL_QUERY, authority_end, port_not_a_number
 
-__all__ = ["UNCLEAR_URL", "query_secret_names", "secret_named", "unclear_url", "url_credentials"]
+__all__ = ["UNCLEAR_URL", "secret_named", "unclear_url", "without_destination_secrets"]
 
 
 # Why a url is refused where it is given (settings, `--url`): never naming it, it may hold a password.
@@ -32,7 +33,7 @@ def unclear_url(url: str) -> bool:
 def _at_after_host(url: str) -> bool:
     """An `@` after the authority while the authority holds a `:` (outside an IPv6 literal)."""
     _, sep, rest = url.partition("://")
-    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    end = authority_end(rest)
     authority = rest[:end]
     while "[" in authority and "]" in authority.partition("[")[2]:
         head, _, tail = authority.partition("[")
@@ -40,18 +41,11 @@ def _at_after_host(url: str) -> bool:
     return bool(sep) and "@" in rest[end:] and ":" in authority
 
 
-def url_credentials(url: str) -> tuple[str, str] | None:
-    """(user, password) of `scheme://user:password@host/...`, as written (percent-encoded), or None."""
-    parts = userinfo_parts(url)
-    if parts is None or ":" not in parts[1]:
-        return None
-    user, _, password = parts[1].partition(":")
-    return user, password
-
-
-def query_secret_names(secrets: Iterable[str]) -> list[str]:
-    """The names of the url's query parameters among `secrets`' names (`Destination.secrets()`)."""
-    return [name.removeprefix(URL_QUERY).partition(":")[2] for name in secrets if name.startswith(URL_QUERY)]
+def without_destination_secrets(text: str | None, secrets: Mapping[str, str]) -> str | None:
+    """`text` without any of a destination's `secrets` (`Destination.secrets()`), its url's query
+    secrets also cut by their parameters' names (`scrub.without_secrets`)."""
+    names = [name.removeprefix(URL_QUERY).partition(":")[2] for name in secrets if name.startswith(URL_QUERY)]
+    return without_secrets(text, secrets.values(), names)
 
 
 def secret_named(name: str) -> str:
