@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 
 from oneiric_session.common import paths
-from oneiric_session.config import shell_view
+from oneiric_session.config import view_store
 from oneiric_session.config.loader import load_config
-from oneiric_session.config.shell_view import ShellView, cache_dir, cached_view, load_shell_view
+from oneiric_session.config.shell_view import ShellView, cache_dir, cached_view
+from oneiric_session.config.view_store import load_shell_view
 from oneiric_session.errors import ConfigError
 from oneiric_session.tracking.providers.noop import NoopTracker
 from oneiric_session.tracking.providers.session_buddy import SessionBuddyTracker
@@ -140,7 +141,7 @@ def test_a_change_during_validation_is_not_stored(home: Path) -> None:
     assert view is None and key is not None
     fresh = ShellView.from_config(load_config(settings, environ={}))
     (settings / "adapters.yml").write_text(SETTINGS.replace("77", "78"))  # after the key was taken
-    shell_view.store(fresh, key, settings, environ={})
+    view_store.store(fresh, key, settings, environ={})
     assert entries() == []
 
 
@@ -219,7 +220,7 @@ def test_resolve_tracker_uses_the_cached_view(home: Path, monkeypatch: pytest.Mo
 
 
 def test_entries_are_bounded(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(shell_view, "MAX_ENTRIES", 3)
+    monkeypatch.setattr(view_store, "MAX_ENTRIES", 3)
     for attempts in range(1, 7):
         load_shell_view(home / "settings", environ={"ONEIRIC_SESSION_RETRY__ATTEMPTS": str(attempts)})
         assert len(entries()) <= 3

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from oneiric_session.tracking.destination import URL_PASSWORD, Destination, Tuning
+from oneiric_session.tracking.destination import Destination, Tuning
+from oneiric_session.tracking.destination_secrets import URL_PASSWORD
 
 
 def test_key_ignores_tuning_and_follows_the_launch_line() -> None:

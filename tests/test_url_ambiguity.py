@@ -93,7 +93,7 @@ def test_a_fifo_in_the_cache_directory_does_not_hang_a_shell(
         shell.kill()
         shell.communicate()
         scene.stop_agents()
-    assert not hung, "the shell hung in config.shell_view._prune opening a FIFO"
+    assert not hung, "the shell hung in config.view_store.prune opening a FIFO"
 
 
 # 4. _prune deletes a *newer* version's entries (two installs sharing ~/.local/state thrash).

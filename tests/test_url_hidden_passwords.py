@@ -113,7 +113,7 @@ def test_a_clipped_secret_holding_a_comma_is_cut_out_whole() -> None:
 # (an environment variable, a JSON string) is refused as "its port is not a number ... password".
 def test_a_trailing_space_after_the_port_is_not_taken_for_a_password() -> None:
     from oneiric_session.mcp_compat import httpx
-    from oneiric_session.tracking.destination import port_not_a_number
+    from oneiric_session.tracking.destination_secrets import port_not_a_number
 
     url = "http://127.0.0.1:9 "
     assert httpx.URL(url).port == 9

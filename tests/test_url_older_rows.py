@@ -88,14 +88,15 @@ def test_rows_an_older_version_spooled_for_a_port_and_an_at_in_the_query_are_del
         server.kill()
 
 
-# 3. read_cached prunes at every miss, in a directory it does not trust: _read_trusted refuses an
+# 3. A miss prunes (`view_store.prune`), in a directory it does not trust: _read_trusted refuses an
 # entry when the directory (or the entry) is not ours, which makes every start a miss there, and
-# _prune then deletes the oldest entries beyond MAX_ENTRIES (and any '.tmp' a minute old) whoever
+# the prune then deleted the oldest entries beyond MAX_ENTRIES (and any '.tmp' a minute old) whoever
 # owns them. Here: root's shell (sudo keeping HOME) in a user's state directory.
 def test_a_miss_deletes_nothing_in_a_cache_directory_not_ours(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from oneiric_session.config.shell_view import CACHE_FORMAT, MAX_ENTRIES, cache_dir, read_cached
+    from oneiric_session.config.shell_view import CACHE_FORMAT, cache_dir, read_cached
+    from oneiric_session.config.view_store import MAX_ENTRIES, prune
 
     other = 4242
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
@@ -116,6 +117,7 @@ def test_a_miss_deletes_nothing_in_a_cache_directory_not_ours(
     os.chown(tmp, other, other)
     os.utime(tmp, (1_000_000, 1_000_000))
     assert read_cached("f" * 64, os.environ) is None  # a miss: the directory is not ours
+    prune()  # what a miss does (tracking.registry, view_store.load_shell_view)
     left = sorted(p.name for p in directory.iterdir())
     assert left == sorted([*names, tmp.name]), f"deleted: {sorted(set([*names, tmp.name]) - set(left))}"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from oneiric_session.tracking.destination import is_secret_env, replace_url_secrets
+from oneiric_session.tracking.destination_secrets import is_secret_env, replace_url_secrets
 
 REDACTED = "<redacted>"
 

@@ -7,31 +7,27 @@ every settings file it considers, the variables it reads, the overrides), plus
 what derived values depend on (HOME, XDG_STATE_HOME for the default spool path,
 the interpreter for the bundled server's launch line) and the code that
 validates (package version and the loader's source files). A hit is a small
-JSON file; a miss runs the full `load_config` and `store()` writes the result,
-so every value is validated by the pydantic models once per change of any of
-these. Errors are not cached: a broken configuration is validated (and
-reported) on every start until it is fixed.
+JSON file; a miss runs the full `load_config` and `view_store.store()` writes the
+result (the cache's write side, loaded only at a miss), so every value is validated
+by the pydantic models once per change of any of these. Errors are not cached: a
+broken configuration is validated (and reported) on every start until it is fixed.
 
 Entries live in `<state dir>/config-cache/`, owner-only, written atomically;
-at most `MAX_ENTRIES` are kept. A corrupt or foreign entry is ignored (and
+at most `view_store.MAX_ENTRIES` are kept. A corrupt or foreign entry is ignored (and
 replaced by the next store). The token is never part of an entry or its key.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import stat
 import sys
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import oneiric_session
 from oneiric_session.common.digest import sha256_hex
-from oneiric_session.common.privacy import private_dir, write_private
 from oneiric_session.common.record import Record
 from oneiric_session.config import sources
 from oneiric_session.config.files import read_bounded, read_token
@@ -44,24 +40,22 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CACHE_DIR_NAME",
-    "MAX_ENTRIES",
+    "CACHE_FORMAT",
     "ShellView",
     "cache_dir",
+    "cache_key",
     "cached_view",
-    "load_shell_view",
+    "entry_path",
+    "ours",
     "read_cached",
-    "store",
-    "store_selection",
 ]
 
 CACHE_DIR_NAME = "config-cache"
 # Bumped when the entry's shape changes (old entries then never match).
 # 2: agent_idle_exit_seconds; 3: report_cwd resolved for http; 4: a url's query secrets kept out
-# (an entry of an older format is deleted at the next miss: format 3's could hold one in clear;
-# since format 4 the format is in the entry's name too, so pruning opens no entry).
+# (an entry of an older format is deleted at the next miss, `view_store.prune`: format 3's could
+# hold one in clear; since format 4 the format is in the entry's name too, so pruning opens no entry).
 CACHE_FORMAT = 4
-# Distinct configurations remembered (settings dirs x environments); the oldest go first.
-MAX_ENTRIES = 16
 # Variables read outside the settings layers: `~` expansion, the default spool path, and the
 # bundled server's default database (`sources.server_db_path`, from this process's environment).
 _DERIVED_ENV = ("HOME", "XDG_STATE_HOME", "XDG_DATA_HOME")
@@ -74,6 +68,7 @@ _CODE_FILES = (
     "config/files.py",
     "config/shell_view.py",
     "tracking/destination.py",
+    "tracking/destination_secrets.py",
     "tracking/limits.py",
     "common/paths.py",
 )
@@ -152,24 +147,6 @@ class ShellView(Record):
         return cls(**fields, environ=environ)
 
 
-def load_shell_view(
-    settings_dir: str | os.PathLike[str] | None = None,
-    *,
-    overrides: Mapping[str, Any] | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> ShellView:
-    """The view from the cache, else from a full validation (then cached). Raises ConfigError."""
-    cached, key = cached_view(settings_dir, overrides=overrides, environ=environ)
-    if cached is not None:
-        return cached
-    from oneiric_session.config.loader import load_config
-
-    env = os.environ if environ is None else environ
-    view = ShellView.from_config(load_config(settings_dir, overrides=overrides, environ=env))
-    store(view, key, settings_dir, overrides=overrides, environ=env)
-    return view
-
-
 def cached_view(
     settings_dir: str | os.PathLike[str] | None = None,
     *,
@@ -188,9 +165,7 @@ def read_cached(key: str, environ: Mapping[str, str]) -> ShellView | tuple[str, 
     """The entry under `key`: a validated view, a bare selection (provider, source) that
     `store_selection` left for a provider needing no settings, or None (absent, corrupt, foreign)."""
     entry = _read_trusted(key)
-    if entry is None:  # a miss: validated now, so older entries go (some a store never follows)
-        with contextlib.suppress(Exception):
-            _prune(cache_dir(), keep=None)
+    if entry is None:
         return None
     try:
         if "view" in entry:
@@ -201,56 +176,6 @@ def read_cached(key: str, environ: Mapping[str, str]) -> ShellView | tuple[str, 
     except Exception:  # corrupt or foreign: validate again
         pass
     return None
-
-
-def store_selection(
-    provider: str,
-    source: str,
-    key: str | None,
-    settings_dir: str | os.PathLike[str] | None = None,
-    *,
-    overrides: Mapping[str, Any] | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> None:
-    """Remember which provider these inputs select, for a provider that needs no settings (noop,
-    memory): its next shell start then parses no settings file at all. Never raises."""
-    _store_if_unchanged(key, settings_dir, overrides, environ, None, selection=(provider, source))
-
-
-def store(
-    view: ShellView,
-    key: str | None,
-    settings_dir: str | os.PathLike[str] | None = None,
-    *,
-    overrides: Mapping[str, Any] | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> None:
-    """Remember `view` under `key`, unless the inputs changed while it was validated. Never raises."""
-    if view.destination.secrets():
-        # A secret server.env value is never stored at rest: such a configuration is validated at
-        # each shell start (the view would otherwise hold only a reference the shell cannot resolve).
-        return
-    _store_if_unchanged(key, settings_dir, overrides, environ, view)
-
-
-def _store_if_unchanged(
-    key: str | None,
-    settings_dir: str | os.PathLike[str] | None,
-    overrides: Mapping[str, Any] | None,
-    environ: Mapping[str, str] | None,
-    view: ShellView | None,
-    *,
-    selection: tuple[str, str] | None = None,
-) -> None:
-    """Write the entry (a view, or a bare selection) under `key` if the inputs still hash to it."""
-    if key is None:  # these inputs cannot be cached
-        return
-    env = os.environ if environ is None else environ
-    if cache_key(settings_dir, overrides=overrides, environ=env) != key:
-        return  # a file or variable changed during validation: the entry may be of neither version
-    # The cache is an optimisation: when it cannot be written, the next start validates again.
-    with contextlib.suppress(OSError, TypeError, ValueError):
-        _write_entry(key, view, selection=selection)
 
 
 def cache_dir() -> Path:
@@ -315,17 +240,17 @@ def _file_digest(path: Path) -> str | None:
         return None
 
 
-def _entry_path(key: str) -> Path:
+def entry_path(key: str) -> Path:
     return cache_dir() / f"{key}.v{CACHE_FORMAT}.json"
 
 
 def _read_trusted(key: str) -> dict[str, Any] | None:
     """The entry under `key` if it is ours, in our own directory, of this format and key."""
-    path = _entry_path(key)
+    path = entry_path(key)
     try:
         with open(path, "rb") as file:
             # An entry names the server command the agent runs: trust only our own, in our own directory.
-            if not (_ours(os.fstat(file.fileno())) and _ours(os.stat(path.parent))):
+            if not (ours(os.fstat(file.fileno())) and ours(os.stat(path.parent))):
                 return None
             entry = json.loads(file.read())
     except Exception:  # absent, unreadable or corrupt
@@ -335,47 +260,6 @@ def _read_trusted(key: str) -> dict[str, Any] | None:
     return entry
 
 
-def _ours(st: os.stat_result) -> bool:
+def ours(st: os.stat_result) -> bool:
     """Owned by this user and writable by nobody else."""
     return st.st_uid == os.getuid() and not st.st_mode & 0o022
-
-
-def _write_entry(key: str, view: ShellView | None, *, selection: tuple[str, str] | None = None) -> None:
-    directory = private_dir(cache_dir())  # each directory made private (0700), as the spool's are
-    content = {"view": view.to_json()} if view is not None else {"selection": list(selection or ())}
-    target = _entry_path(key)
-    write_private(target, json.dumps({"format": CACHE_FORMAT, "key": key, **content}, sort_keys=True))
-    _prune(directory, keep=target)
-
-
-def _prune(directory: Path, *, keep: Path | None) -> None:
-    """Keep the newest MAX_ENTRIES entries; drop those of an older format (they may hold what this
-    version keeps out) and temporary files a crashed writer left (a minute old). Only in a
-    directory of ours, and only files of ours (`sudo` keeping HOME must not prune a user's)."""
-    try:
-        if not _ours(os.stat(directory)):
-            return
-        found = []
-        for entry in directory.iterdir():
-            st = os.lstat(entry)
-            if stat.S_ISREG(st.st_mode) and _ours(st):
-                found.append((st.st_mtime, entry))
-    except OSError:
-        return
-    entries = sorted(item for item in found if item[1].suffix == ".json")
-    stale = [entry for mtime, entry in found if entry.suffix == ".tmp" and mtime < time.time() - 60]
-    stale += [entry for _, entry in entries if _older_format(entry.name)]
-    for entry in [entry for _, entry in entries[: max(0, len(entries) - MAX_ENTRIES)]] + stale:
-        if entry != keep:
-            with contextlib.suppress(OSError):
-                entry.unlink()
-
-
-def _older_format(name: str) -> bool:
-    """Whether the entry file `name` is of an older format than this one's, by its name (never
-    opened: a shell pays no read per entry): `<key>.json` before format 4, `<key>.v<N>.json` since."""
-    stem, version = name.removesuffix(".json"), None
-    _, dot_v, number = stem.rpartition(".v")
-    if dot_v and number.isascii() and number.isdigit():
-        version = int(number)
-    return version is None or version < CACHE_FORMAT

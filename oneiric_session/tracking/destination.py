@@ -10,8 +10,10 @@ keeps the name with `SECRET_REFERENCE` instead of the value, and `key` is comput
 way, so a destination read back from disk has the same key as the one a shell configured. The
 values travel like tokens, in memory only (`secrets()`, the wake-up, the spawned agent's
 hand-off pipe), and the agent puts them back (`with_secrets`) before it launches the server.
-A password in `url` (`http://user:password@host/mcp`) is one more such secret, under the name
-`URL_PASSWORD`. This module is imported by the shell side: standard library only.
+A password in `url` (`http://user:password@host/mcp`) and its query values named like secrets are
+more such secrets. Which values are secrets, and where they are in a url: `destination_secrets`,
+loaded only for a destination with a server.env or a url. This module is imported by the shell
+side: standard library only.
 """
 
 from __future__ import annotations
@@ -25,24 +27,9 @@ from oneiric_session.common.record import Record
 
 TransportName = Literal["stdio", "http"]
 
-# Names in server.env that usually hold credentials for the server process (`status` redacts them):
-# those containing one of these words, in any case. (Words, not a regular expression: compiling one
-# costs a shell 0.25 ms before its prompt.)
-_SECRET_WORDS = ("token", "secret", "passw", "key", "credential", "auth", "cookie")
 # What is stored for a secret server.env value: a reference to "the value a shell of these
 # settings brings", never the value (a NUL cannot be in a real environment value).
 SECRET_REFERENCE = "\x00oneiric-session:secret-in-memory-only"
-# The name a password in `url` goes by among the secrets (no environment variable has a NUL).
-URL_PASSWORD = "\x00url-password"
-# The names of the values of the url's query parameters named like secrets (`?access_token=...`),
-# among the secrets: this prefix and the parameter's name.
-URL_QUERY = "\x00url-query:"
-
-
-def is_secret_env(name: str) -> bool:
-    """True for a server.env variable name that holds a secret (redacted, never stored on disk)."""
-    lowered = name.lower()
-    return any(word in lowered for word in _SECRET_WORDS)
 
 
 # Records (common/record.py): every shell imports this.
@@ -80,34 +67,56 @@ class Destination(Record):
 
     def describe(self) -> str:
         """A one-line human description (no environment values, no URL credentials: they are secrets)."""
-        if self.transport == "http" and port_not_a_number(self.url or ""):  # an older version's row:
-            scheme, _, rest = (self.url or "").partition("://")  # its "port" may be a password
+        if self.transport != "http":
+            return " ".join([self.command, *self.args])
+        from oneiric_session.tracking import destination_secrets as u  # (no stdio shell loads it)
+
+        url = self.url or ""
+        if u.port_not_a_number(url):  # an older version's row: its "port" may be a password
+            scheme, _, rest = url.partition("://")
             host = rest.rpartition("@")[2]
-            host = host[: authority_end(host)]
+            host = host[: u.authority_end(host)]
             return f"http {scheme}://***@{host}" if "@" in rest else "http (a url not shown)"
-        if self.transport == "http":
-            return f"http {_without_credentials(replace_url_secrets(self.url or '', '***'))}"
-        return " ".join([self.command, *self.args])
+        return f"http {u.without_credentials(u.replace_url_secrets(url, '***'))}"
 
     def _env_at_rest(self) -> dict[str, str]:
+        if not self.env:
+            return {}
+        from oneiric_session.tracking.destination_secrets import is_secret_env
+
         return {name: SECRET_REFERENCE if is_secret_env(name) else value for name, value in self.env}
 
     def _url_at_rest(self) -> str | None:
-        if self.url is not None and port_not_a_number(self.url):  # an older version's, never deliverable:
+        if self.url is None:
+            return None
+        from oneiric_session.tracking import destination_secrets as u
+
+        if u.port_not_a_number(self.url):  # an older version's, never deliverable:
             return f"{self.url.partition('://')[0]}://{SECRET_REFERENCE}"  # its "port" may be a password
-        return None if self.url is None else replace_url_secrets(self.url, SECRET_REFERENCE)
+        return u.replace_url_secrets(self.url, SECRET_REFERENCE)
+
+    def _url_secrets(self) -> dict[str, str]:
+        if self.url is None:
+            return {}
+        from oneiric_session.tracking.destination_secrets import url_secrets
+
+        return url_secrets(self.url)
 
     def secrets(self) -> dict[str, str]:
         """The secret server.env values (names `status` redacts), the url's password and its query
         values named like secrets, which are never written to disk."""
+        if not self.env and self.url is None:
+            return {}
+        from oneiric_session.tracking.destination_secrets import is_secret_env
+
         found = {n: v for n, v in self.env if is_secret_env(n) and v != SECRET_REFERENCE}
-        found.update((n, v) for n, v in url_secrets(self.url or "").items() if v != SECRET_REFERENCE)
+        found.update((n, v) for n, v in self._url_secrets().items() if v != SECRET_REFERENCE)
         return found
 
     def missing_secrets(self) -> list[str]:
         """Names whose value is only a reference (read back from disk and not filled in yet)."""
         missing = [name for name, value in self.env if value == SECRET_REFERENCE]
-        return missing + [n for n, v in url_secrets(self.url or "").items() if v == SECRET_REFERENCE]
+        return missing + [n for n, v in self._url_secrets().items() if v == SECRET_REFERENCE]
 
     def with_secrets(self, secrets: dict[str, str] | None) -> Destination:
         """This destination with its references replaced by `secrets` (those it has)."""
@@ -116,8 +125,10 @@ class Destination(Record):
         env = tuple((n, secrets.get(n, v) if v == SECRET_REFERENCE else v) for n, v in self.env)
         url = self.url
         if url is not None:
-            found = url_secrets(url)
-            url = _with_url_secrets(
+            from oneiric_session.tracking.destination_secrets import with_url_secrets
+
+            found = self._url_secrets()
+            url = with_url_secrets(
                 url, {n: secrets.get(n, v) if v == SECRET_REFERENCE else v for n, v in found.items()}
             )
         return self._replace(env=env, url=url)
@@ -181,124 +192,3 @@ def _key(destination: Destination) -> str:
         "url": destination._url_at_rest(),
     }
     return sha256_hex(json.dumps(ident, sort_keys=True).encode())[:16]
-
-
-def authority_end(rest: str) -> int:
-    """Where the authority of `rest` (a url after its `://`) ends: at its first `/`, `?` or `#`,
-    as RFC 3986 (and httpx) read it."""
-    return min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
-
-
-def userinfo_parts(url: str) -> tuple[str, str, str] | None:
-    """(`scheme://`, userinfo, `@host...`) of a URL naming a user, else None. The userinfo ends at
-    the authority's last `@`, as RFC 3986 (and httpx) read it: a password may hold a raw `@`."""
-    scheme, sep, rest = url.partition("://")
-    end = authority_end(rest)
-    userinfo, at, host = rest[:end].rpartition("@")
-    if not sep or not at:
-        return None
-    return scheme + sep, userinfo, at + host + rest[end:]
-
-
-def port_not_a_number(url: str) -> bool:
-    """Whether `url`'s port, as RFC 3986 (and httpx) read it, is not a number (httpx refuses it)."""
-    _, sep, rest = url.partition("://")
-    end = authority_end(rest)
-    host = rest[:end].rpartition("@")[2]
-    if host.startswith("["):  # an IPv6 literal: its colons are no port
-        host = host.partition("]")[2]
-    port = host.partition(":")[2].strip()
-    return bool(sep) and ":" in host and port != "" and not (port.isascii() and port.isdigit())
-
-
-def url_credentials(url: str) -> tuple[str, str] | None:
-    """(user, password) of `scheme://user:password@host/...`, as written (percent-encoded), or None."""
-    parts = userinfo_parts(url)
-    if parts is None or ":" not in parts[1]:
-        return None
-    user, _, password = parts[1].partition(":")
-    return user, password
-
-
-def _url_password(url: str) -> str | None:
-    """The password in `scheme://user:password@host/...` (as written, percent-encoded), or None."""
-    credentials = url_credentials(url)
-    return None if credentials is None else credentials[1]
-
-
-def replace_url_password(url: str, password: str) -> str:
-    """`url` with its password, if it has one, replaced by `password` (else `url` itself)."""
-    parts = userinfo_parts(url)
-    if parts is None or ":" not in parts[1]:
-        return url
-    head, userinfo, tail = parts
-    return f"{head}{userinfo.partition(':')[0]}:{password}{tail}"
-
-
-def _query_span(url: str) -> tuple[int, int]:
-    """Where the query of `url` is (after its `?`, up to its `#`); empty where it has none."""
-    start = url.find("?")
-    if start < 0:
-        return len(url), len(url)
-    end = url.find("#", start)
-    return start + 1, len(url) if end < 0 else end
-
-
-def _query_secrets(query: str) -> list[str | None]:
-    """For each `&`-separated pair of `query`, its name among the secrets (`URL_QUERY`, the pair's
-    position, `:`, the parameter's name as written) when its name reads as a secret's once
-    percent-decoded, as a server reads it; else None."""
-    names: list[str | None] = []
-    for index, pair in enumerate(query.split("&")):
-        name, equals, _ = pair.partition("=")
-        if "%" in name or "+" in name:
-            from urllib.parse import unquote_plus  # (rare: no shell pays for it otherwise)
-
-            decoded = unquote_plus(name)
-        else:
-            decoded = name
-        names.append(f"{URL_QUERY}{index}:{name}" if equals and is_secret_env(decoded) else None)
-    return names
-
-
-def url_secrets(url: str) -> dict[str, str]:
-    """The secrets in `url`, by name: its password (`URL_PASSWORD`) and the values of its query
-    parameters named like secrets (`_query_secrets`), as written (percent-encoded)."""
-    found = {}
-    password = _url_password(url)
-    if password is not None:
-        found[URL_PASSWORD] = password
-    start, end = _query_span(url)
-    pairs = url[start:end].split("&")
-    for pair, secret in zip(pairs, _query_secrets(url[start:end]), strict=True):
-        if secret is not None:
-            found[secret] = pair.partition("=")[2]
-    return found
-
-
-def _with_url_secrets(url: str, values: dict[str, str]) -> str:
-    """`url` with the secrets `url_secrets` names replaced by `values` (those it has)."""
-    if URL_PASSWORD in values:
-        url = replace_url_password(url, values[URL_PASSWORD])
-    start, end = _query_span(url)
-    if start == end:
-        return url
-    query = url[start:end]
-    pairs = [
-        pair if secret is None or secret not in values else f"{pair.partition('=')[0]}={values[secret]}"
-        for pair, secret in zip(query.split("&"), _query_secrets(query), strict=True)
-    ]
-    return url[:start] + "&".join(pairs) + url[end:]
-
-
-def replace_url_secrets(url: str, value: str) -> str:
-    """`url` with every secret in it (its password, its query values named like secrets) replaced by
-    `value` (else `url` itself): what is written to disk, shown or logged of it."""
-    found = url_secrets(url)
-    return _with_url_secrets(url, dict.fromkeys(found, value)) if found else url
-
-
-def _without_credentials(url: str) -> str:
-    """`http://user:secret@host/mcp` -> `http://***@host/mcp`."""
-    parts = userinfo_parts(url)
-    return url if parts is None else f"{parts[0]}***{parts[2]}"

@@ -220,10 +220,14 @@ def build_tracker(
         candidate = _resolve(registry, *cached)
         if not candidate.needs_config:
             return candidate.create(None)
+    from oneiric_session.config import view_store  # (the cache's write side: only at a miss)
+
+    if cached is None:  # a miss: validated now, so older entries go (some a store never follows)
+        view_store.prune()
     merged = sources.read(settings_dir, overrides=overrides, environ=env)
     candidate = _resolve(registry, *merged.selection())
     if not candidate.needs_config:
-        shell_view.store_selection(*merged.selection(), key, settings_dir, overrides=overrides, environ=env)
+        view_store.store_selection(*merged.selection(), key, settings_dir, overrides=overrides, environ=env)
         return candidate.create(None)
     from oneiric_session.config.loader import validate  # pydantic: only for providers that need settings
 
@@ -231,7 +235,7 @@ def build_tracker(
     if not candidate.takes_view:
         return candidate.create(config)
     view = shell_view.ShellView.from_config(config)
-    shell_view.store(view, key, settings_dir, overrides=overrides, environ=env)
+    view_store.store(view, key, settings_dir, overrides=overrides, environ=env)
     return candidate.create(view)
 
 

@@ -8,7 +8,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from oneiric_session.common.scrub import without_secrets
-from oneiric_session.tracking.destination import URL_PASSWORD, URL_QUERY, authority_end, port_not_a_number
+from oneiric_session.tracking.destination_secrets import (
+    URL_PASSWORD,
+    URL_QUERY,
+    authority_end,
+    port_not_a_number,
+)
 
 __all__ = ["UNCLEAR_URL", "secret_named", "unclear_url", "without_destination_secrets"]
 

@@ -29,7 +29,8 @@ from oneiric_session.errors import (
     RejectedError,
     ServerUnavailableError,
 )
-from oneiric_session.tracking.destination import Destination, port_not_a_number, url_credentials
+from oneiric_session.tracking.destination import Destination
+from oneiric_session.tracking.destination_secrets import port_not_a_number, url_credentials
 from oneiric_session.transport.answers import server_text
 from oneiric_session.transport.bounded_http import BoundedHttp
 from oneiric_session.transport.stdio import MAX_LINE_BYTES, ServerProcess, child_environment

@@ -228,7 +228,7 @@ def _refuse_special_token_file(view: ShellView) -> None:
 def create(config: ShellView | LoadedConfig | None) -> SessionBuddyTracker:
     """The registry's factory for `session-buddy`: the validated settings, cached (`ShellView`) or not."""
     if config is None:
-        from oneiric_session.config.shell_view import load_shell_view
+        from oneiric_session.config.view_store import load_shell_view
 
         config = load_shell_view()
     return SessionBuddyTracker(config)
