@@ -48,8 +48,11 @@ def test_describe_hides_url_credentials_and_env() -> None:
     assert "hunter2" not in d.describe()
     stdio = Destination(command="sb", args=("--x",), env=(("SESSION_BUDDY_SECRET", "s3cret"),))
     assert stdio.describe() == "sb --x" and "s3cret" not in stdio.describe()
-    plain = Destination(transport="http", url="http://127.0.0.1:8678/mcp?a=b@c")
-    assert plain.describe() == "http http://127.0.0.1:8678/mcp?a=b@c"
+    plain = Destination(transport="http", url="http://127.0.0.1:8678/mcp?a=b%40c")
+    assert plain.describe() == "http http://127.0.0.1:8678/mcp?a=b%40c"
+    # Written with a raw '@' after a host with a port, it cannot be told from a password holding a
+    # raw '?' (settings refuse it; an older version's row is shown without it: review U).
+    assert plain._replace(url="http://127.0.0.1:8678/mcp?a=b@c").describe() == "http (a url not shown)"
 
 
 def test_a_password_in_the_url_is_a_secret_kept_in_memory_only() -> None:
@@ -66,14 +69,20 @@ def test_a_password_in_the_url_is_a_secret_kept_in_memory_only() -> None:
 
 
 @pytest.mark.parametrize(
-    "url",
-    ["http://admin:s3cr@tTAILSECRET@127.0.0.1:1/mcp", "http://admin:s3cr@tTAILSECRET@[::1]:8/mcp?q=a@b#c@d"],
+    ("url", "deliverable"),
+    [
+        ("http://admin:s3cr@tTAILSECRET@127.0.0.1:1/mcp", True),
+        # An '@' after a host with a ':' (settings refuse it, review T): its password could be the
+        # first part of a longer one, so it is kept without its url, never deliverable (review U).
+        ("http://admin:s3cr@tTAILSECRET@[::1]:8/mcp?q=a@b#c@d", False),
+    ],
 )
-def test_a_password_holding_an_at_sign_is_hidden_whole(url: str) -> None:
+def test_a_password_holding_an_at_sign_is_hidden_whole(url: str, deliverable: bool) -> None:
     """httpx (RFC 3986) ends the userinfo at the authority's last `@`: so does every reading here.
     Split at the first one, the password's tail was shown by describe() and kept on disk."""
     destination = Destination(transport="http", url=url)
     assert destination.secrets() == {URL_PASSWORD: "s3cr@tTAILSECRET"}
     assert "TAILSECRET" not in destination.describe() and "TAILSECRET" not in destination.to_json()
     assert destination.describe().startswith("http http://***@")
-    assert Destination.from_json(destination.to_json()).with_secrets(destination.secrets()) == destination
+    back = Destination.from_json(destination.to_json()).with_secrets(destination.secrets())
+    assert (back == destination) is deliverable

@@ -180,10 +180,10 @@ def test_a_short_secret_neither_uncovers_a_longer_one_nor_mangles_a_message() ->
     env = (("REQUIRE_AUTH", "1"), ("DB_PASSWORD", password), ("API_KEY", password[:10]))
     connection = Connection(Destination(command=sys.executable, env=env))
     assert (
-        connection._scrub(f"cannot open postgres://app:{password}@db/x")
+        connection.scrub(f"cannot open postgres://app:{password}@db/x")
         == "cannot open postgres://app:[secret]@db/x"
     )
-    assert connection._scrub("port 8181 in use") == "port 8181 in use"
+    assert connection.scrub("port 8181 in use") == "port 8181 in use"
 
 
 @pytest.mark.parametrize(
@@ -223,4 +223,4 @@ def test_every_secret_is_cut_out_whole(
     connection = Connection(Destination(command=sys.executable, env=tuple(env.items())))
     if token:
         connection._tokens.add(token)
-    assert connection._scrub(said) == scrubbed
+    assert connection.scrub(said) == scrubbed

@@ -104,7 +104,7 @@ def test_a_servers_echo_of_the_basic_auth_header_is_scrubbed() -> None:
     password = "Basic-Auth-Secret-0123456789"
     connection = Connection(Destination(transport="http", url=f"http://alice:{password}@h/mcp"))
     header = base64.b64encode(f"alice:{password}".encode()).decode()
-    said = connection._scrub(f"401: credentials refused: Authorization: Basic {header}")
+    said = connection.scrub(f"401: credentials refused: Authorization: Basic {header}")
     assert header not in said, said
 
 

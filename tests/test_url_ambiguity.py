@@ -200,5 +200,5 @@ def test_a_servers_echo_of_a_query_secret_as_httpx_sent_it_is_scrubbed() -> None
 
     url = "http://h/mcp?access_token=caf\u00e9-Secret-0123456789abcdef"
     sent = "/mcp?access_token=caf%C3%A9-Secret-0123456789abcdef"  # the request target httpx builds
-    said = Connection(Destination(transport="http", url=url))._scrub(f"404: no route for {sent}")
+    said = Connection(Destination(transport="http", url=url)).scrub(f"404: no route for {sent}")
     assert "Secret-0123456789abcdef" not in said, said

@@ -105,7 +105,7 @@ def test_a_clipped_secret_holding_a_comma_is_cut_out_whole() -> None:
 
     secret = "part1,Review-T-Second-Half-" + "0123456789" * 3
     clipped = f"rejected: GET /mcp?access_token={secret[:40]}…"
-    said = without_secrets(clipped, [secret], ["access_token"])
+    said = without_secrets(clipped, [secret], [("access_token", secret)])
     assert "Review-T-Second" not in said, said
 
 

@@ -182,6 +182,6 @@ def test_the_by_name_cut_takes_only_the_value(tmp_path: Path) -> None:
     from oneiric_session.common.scrub import without_secrets
 
     said = without_secrets(
-        f"unauthorized (GET /mcp?access_token={SECRET}), retrying", [SECRET], ["access_token"]
+        f"unauthorized (GET /mcp?access_token={SECRET}), retrying", [SECRET], [("access_token", SECRET)]
     )
     assert said == "unauthorized (GET /mcp?access_token=[secret]), retrying", said

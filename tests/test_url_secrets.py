@@ -80,7 +80,7 @@ def test_a_servers_echo_of_a_percent_encoded_query_secret_is_scrubbed() -> None:
     token = "AbC+dEf/GhI+jKl/MnO0123456789=="
     url = "http://h/mcp?access_token=" + token.replace("+", "%2B").replace("/", "%2F").replace("=", "%3D")
     connection = Connection(Destination(transport="http", url=url))
-    said = connection._scrub(f"unauthorized: access_token {token} is not valid")
+    said = connection.scrub(f"unauthorized: access_token {token} is not valid")
     assert token not in said, said
 
 

@@ -159,10 +159,11 @@ class RemoteError(Exception):
 def _remote(url: str, query: Query) -> Result:
     import asyncio
 
-    from oneiric_session.tracking.url_rules import UNCLEAR_URL, unclear_url
+    from oneiric_session.tracking.url_rules import url_problem
 
-    if unclear_url(url):  # (httpx would refuse it, or name a password as the host or path)
-        raise ConfigError(f"--url: {UNCLEAR_URL}")
+    problem = url_problem(url)
+    if problem is not None:  # (httpx would refuse it, or name a password as the host or path)
+        raise ConfigError(f"--url: {problem}")
     try:
         return asyncio.run(_remote_pages(url, query))
     except RemoteError as exc:
@@ -177,7 +178,6 @@ def _remote(url: str, query: Query) -> Result:
 async def _remote_pages(url: str, query: Query) -> Result:
     from oneiric_session.errors import DeliveryError
     from oneiric_session.tracking.destination import Destination, Tuning
-    from oneiric_session.transport.answers import server_text
     from oneiric_session.transport.connection import Connection
 
     token = os.environ.get(TOKEN_ENV) or None
@@ -195,7 +195,7 @@ async def _remote_pages(url: str, query: Query) -> Result:
             if token:
                 arguments["token"] = token
             answer = await connection.call("list_sessions", arguments, token=token)
-            sessions, cursor = _read_page(answer, token, server_text)
+            sessions, cursor = _read_page(answer, token, connection.scrub)
             if not sessions:
                 cursor = None  # an empty page ends the listing, whatever cursor came with it
             elif cursor is not None and cursor in cursors:
@@ -214,19 +214,21 @@ async def _remote_pages(url: str, query: Query) -> Result:
 
 
 def _read_page(
-    answer: Any, token: str | None, server_text: Callable[[str, str | None], str]
+    answer: Any, token: str | None, clean: Callable[[str], str]
 ) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of `list_sessions`; `clean` makes server text safe to repeat (the connection's
+    `scrub`: the token and the url's secrets cut out)."""
     texts = " ".join(getattr(item, "text", "") for item in answer.content or [])
     if answer.is_error:
         if "Authentication failed" in texts:
             hint = f"set ${TOKEN_ENV} to a valid token" if not token else f"check ${TOKEN_ENV}"
-            raise RemoteError(f"the server refused: {server_text(texts, token)} ({hint})")
+            raise RemoteError(f"the server refused: {clean(texts)} ({hint})")
         if "Unknown tool" in texts:
             raise RemoteError(
                 "the server cannot list sessions (it has no list_sessions tool: "
-                f"not an oneiric-session server, or an older one): {server_text(texts, token)}"
+                f"not an oneiric-session server, or an older one): {clean(texts)}"
             )
-        raise RemoteError(f"the server refused: {server_text(texts, token)}")
+        raise RemoteError(f"the server refused: {clean(texts)}")
     payload = answer.structured_content
     if payload is None:
         try:
@@ -234,9 +236,9 @@ def _read_page(
         except ValueError:
             payload = None
     if not isinstance(payload, dict) or not isinstance(payload.get("sessions"), list):
-        raise RemoteError(f"unexpected answer to list_sessions: {server_text(texts[:200], token)}")
+        raise RemoteError(f"unexpected answer to list_sessions: {clean(texts[:200])}")
     if payload.get("status") != "ok":
-        raise RemoteError(f"the server refused: {server_text(str(payload.get('error')), token)}")
+        raise RemoteError(f"the server refused: {clean(str(payload.get('error')))}")
     cursor = payload.get("next_cursor")
     sessions = [_plain(row) for row in payload["sessions"] if isinstance(row, dict)]
     return sessions, cursor if isinstance(cursor, str) and cursor else None

@@ -66,20 +66,25 @@ def cut_spans(text: str, spans: list[tuple[int, int, str]]) -> str:
     return "".join([*pieces, text[done:]])
 
 
-def without_secrets(text: str | None, secrets: Iterable[str], query_names: Iterable[str] = ()) -> str | None:
+def without_secrets(
+    text: str | None, secrets: Iterable[str], query: Iterable[tuple[str, str]] = ()
+) -> str | None:
     """`text` with each of `secrets` (in each of its `secret_forms`) cut out ("[secret]"), and the
-    value of each query parameter named in `query_names`: whole where a form of a secret starts it,
-    else up to the next separator (an older version's message may have cut the value short, where
-    the whole secret is no longer found). A separator may be percent-encoded, and again (a url in a
-    url in a url)."""
+    value of each query parameter of `query` ((name, secret value) pairs) cut by its name: whole
+    where a form of that parameter's own secret starts it, else up to the next separator (an older
+    version's message may have cut the value short, where the whole secret is no longer found; a
+    shorter secret of another parameter starting it is no sign of where it ends). A separator may
+    be percent-encoded, and again (a url in a url in a url)."""
     if not text:
         return text
-    forms = secret_forms(secrets)
-    spans = secret_spans(text, forms, "[secret]")
-    for name in query_names:
+    spans = secret_spans(text, secret_forms(secrets), "[secret]")
+    by_name: dict[str, set[str]] = {}
+    for name, value in query:
+        by_name.setdefault(name, set()).update(secret_forms([value]))
+    for name, own in by_name.items():
         pattern = rf"(?:[?&]|%(?:25)*3[Ff]|%(?:25)*26){re.escape(name)}(?:=|%(?:25)*3[Dd])([^&#\s'\"]+)"
         for match in re.finditer(pattern, text):
             start, value = match.start(1), match.group(1)
-            whole = max((len(form) for form in forms if value.startswith(form)), default=len(value))
+            whole = max((len(form) for form in own if value.startswith(form)), default=len(value))
             spans.append((start, start + whole, "[secret]"))
     return cut_spans(text, spans)

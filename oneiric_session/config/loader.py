@@ -19,7 +19,7 @@ from oneiric_session.config.redact import redact
 from oneiric_session.errors import ConfigError
 from oneiric_session.tracking.destination import Destination, Tuning
 from oneiric_session.tracking.limits import Limits
-from oneiric_session.tracking.url_rules import UNCLEAR_URL, unclear_url
+from oneiric_session.tracking.url_rules import url_problem
 
 # Session-Buddy 0.23.0 has no stdio entry point; this is the launch line that serves stdio.
 # What environment.cwd carries on http when report_cwd is unset: the real server refuses a cwd
@@ -233,8 +233,9 @@ def _check_consistency(settings: SessionBuddySettings, merged: sources.Merged) -
 
     if settings.transport == "http" and not settings.url:
         raise ConfigError(f"url: required when transport is 'http' (transport from {origin('transport')})")
-    if settings.url and unclear_url(settings.url):  # (the value is never named)
-        raise ConfigError(f"url: {UNCLEAR_URL}; from {origin('url')}")
+    problem = url_problem(settings.url) if settings.url else None
+    if problem is not None:  # (the value is never named)
+        raise ConfigError(f"url: {problem}; from {origin('url')}")
     if settings.retry.wait_min_seconds > settings.retry.wait_max_seconds:
         raise ConfigError(
             f"retry.wait_min_seconds ({settings.retry.wait_min_seconds}) is greater than "

@@ -69,15 +69,9 @@ class Destination(Record):
         """A one-line human description (no environment values, no URL credentials: they are secrets)."""
         if self.transport != "http":
             return " ".join([self.command, *self.args])
-        from oneiric_session.tracking import destination_secrets as u  # (no stdio shell loads it)
+        from oneiric_session.tracking.destination_secrets import shown_url  # (no stdio shell loads it)
 
-        url = self.url or ""
-        if u.port_not_a_number(url):  # an older version's row: its "port" may be a password
-            scheme, _, rest = url.partition("://")
-            host = rest.rpartition("@")[2]
-            host = host[: u.authority_end(host)]
-            return f"http {scheme}://***@{host}" if "@" in rest else "http (a url not shown)"
-        return f"http {u.without_credentials(u.replace_url_secrets(url, '***'))}"
+        return f"http {shown_url(self.url or '')}"
 
     def _env_at_rest(self) -> dict[str, str]:
         if not self.env:
@@ -89,11 +83,9 @@ class Destination(Record):
     def _url_at_rest(self) -> str | None:
         if self.url is None:
             return None
-        from oneiric_session.tracking import destination_secrets as u
+        from oneiric_session.tracking.destination_secrets import url_at_rest
 
-        if u.port_not_a_number(self.url):  # an older version's, never deliverable:
-            return f"{self.url.partition('://')[0]}://{SECRET_REFERENCE}"  # its "port" may be a password
-        return u.replace_url_secrets(self.url, SECRET_REFERENCE)
+        return url_at_rest(self.url, SECRET_REFERENCE)
 
     def _url_secrets(self) -> dict[str, str]:
         if self.url is None:

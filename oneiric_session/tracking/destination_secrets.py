@@ -51,8 +51,52 @@ def port_not_a_number(url: str) -> bool:
     host = rest[:end].rpartition("@")[2]
     if host.startswith("["):  # an IPv6 literal: its colons are no port
         host = host.partition("]")[2]
-    port = host.partition(":")[2].strip()
+    port = host.partition(":")[2].strip(" ")  # (a trailing space: not a control character)
     return bool(sep) and ":" in host and port != "" and not (port.isascii() and port.isdigit())
+
+
+def unclear_url(url: str) -> bool:
+    """Whether `url` is refused where it is given (`UNCLEAR_URL`): its port, as RFC 3986 (and
+    httpx) read it, is not a number, or an `@` follows its host while its authority holds a `:`.
+    Read as RFC 3986 reads them, `http://alice:pass/word@host` is host `alice` with port `pass`,
+    and `http://alice:p@ss/word@host` the host `ss`: their passwords would be shown as a host or
+    a path. (`host:8080/users/@me` is refused too: it cannot be told from the second.)"""
+    return port_not_a_number(url) or _at_after_host(url)
+
+
+def _at_after_host(url: str) -> bool:
+    """An `@` after the authority while the authority holds a `:` (outside an IPv6 literal)."""
+    _, sep, rest = url.partition("://")
+    end = authority_end(rest)
+    authority = rest[:end]
+    while "[" in authority and "]" in authority.partition("[")[2]:
+        head, _, tail = authority.partition("[")
+        authority = head + tail.partition("]")[2]
+    return bool(sep) and "@" in rest[end:] and ":" in authority
+
+
+def url_at_rest(url: str, reference: str) -> str:
+    """`url` as it is written to disk: each secret replaced by `reference`; an older version's url
+    whose port is not a number, or an unclear one holding a password (`unclear_url`: what reads as
+    its host or path may be the rest of that password; such a url is never deliverable), without
+    anything after its scheme but `reference`."""
+    if port_not_a_number(url) or (_at_after_host(url) and URL_PASSWORD in url_secrets(url)):
+        return f"{url.partition('://')[0]}://{reference}"
+    return replace_url_secrets(url, reference)
+
+
+def shown_url(url: str) -> str:
+    """`url` as messages show it: without its secrets and its user's name. An unclear url (an older
+    version's row: settings refuse them) by its host at most, read after the last `@` before any
+    `?` or `#` (a password may hold those, raw); where it has no such `@`, not at all."""
+    if not unclear_url(url):
+        return without_credentials(replace_url_secrets(url, "***"))
+    scheme, _, rest = url.partition("://")
+    head = rest[: min((i for i in map(rest.find, "?#") if i >= 0), default=len(rest))]
+    if "@" not in head:
+        return "(a url not shown)"
+    host = head.rpartition("@")[2]
+    return f"{scheme}://***@{host[: authority_end(host)]}"
 
 
 def url_credentials(url: str) -> tuple[str, str] | None:

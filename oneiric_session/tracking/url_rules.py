@@ -13,9 +13,10 @@ from oneiric_session.tracking.destination_secrets import (
     URL_QUERY,
     authority_end,
     port_not_a_number,
+    unclear_url,
 )
 
-__all__ = ["UNCLEAR_URL", "secret_named", "unclear_url", "without_destination_secrets"]
+__all__ = ["secret_named", "unusable_url", "url_problem", "without_destination_secrets"]
 
 
 # Why a url is refused where it is given (settings, `--url`): never naming it, it may hold a password.
@@ -26,31 +27,71 @@ UNCLEAR_URL = (
 )
 
 
-def unclear_url(url: str) -> bool:
-    """Whether `url` is refused where it is given (`UNCLEAR_URL`): its port, as RFC 3986 (and
-    httpx) read it, is not a number, or an `@` follows its host while its authority holds a `:`.
-    Read as RFC 3986 reads them, `http://alice:pass/word@host` is host `alice` with port `pass`,
-    and `http://alice:p@ss/word@host` the host `ss`: their passwords would be shown as a host or
-    a path. (`host:8080/users/@me` is refused too: it cannot be told from the second.)"""
-    return port_not_a_number(url) or _at_after_host(url)
+# Why the HTTP client cannot use a url as written (never naming it).
+_CONTROL = "it holds a control character (a line break, a tab); remove it"
+_NO_PORT = "its port is not a number"
+_PORT_RANGE = "its port is over 65535"
+_NOT_AN_ADDRESS = "its host is written as an IP address that is not one"
 
 
-def _at_after_host(url: str) -> bool:
-    """An `@` after the authority while the authority holds a `:` (outside an IPv6 literal)."""
-    _, sep, rest = url.partition("://")
-    end = authority_end(rest)
-    authority = rest[:end]
-    while "[" in authority and "]" in authority.partition("[")[2]:
-        head, _, tail = authority.partition("[")
-        authority = head + tail.partition("]")[2]
-    return bool(sep) and "@" in rest[end:] and ":" in authority
+def url_problem(url: str) -> str | None:
+    """Why `url` is refused where it is given (settings, `--url`), never naming it (it may hold a
+    password); None when it is clear and the HTTP client can use it."""
+    if _has_control(url):
+        return _CONTROL
+    return UNCLEAR_URL if unclear_url(url) else unusable_url(url)
+
+
+def unusable_url(url: str) -> str | None:
+    """Why the HTTP client (httpx) cannot use `url` as written, else None: a control character, a
+    port that is not a number or over 65535, an IPv4- or IPv6-style host that is no address. The
+    transport refuses such a url (an older version's row) before httpx names any part of it."""
+    if _has_control(url):
+        return _CONTROL
+    if port_not_a_number(url):
+        return _NO_PORT
+    _, _, rest = url.partition("://")
+    authority = rest[: authority_end(rest)].rpartition("@")[2]
+    if authority.startswith("["):
+        literal, _, after = authority[1:].partition("]")
+        port = after.removeprefix(":")
+        if (after and port == after) or not _an_address(literal.partition("%")[0], 6):
+            return _NOT_AN_ADDRESS  # (text after the ']' that is no port; a zone id after '%' is fine)
+    else:
+        host, _, port = authority.partition(":")
+        # httpx reads a host of four dot-separated numbers as an IPv4 address, and refuses one that is not.
+        parts = host.split(".")
+        if len(parts) == 4 and all(p.isascii() and p.isdigit() for p in parts) and not _an_address(host, 4):
+            return _NOT_AN_ADDRESS
+    port = port.strip(" ")
+    if port and not (port.isascii() and port.isdigit()):
+        return _NO_PORT
+    return _PORT_RANGE if port and int(port) > 65535 else None
+
+
+def _has_control(url: str) -> bool:
+    return any(ord(c) < 0x20 or ord(c) == 0x7F for c in url)
+
+
+def _an_address(text: str, version: int) -> bool:
+    import ipaddress  # (only where a url is given or delivered: never on a shell's path)
+
+    try:
+        (ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address)(text)
+    except ValueError:
+        return False
+    return True
 
 
 def without_destination_secrets(text: str | None, secrets: Mapping[str, str]) -> str | None:
     """`text` without any of a destination's `secrets` (`Destination.secrets()`), its url's query
     secrets also cut by their parameters' names (`scrub.without_secrets`)."""
-    names = [name.removeprefix(URL_QUERY).partition(":")[2] for name in secrets if name.startswith(URL_QUERY)]
-    return without_secrets(text, secrets.values(), names)
+    query = [
+        (name.removeprefix(URL_QUERY).partition(":")[2], value)
+        for name, value in secrets.items()
+        if name.startswith(URL_QUERY)
+    ]
+    return without_secrets(text, secrets.values(), query)
 
 
 def secret_named(name: str) -> str:

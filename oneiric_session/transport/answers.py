@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from oneiric_session.common.digest import token_digest
@@ -47,11 +48,19 @@ class ToolAnswer(Protocol):
     content: list[Any]
 
 
+# How server text is made safe to repeat in a message (one line, capped, no secret in it).
+Clean = Callable[[str], str]
+
+
 def server_text(text: str, token: str | None = None) -> str:
     """Server-supplied text made safe for a message: one line, capped, never holding the token."""
     if token:
         text = text.replace(token, "[token]")
     return sanitize_text(text, _MAX_MESSAGE_CHARS)
+
+
+def _cutting(token: str | None) -> Clean:
+    return lambda text: server_text(text, token)
 
 
 def _texts(answer: ToolAnswer) -> str:
@@ -79,19 +88,21 @@ def _payload(answer: ToolAnswer) -> dict[str, Any] | str | None:
     return decoded if isinstance(decoded, dict) else text
 
 
-def _refuse(tool: str, message: str, token: str | None) -> RejectedError:
-    clean = server_text(message, token)
+def _refuse(tool: str, message: str, token: str | None, clean: Clean) -> RejectedError:
+    said = clean(message)
     sent = token_digest(token)
     if _USER_ID_DEFECT in message:
         return AuthenticationError(
-            f"{tool}: {USER_ID_DEFECT_EXPLAINED} (server said: {clean})", token_digest=sent
+            f"{tool}: {USER_ID_DEFECT_EXPLAINED} (server said: {said})", token_digest=sent
         )
     if _AUTH_MARKER in message.lower():
-        return AuthenticationError(f"{tool}: the server refused the token: {clean}", token_digest=sent)
-    return RejectedError(f"{tool}: the server refused the event: {clean}")
+        return AuthenticationError(f"{tool}: the server refused the token: {said}", token_digest=sent)
+    return RejectedError(f"{tool}: the server refused the event: {said}")
 
 
-def _read(answer: ToolAnswer, tool: str, ok: frozenset[str], token: str | None) -> dict[str, Any] | str:
+def _read(
+    answer: ToolAnswer, tool: str, ok: frozenset[str], token: str | None, clean: Clean
+) -> dict[str, Any] | str:
     payload = _payload(answer)
     status = payload.get("status") if isinstance(payload, dict) else None
     if isinstance(payload, dict) and isinstance(status, str) and status in ok and not answer.is_error:
@@ -99,38 +110,44 @@ def _read(answer: ToolAnswer, tool: str, ok: frozenset[str], token: str | None) 
     text = _texts(answer)
     if isinstance(payload, dict):
         if status == "error" or answer.is_error:
-            raise _refuse(tool, str(payload.get("error") or payload.get("message") or text or payload), token)
-        raise RejectedError(f"{tool}: unrecognised answer: {server_text(json.dumps(payload), token)}")
+            raise _refuse(
+                tool, str(payload.get("error") or payload.get("message") or text or payload), token, clean
+            )
+        raise RejectedError(f"{tool}: unrecognised answer: {clean(json.dumps(payload))}")
     if answer.is_error:
-        raise _refuse(tool, text or "error without a message", token)
+        raise _refuse(tool, text or "error without a message", token, clean)
     if payload is None:
         raise RejectedError(f"{tool}: empty answer")
     if _AUTH_MARKER in payload.lower():  # some servers answer the refusal as a plain string
-        raise _refuse(tool, payload, token)
+        raise _refuse(tool, payload, token, clean)
     return payload
 
 
-def read_start_answer(answer: ToolAnswer, *, token: str | None = None) -> str:
-    """The server's session id from a `track_session_start` answer."""
-    payload = _read(answer, "track_session_start", _START_OK, token)
+def read_start_answer(answer: ToolAnswer, *, token: str | None = None, clean: Clean | None = None) -> str:
+    """The server's session id from a `track_session_start` answer. `clean`: how server text is made
+    safe to repeat (the connection's `scrub`: its tokens and its destination's secrets cut out);
+    else `server_text` with `token`."""
+    clean = clean or _cutting(token)
+    payload = _read(answer, "track_session_start", _START_OK, token, clean)
     if isinstance(payload, dict):
         session_id = payload.get("session_id")
         if isinstance(session_id, str) and len(session_id) > MAX_SESSION_ID_CHARS:
             raise RejectedError(
                 f"track_session_start: the server answered a session id of {len(session_id)} characters "
-                f"(more than {MAX_SESSION_ID_CHARS}): {server_text(session_id[:80], token)}"
+                f"(more than {MAX_SESSION_ID_CHARS}): {clean(session_id[:80])}"
             )
         if isinstance(session_id, str) and session_id:
             return session_id
         raise RejectedError("track_session_start: answer 'tracked' without a session id")
     if _BARE_ID.match(payload):
         return payload
-    raise RejectedError(f"track_session_start: unrecognised answer: {server_text(payload, token)}")
+    raise RejectedError(f"track_session_start: unrecognised answer: {clean(payload)}")
 
 
-def read_end_answer(answer: ToolAnswer, *, token: str | None = None) -> str:
-    """The status ("ended" or "not_found") from a `track_session_end` answer."""
-    payload = _read(answer, "track_session_end", _END_OK, token)
+def read_end_answer(answer: ToolAnswer, *, token: str | None = None, clean: Clean | None = None) -> str:
+    """The status ("ended" or "not_found") from a `track_session_end` answer (`clean`: as for
+    `read_start_answer`)."""
+    payload = _read(answer, "track_session_end", _END_OK, token, clean or _cutting(token))
     if isinstance(payload, dict):
         return str(payload["status"])
     # Older servers acknowledge with free text.

@@ -95,7 +95,7 @@ class SessionBuddyClient:
                     resent = True
                     continue
                 raise
-            return read(answer, token=token)
+            return read(answer, token=token, clean=connection.scrub)
 
     async def _connected(self) -> Connection:
         async with self._connect_lock:

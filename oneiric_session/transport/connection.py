@@ -30,7 +30,8 @@ from oneiric_session.errors import (
     ServerUnavailableError,
 )
 from oneiric_session.tracking.destination import Destination
-from oneiric_session.tracking.destination_secrets import port_not_a_number, url_credentials
+from oneiric_session.tracking.destination_secrets import url_credentials
+from oneiric_session.tracking.url_rules import unusable_url
 from oneiric_session.transport.answers import server_text
 from oneiric_session.transport.bounded_http import BoundedHttp
 from oneiric_session.transport.stdio import MAX_LINE_BYTES, ServerProcess, child_environment
@@ -117,10 +118,11 @@ class Connection:
 
     async def open(self) -> None:
         """Start the server (stdio) or reach it (http) and complete the MCP handshake."""
-        if self.destination.transport == "http" and port_not_a_number(self.destination.url or ""):
+        unusable = unusable_url(self.destination.url or "") if self.destination.transport == "http" else None
+        if unusable is not None:
             # An older version's row (settings refuse such a url): httpx's error would name the
             # "port", maybe a password, and no retry can deliver it.
-            raise RejectedError("connecting: the url's port is not a number; it is not shown")
+            raise RejectedError(f"connecting: the url cannot be used: {unusable}; it is not shown")
         transport = self._transport()
         ready: asyncio.Future[mcp.ClientHandle] = asyncio.get_running_loop().create_future()
         self._owner = asyncio.create_task(self._own(transport, ready), name="oneiric-session-mcp")
@@ -210,10 +212,10 @@ class Connection:
             parts.append(f"server exited with status {self._server.returncode}")
         tail = self._server.stderr_tail()
         if tail:
-            parts.append(f"stderr: {self._scrub(tail)}")
+            parts.append(f"stderr: {self.scrub(tail)}")
         return f" ({'; '.join(parts)})" if parts else ""
 
-    def _scrub(self, text: str) -> str:
+    def scrub(self, text: str) -> str:
         """Server-supplied text made safe to repeat: one line, capped, with no token sent on this
         connection and no secret of its destination (a server.env value a stdio server may print
         as it fails, the url's password): the text goes into logs, the spool and `status`."""
@@ -234,7 +236,7 @@ class Connection:
             return ServerUnavailableError(f"{doing}: {self._http.failure}")
         if isinstance(exc, mcp.MCPError):
             code, raw = mcp.error_code(exc), mcp.error_message(exc)
-            message = self._scrub(raw)
+            message = self.scrub(raw)
             if code in _REQUEST_TIMEOUT_CODES:
                 return DeliveryTimeoutError(f"{doing}: {message}{self._tail()}")
             if code == mcp.types.CONNECTION_CLOSED:
@@ -252,12 +254,14 @@ class Connection:
         if isinstance(exc, mcp.HTTPTimeout):
             return DeliveryTimeoutError(f"{doing}: HTTP timeout: {type(exc).__name__}")
         if isinstance(exc, mcp.HTTPError | OSError):
-            detail = self._scrub(str(exc) or type(exc).__name__)
+            detail = self.scrub(str(exc) or type(exc).__name__)
             return ServerUnavailableError(f"{doing}: {detail}{self._tail()}")
         if isinstance(exc, anyio.BrokenResourceError | anyio.ClosedResourceError | anyio.EndOfStream):
             return ServerUnavailableError(f"{doing}: the connection broke{self._tail()}")
         if isinstance(exc, ValidationError):
             return ServerUnavailableError(f"{doing}: the server sent a malformed answer{self._tail()}")
+        if isinstance(exc, mcp.httpx.InvalidURL | OverflowError):  # httpx (or connect) refused the url
+            return RejectedError(f"{doing}: the url cannot be used ({type(exc).__name__}); it is not shown")
         logger.warning("unexpected error while %s", doing, exc_info=exc)
         return ServerUnavailableError(f"{doing}: unexpected {type(exc).__name__}{self._tail()}")
 
