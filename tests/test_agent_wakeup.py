@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from oneiric_session import wakeup
-from oneiric_session.wakeup import waker
+from oneiric_session.wakeup import message
+from oneiric_session.wakeup import spawn as spawner
 from tests.support.delivery import process_gone, wait_until
 
 
@@ -86,7 +87,7 @@ def test_tokens_too_large_to_carry_are_said_once_and_the_agent_is_woken_without_
 ) -> None:
     """The agent reads at most MAX_DATAGRAM_BYTES at once: cut short, the tokens would be lost
     without a word (and a datagram too large for the socket not sent: no wake-up at all)."""
-    monkeypatch.setattr(waker, "_oversize_said", [], raising=False)
+    monkeypatch.setattr(message, "_oversize_said", [], raising=False)
     spool = tmp_path / "spool.sqlite3"
     huge = {"k": {"API_KEY": "x" * (2 * wakeup.MAX_DATAGRAM_BYTES)}}
     listener = wakeup.WakeupListener(spool)
@@ -113,7 +114,7 @@ def test_malformed_wakeups_carry_no_tokens() -> None:
 
 
 def test_the_handoff_is_read_once_from_its_pipe_which_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
-    fd = waker._handoff_pipe(wakeup.encode_wakeup({"k": "secret"}, secrets={"k": {"API_KEY": "v"}}))
+    fd = spawner._handoff_pipe(wakeup.encode_wakeup({"k": "secret"}, secrets={"k": {"API_KEY": "v"}}))
     assert fd is not None
     monkeypatch.setenv(wakeup.HANDOFF_FD_ENV, str(fd))
     handed = wakeup.take_handoff()
@@ -122,7 +123,7 @@ def test_the_handoff_is_read_once_from_its_pipe_which_is_closed(monkeypatch: pyt
     with pytest.raises(OSError):
         os.fstat(fd)  # closed
     assert wakeup.take_handoff().tokens == {}
-    assert waker._handoff_pipe(b"") is None  # nothing to hand over: no pipe
+    assert spawner._handoff_pipe(b"") is None  # nothing to hand over: no pipe
 
 
 def test_a_handoff_number_naming_no_pipe_is_neither_read_nor_closed(
@@ -148,7 +149,7 @@ def test_the_handoff_pipe_from_a_shell_short_of_descriptors(shell_is: str) -> No
     code = textwrap.dedent(
         """
         import json, os, sys
-        from oneiric_session.wakeup import waker
+        from oneiric_session.wakeup import spawn
         from oneiric_session.wakeup.message import encode_wakeup
         held = []
         if sys.argv[1] == "without_stdin":
@@ -159,7 +160,7 @@ def test_the_handoff_pipe_from_a_shell_short_of_descriptors(shell_is: str) -> No
                     held.append(os.open(os.devnull, os.O_RDONLY))
                 except OSError:
                     break
-        fd = waker._handoff_pipe(encode_wakeup({"k": "t"}))
+        fd = spawn._handoff_pipe(encode_wakeup({"k": "t"}))
         print(json.dumps(fd if fd is None else [fd, os.read(fd, 100).decode()]))
         """
     )
@@ -262,7 +263,7 @@ def spawns(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
         calls.append(spool_path)
         return os.getpid()
 
-    monkeypatch.setattr(waker, "spawn_agent", fake_spawn)  # wake_or_spawn calls its own module's
+    monkeypatch.setattr(spawner, "spawn_agent", fake_spawn)  # wake_or_spawn calls spawn's own
     return calls
 
 
@@ -339,7 +340,7 @@ def test_a_failed_spawn_leaves_no_marker(
     tmp_path: Path, runtime_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spool = tmp_path / "spool.sqlite3"
-    monkeypatch.setattr(waker, "spawn_agent", lambda spool_path, **_: None)
+    monkeypatch.setattr(spawner, "spawn_agent", lambda spool_path, **_: None)
     assert wakeup.wake_or_spawn(spool) == "failed"
     assert not wakeup.spawn_marker_path(spool).exists()
 
@@ -357,7 +358,7 @@ def test_a_spawning_shell_names_itself_in_the_marker_then_its_agent(
         seen.append(marker.read_text())
         return 1  # init: some live process, with a pid shorter than this one's
 
-    monkeypatch.setattr(waker, "spawn_agent", spawn)
+    monkeypatch.setattr(spawner, "spawn_agent", spawn)
     assert wakeup.wake_or_spawn(spool) == "spawned"
     assert seen == [str(os.getpid())] and marker.read_text() == "1"
 
@@ -370,7 +371,7 @@ def test_a_spawn_that_raises_leaves_no_marker(
     def interrupted(spool_path: Path, **_: object) -> int:
         raise KeyboardInterrupt  # Ctrl-C in the shell while it spawns
 
-    monkeypatch.setattr(waker, "spawn_agent", interrupted)
+    monkeypatch.setattr(spawner, "spawn_agent", interrupted)
     with pytest.raises(KeyboardInterrupt):
         wakeup.wake_or_spawn(spool)
     assert not wakeup.spawn_marker_path(spool).exists()
@@ -474,8 +475,8 @@ def test_a_fifo_where_the_spawn_marker_goes_never_holds_a_shell(tmp_path: Path) 
         """
         import os, sys
         from pathlib import Path
-        from oneiric_session.wakeup import waker
-        waker.spawn_agent = lambda spool_path, **_: os.getpid()  # no agent: the spawn is what is looked at
+        from oneiric_session.wakeup import spawn, waker
+        spawn.spawn_agent = lambda spool_path, **_: os.getpid()  # no agent: the spawn is what is looked at
         print(waker.wake_or_spawn(Path(sys.argv[1])), flush=True)
         """
     )
@@ -600,7 +601,7 @@ def test_a_sh_that_cannot_be_run_still_spawns_the_agent(
     sh = tmp_path / "sh"
     sh.write_text("#!/bin/false\n")
     sh.chmod(0o644)  # exists, not executable
-    monkeypatch.setattr(waker, "_SH", str(sh))
+    monkeypatch.setattr(spawner, "_SH", str(sh))
     pid = wakeup.spawn_agent(tmp_path / "spool.sqlite3", idle_exit_seconds=1)
     try:
         assert pid is not None
@@ -686,7 +687,7 @@ def test_an_exported_shell_function_cannot_change_the_pid_said(
     sh = tmp_path / "bin" / "sh"
     sh.parent.mkdir()
     sh.symlink_to(bash)
-    monkeypatch.setattr(waker, "_SH", str(sh))
+    monkeypatch.setattr(spawner, "_SH", str(sh))
     monkeypatch.setenv("BASH_FUNC_echo%%", "() { builtin echo 1; }")
     pid = wakeup.spawn_agent(tmp_path / "spool.sqlite3", idle_exit_seconds=1)
     assert pid is not None and pid != 1, pid

@@ -43,6 +43,7 @@ SHELL_SIDE = (
     "oneiric_session.wakeup.paths",
     "oneiric_session.wakeup.message",
     "oneiric_session.wakeup.waker",
+    "oneiric_session.wakeup.spawn",
     "oneiric_session.wakeup.lock",
     "oneiric_session.wakeup.listener",  # the agent's, but loaded with the package
     "oneiric_session.config.sources",

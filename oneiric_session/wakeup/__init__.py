@@ -12,13 +12,15 @@ A lock file next to the spool decides which agent runs: only the lock holder
 binds the socket, a second agent exits at once.
 
 The package, by job: `paths` (where the lock, spawn marker, log and socket are; both sides),
-`message` (the datagram's format; both sides), `waker` (the shell's side: wake, or spawn one
-agent for many shells, and the hand-off the spawned agent reads back), `lock` (`AgentLock`, the
-agent's; `agent_holds_lock`, the shell's look), `listener` (`WakeupListener`, the agent's only).
+`message` (the datagram's format; both sides), `waker` (the shell's side: wake, else leave it to
+an agent starting, else spawn), `spawn` (one agent for many shells, and the hand-off the spawned
+agent reads back), `lock` (`AgentLock`, the agent's; `agent_holds_lock`, the shell's look),
+`listener` (`WakeupListener`, the agent's only).
 
 Every shell imports this package: none of its modules imports more than the standard library
-at import time, and the agent's side (`lock`, `listener`) is loaded on first use, so a shell that
-wakes a listening agent loads neither (each module costs a shell ~0.2 ms before its prompt).
+at import time, and what a shell needs only when nobody listens (`lock`, `spawn`) and the agent's
+side (`listener`) are loaded on first use, so a shell that wakes a listening agent loads none
+(each module costs a shell ~0.2 ms before its prompt).
 """
 
 from __future__ import annotations
@@ -34,25 +36,27 @@ from oneiric_session.wakeup.paths import (
     socket_path,
     spawn_marker_path,
 )
-from oneiric_session.wakeup.waker import (
-    HANDOFF_FD_ENV,
-    SPAWN_STALE_SECONDS,
-    WakeResult,
-    clear_spawn_marker,
-    spawn_agent,
-    take_handoff,
-    wake,
-    wake_or_spawn,
-)
+from oneiric_session.wakeup.waker import WakeResult, wake, wake_or_spawn
 
 if TYPE_CHECKING:
     from oneiric_session.wakeup.listener import WakeupListener
     from oneiric_session.wakeup.lock import AgentLock, agent_holds_lock
+    from oneiric_session.wakeup.spawn import (
+        HANDOFF_FD_ENV,
+        SPAWN_STALE_SECONDS,
+        clear_spawn_marker,
+        spawn_agent,
+        take_handoff,
+    )
 
 _LAZY = {
     "AgentLock": "oneiric_session.wakeup.lock",
     "agent_holds_lock": "oneiric_session.wakeup.lock",
     "WakeupListener": "oneiric_session.wakeup.listener",
+    **dict.fromkeys(
+        ("HANDOFF_FD_ENV", "SPAWN_STALE_SECONDS", "clear_spawn_marker", "spawn_agent", "take_handoff"),
+        "oneiric_session.wakeup.spawn",
+    ),
 }
 
 __all__ = [

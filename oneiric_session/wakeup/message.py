@@ -14,7 +14,7 @@ from types import MappingProxyType
 
 from oneiric_session.common.record import Record
 
-__all__ = ["MAX_DATAGRAM_BYTES", "Wakeup", "decode_wakeup", "encode_wakeup"]
+__all__ = ["MAX_DATAGRAM_BYTES", "Wakeup", "carried", "decode_wakeup", "encode_wakeup"]
 
 # A wake-up with tokens is small; anything larger is not ours.
 MAX_DATAGRAM_BYTES = 65536
@@ -83,3 +83,26 @@ def decode_wakeup(data: bytes) -> Wakeup:
         handover=value.get("handover") is True,
         secrets=_secret_values(value.get("secrets")),
     )
+
+
+# Whether this process said that its tokens and secret values are too large to hand over.
+_oversize_said: list[bool] = []
+
+
+def carried(message: bytes, *, handover: bool) -> bytes:
+    """`message`, or a plain one (the handover kept) when it is more than the agent reads at once:
+    cut short, its tokens and secret values would be lost without a word. Said once a process."""
+    if len(message) <= MAX_DATAGRAM_BYTES:
+        return message
+    if not _oversize_said:
+        _oversize_said.append(True)
+        import logging  # (rare: no shell pays for it otherwise)
+
+        logging.getLogger("oneiric_session").warning(
+            "oneiric-session: the token and secret server.env values take %d bytes, more than the "
+            "delivery agent takes at once (%d): it is woken without them, and the events of a "
+            "server that needs them wait for them",
+            len(message),
+            MAX_DATAGRAM_BYTES,
+        )
+    return encode_wakeup(None, handover=handover)
