@@ -238,11 +238,14 @@ def _privacy_problems(path: Path) -> list[str]:
     if reason is not None:
         problems.append(privacy.refusal("spool", reason))
     from oneiric_session.spool.outbox import outbox_dir
-    from oneiric_session.spool.outbox_reader import outbox_unreadable
+    from oneiric_session.spool.outbox_reader import outbox_unreadable, unread_records
 
     problem = outbox_unreadable(outbox_dir(path))  # another user's, or one that cannot be listed
     if problem is not None:
         problems.append(f"outbox refused, its records are not read: {problem}")
+    unread = unread_records(path)  # records in it that are not ours, or cannot be read
+    if unread is not None:
+        problems.append(unread)
     real = os.path.realpath(path)
     paths = [
         os.path.dirname(real),

@@ -95,7 +95,7 @@ def run_list(args: argparse.Namespace) -> int:
     from oneiric_session.spool import Spool
     from oneiric_session.spool.full import outbox_pending
     from oneiric_session.spool.outbox import outbox_dir
-    from oneiric_session.spool.outbox_reader import outbox_unreadable
+    from oneiric_session.spool.outbox_reader import outbox_unreadable, unread_records
 
     path = _spool_path(args)
     report: dict[str, Any] = {"spool_path": str(path), "pending": [], "dead": [], "drops": {}}
@@ -113,8 +113,11 @@ def run_list(args: argparse.Namespace) -> int:
     refused = outbox_unreadable(outbox_dir(path))
     if refused is not None:
         report["outbox_refused"] = refused
+    unread = unread_records(path)  # records in it never read (another user's): they remain
+    if unread is not None:
+        report["outbox_unread"] = unread
     # CONTRACT.md: 0 when nothing remains, 1 if some events wait or are dead letters (scriptable).
-    status = 1 if report["pending"] or report["dead"] or refused is not None else 0
+    status = 1 if report["pending"] or report["dead"] or refused is not None or unread is not None else 0
     if args.json:
         # ensure_ascii: a C1 control or a bidi override in a spooled value prints as \\uXXXX.
         print(json.dumps(report, indent=2))
@@ -136,6 +139,8 @@ def run_list(args: argparse.Namespace) -> int:
         print(f"  dropped {count} ({safe(reason)})")
     if refused is not None:
         print(f"  warning: outbox refused, its records are not read: {safe(refused)}")
+    if unread is not None:
+        print(f"  warning: {safe(unread)}")
     return status
 
 
@@ -175,12 +180,12 @@ def run_replay(args: argparse.Namespace) -> int:
     tokens = {destination.key: token} if token else None
     secrets = {destination.key: destination.secrets()} if destination.secrets() else None
     from oneiric_session.spool.outbox import outbox_dir
-    from oneiric_session.spool.outbox_reader import outbox_unreadable, read_outbox
+    from oneiric_session.spool.outbox_reader import outbox_unreadable, read_outbox, unread_records
 
     # Records may wait there unread: said at the end, and not "nothing remains" (as `spool list`).
     refused = outbox_unreadable(outbox_dir(path))
     if not database_present(path, "spool") and not read_outbox(path):  # nothing to deliver here
-        return _replay_report(args, destination.describe(), 0, 0, 0, refused)
+        return _replay_report(args, destination.describe(), 0, 0, 0, refused, unread_records(path))
     from oneiric_session.errors import SpoolError
 
     _refuse_foreign(path)
@@ -226,7 +231,13 @@ def run_replay(args: argparse.Namespace) -> int:
         idle = config.settings.agent.idle_exit_seconds  # as a shell of these settings passes it
         wakeup.wake_or_spawn(path, tokens=tokens, idle_exit_seconds=idle, secrets=secrets)
     return _replay_report(
-        args, destination.describe(), result.delivered, result.remaining, result.dead_lettered, refused
+        args,
+        destination.describe(),
+        result.delivered,
+        result.remaining,
+        result.dead_lettered,
+        refused,
+        unread_records(path),
     )
 
 
@@ -267,7 +278,13 @@ class Progress:
 
 
 def _replay_report(
-    args: argparse.Namespace, target: str, delivered: int, remaining: int, dead: int, refused: str | None
+    args: argparse.Namespace,
+    target: str,
+    delivered: int,
+    remaining: int,
+    dead: int,
+    refused: str | None,
+    unread: str | None,
 ) -> int:
     if args.json:
         report: dict[str, Any] = {
@@ -278,6 +295,8 @@ def _replay_report(
         }
         if refused is not None:
             report["outbox_refused"] = refused
+        if unread is not None:
+            report["outbox_unread"] = unread
         print(json.dumps(report, indent=2))
     else:
         print(
@@ -286,4 +305,6 @@ def _replay_report(
         )
         if refused is not None:
             print(f"  warning: outbox refused, its records are not read: {terminal_safe(refused)}")
-    return 0 if remaining == 0 and dead == 0 and refused is None else 1
+        if unread is not None:
+            print(f"  warning: {terminal_safe(unread)}")
+    return 0 if remaining == 0 and dead == 0 and refused is None and unread is None else 1

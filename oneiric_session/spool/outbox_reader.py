@@ -31,6 +31,7 @@ __all__ = [
     "read_outbox",
     "record_names",
     "remove_if_abandoned",
+    "unread_records",
 ]
 
 # A record without its final newline this old was left by a shell that died writing it, before
@@ -94,6 +95,33 @@ def outbox_unreadable(directory: str) -> str | None:
         except OSError as exc:
             problem = f"{directory} cannot be read: {exc.strerror or exc}"
     return problem
+
+
+def unread_records(spool_path: str | os.PathLike[str]) -> str | None:
+    """What `status`, `spool list` and `spool replay` say of the records in this spool's outbox that
+    are never read (not ours, unreadable, or no record of this version): they are never delivered,
+    and nothing else would say they are there. None when there are none (or the outbox is refused
+    as a whole: `outbox_unreadable` says that)."""
+    directory = outbox_dir(spool_path)
+    if outbox_unreadable(directory) is not None:
+        return None
+    unread = []
+    for name in record_names(directory) or ():
+        try:
+            load_record(directory, name)
+        except Unfinished:
+            continue  # still being written (or abandoned: the agent removes it)
+        except OSError as exc:
+            unread.append(f"{name}: {exc.strerror or type(exc).__name__}")
+        except ValueError as exc:
+            unread.append(f"{name}: {exc}")
+    if not unread:
+        return None
+    return (
+        f"{len(unread)} record(s) in the outbox {directory} are never read, so never delivered "
+        f"(first: {unread[0]}); a shell run as another user (sudo keeping HOME) writes such "
+        "records: deliver them as that user, or remove them"
+    )
 
 
 def outbox_waiting(spool_path: str | os.PathLike[str], taken: Collection[str]) -> dict[str, float]:
