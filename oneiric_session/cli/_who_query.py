@@ -236,7 +236,7 @@ def _read_page(
         except ValueError:
             payload = None
     if not isinstance(payload, dict) or not isinstance(payload.get("sessions"), list):
-        raise RemoteError(f"unexpected answer to list_sessions: {clean(texts[:200])}")
+        raise RemoteError(f"unexpected answer to list_sessions: {clean(texts)[:200]}")
     if payload.get("status") != "ok":
         raise RemoteError(f"the server refused: {clean(str(payload.get('error')))}")
     cursor = payload.get("next_cursor")

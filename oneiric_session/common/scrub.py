@@ -20,8 +20,11 @@ _SENT_AS_IS = "!$&'()*+,;=:@/?~"
 
 def secret_forms(values: Iterable[str]) -> set[str]:
     """Each of `values` in every form a url may carry it and a server repeat it: as written,
-    percent-decoded (`%2B` is `+`), and percent-encoded as httpx sends it (non-ASCII)."""
-    from urllib.parse import quote, unquote, unquote_plus  # (never on a shell's path)
+    percent-decoded (`%2B` is `+`), and percent-encoded as httpx sends it (non-ASCII); and each of
+    those as a JSON string or a Python repr holds it (an answer quoted whole escapes `"`, `\\` and
+    non-ASCII letters)."""
+    import json  # (never on a shell's path)
+    from urllib.parse import quote, unquote, unquote_plus
 
     forms: set[str] = set()
     for value in values:
@@ -29,6 +32,8 @@ def secret_forms(values: Iterable[str]) -> set[str]:
             forms.update(
                 (value, unquote(value), unquote_plus(value), quote(unquote(value), safe=_SENT_AS_IS))
             )
+    for form in list(forms):
+        forms.update((json.dumps(form)[1:-1], json.dumps(form, ensure_ascii=False)[1:-1], repr(form)[1:-1]))
     return forms
 
 

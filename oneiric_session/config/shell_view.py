@@ -69,6 +69,7 @@ _CODE_FILES = (
     "config/shell_view.py",
     "tracking/destination.py",
     "tracking/destination_secrets.py",
+    "tracking/url_rules.py",
     "tracking/limits.py",
     "common/paths.py",
 )

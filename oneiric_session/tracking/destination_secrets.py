@@ -51,7 +51,7 @@ def port_not_a_number(url: str) -> bool:
     host = rest[:end].rpartition("@")[2]
     if host.startswith("["):  # an IPv6 literal: its colons are no port
         host = host.partition("]")[2]
-    port = host.partition(":")[2].strip(" ")  # (a trailing space: not a control character)
+    port = host.partition(":")[2].strip()  # (as httpx's int() reads it; control characters: url_rules)
     return bool(sep) and ":" in host and port != "" and not (port.isascii() and port.isdigit())
 
 
@@ -75,12 +75,27 @@ def _at_after_host(url: str) -> bool:
     return bool(sep) and "@" in rest[end:] and ":" in authority
 
 
+def may_hide_password(url: str) -> bool:
+    """Whether `url`, unclear (`unclear_url`: an older version's row; settings refuse it), may hide a
+    password: its port is not a number, RFC 3986 reads a password in it, or an `@` before any `?` or
+    `#` follows text holding a `:` (`alice:2024/tail@host`, host `alice` to RFC 3986): what reads as
+    its host or path may be the rest of a password. Such a url is never stored, shown or sent."""
+    if port_not_a_number(url):
+        return True
+    if not _at_after_host(url):
+        return False
+    if URL_PASSWORD in url_secrets(url):
+        return True
+    rest = url.partition("://")[2]
+    head = rest[: min((i for i in map(rest.find, "?#") if i >= 0), default=len(rest))]
+    return "@" in head and ":" in head.rpartition("@")[0]
+
+
 def url_at_rest(url: str, reference: str) -> str:
-    """`url` as it is written to disk: each secret replaced by `reference`; an older version's url
-    whose port is not a number, or an unclear one holding a password (`unclear_url`: what reads as
-    its host or path may be the rest of that password; such a url is never deliverable), without
-    anything after its scheme but `reference`."""
-    if port_not_a_number(url) or (_at_after_host(url) and URL_PASSWORD in url_secrets(url)):
+    """`url` as it is written to disk: each secret replaced by `reference`; one that may hide a
+    password (`may_hide_password`; never deliverable) without anything after its scheme but
+    `reference`."""
+    if may_hide_password(url):
         return f"{url.partition('://')[0]}://{reference}"
     return replace_url_secrets(url, reference)
 

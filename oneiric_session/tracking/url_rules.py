@@ -8,10 +8,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from oneiric_session.common.scrub import without_secrets
+from oneiric_session.tracking.destination import SECRET_REFERENCE
 from oneiric_session.tracking.destination_secrets import (
     URL_PASSWORD,
     URL_QUERY,
     authority_end,
+    may_hide_password,
     port_not_a_number,
     unclear_url,
 )
@@ -32,6 +34,11 @@ _CONTROL = "it holds a control character (a line break, a tab); remove it"
 _NO_PORT = "its port is not a number"
 _PORT_RANGE = "its port is over 65535"
 _NOT_AN_ADDRESS = "its host is written as an IP address that is not one"
+_KEPT_WITHOUT = (
+    "an older version's url that could hide a password, kept without it (never sent); give the url "
+    "again as the settings take it"
+)
+_MAY_HIDE = "an older version's url whose host cannot be told from a password (never sent)"
 
 
 def url_problem(url: str) -> str | None:
@@ -45,11 +52,16 @@ def url_problem(url: str) -> str | None:
 def unusable_url(url: str) -> str | None:
     """Why the HTTP client (httpx) cannot use `url` as written, else None: a control character, a
     port that is not a number or over 65535, an IPv4- or IPv6-style host that is no address. The
-    transport refuses such a url (an older version's row) before httpx names any part of it."""
+    transport refuses such a url (an older version's row) before httpx names any part of it, and one
+    that may hide a password (`may_hide_password`), which it would send to the wrong host."""
+    if SECRET_REFERENCE in url:
+        return _KEPT_WITHOUT
     if _has_control(url):
         return _CONTROL
     if port_not_a_number(url):
         return _NO_PORT
+    if may_hide_password(url):
+        return _MAY_HIDE
     _, _, rest = url.partition("://")
     authority = rest[: authority_end(rest)].rpartition("@")[2]
     if authority.startswith("["):
@@ -63,7 +75,7 @@ def unusable_url(url: str) -> str | None:
         parts = host.split(".")
         if len(parts) == 4 and all(p.isascii() and p.isdigit() for p in parts) and not _an_address(host, 4):
             return _NOT_AN_ADDRESS
-    port = port.strip(" ")
+    port = port.strip()
     if port and not (port.isascii() and port.isdigit()):
         return _NO_PORT
     return _PORT_RANGE if port and int(port) > 65535 else None

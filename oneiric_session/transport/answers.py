@@ -134,7 +134,7 @@ def read_start_answer(answer: ToolAnswer, *, token: str | None = None, clean: Cl
         if isinstance(session_id, str) and len(session_id) > MAX_SESSION_ID_CHARS:
             raise RejectedError(
                 f"track_session_start: the server answered a session id of {len(session_id)} characters "
-                f"(more than {MAX_SESSION_ID_CHARS}): {clean(session_id[:80])}"
+                f"(more than {MAX_SESSION_ID_CHARS}): {clean(session_id)[:80]}"
             )
         if isinstance(session_id, str) and session_id:
             return session_id
