@@ -9,13 +9,18 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-__all__ = ["cut_spans", "secret_forms", "secret_spans", "without_secrets"]
+__all__ = ["cut_spans", "secret_forms", "secret_spans", "withheld", "without_secrets"]
 
 # A secret shorter than this is cut out only where it stands as a word of its own: "1" under
 # REQUIRE_AUTH, cut out of "8181", would mangle a message and show itself by where it was cut.
 WORD_ONLY_BELOW = 6
 # What httpx leaves as it is in a url's query as it sends it (it percent-encodes the rest).
 _SENT_AS_IS = "!$&'()*+,;=:@/?~"
+# What stands for a text that still holds a secret in a form no list of forms foresees.
+WITHHELD = "[text withheld: it repeats a secret]"
+# A backslash escape of JSON or Python: \uXXXX (any case), \xXX, or one character (\", \\, \/, ...).
+_ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|.)", re.DOTALL)
+_ESCAPED = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
 
 
 def secret_forms(values: Iterable[str]) -> set[str]:
@@ -71,6 +76,34 @@ def cut_spans(text: str, spans: list[tuple[int, int, str]]) -> str:
     return "".join([*pieces, text[done:]])
 
 
+def withheld(text: str, values: Iterable[str]) -> str:
+    """`text`, or WITHHELD when one of `values` is still in it once its backslash escapes are undone
+    (JSON's or Python's, upper- or lower-case hex, a string quoted in a string quoted again): the
+    forms `secret_forms` lists are one level deep. Called after the forms found were cut."""
+    if "\\" not in text:
+        return text
+    from urllib.parse import unquote  # (never on a shell's path)
+
+    found = {form for value in values if value for form in (value, unquote(value))}
+    found = {form for form in found if len(form) >= WORD_ONLY_BELOW}
+    plain = text
+    for _ in range(4):  # each round undoes one level of quoting (one too many would eat a `\`)
+        undone = _ESCAPE.sub(_unescape, plain)
+        if undone == plain:
+            break
+        plain = undone
+        if any(form in plain for form in found):
+            return WITHHELD
+    return text
+
+
+def _unescape(match: re.Match[str]) -> str:
+    code = match.group(1)
+    if len(code) > 1:  # \uXXXX or \xXX
+        return chr(int(code[1:], 16))
+    return _ESCAPED.get(code, code)
+
+
 def without_secrets(
     text: str | None, secrets: Iterable[str], query: Iterable[tuple[str, str]] = ()
 ) -> str | None:
@@ -82,6 +115,7 @@ def without_secrets(
     be percent-encoded, and again (a url in a url in a url)."""
     if not text:
         return text
+    secrets = tuple(secrets)
     spans = secret_spans(text, secret_forms(secrets), "[secret]")
     by_name: dict[str, set[str]] = {}
     for name, value in query:
@@ -92,4 +126,4 @@ def without_secrets(
             start, value = match.start(1), match.group(1)
             whole = max((len(form) for form in own if value.startswith(form)), default=len(value))
             spans.append((start, start + whole, "[secret]"))
-    return cut_spans(text, spans)
+    return withheld(cut_spans(text, spans), secrets)

@@ -112,15 +112,16 @@ def unread_records(spool_path: str | os.PathLike[str]) -> str | None:
         except Unfinished:
             continue  # still being written (or abandoned: the agent removes it)
         except OSError as exc:
-            unread.append(f"{name}: {exc.strerror or type(exc).__name__}")
+            if not nothing_there(exc):  # (gone: taken in by the agent since the listing)
+                unread.append(f"{name}: {exc.strerror or type(exc).__name__}")
         except ValueError as exc:
             unread.append(f"{name}: {exc}")
     if not unread:
         return None
     return (
         f"{len(unread)} record(s) in the outbox {directory} are never read, so never delivered "
-        f"(first: {unread[0]}); a shell run as another user (sudo keeping HOME) writes such "
-        "records: deliver them as that user, or remove them"
+        f"(first: {unread[0]}): another user's, one you cannot read, or no record of this version "
+        "(copied or restored there); nothing here can deliver them: remove them"
     )
 
 

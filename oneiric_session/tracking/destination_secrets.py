@@ -75,27 +75,12 @@ def _at_after_host(url: str) -> bool:
     return bool(sep) and "@" in rest[end:] and ":" in authority
 
 
-def may_hide_password(url: str) -> bool:
-    """Whether `url`, unclear (`unclear_url`: an older version's row; settings refuse it), may hide a
-    password: its port is not a number, RFC 3986 reads a password in it, or an `@` before any `?` or
-    `#` follows text holding a `:` (`alice:2024/tail@host`, host `alice` to RFC 3986): what reads as
-    its host or path may be the rest of a password. Such a url is never stored, shown or sent."""
-    if port_not_a_number(url):
-        return True
-    if not _at_after_host(url):
-        return False
-    if URL_PASSWORD in url_secrets(url):
-        return True
-    rest = url.partition("://")[2]
-    head = rest[: min((i for i in map(rest.find, "?#") if i >= 0), default=len(rest))]
-    return "@" in head and ":" in head.rpartition("@")[0]
-
-
 def url_at_rest(url: str, reference: str) -> str:
-    """`url` as it is written to disk: each secret replaced by `reference`; one that may hide a
-    password (`may_hide_password`; never deliverable) without anything after its scheme but
-    `reference`."""
-    if may_hide_password(url):
+    """`url` as it is written to disk: each secret replaced by `reference`; an unclear one
+    (`unclear_url`: an older version's row, which settings refuse), which may hide a password
+    wherever RFC 3986 reads its host, path or query (`alice:2024/tail@host`, `alice:2024?tail@host`:
+    host `alice`), without anything after its scheme but `reference`: never stored, nor sent."""
+    if unclear_url(url):
         return f"{url.partition('://')[0]}://{reference}"
     return replace_url_secrets(url, reference)
 

@@ -13,7 +13,6 @@ from oneiric_session.tracking.destination_secrets import (
     URL_PASSWORD,
     URL_QUERY,
     authority_end,
-    may_hide_password,
     port_not_a_number,
     unclear_url,
 )
@@ -52,15 +51,15 @@ def url_problem(url: str) -> str | None:
 def unusable_url(url: str) -> str | None:
     """Why the HTTP client (httpx) cannot use `url` as written, else None: a control character, a
     port that is not a number or over 65535, an IPv4- or IPv6-style host that is no address. The
-    transport refuses such a url (an older version's row) before httpx names any part of it, and one
-    that may hide a password (`may_hide_password`), which it would send to the wrong host."""
+    transport refuses such a url (an older version's row) before httpx names any part of it, and an
+    unclear one (`unclear_url`), which may hide a password it would send to the wrong host."""
     if SECRET_REFERENCE in url:
         return _KEPT_WITHOUT
     if _has_control(url):
         return _CONTROL
     if port_not_a_number(url):
         return _NO_PORT
-    if may_hide_password(url):
+    if unclear_url(url):
         return _MAY_HIDE
     _, _, rest = url.partition("://")
     authority = rest[: authority_end(rest)].rpartition("@")[2]

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from oneiric_session import __version__
 from oneiric_session import mcp_compat as mcp
-from oneiric_session.common.scrub import cut_spans, secret_forms, secret_spans
+from oneiric_session.common.scrub import cut_spans, secret_forms, secret_spans, withheld
 from oneiric_session.errors import (
     DeliveryError,
     DeliveryTimeoutError,
@@ -225,7 +225,7 @@ class Connection:
         ]
         if found:
             text = cut_spans(text, found)
-        return server_text(text)
+        return server_text(withheld(text, [*self._tokens, *self.destination.secrets().values()]))
 
     def _map(self, exc: BaseException, doing: str) -> DeliveryError:
         """Translate a foreign error into the project's tree (never with the token in the message)."""
