@@ -83,6 +83,7 @@ def test_a_password_holding_an_at_sign_is_hidden_whole(url: str, deliverable: bo
     destination = Destination(transport="http", url=url)
     assert destination.secrets() == {URL_PASSWORD: "s3cr@tTAILSECRET"}
     assert "TAILSECRET" not in destination.describe() and "TAILSECRET" not in destination.to_json()
-    assert destination.describe().startswith("http http://***@")
+    # An unclear url is not shown at all: any part of it may be a password's (review X).
+    assert destination.describe().startswith("http http://***@" if deliverable else "http (a url not shown)")
     back = Destination.from_json(destination.to_json()).with_secrets(destination.secrets())
     assert (back == destination) is deliverable

@@ -187,7 +187,8 @@ def test_an_older_destination_whose_port_is_not_a_number_is_not_shown(tmp_path: 
     scene = Scene(tmp_path)
     older_row(scene, url, "connection refused")
     listing = scene.run("spool", "list")
-    assert "-> http http://***@server.example " in listing.stdout
+    # Not even the host it seems to name: any part of an unclear url may be a password's (review X).
+    assert "-> http (a url not shown) " in listing.stdout
     assert "Secret-Passw0rd" not in listing.stdout, listing.stdout
 
 

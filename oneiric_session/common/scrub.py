@@ -21,21 +21,26 @@ WITHHELD = "[text withheld: it repeats a secret]"
 # A backslash escape of JSON or Python: \uXXXX (any case), \xXX, or one character (\", \\, \/, ...).
 _ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|.)", re.DOTALL)
 _ESCAPED = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
+# A run of characters no quoting, escaping or percent-encoding changes: a secret's run this long
+# found in a text is the secret's, whatever was done to the rest of it.
+_PLAIN_RUN = re.compile(r"[A-Za-z0-9._~-]{8,}")
 
 
 def secret_forms(values: Iterable[str]) -> set[str]:
     """Each of `values` in every form a url may carry it and a server repeat it: as written,
-    percent-decoded (`%2B` is `+`), and percent-encoded as httpx sends it (non-ASCII); and each of
+    percent-decoded (`%2B` is `+`), percent-encoded as httpx sends it (non-ASCII) and as a form
+    encodes it (`urlencode`: `+`, `/`, `=` too); and each of
     those as a JSON string or a Python repr holds it (an answer quoted whole escapes `"`, `\\` and
     non-ASCII letters)."""
     import json  # (never on a shell's path)
-    from urllib.parse import quote, unquote, unquote_plus
+    from urllib.parse import quote, quote_plus, unquote, unquote_plus
 
     forms: set[str] = set()
     for value in values:
         if value:
+            plain = unquote(value)
             forms.update(
-                (value, unquote(value), unquote_plus(value), quote(unquote(value), safe=_SENT_AS_IS))
+                (value, plain, unquote_plus(value), quote(plain, safe=_SENT_AS_IS), quote_plus(plain))
             )
     for form in list(forms):
         forms.update((json.dumps(form)[1:-1], json.dumps(form, ensure_ascii=False)[1:-1], repr(form)[1:-1]))
@@ -77,15 +82,19 @@ def cut_spans(text: str, spans: list[tuple[int, int, str]]) -> str:
 
 
 def withheld(text: str, values: Iterable[str]) -> str:
-    """`text`, or WITHHELD when one of `values` is still in it once its backslash escapes are undone
-    (JSON's or Python's, upper- or lower-case hex, a string quoted in a string quoted again): the
-    forms `secret_forms` lists are one level deep. Called after the forms found were cut."""
-    if "\\" not in text:
-        return text
+    """`text`, or WITHHELD when one of `values` is still in it in a form `secret_forms` does not
+    list: a run of 8 or more of its characters that no quoting, escaping or encoding changes (its
+    letters, digits and `._~-`) stands in the text, or it shows once the text's backslash escapes
+    are undone (JSON's or Python's, a string quoted in a string quoted again). Called after the
+    forms found were cut, so what is left of a secret is what no form foresaw."""
     from urllib.parse import unquote  # (never on a shell's path)
 
     found = {form for value in values if value for form in (value, unquote(value))}
     found = {form for form in found if len(form) >= WORD_ONLY_BELOW}
+    if any(run in text for form in found for run in _PLAIN_RUN.findall(form)):
+        return WITHHELD
+    if "\\" not in text:
+        return text
     plain = text
     for _ in range(4):  # each round undoes one level of quoting (one too many would eat a `\`)
         undone = _ESCAPE.sub(_unescape, plain)

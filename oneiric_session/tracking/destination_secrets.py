@@ -87,16 +87,11 @@ def url_at_rest(url: str, reference: str) -> str:
 
 def shown_url(url: str) -> str:
     """`url` as messages show it: without its secrets and its user's name. An unclear url (an older
-    version's row: settings refuse them) by its host at most, read after the last `@` before any
-    `?` or `#` (a password may hold those, raw); where it has no such `@`, not at all."""
-    if not unclear_url(url):
-        return without_credentials(replace_url_secrets(url, "***"))
-    scheme, _, rest = url.partition("://")
-    head = rest[: min((i for i in map(rest.find, "?#") if i >= 0), default=len(rest))]
-    if "@" not in head:
+    version's row: settings refuse them) not at all: any part of it may be a password's (a raw `@`,
+    `/`, `?` or `#` in a password leaves no part that reads as its host for sure)."""
+    if unclear_url(url):
         return "(a url not shown)"
-    host = head.rpartition("@")[2]
-    return f"{scheme}://***@{host[: authority_end(host)]}"
+    return without_credentials(replace_url_secrets(url, "***"))
 
 
 def url_credentials(url: str) -> tuple[str, str] | None:

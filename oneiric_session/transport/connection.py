@@ -220,7 +220,7 @@ class Connection:
         connection and no secret of its destination (a server.env value a stdio server may print
         as it fails, the url's password): the text goes into logs, the spool and `status`."""
         found = [
-            *secret_spans(text, self._tokens, "[token]"),
+            *secret_spans(text, secret_forms(self._tokens), "[token]"),
             *secret_spans(text, _secret_forms(self.destination), "[secret]"),
         ]
         if found:
