@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -37,14 +36,9 @@ def test_an_older_rows_undeliverable_unclear_url_password_is_not_kept_on_disk_af
     """`p@ss/...`: read as RFC 3986 reads it, the password is `p` (host `ss`); rekey makes it a
     reference no shell will ever bring (settings refuse the url), so the row can never be
     delivered, yet the password's tail is kept in the destination brought up to date."""
-    from oneiric_session.spool import Spool
+    from tests.support.older_version import urls_after_rekey
 
-    scene = Scene(tmp_path)
-    older_row(scene, OLDER_UNCLEAR[1], "connection refused")
-    with Spool(scene.spool_path) as spool:
-        spool.rekey()
-    with Spool(scene.spool_path) as spool, spool.transaction() as conn:
-        stored = [json.loads(text)["url"] for (text,) in conn.execute("SELECT json FROM destinations")]
+    stored = urls_after_rekey(Scene(tmp_path), OLDER_UNCLEAR[1])
     assert not [u for u in stored if PASSWORD_TAIL in u], stored
 
 
@@ -60,19 +54,10 @@ def test_a_regressed_describe_of_an_older_row_shows_no_query_secret() -> None:
 
 
 SERVER_SECRET = "Server-Env-Secret-" + "0123456789abcdef" * 2
-_ECHOING_SERVER = """
-import os, sys
-sys.path.insert(0, os.path.dirname({fault_server!r}))
-import fault_server as fs
-
+_ECHOING_ANSWER = """
 async def answer(tool, payload):
-    return fs.text_result(
-        "refused: SESSION_BUDDY_SECRET=" + os.environ["SESSION_BUDDY_SECRET"] + " does not match",
-        is_error=True,
-    )
-
-fs.answer = answer
-sys.exit(fs.main(sys.argv[1:]))
+    secret = os.environ["SESSION_BUDDY_SECRET"]
+    return fs.text_result("refused: SESSION_BUDDY_SECRET=" + secret + " does not match", is_error=True)
 """
 
 
@@ -81,30 +66,10 @@ def test_a_server_env_secret_a_tool_answer_repeats_is_not_in_the_error(tmp_path:
     SESSION_BUDDY_SECRET, the url's password or query secret): the RejectedError (the dead
     letter's reason on disk, the agent log, `check`, `status`) carries it whole. Only the token
     is cut from tool answers (answers.server_text); the transport's _scrub is not applied."""
-    import asyncio
-
     from oneiric_session.errors import RejectedError
-    from oneiric_session.tracking import events
-    from oneiric_session.tracking.limits import Limits
-    from oneiric_session.transport.client import SessionBuddyClient
-    from tests.support.faults import FAULT_SERVER, fault_destination
+    from tests.support.faults import start_refused_by
 
-    script = tmp_path / "echoing_server.py"
-    script.write_text(_ECHOING_SERVER.format(fault_server=FAULT_SERVER))
-    destination = fault_destination(tmp_path, env={"SESSION_BUDDY_SECRET": SERVER_SECRET})
-    destination = destination._replace(args=(str(script),))
-    assert SERVER_SECRET in destination.secrets().values()
-    start = events.build_start_event(component_name="c", shell_type="S", metadata=None, limits=Limits())
-
-    async def attempt() -> BaseException | None:
-        async with SessionBuddyClient(destination) as client:
-            try:
-                await client.start_session(start)
-            except Exception as exc:
-                return exc
-        return None
-
-    exc = asyncio.run(attempt())
+    exc = start_refused_by(tmp_path, _ECHOING_ANSWER, {"SESSION_BUDDY_SECRET": SERVER_SECRET})
     assert isinstance(exc, RejectedError), repr(exc)
     assert SERVER_SECRET not in str(exc), str(exc)
 

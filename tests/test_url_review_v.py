@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 from pathlib import Path
 
 import pytest
@@ -19,48 +17,21 @@ ESCAPED_SECRETS = [
     "Server\\Secret-0123456789abcdef-" + "x" * 8,
     'Server"Secret-0123456789abcdef-' + "x" * 8,
 ]
-_STATUS_ECHO_SERVER = """
-import json, os, sys
-sys.path.insert(0, os.path.dirname({fault_server!r}))
-import fault_server as fs
-
+_STATUS_ECHO_ANSWER = """
 async def answer(tool, payload):
     # a status this client does not know, the server's secret repeated in a field of the answer
     secret = os.environ["SESSION_BUDDY_SECRET"]
-    said = {{"session_id": None, "status": "refused", "detail": "SESSION_BUDDY_SECRET=" + secret}}
+    said = {"session_id": None, "status": "refused", "detail": "SESSION_BUDDY_SECRET=" + secret}
     return fs.tool_result(json.dumps(said), structured=said)
-
-fs.answer = answer
-sys.exit(fs.main(sys.argv[1:]))
 """
 
 
 @pytest.mark.parametrize("secret", ESCAPED_SECRETS, ids=["non-ascii", "backslash", "quote"])
 def test_a_secret_in_an_unrecognised_answer_is_not_in_the_error(tmp_path: Path, secret: str) -> None:
-    import asyncio
-
     from oneiric_session.errors import RejectedError
-    from oneiric_session.tracking import events
-    from oneiric_session.tracking.limits import Limits
-    from oneiric_session.transport.client import SessionBuddyClient
-    from tests.support.faults import FAULT_SERVER, fault_destination
+    from tests.support.faults import start_refused_by
 
-    script = tmp_path / "echoing_server.py"
-    script.write_text(_STATUS_ECHO_SERVER.format(fault_server=FAULT_SERVER))
-    destination = fault_destination(tmp_path, env={"SESSION_BUDDY_SECRET": secret})
-    destination = destination._replace(args=(str(script),))
-    assert secret in destination.secrets().values()
-    start = events.build_start_event(component_name="c", shell_type="S", metadata=None, limits=Limits())
-
-    async def attempt() -> BaseException | None:
-        async with SessionBuddyClient(destination) as client:
-            try:
-                await client.start_session(start)
-            except Exception as exc:
-                return exc
-        return None
-
-    exc = asyncio.run(attempt())
+    exc = start_refused_by(tmp_path, _STATUS_ECHO_ANSWER, {"SESSION_BUDDY_SECRET": secret})
     assert isinstance(exc, RejectedError), repr(exc)
     said = str(exc)
     assert "0123456789abcdef" not in said, said
@@ -77,15 +48,9 @@ def test_an_older_rows_unclear_url_with_a_digit_password_keeps_no_tail_on_disk_a
     """review U's first url (`alice:2024/<tail>@host`): RFC 3986 reads host `alice`, port 2024 and
     the tail as the path, so url_at_rest finds no password and keeps the url whole; `spool list`
     hides it (shown_url) yet the tail stays on disk after rekey, as it did for `p@ss/...` before U."""
-    from oneiric_session.spool import Spool
-    from tests.support.older_version import older_row
+    from tests.support.older_version import urls_after_rekey
 
-    scene = Scene(tmp_path)
-    older_row(scene, f"http://alice:2024/{PASSWORD_TAIL}@127.0.0.1:9/mcp", "connection refused")
-    with Spool(scene.spool_path) as spool:
-        spool.rekey()
-    with Spool(scene.spool_path) as spool, spool.transaction() as conn:
-        stored = [json.loads(text)["url"] for (text,) in conn.execute("SELECT json FROM destinations")]
+    stored = urls_after_rekey(Scene(tmp_path), f"http://alice:2024/{PASSWORD_TAIL}@127.0.0.1:9/mcp")
     assert not [u for u in stored if PASSWORD_TAIL in u], stored
 
 
@@ -93,43 +58,12 @@ def test_an_older_rows_unclear_url_sends_no_password_tail_to_the_host_rfc_reads(
     """The same url shape, delivered: Connection.open refuses an unclear url only when httpx cannot
     use it (unusable_url), so the agent connects to what RFC 3986 reads as the host (the user's
     name, with the password's digits as the port) and sends the password's tail as the path."""
-    import socket
-    import threading
+    from tests.support.older_version import first_request_to
 
-    from tests.support.older_version import older_row
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    listener.settimeout(30)
-    port = listener.getsockname()[1]
-    received: list[bytes] = []
-
-    def serve() -> None:
-        try:
-            conn, _ = listener.accept()
-        except OSError:
-            return
-        with conn:
-            conn.settimeout(5)
-            with contextlib.suppress(OSError):
-                received.append(conn.recv(65536))
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    scene = Scene(tmp_path)
     # Meant as user `localhost`, password `<port>/<tail>`, server 127.0.0.1:9.
-    older_row(scene, f"http://localhost:{port}/{PASSWORD_TAIL}@127.0.0.1:9/mcp", "connection refused")
-    agent = scene.start_agent()
-    try:
-        thread.join(20)  # the agent's first attempt at the older row
-    finally:
-        agent.kill()
-        agent.wait()
-        scene.stop_agents()
-        listener.close()
-        thread.join(5)
-    sent = b"".join(received).decode("latin-1")
+    sent = first_request_to(
+        Scene(tmp_path), lambda port: f"http://localhost:{port}/{PASSWORD_TAIL}@127.0.0.1:9/mcp"
+    )
     assert PASSWORD_TAIL not in sent, sent[:300]
 
 

@@ -97,15 +97,9 @@ def test_an_older_rows_unclear_url_with_a_raw_question_mark_in_its_password_keep
     is host `alice`, port 2024 and the query `<tail>@host...` to RFC 3986. may_hide_password looks
     for the `@` only before any `?` or `#` (shown_url's own doc: 'a password may hold those, raw'),
     so url_at_rest keeps the url whole, and the tail stays on disk after rekey."""
-    from oneiric_session.spool import Spool
-    from tests.support.older_version import older_row
+    from tests.support.older_version import urls_after_rekey
 
-    scene = Scene(tmp_path)
-    older_row(scene, f"http://alice:2024{mark}{PASSWORD_TAIL}@127.0.0.1:9/mcp", "connection refused")
-    with Spool(scene.spool_path) as spool:
-        spool.rekey()
-    with Spool(scene.spool_path) as spool, spool.transaction() as conn:
-        stored = [json.loads(text)["url"] for (text,) in conn.execute("SELECT json FROM destinations")]
+    stored = urls_after_rekey(Scene(tmp_path), f"http://alice:2024{mark}{PASSWORD_TAIL}@127.0.0.1:9/mcp")
     assert not [u for u in stored if PASSWORD_TAIL in u], stored
 
 
@@ -113,44 +107,12 @@ def test_an_older_rows_unclear_url_sends_no_password_tail_after_a_raw_question_m
     """The same url, delivered: unusable_url finds the port a number and may_hide_password no `@`
     before the `?`, so the agent connects to the user's name (host `localhost`, port = the
     password's digits) and sends the password's tail as the query."""
-    import contextlib
-    import socket
-    import threading
+    from tests.support.older_version import first_request_to
 
-    from tests.support.older_version import older_row
-
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen()
-    listener.settimeout(30)
-    port = listener.getsockname()[1]
-    received: list[bytes] = []
-
-    def serve() -> None:
-        try:
-            conn, _ = listener.accept()
-        except OSError:
-            return
-        with conn:
-            conn.settimeout(5)
-            with contextlib.suppress(OSError):
-                received.append(conn.recv(65536))
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    scene = Scene(tmp_path)
     # Meant as user `localhost`, password `<port>?<tail>`, server 127.0.0.1:9.
-    older_row(scene, f"http://localhost:{port}?{PASSWORD_TAIL}@127.0.0.1:9/mcp", "connection refused")
-    agent = scene.start_agent()
-    try:
-        thread.join(20)
-    finally:
-        agent.kill()
-        agent.wait()
-        scene.stop_agents()
-        listener.close()
-        thread.join(5)
-    sent = b"".join(received).decode("latin-1")
+    sent = first_request_to(
+        Scene(tmp_path), lambda port: f"http://localhost:{port}?{PASSWORD_TAIL}@127.0.0.1:9/mcp"
+    )
     assert PASSWORD_TAIL not in sent, sent[:300]
 
 

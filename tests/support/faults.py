@@ -94,3 +94,41 @@ def wait_dead(pid: int, timeout_seconds: float = 10.0) -> bool:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+_ANSWERING_SERVER = """
+import json, os, sys
+sys.path.insert(0, os.path.dirname({fault_server!r}))
+import fault_server as fs
+
+{answer}
+
+fs.answer = answer
+sys.exit(fs.main(sys.argv[1:]))
+"""
+
+
+def start_refused_by(tmp_path: Path, answer: str, env: dict[str, str]) -> BaseException | None:
+    """What a client's `start_session` raises against the fault server answering every call with
+    `answer` (the source of `async def answer(tool, payload)`, `fs` the fault server's module), its
+    process given `env` (secret server.env values too); None when it raised nothing."""
+    import asyncio
+
+    from oneiric_session.tracking import events
+    from oneiric_session.tracking.limits import Limits
+    from oneiric_session.transport.client import SessionBuddyClient
+
+    script = tmp_path / "answering_server.py"
+    script.write_text(_ANSWERING_SERVER.format(fault_server=FAULT_SERVER, answer=answer))
+    destination = fault_destination(tmp_path, env=env)._replace(args=(str(script),))
+    start = events.build_start_event(component_name="c", shell_type="S", metadata=None, limits=Limits())
+
+    async def attempt() -> BaseException | None:
+        async with SessionBuddyClient(destination) as client:
+            try:
+                await client.start_session(start)
+            except Exception as exc:  # the refusal looked at
+                return exc
+        return None
+
+    return asyncio.run(attempt())

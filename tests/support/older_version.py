@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -46,3 +50,50 @@ def older_row(scene: Scene, url: str, error: str) -> None:
             )
             conn.execute("UPDATE events SET destination_key = 'oldkey'")
             conn.execute("UPDATE sessions SET destination_key = 'oldkey'")
+
+
+def first_request_to(scene: Scene, url_for: Callable[[int], str]) -> str:
+    """What the agent sends first for an older row of the url `url_for(port)`, where `port` is a
+    listener on loopback standing for the host RFC 3986 reads in it: its request, as text ("" when
+    it sent nothing within 20 s)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    listener.settimeout(30)
+    received: list[bytes] = []
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+        except OSError:
+            return
+        with conn:
+            conn.settimeout(5)
+            with contextlib.suppress(OSError):
+                received.append(conn.recv(65536))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    older_row(scene, url_for(listener.getsockname()[1]), "connection refused")
+    agent = scene.start_agent()
+    try:
+        thread.join(20)  # the agent's first attempt at the older row
+    finally:
+        agent.kill()
+        agent.wait()
+        scene.stop_agents()
+        listener.close()
+        thread.join(5)
+    return b"".join(received).decode("latin-1")
+
+
+def urls_after_rekey(scene: Scene, url: str) -> list[str]:
+    """The urls the spool's destinations table holds once an older row of `url` was brought up to
+    date (`Spool.rekey`, as the agent and `spool replay` do)."""
+    from oneiric_session.spool import Spool
+
+    older_row(scene, url, "connection refused")
+    with Spool(scene.spool_path) as spool:
+        spool.rekey()
+    with Spool(scene.spool_path) as spool, spool.transaction() as conn:
+        return [json.loads(text)["url"] for (text,) in conn.execute("SELECT json FROM destinations")]
