@@ -68,14 +68,29 @@ def read_outbox(spool_path: str | os.PathLike[str], *, taken: Collection[str] = 
     directory = outbox_dir(spool_path)
     if outbox_unreadable(directory) is not None:
         return []
-    records = []
+    records, _ = _scan(directory, taken)
+    records.sort(key=lambda r: (r.created_at, KINDS.index(r.kind)))
+    return records
+
+
+def _scan(directory: str, taken: Collection[str]) -> tuple[list[OutboxRecord], list[str]]:
+    """The records in the outbox `directory` that read, not in `taken`, and why each other one is
+    never read ("NAME: REASON"); a record still being written, or gone since the listing (taken in
+    by the agent), is neither."""
+    records, unread = [], []
     for name in record_names(directory) or ():
         if name in taken:
             continue
-        with contextlib.suppress(Unfinished, *UNREADABLE):
+        try:
             records.append(load_record(directory, name))
-    records.sort(key=lambda r: (r.created_at, KINDS.index(r.kind)))
-    return records
+        except Unfinished:
+            continue  # still being written (or abandoned: the agent removes it)
+        except OSError as exc:
+            if not nothing_there(exc):
+                unread.append(f"{name}: {exc.strerror or type(exc).__name__}")
+        except ValueError as exc:
+            unread.append(f"{name}: {exc}")
+    return records, unread
 
 
 def outbox_unreadable(directory: str) -> str | None:
@@ -105,17 +120,7 @@ def unread_records(spool_path: str | os.PathLike[str]) -> str | None:
     directory = outbox_dir(spool_path)
     if outbox_unreadable(directory) is not None:
         return None
-    unread = []
-    for name in record_names(directory) or ():
-        try:
-            load_record(directory, name)
-        except Unfinished:
-            continue  # still being written (or abandoned: the agent removes it)
-        except OSError as exc:
-            if not nothing_there(exc):  # (gone: taken in by the agent since the listing)
-                unread.append(f"{name}: {exc.strerror or type(exc).__name__}")
-        except ValueError as exc:
-            unread.append(f"{name}: {exc}")
+    _, unread = _scan(directory, ())
     if not unread:
         return None
     return (
