@@ -14,7 +14,7 @@ import pytest
 from oneiric_session.tracking import events
 from oneiric_session.tracking.destination import Destination
 from oneiric_session.tracking.limits import Limits
-from tests.support.delivery import Scene
+from tests.support.delivery import Scene, wait_until
 
 
 def older_cache_entry(scene: Scene, monkeypatch: pytest.MonkeyPatch, url: str) -> Path:
@@ -55,7 +55,7 @@ def older_row(scene: Scene, url: str, error: str) -> None:
 def first_request_to(scene: Scene, url_for: Callable[[int], str]) -> str:
     """What the agent sends first for an older row of the url `url_for(port)`, where `port` is a
     listener on loopback standing for the host RFC 3986 reads in it: its request, as text ("" when
-    it sent nothing within 20 s)."""
+    it sent nothing: the row left the waiting rows, refused, or 20 s passed)."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen()
@@ -76,8 +76,13 @@ def first_request_to(scene: Scene, url_for: Callable[[int], str]) -> str:
     thread.start()
     older_row(scene, url_for(listener.getsockname()[1]), "connection refused")
     agent = scene.start_agent()
+
+    def attempted() -> bool:  # sent to the listener, or refused without sending
+        with scene.spool() as spool:
+            return not thread.is_alive() or not spool.list_pending()
+
     try:
-        thread.join(20)  # the agent's first attempt at the older row
+        wait_until(attempted, what="the agent's first attempt at the older row", timeout=20)
     finally:
         agent.kill()
         agent.wait()
