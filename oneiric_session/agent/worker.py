@@ -241,7 +241,7 @@ class DestinationWorker:
                 self._dead(row, str(exc))
             else:
                 if not isinstance(exc, DeliveryError):  # a bug below us must not stop delivery
-                    logger.exception("unexpected error delivering %s %s", row.kind, row.handle)
+                    _log_unexpected(exc, row)
                 # One dropped connection fails the whole window at once: one failure towards the
                 # back-off, not one a row (`FailureRun`).
                 self._failed(row, exc, mark)
@@ -300,6 +300,8 @@ class DestinationWorker:
         delay = self.policy.backoff_seconds(self.run.length, exc)  # (>= 1: a failure is counted first)
         self.retry_at = self.mono() + delay
         message = str(exc) or type(exc).__name__
+        if not isinstance(exc, DeliveryError):  # (ours are worded to hold no secret; a foreign one's may)
+            message = f"unexpected {type(exc).__name__} (the agent's log says where)"
         if self.last_error is None:
             logger.warning("cannot deliver to %s (will retry): %s", self.describe, message)
         self.last_error = message
@@ -314,3 +316,13 @@ class DestinationWorker:
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.aclose()
+
+
+def _log_unexpected(exc: Exception, row: SpooledEvent) -> None:
+    """Log a bug's traceback: its frames and types, and only our own errors' messages (worded to
+    hold no secret); a foreign error's message may repeat a token or a url it was handed."""
+    from oneiric_session.common.scrub import redacted_traceback
+
+    hidden = "(message not shown: it may repeat a secret)"
+    text = redacted_traceback(exc, lambda each: str(each) if isinstance(each, DeliveryError) else hidden)
+    logger.error("unexpected error delivering %s %s:\n%s", row.kind, row.handle, text)

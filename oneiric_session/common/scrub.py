@@ -6,10 +6,10 @@ list`; never on a shell's path, so a shell does not load it.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["cut_spans", "secret_forms", "secret_spans", "withheld", "without_secrets"]
+__all__ = ["cut_spans", "redacted_traceback", "secret_forms", "secret_spans", "withheld", "without_secrets"]
 
 # A secret shorter than this is cut out only where it stands as a word of its own: "1" under
 # REQUIRE_AUTH, cut out of "8181", would mangle a message and show itself by where it was cut.
@@ -136,3 +136,24 @@ def without_secrets(
             whole = max((len(form) for form in own if value.startswith(form)), default=len(value))
             spans.append((start, start + whole, "[secret]"))
     return withheld(cut_spans(text, spans), secrets)
+
+
+def redacted_traceback(exc: BaseException, message: Callable[[BaseException], str]) -> str:
+    """A traceback of `exc` and the exceptions it was raised from or while handling, for a log:
+    each one's frames (files, lines and source, never a value) and its type, with its message as
+    `message(exc)` gives it (scrubbed, or not shown): the message of a foreign error may repeat a
+    url, a token or a server.env value it was given."""
+    import traceback  # (never on a shell's path)
+
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    parts = [
+        "Traceback (most recent call last):\n"
+        + "".join(traceback.format_tb(each.__traceback__))
+        + f"{type(each).__qualname__}: {message(each)}"
+        for each in reversed(chain)
+    ]
+    return "\n\nwhich led to\n\n".join(parts)

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from oneiric_session.errors import ServerUnavailableError, TransientDeliveryError
+from oneiric_session.errors import RejectedError, ServerUnavailableError, TransientDeliveryError
 from oneiric_session.tracking.destination import Destination
 from oneiric_session.transport.answers import read_end_answer, read_start_answer
 from oneiric_session.transport.connection import Connection
@@ -95,7 +95,13 @@ class SessionBuddyClient:
                     resent = True
                     continue
                 raise
-            return read(answer, token=token, clean=connection.scrub)
+            said = read(answer, token=token, clean=connection.scrub)
+            if connection.repeats_secret(said):  # (the server recorded it: a dead letter says so)
+                raise RejectedError(
+                    f"{tool}: the server answered with a secret given for it (the token, a server.env "
+                    "value or the url's password) where a session id belongs; the answer is not kept"
+                )
+            return said
 
     async def _connected(self) -> Connection:
         async with self._connect_lock:

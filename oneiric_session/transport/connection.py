@@ -22,7 +22,14 @@ from pydantic import ValidationError
 
 from oneiric_session import __version__
 from oneiric_session import mcp_compat as mcp
-from oneiric_session.common.scrub import cut_spans, secret_forms, secret_spans, withheld
+from oneiric_session.common.scrub import (
+    WORD_ONLY_BELOW,
+    cut_spans,
+    redacted_traceback,
+    secret_forms,
+    secret_spans,
+    withheld,
+)
 from oneiric_session.errors import (
     DeliveryError,
     DeliveryTimeoutError,
@@ -227,6 +234,15 @@ class Connection:
             text = cut_spans(text, found)
         return server_text(withheld(text, [*self._tokens, *self.destination.secrets().values()]))
 
+    def repeats_secret(self, text: str) -> bool:
+        """Whether `text` holds a token sent on this connection or a secret of its destination, of
+        WORD_ONLY_BELOW characters or more (a shorter one, REQUIRE_AUTH's "1", is a word of many a
+        session id): an answer kept (a session id) is stored and shown."""
+        forms = [*secret_forms(self._tokens), *_secret_forms(self.destination)]
+        if any(form in text for form in forms if len(form) >= WORD_ONLY_BELOW):
+            return True
+        return withheld(text, [*self._tokens, *self.destination.secrets().values()]) != text
+
     def _map(self, exc: BaseException, doing: str) -> DeliveryError:
         """Translate a foreign error into the project's tree (never with the token in the message)."""
         exc = _leaf(exc)
@@ -262,7 +278,8 @@ class Connection:
             return ServerUnavailableError(f"{doing}: the server sent a malformed answer{self._tail()}")
         if isinstance(exc, mcp.httpx.InvalidURL | OverflowError):  # httpx (or connect) refused the url
             return RejectedError(f"{doing}: the url cannot be used ({type(exc).__name__}); it is not shown")
-        logger.warning("unexpected error while %s", doing, exc_info=exc)
+        text = redacted_traceback(exc, lambda each: self.scrub(str(each)))
+        logger.warning("unexpected error while %s:\n%s", doing, text)
         return ServerUnavailableError(f"{doing}: unexpected {type(exc).__name__}{self._tail()}")
 
 

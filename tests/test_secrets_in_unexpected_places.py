@@ -1,0 +1,111 @@
+"""Secrets where the last stops left them: a session id a server answers, the log of an error the
+transport did not expect, and a bug's error in the agent's worker (each test failed before its fix)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.faults import start_refused_by
+
+SERVER_SECRET = "Server-Env-Secret-" + "0123456789abcdef" * 2
+
+_ID_ANSWER = """
+async def answer(tool, payload):
+    said = {{"status": "tracked", "session_id": {session_id}}}
+    return fs.tool_result(json.dumps(said), structured=said)
+"""
+
+
+@pytest.mark.parametrize(
+    "session_id",
+    [
+        'os.environ["SESSION_BUDDY_SECRET"]',
+        '"c-20261207-" + os.environ["SESSION_BUDDY_SECRET"]',
+        'json.dumps(os.environ["SESSION_BUDDY_SECRET"])',  # quoted: a form, not the value as given
+    ],
+)
+def test_a_session_id_that_repeats_a_secret_is_refused_and_not_kept(tmp_path: Path, session_id: str) -> None:
+    """The id is stored in the spool and printed by `check`: a server.env secret in it would be
+    on disk and on screen. The server recorded the session: a dead letter says why."""
+    from oneiric_session.errors import RejectedError
+
+    exc = start_refused_by(
+        tmp_path, _ID_ANSWER.format(session_id=session_id), {"SESSION_BUDDY_SECRET": SERVER_SECRET}
+    )
+    assert isinstance(exc, RejectedError), repr(exc)
+    assert SERVER_SECRET not in str(exc), str(exc)
+    assert "secret" in str(exc)
+
+
+def test_a_short_secret_in_a_session_id_is_a_word_not_a_secret(tmp_path: Path) -> None:
+    """SESSION_BUDDY_REQUIRE_AUTH=1 is a server.env value under a secret's name; the bundled
+    server's second session of a second ends in "-2", of a component "-1" may too."""
+    exc = start_refused_by(
+        tmp_path, _ID_ANSWER.format(session_id='"c-20261207-120000-1"'), {"SESSION_BUDDY_REQUIRE_AUTH": "1"}
+    )
+    assert exc is None, repr(exc)
+
+
+def test_an_unexpected_errors_log_holds_no_secret(caplog: pytest.LogCaptureFixture) -> None:
+    """A foreign error the transport does not map: its traceback went to the log whole, with the
+    message of each error in its chain, where an HTTP library repeats the url it was given."""
+    from oneiric_session.errors import ServerUnavailableError
+    from oneiric_session.tracking.destination import Destination
+    from oneiric_session.transport.connection import Connection
+
+    connection = Connection(Destination(command="session-buddy-test", env=(("API_TOKEN", SERVER_SECRET),)))
+    try:
+        try:
+            raise LookupError(f"no route for {SERVER_SECRET}")
+        except LookupError as inner:
+            raise RuntimeError(f"while sending with {SERVER_SECRET}") from inner
+    except RuntimeError as exc:
+        with caplog.at_level(logging.WARNING, logger="oneiric_session"):
+            mapped = connection._map(exc, "calling track_session_start")
+    assert isinstance(mapped, ServerUnavailableError)
+    logged = caplog.text
+    assert SERVER_SECRET not in logged, logged
+    assert "RuntimeError: while sending with [secret]" in logged, logged
+    assert "LookupError: no route for [secret]" in logged, logged
+    assert "test_secrets_in_unexpected_places.py" in logged, logged  # where: its frames are kept
+
+
+async def test_a_bug_below_the_worker_keeps_its_message_out_of_log_spool_and_status(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not a DeliveryError: a bug below the worker. Its message went to the log (logger.exception)
+    and into the spool as the row's last error, which `status` and `spool list` show."""
+    from oneiric_session.spool import Spool
+    from oneiric_session.tracking import events
+    from oneiric_session.tracking.destination import Destination, Tuning
+    from oneiric_session.tracking.limits import Limits
+    from oneiric_session.transport.scripted import ScriptedClient
+    from tests.support.fake_clock import FakeClock, destination_worker
+
+    def answer(tool: str, event: Mapping[str, Any]) -> str:
+        raise KeyError(f"Authorization: Bearer {SERVER_SECRET}")
+
+    clock = FakeClock()
+    path = tmp_path / "spool.sqlite3"
+    spool = Spool(path, clock=clock)
+    destination = Destination(command="session-buddy-test", tuning=Tuning(attempts=1))
+    event = events.build_start_event(
+        component_name="demo", shell_type="BugShell", metadata=None, limits=Limits()
+    )
+    spool.append_start("local-a", destination, event, pid=None, pid_start_time=None, boot_id=None)
+    worker = destination_worker(spool, destination, clock, ScriptedClient(answer, clock=clock))
+    with caplog.at_level(logging.WARNING, logger="oneiric_session"):
+        await worker.drain(replaying=False, stopping=lambda: False)
+    spool.close()
+    assert worker.failures == 1 and worker.last_error is not None
+    assert "KeyError" in worker.last_error and SERVER_SECRET not in worker.last_error
+    assert SERVER_SECRET not in caplog.text, caplog.text
+    assert "KeyError: (message not shown" in caplog.text, caplog.text
+    on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+    assert SERVER_SECRET.encode() not in on_disk
+    assert b"unexpected KeyError" in on_disk
