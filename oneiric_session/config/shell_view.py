@@ -164,7 +164,7 @@ def cached_view(
 
 def read_cached(key: str, environ: Mapping[str, str]) -> ShellView | tuple[str, str] | None:
     """The entry under `key`: a validated view, a bare selection (provider, source) that
-    `store_selection` left for a provider needing no settings, or None (absent, corrupt, foreign)."""
+    `view_store.store` left for a provider needing no settings, or None (absent, corrupt, foreign)."""
     entry = _read_trusted(key)
     if entry is None:
         return None

@@ -25,7 +25,7 @@ from oneiric_session.config.shell_view import (
     ours,
 )
 
-__all__ = ["MAX_ENTRIES", "load_shell_view", "prune", "store", "store_selection"]
+__all__ = ["MAX_ENTRIES", "load_shell_view", "prune", "store"]
 
 # Distinct configurations remembered (settings dirs x environments); the oldest go first.
 MAX_ENTRIES = 16
@@ -50,62 +50,32 @@ def load_shell_view(
     return view
 
 
-def store_selection(
-    provider: str,
-    source: str,
-    key: str | None,
-    settings_dir: str | os.PathLike[str] | None = None,
-    *,
-    overrides: Mapping[str, Any] | None = None,
-    environ: Mapping[str, str] | None = None,
-) -> None:
-    """Remember which provider these inputs select, for a provider that needs no settings (noop,
-    memory): its next shell start then parses no settings file at all. Never raises."""
-    _store_if_unchanged(key, settings_dir, overrides, environ, None, selection=(provider, source))
-
-
 def store(
-    view: ShellView,
+    entry: ShellView | tuple[str, str],
     key: str | None,
     settings_dir: str | os.PathLike[str] | None = None,
     *,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> None:
-    """Remember `view` under `key`, unless the inputs changed while it was validated. Never raises."""
-    if view.destination.secrets():
+    """Remember under `key` a validated view, or for a provider that needs no settings (noop,
+    memory) its selection, (provider, source): its next shell start then parses no settings file
+    at all. Not when the inputs changed while they were validated (the entry may be of neither
+    version). Never raises: the cache is an optimisation."""
+    if isinstance(entry, ShellView) and entry.destination.secrets():
         # A secret server.env value is never stored at rest: such a configuration is validated at
         # each shell start (the view would otherwise hold only a reference the shell cannot resolve).
         return
-    _store_if_unchanged(key, settings_dir, overrides, environ, view)
-
-
-def _store_if_unchanged(
-    key: str | None,
-    settings_dir: str | os.PathLike[str] | None,
-    overrides: Mapping[str, Any] | None,
-    environ: Mapping[str, str] | None,
-    view: ShellView | None,
-    *,
-    selection: tuple[str, str] | None = None,
-) -> None:
-    """Write the entry (a view, or a bare selection) under `key` if the inputs still hash to it."""
-    if key is None:  # these inputs cannot be cached
-        return
     env = os.environ if environ is None else environ
-    if cache_key(settings_dir, overrides=overrides, environ=env) != key:
-        return  # a file or variable changed during validation: the entry may be of neither version
-    # The cache is an optimisation: when it cannot be written, the next start validates again.
+    if key is None or cache_key(settings_dir, overrides=overrides, environ=env) != key:
+        return  # inputs that cannot be cached, or a file or variable changed during validation
+    # When it cannot be written, the next start validates again.
     with contextlib.suppress(OSError, TypeError, ValueError):
-        _write_entry(key, view, selection=selection)
-
-
-def _write_entry(key: str, view: ShellView | None, *, selection: tuple[str, str] | None = None) -> None:
-    directory = private_dir(cache_dir())  # each directory made private (0700), as the spool's are
-    content = {"view": view.to_json()} if view is not None else {"selection": list(selection or ())}
-    target = entry_path(key)
-    write_private(target, json.dumps({"format": CACHE_FORMAT, "key": key, **content}, sort_keys=True))
-    prune(directory, keep=target)
+        directory = private_dir(cache_dir())  # each directory made private (0700), as the spool's are
+        content = {"view": entry.to_json()} if isinstance(entry, ShellView) else {"selection": list(entry)}
+        target = entry_path(key)
+        write_private(target, json.dumps({"format": CACHE_FORMAT, "key": key, **content}, sort_keys=True))
+        prune(directory, keep=target)
 
 
 def prune(directory: Path | None = None, *, keep: Path | None = None) -> None:

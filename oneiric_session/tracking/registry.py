@@ -225,9 +225,10 @@ def build_tracker(
     if cached is None:  # a miss: validated now, so older entries go (some a store never follows)
         view_store.prune()
     merged = sources.read(settings_dir, overrides=overrides, environ=env)
-    candidate = _resolve(registry, *merged.selection())
+    selection = merged.selection()
+    candidate = _resolve(registry, *selection)
     if not candidate.needs_config:
-        view_store.store_selection(*merged.selection(), key, settings_dir, overrides=overrides, environ=env)
+        view_store.store(selection, key, settings_dir, overrides=overrides, environ=env)
         return candidate.create(None)
     from oneiric_session.config.loader import validate  # pydantic: only for providers that need settings
 
