@@ -51,6 +51,26 @@ def test_a_short_secret_in_a_session_id_is_a_word_not_a_secret(tmp_path: Path) -
     assert exc is None, repr(exc)
 
 
+_AS_RECORDED = """
+async def answer(tool, payload):
+    return fs.tool_result(json.dumps(payload), structured=payload)
+"""
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"SESSION_BUDDY_AUTH_ISSUER": "mahavishnu"}, {"GIT_AUTHOR_NAME": "mahavishnu-admin"}],
+)
+def test_a_value_under_a_secrets_name_that_the_event_gave_is_kept_in_the_id(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """The real server makes the id of the component name ("mahavishnu-20261207-120000"): a
+    server.env value under a secret's name that is the component name (an issuer, an author) is
+    in the event the spool holds anyway; refusing the id would dead-letter every session."""
+    exc = start_refused_by(tmp_path, _AS_RECORDED, env, component_name="mahavishnu-admin")
+    assert exc is None, repr(exc)
+
+
 def test_an_unexpected_errors_log_holds_no_secret(caplog: pytest.LogCaptureFixture) -> None:
     """A foreign error the transport does not map: its traceback went to the log whole, with the
     message of each error in its chain, where an HTTP library repeats the url it was given."""

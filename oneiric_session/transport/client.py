@@ -79,6 +79,7 @@ class SessionBuddyClient:
         if self._closed:
             raise ServerUnavailableError("the client is closed")
         arguments = {key: value for key, value in event.items() if key != "token"}
+        sent = arguments.copy()  # what the spool holds of the event anyway
         token = self._token()  # read at send time: a rotated token is picked up at once
         if token:
             arguments["token"] = token
@@ -96,7 +97,7 @@ class SessionBuddyClient:
                     continue
                 raise
             said = read(answer, token=token, clean=connection.scrub)
-            if connection.repeats_secret(said):  # (the server recorded it: a dead letter says so)
+            if connection.repeats_secret(said, besides=sent):  # (recorded: a dead letter says so)
                 raise RejectedError(
                     f"{tool}: the server answered with a secret given for it (the token, a server.env "
                     "value or the url's password) where a session id belongs; the answer is not kept"

@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import unquote
 
@@ -234,14 +236,18 @@ class Connection:
             text = cut_spans(text, found)
         return server_text(withheld(text, [*self._tokens, *self.destination.secrets().values()]))
 
-    def repeats_secret(self, text: str) -> bool:
-        """Whether `text` holds a token sent on this connection or a secret of its destination, of
-        WORD_ONLY_BELOW characters or more (a shorter one, REQUIRE_AUTH's "1", is a word of many a
-        session id): an answer kept (a session id) is stored and shown."""
-        forms = [*secret_forms(self._tokens), *_secret_forms(self.destination)]
-        if any(form in text for form in forms if len(form) >= WORD_ONLY_BELOW):
-            return True
-        return withheld(text, [*self._tokens, *self.destination.secrets().values()]) != text
+    def repeats_secret(self, text: str, *, besides: Mapping[str, Any] | None = None) -> bool:
+        """Whether `text` holds a token sent on this connection or a secret of its destination (of
+        WORD_ONLY_BELOW characters or more) that the event `besides` does not: an answer kept (a
+        session id) is stored and shown, as the event it answers is. A value that is no secret
+        under a secret's name (GIT_AUTHOR_NAME=oneiric, REQUIRE_AUTH=1) is a word of many a session
+        id, and the component name an event gives is in the id the real server makes of it."""
+        values = [*self._tokens, *self.destination.secrets().values(), *_basic_credentials(self.destination)]
+        held = [value for value in values if len(value) >= WORD_ONLY_BELOW and _holds(text, value)]
+        if not held:
+            return False
+        sent = json.dumps(dict(besides or {}), ensure_ascii=False, default=str)
+        return any(not _holds(sent, value) for value in held)
 
     def _map(self, exc: BaseException, doing: str) -> DeliveryError:
         """Translate a foreign error into the project's tree (never with the token in the message)."""
@@ -286,9 +292,23 @@ class Connection:
 def _secret_forms(destination: Destination) -> set[str]:
     """Each secret of `destination` as a server may repeat it (`scrub.secret_forms`), and the
     url's credentials as httpx sends them (`Authorization: Basic base64(user:password)`)."""
-    forms = secret_forms(destination.secrets().values())
+    return secret_forms(destination.secrets().values()) | set(_basic_credentials(destination))
+
+
+def _basic_credentials(destination: Destination) -> list[str]:
     credentials = url_credentials(destination.url or "")
-    if credentials is not None:
-        user, password = (unquote(part) for part in credentials)
-        forms.add(base64.b64encode(f"{user}:{password}".encode()).decode("ascii"))
-    return forms
+    if credentials is None:
+        return []
+    user, password = (unquote(part) for part in credentials)
+    return [base64.b64encode(f"{user}:{password}".encode()).decode("ascii")]
+
+
+def _holds(text: str, value: str) -> bool:
+    """Whether `value` stands in `text` in a form a server may give it (`scrub.secret_forms`), or
+    in one no form foresees (`scrub.withheld`)."""
+    if not text:
+        return False
+    forms = secret_forms([value])
+    return (
+        any(form in text for form in forms if len(form) >= WORD_ONLY_BELOW) or withheld(text, [value]) != text
+    )

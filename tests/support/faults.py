@@ -108,10 +108,13 @@ sys.exit(fs.main(sys.argv[1:]))
 """
 
 
-def start_refused_by(tmp_path: Path, answer: str, env: dict[str, str]) -> BaseException | None:
-    """What a client's `start_session` raises against the fault server answering every call with
-    `answer` (the source of `async def answer(tool, payload)`, `fs` the fault server's module), its
-    process given `env` (secret server.env values too); None when it raised nothing."""
+def start_refused_by(
+    tmp_path: Path, answer: str, env: dict[str, str], *, component_name: str = "c"
+) -> BaseException | None:
+    """What a client's `start_session` of `component_name` raises against the fault server
+    answering every call with `answer` (the source of `async def answer(tool, payload)`, `fs` the
+    fault server's module), its process given `env` (secret server.env values too); None when it
+    raised nothing."""
     import asyncio
 
     from oneiric_session.tracking import events
@@ -121,7 +124,9 @@ def start_refused_by(tmp_path: Path, answer: str, env: dict[str, str]) -> BaseEx
     script = tmp_path / "answering_server.py"
     script.write_text(_ANSWERING_SERVER.format(fault_server=FAULT_SERVER, answer=answer))
     destination = fault_destination(tmp_path, env=env)._replace(args=(str(script),))
-    start = events.build_start_event(component_name="c", shell_type="S", metadata=None, limits=Limits())
+    start = events.build_start_event(
+        component_name=component_name, shell_type="S", metadata=None, limits=Limits()
+    )
 
     async def attempt() -> BaseException | None:
         async with SessionBuddyClient(destination) as client:
