@@ -100,25 +100,12 @@ async def test_a_bug_below_the_worker_keeps_its_message_out_of_log_spool_and_sta
 ) -> None:
     """Not a DeliveryError: a bug below the worker. Its message went to the log (logger.exception)
     and into the spool as the row's last error, which `status` and `spool list` show."""
-    from oneiric_session.spool import Spool
-    from oneiric_session.tracking import events
-    from oneiric_session.tracking.destination import Destination, Tuning
-    from oneiric_session.tracking.limits import Limits
-    from oneiric_session.transport.scripted import ScriptedClient
-    from tests.support.fake_clock import FakeClock, destination_worker
+    from tests.support.fake_clock import one_start_worker
 
     def answer(tool: str, event: Mapping[str, Any]) -> str:
         raise KeyError(f"Authorization: Bearer {SERVER_SECRET}")
 
-    clock = FakeClock()
-    path = tmp_path / "spool.sqlite3"
-    spool = Spool(path, clock=clock)
-    destination = Destination(command="session-buddy-test", tuning=Tuning(attempts=1))
-    event = events.build_start_event(
-        component_name="demo", shell_type="BugShell", metadata=None, limits=Limits()
-    )
-    spool.append_start("local-a", destination, event, pid=None, pid_start_time=None, boot_id=None)
-    worker = destination_worker(spool, destination, clock, ScriptedClient(answer, clock=clock))
+    spool, worker = one_start_worker(tmp_path, answer)
     with caplog.at_level(logging.WARNING, logger="oneiric_session"):
         await worker.drain(replaying=False, stopping=lambda: False)
     spool.close()

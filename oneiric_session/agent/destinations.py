@@ -15,7 +15,7 @@ import oneiric_session.agent.clock as agent_clock
 from oneiric_session.agent.credentials import Credentials
 from oneiric_session.agent.resilience import RetryPolicy
 from oneiric_session.agent.status import publish_destinations
-from oneiric_session.agent.worker import ClientFactory, DestinationWorker, Tally
+from oneiric_session.agent.worker import ClientFactory, DestinationWorker, Tally, bug_report
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool import Spool, SpooledEvent
 from oneiric_session.tracking.destination import Destination
@@ -145,7 +145,11 @@ class Destinations:
     def _done(self, worker: DestinationWorker, task: asyncio.Task[None]) -> None:
         if worker.task is task:
             worker.task = None
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("delivery to %s stopped: %s", worker.key, task.exception())
+        exc = None if task.cancelled() else task.exception()
+        if isinstance(exc, SpoolError):  # (the disk, say: its message holds no secret)
+            logger.error("delivery to %s stopped: %s", worker.key, exc)
+        elif exc is not None:
+            logger.error("delivery to %s stopped:\n%s", worker.key, bug_report(exc))
+        if exc is not None:
             worker.retry_at = self._mono() + self._poll_seconds
         self._changed()

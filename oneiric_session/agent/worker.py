@@ -27,7 +27,7 @@ from oneiric_session.spool import DEAD_AUTH, DEAD_REJECTED, Spool, SpooledEvent
 from oneiric_session.tracking.destination import Destination
 from oneiric_session.tracking.url_rules import secret_named
 
-__all__ = ["Client", "ClientFactory", "DestinationWorker", "Outcome", "Tally", "classify"]
+__all__ = ["Client", "ClientFactory", "DestinationWorker", "Outcome", "Tally", "bug_report", "classify"]
 
 logger = logging.getLogger("oneiric_session.agent")
 
@@ -299,8 +299,9 @@ class DestinationWorker:
         self.run.failed(self.run.mark() if mark is None else mark)
         delay = self.policy.backoff_seconds(self.run.length, exc)  # (>= 1: a failure is counted first)
         self.retry_at = self.mono() + delay
-        message = str(exc) or type(exc).__name__
-        if not isinstance(exc, DeliveryError):  # (ours are worded to hold no secret; a foreign one's may)
+        if isinstance(exc, DeliveryError):  # (ours are worded to hold no secret; a foreign one's may)
+            message = str(exc) or type(exc).__name__
+        else:
             message = f"unexpected {type(exc).__name__} (the agent's log says where)"
         if self.last_error is None:
             logger.warning("cannot deliver to %s (will retry): %s", self.describe, message)
@@ -319,10 +320,15 @@ class DestinationWorker:
 
 
 def _log_unexpected(exc: Exception, row: SpooledEvent) -> None:
-    """Log a bug's traceback: its frames and types, and only our own errors' messages (worded to
-    hold no secret); a foreign error's message may repeat a token or a url it was handed."""
+    logger.error("unexpected error delivering %s %s:\n%s", row.kind, row.handle, bug_report(exc))
+
+
+def bug_report(exc: BaseException) -> str:
+    """A bug's traceback for the log: its frames and types, and only our own errors' messages
+    (worded to hold no secret); a foreign error's message may repeat a token or a url it was handed."""
     from oneiric_session.common.scrub import redacted_traceback
 
     hidden = "(message not shown: it may repeat a secret)"
-    text = redacted_traceback(exc, lambda each: str(each) if isinstance(each, DeliveryError) else hidden)
-    logger.error("unexpected error delivering %s %s:\n%s", row.kind, row.handle, text)
+    return redacted_traceback(
+        exc, lambda each: str(each) if isinstance(each, DeliveryError | SpoolError) else hidden
+    )

@@ -21,9 +21,11 @@ WITHHELD = "[text withheld: it repeats a secret]"
 # A backslash escape of JSON or Python: \uXXXX (any case), \xXX, or one character (\", \\, \/, ...).
 _ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|.)", re.DOTALL)
 _ESCAPED = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
-# A run of characters no quoting, escaping or percent-encoding changes: a secret's run this long
-# found in a text is the secret's, whatever was done to the rest of it.
+# A run of characters no quoting, escaping or percent-encoding changes: this many of a secret's in
+# a row found in a text are the secret's, whatever was done to the rest of it, and wherever the
+# text cut it (pydantic shows a long value as its first 24 characters, "...", its last 24).
 _PLAIN_RUN = re.compile(r"[A-Za-z0-9._~-]{8,}")
+_PIECE_CHARS = 8
 
 
 def secret_forms(values: Iterable[str]) -> set[str]:
@@ -83,15 +85,22 @@ def cut_spans(text: str, spans: list[tuple[int, int, str]]) -> str:
 
 def withheld(text: str, values: Iterable[str]) -> str:
     """`text`, or WITHHELD when one of `values` is still in it in a form `secret_forms` does not
-    list: a run of 8 or more of its characters that no quoting, escaping or encoding changes (its
-    letters, digits and `._~-`) stands in the text, or it shows once the text's backslash escapes
+    list: 8 of its characters in a row that no quoting, escaping or encoding changes (its letters,
+    digits and `._~-`) stand in the text (a piece of it: a text may have cut it short, or in the
+    middle), or it shows once the text's backslash escapes
     are undone (JSON's or Python's, a string quoted in a string quoted again). Called after the
     forms found were cut, so what is left of a secret is what no form foresaw."""
     from urllib.parse import unquote  # (never on a shell's path)
 
     found = {form for value in values if value for form in (value, unquote(value))}
     found = {form for form in found if len(form) >= WORD_ONLY_BELOW}
-    if any(run in text for form in found for run in _PLAIN_RUN.findall(form)):
+    pieces = {
+        run[start : start + _PIECE_CHARS]
+        for form in found
+        for run in _PLAIN_RUN.findall(form)
+        for start in range(len(run) - _PIECE_CHARS + 1)
+    }
+    if any(piece in text for piece in pieces):
         return WITHHELD
     if "\\" not in text:
         return text
@@ -139,21 +148,35 @@ def without_secrets(
 
 
 def redacted_traceback(exc: BaseException, message: Callable[[BaseException], str]) -> str:
-    """A traceback of `exc` and the exceptions it was raised from or while handling, for a log:
-    each one's frames (files, lines and source, never a value) and its type, with its message as
-    `message(exc)` gives it (scrubbed, or not shown): the message of a foreign error may repeat a
-    url, a token or a server.env value it was given."""
+    """A traceback of `exc`, of the exceptions it was raised from or while handling and of those
+    an exception group holds, for a log: each one's frames (files, lines and source, never a value)
+    and its type, with its message as `message(exc)` gives it (scrubbed, or not shown): the message
+    of a foreign error may repeat a url, a token or a server.env value it was given."""
+    import textwrap
     import traceback  # (never on a shell's path)
 
-    chain: list[BaseException] = []
-    current: BaseException | None = exc
-    while current is not None and all(current is not seen for seen in chain):
-        chain.append(current)
-        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
-    parts = [
-        "Traceback (most recent call last):\n"
-        + "".join(traceback.format_tb(each.__traceback__))
-        + f"{type(each).__qualname__}: {message(each)}"
-        for each in reversed(chain)
-    ]
-    return "\n\nwhich led to\n\n".join(parts)
+    seen: set[int] = set()
+
+    def one(each: BaseException) -> str:
+        try:
+            said = message(each)
+        except Exception:  # a hostile or broken __str__
+            said = "(its message cannot be read)"
+        frames = "".join(traceback.format_tb(each.__traceback__))
+        text = f"Traceback (most recent call last):\n{frames}{type(each).__qualname__}: {said}"
+        if isinstance(each, BaseExceptionGroup):
+            inner = [chained(sub) for sub in each.exceptions if id(sub) not in seen]
+            for number, sub in enumerate(inner, 1):
+                text += f"\n+-- {number} of {len(inner)}:\n" + textwrap.indent(sub, "|   ")
+        return text
+
+    def chained(top: BaseException) -> str:
+        chain: list[BaseException] = []
+        current: BaseException | None = top
+        while current is not None and id(current) not in seen:
+            seen.add(id(current))
+            chain.append(current)
+            current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+        return "\n\nwhich led to\n\n".join(one(each) for each in reversed(chain))
+
+    return chained(exc)

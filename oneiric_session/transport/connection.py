@@ -304,11 +304,8 @@ def _basic_credentials(destination: Destination) -> list[str]:
 
 
 def _holds(text: str, value: str) -> bool:
-    """Whether `value` stands in `text` in a form a server may give it (`scrub.secret_forms`), or
-    in one no form foresees (`scrub.withheld`)."""
-    if not text:
-        return False
-    forms = secret_forms([value])
-    return (
-        any(form in text for form in forms if len(form) >= WORD_ONLY_BELOW) or withheld(text, [value]) != text
-    )
+    """Whether `value` stands whole in `text`, in a form a server may give it
+    (`scrub.secret_forms`). Not a piece of it (`scrub.withheld` withholds a message for less): a
+    secret-named path's word (.../oneiric-session/token) is in many a legitimate session id, and
+    refusing an id loses the event."""
+    return bool(text) and any(form in text for form in secret_forms([value]) if len(form) >= WORD_ONLY_BELOW)

@@ -3,6 +3,8 @@ tested without waiting (the jitter set to zero; the client is the test's)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from oneiric_session.agent.credentials import Credentials
@@ -47,3 +49,23 @@ def destination_worker(
         ),
         changed=lambda: None,
     )
+
+
+def one_start_worker(
+    tmp_path: Path, answer: Callable[[str, Mapping[str, Any]], str]
+) -> tuple[Spool, DestinationWorker]:
+    """A spool holding one session start and the worker of its destination (one attempt a
+    call), whose scripted client answers with `answer`; the caller closes the spool."""
+    from oneiric_session.tracking import events
+    from oneiric_session.tracking.destination import Tuning
+    from oneiric_session.tracking.limits import Limits
+    from oneiric_session.transport.scripted import ScriptedClient
+
+    clock = FakeClock()
+    spool = Spool(tmp_path / "spool.sqlite3", clock=clock)
+    destination = Destination(command="session-buddy-test", tuning=Tuning(attempts=1))
+    event = events.build_start_event(
+        component_name="demo", shell_type="BugShell", metadata=None, limits=Limits()
+    )
+    spool.append_start("local-a", destination, event, pid=None, pid_start_time=None, boot_id=None)
+    return spool, destination_worker(spool, destination, clock, ScriptedClient(answer, clock=clock))
