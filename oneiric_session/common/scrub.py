@@ -5,11 +5,20 @@ list`; never on a shell's path, so a shell does not load it.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["cut_spans", "redacted_traceback", "secret_forms", "secret_spans", "withheld", "without_secrets"]
+__all__ = [
+    "cut_spans",
+    "holds_piece",
+    "redacted_traceback",
+    "secret_forms",
+    "secret_spans",
+    "withheld",
+    "without_secrets",
+]
 
 # A secret shorter than this is cut out only where it stands as a word of its own: "1" under
 # REQUIRE_AUTH, cut out of "8181", would mangle a message and show itself by where it was cut.
@@ -21,11 +30,19 @@ WITHHELD = "[text withheld: it repeats a secret]"
 # A backslash escape of JSON or Python: \uXXXX (any case), \xXX, or one character (\", \\, \/, ...).
 _ESCAPE = re.compile(r"\\(u[0-9a-fA-F]{4}|x[0-9a-fA-F]{2}|.)", re.DOTALL)
 _ESCAPED = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f"}
-# A run of characters no quoting, escaping or percent-encoding changes: this many of a secret's in
-# a row found in a text are the secret's, whatever was done to the rest of it, and wherever the
-# text cut it (pydantic shows a long value as its first 24 characters, "...", its last 24).
+# A run of characters no quoting, escaping or percent-encoding changes: a secret's run this long
+# found whole in a text is the secret's, whatever was done to the rest of it.
 _PLAIN_RUN = re.compile(r"[A-Za-z0-9._~-]{8,}")
-_PIECE_CHARS = 8
+# And this many characters in a row of a longer run, wherever a text cut it (pydantic shows a long
+# value as its first 24 characters, "...", its last 24). Not fewer: a secret-named value that is no
+# secret (GIT_AUTHOR_NAME=mahavishnu-admin, a keyring's module path) shares shorter words with
+# the messages of a server (its component's name, a package's), and they would all be withheld.
+_PIECE_CHARS = 12
+# What a logged traceback shows at most: Python's own limits for exception groups (nested, and
+# side by side), and the errors one was raised from or while handling.
+_GROUP_DEPTH = 10
+_GROUP_WIDTH = 15
+_CHAIN_LENGTH = 32
 
 
 def secret_forms(values: Iterable[str]) -> set[str]:
@@ -85,22 +102,13 @@ def cut_spans(text: str, spans: list[tuple[int, int, str]]) -> str:
 
 def withheld(text: str, values: Iterable[str]) -> str:
     """`text`, or WITHHELD when one of `values` is still in it in a form `secret_forms` does not
-    list: 8 of its characters in a row that no quoting, escaping or encoding changes (its letters,
-    digits and `._~-`) stand in the text (a piece of it: a text may have cut it short, or in the
-    middle), or it shows once the text's backslash escapes
-    are undone (JSON's or Python's, a string quoted in a string quoted again). Called after the
-    forms found were cut, so what is left of a secret is what no form foresaw."""
-    from urllib.parse import unquote  # (never on a shell's path)
-
-    found = {form for value in values if value for form in (value, unquote(value))}
-    found = {form for form in found if len(form) >= WORD_ONLY_BELOW}
-    pieces = {
-        run[start : start + _PIECE_CHARS]
-        for form in found
-        for run in _PLAIN_RUN.findall(form)
-        for start in range(len(run) - _PIECE_CHARS + 1)
-    }
-    if any(piece in text for piece in pieces):
+    list: a run of 8 or more of its characters that no quoting, escaping or encoding changes (its
+    letters, digits and `._~-`) stands in the text, or _PIECE_CHARS of a longer run in a row (the
+    text cut it short, or in the middle), or it shows once the text's backslash escapes are undone
+    (JSON's or Python's, a string quoted in a string quoted again). Called after the forms found
+    were cut, so what is left of a secret is what no form foresaw."""
+    found = _plain_forms(values)
+    if _holds_piece(text, found, _PIECE_CHARS, 8):
         return WITHHELD
     if "\\" not in text:
         return text
@@ -113,6 +121,38 @@ def withheld(text: str, values: Iterable[str]) -> str:
         if any(form in plain for form in found):
             return WITHHELD
     return text
+
+
+def holds_piece(text: str, values: Iterable[str], *, size: int = _PIECE_CHARS, least: int = 8) -> bool:
+    """Whether a piece of one of `values` stands in `text`: a run of `least` or more of its plain
+    characters (`_PLAIN_RUN`), whole if shorter than `size`, else any `size` of them in a row."""
+    return _holds_piece(text, _plain_forms(values), size, least)
+
+
+def _holds_piece(text: str, forms: frozenset[str], size: int, least: int) -> bool:
+    # Each `size` characters of the text looked up once (not each piece searched for in all of
+    # it: a token alone has hundreds of pieces).
+    windows, shorter = _pieces(forms, size, least)
+    if any(run in text for run in shorter):
+        return True
+    return bool(windows) and any(text[at : at + size] in windows for at in range(len(text) - size + 1))
+
+
+def _plain_forms(values: Iterable[str]) -> frozenset[str]:
+    """Each value as given and percent-decoded, but a short one (WORD_ONLY_BELOW)."""
+    from urllib.parse import unquote  # (never on a shell's path)
+
+    forms = {form for value in values if value for form in (value, unquote(value))}
+    return frozenset(form for form in forms if len(form) >= WORD_ONLY_BELOW)
+
+
+@functools.lru_cache(maxsize=64)  # (the same destination's secrets, text after text)
+def _pieces(forms: frozenset[str], size: int, least: int) -> tuple[frozenset[str], tuple[str, ...]]:
+    """Each `size` characters in a row of the runs of `forms` that long, and the shorter runs of
+    `least` or more characters whole."""
+    runs = [run for form in forms for run in _PLAIN_RUN.findall(form) if len(run) >= least]
+    windows = {run[at : at + size] for run in runs for at in range(len(run) - size + 1)}
+    return frozenset(windows), tuple(sorted({run for run in runs if len(run) < size}))
 
 
 def _unescape(match: re.Match[str]) -> str:
@@ -149,34 +189,40 @@ def without_secrets(
 
 def redacted_traceback(exc: BaseException, message: Callable[[BaseException], str]) -> str:
     """A traceback of `exc`, of the exceptions it was raised from or while handling and of those
-    an exception group holds, for a log: each one's frames (files, lines and source, never a value)
-    and its type, with its message as `message(exc)` gives it (scrubbed, or not shown): the message
-    of a foreign error may repeat a url, a token or a server.env value it was given."""
+    an exception group holds (as deep and as many as Python's own traceback shows), for a log: each
+    one's frames (files, lines and source, never a value) and its type, with its message as
+    `message(exc)` gives it (scrubbed, or not shown): the message of a foreign error may repeat a
+    url, a token or a server.env value it was given."""
     import textwrap
     import traceback  # (never on a shell's path)
 
     seen: set[int] = set()
 
-    def one(each: BaseException) -> str:
+    def one(each: BaseException, depth: int) -> str:
         try:
             said = message(each)
         except Exception:  # a hostile or broken __str__
             said = "(its message cannot be read)"
         frames = "".join(traceback.format_tb(each.__traceback__))
         text = f"Traceback (most recent call last):\n{frames}{type(each).__qualname__}: {said}"
-        if isinstance(each, BaseExceptionGroup):
-            inner = [chained(sub) for sub in each.exceptions if id(sub) not in seen]
-            for number, sub in enumerate(inner, 1):
-                text += f"\n+-- {number} of {len(inner)}:\n" + textwrap.indent(sub, "|   ")
+        if not isinstance(each, BaseExceptionGroup):
+            return text
+        held = [sub for sub in each.exceptions if id(sub) not in seen]
+        if depth >= _GROUP_DEPTH:
+            return text + f"\n+-- ({len(held)} exception(s), nested deeper, not shown)"
+        for number, sub in enumerate(held[:_GROUP_WIDTH], 1):
+            text += f"\n+-- {number} of {len(held)}:\n" + textwrap.indent(chained(sub, depth + 1), "|   ")
+        if len(held) > _GROUP_WIDTH:
+            text += f"\n+-- and {len(held) - _GROUP_WIDTH} more, not shown"
         return text
 
-    def chained(top: BaseException) -> str:
+    def chained(top: BaseException, depth: int) -> str:
         chain: list[BaseException] = []
         current: BaseException | None = top
-        while current is not None and id(current) not in seen:
+        while current is not None and id(current) not in seen and len(chain) < _CHAIN_LENGTH:
             seen.add(id(current))
             chain.append(current)
             current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
-        return "\n\nwhich led to\n\n".join(one(each) for each in reversed(chain))
+        return "\n\nwhich led to\n\n".join(one(each, depth) for each in reversed(chain))
 
-    return chained(exc)
+    return chained(exc, 0)

@@ -27,6 +27,7 @@ from oneiric_session import mcp_compat as mcp
 from oneiric_session.common.scrub import (
     WORD_ONLY_BELOW,
     cut_spans,
+    holds_piece,
     redacted_traceback,
     secret_forms,
     secret_spans,
@@ -62,6 +63,10 @@ _CLOSE_SECONDS = 10.0
 # session) raises: the SDK client's stand-in for a bare 404, or the SDK server's own error body.
 # INVALID_REQUEST would read as permanent; the call was never run, so it is sent again on a new session.
 _SESSION_LOST_MESSAGES = frozenset({"session terminated", "session not found"})
+# How much of a server's text `scrub` looks at (it shows at most a few hundred characters of it).
+_SCRUBBED_CHARS = 2048
+# A piece of a secret this long in a session id is the secret's (`_holds`).
+_ID_PIECE_CHARS = 16
 # What one answer from a server may hold, on either transport (a stdio answer is one line).
 MAX_ANSWER_BYTES = MAX_LINE_BYTES
 
@@ -227,7 +232,10 @@ class Connection:
     def scrub(self, text: str) -> str:
         """Server-supplied text made safe to repeat: one line, capped, with no token sent on this
         connection and no secret of its destination (a server.env value a stdio server may print
-        as it fails, the url's password): the text goes into logs, the spool and `status`."""
+        as it fails, the url's password): the text goes into logs, the spool and `status`.
+        Only its start is looked at (what is shown of it is shorter): a server's text may be
+        megabytes long, and looking for each piece of a secret in all of it would stall the agent."""
+        text = text[:_SCRUBBED_CHARS]
         found = [
             *secret_spans(text, secret_forms(self._tokens), "[token]"),
             *secret_spans(text, _secret_forms(self.destination), "[secret]"),
@@ -304,8 +312,13 @@ def _basic_credentials(destination: Destination) -> list[str]:
 
 
 def _holds(text: str, value: str) -> bool:
-    """Whether `value` stands whole in `text`, in a form a server may give it
-    (`scrub.secret_forms`). Not a piece of it (`scrub.withheld` withholds a message for less): a
-    secret-named path's word (.../oneiric-session/token) is in many a legitimate session id, and
-    refusing an id loses the event."""
-    return bool(text) and any(form in text for form in secret_forms([value]) if len(form) >= WORD_ONLY_BELOW)
+    """Whether `value` stands in `text`: whole, in a form a server may give it
+    (`scrub.secret_forms`), or _ID_PIECE_CHARS of it in a row (a server cut it short, or in the
+    middle). Not a shorter piece, as `scrub.withheld` withholds a message for: a secret-named
+    path's word (.../oneiric-session/token) is in many a legitimate session id, and refusing an
+    id loses the event."""
+    if not text:
+        return False
+    if any(form in text for form in secret_forms([value]) if len(form) >= WORD_ONLY_BELOW):
+        return True
+    return holds_piece(text, [value], size=_ID_PIECE_CHARS, least=_ID_PIECE_CHARS)
