@@ -25,7 +25,7 @@ import pytest
 from oneiric_session.spool import Spool
 from tests.support.delivery import WAIT_SECONDS, wait_until
 from tests.support.faults import isolated_env
-from tests.support.http_server import HttpServer, free_port
+from tests.support.http_server import HttpServer, free_port, listing_server
 from tests.support.server_process import connect, end_event, start_event, structured_answer
 
 CLI = [sys.executable, "-m", "oneiric_session"]
@@ -35,7 +35,6 @@ USER = "\x1b[1;1Hroot\u2066\u202d"
 COMPONENT = "comp\x1b[31m\r\x00\u202e"
 SESSION_ID = "sid\x1b[2J\r\x00\u2067-1"
 # What must never be printed raw: escapes (7-bit and C1), CR, NUL, bidi overrides and isolates.
-LISTING_SERVER = Path(__file__).parent / "support" / "listing_server.py"
 UNSAFE = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
@@ -104,31 +103,6 @@ def test_hostile_names_never_reach_the_terminal_raw(hostile: HttpServer, via: st
     if command == "last":
         assert SESSION_ID in {row["session_id"] for row in rows}
         assert COMPONENT in {row["component_name"] for row in rows}
-
-
-@contextlib.contextmanager
-def listing_server(root: Path, **env: str) -> Iterator[str]:
-    """tests/support/listing_server.py over Streamable HTTP; its URL once it accepts connections."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, str(LISTING_SERVER), f"127.0.0.1:{port}"],
-        env={**os.environ, **isolated_env(root), **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-    def accepting() -> bool:
-        assert server.poll() is None, "the listing server exited"
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-        return False
-
-    try:
-        wait_until(accepting, what="the listing server")
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        server.terminate()
-        server.wait(WAIT_SECONDS)
 
 
 def run_as_a_user_with_a_spool(root: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -116,3 +116,31 @@ async def test_a_bug_below_the_worker_keeps_its_message_out_of_log_spool_and_sta
     on_disk = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
     assert SERVER_SECRET.encode() not in on_disk
     assert b"unexpected KeyError" in on_disk
+
+
+@pytest.mark.parametrize("command", ["who", "last"])
+def test_who_and_last_over_a_url_withhold_a_listed_value_that_repeats_the_token(
+    tmp_path: Path, command: str
+) -> None:
+    """A central server lists what anyone recorded: a session id or host that repeats the token
+    `who --url` sent it was printed as it came."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.faults import isolated_env
+    from tests.support.http_server import listing_server
+
+    token = "eyJhbGciOiJIUzI1NiJ9." + "listed-token-" + "0123456789abcdef" * 2
+    with listing_server(tmp_path, LISTING_MODE="echo_token") as url:
+        said = subprocess.run(
+            [sys.executable, "-m", "oneiric_session", command, "--url", url, "--json"],
+            env={**os.environ, **isolated_env(tmp_path), "SESSION_BUDDY_TOKEN": token},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+    assert said.returncode == 0, said.stderr
+    assert "listed-token" not in said.stdout + said.stderr, said.stdout
+    assert "[withheld: it repeats a secret]" in said.stdout, said.stdout

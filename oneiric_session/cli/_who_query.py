@@ -29,6 +29,8 @@ _RELATIVE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 # Never wait longer than this for a central server (connect, then each page).
 _URL_TIMEOUT_SECONDS = 15.0
+# What `who --url` / `last --url` show of a listed value that repeats a secret given for the server.
+_WITHHELD = "[withheld: it repeats a secret]"
 # `-n 0` (all) lists at most this many sessions (with the note that there are more): a server
 # that pages for ever cannot grow the command without bound.
 MAX_ALL_SESSIONS = 100_000
@@ -196,6 +198,7 @@ async def _remote_pages(url: str, query: Query) -> Result:
                 arguments["token"] = token
             answer = await connection.call("list_sessions", arguments, token=token)
             sessions, cursor = _read_page(answer, token, connection.scrub)
+            sessions = [_withheld(row, connection.repeats_secret) for row in sessions]
             if not sessions:
                 cursor = None  # an empty page ends the listing, whatever cursor came with it
             elif cursor is not None and cursor in cursors:
@@ -242,6 +245,12 @@ def _read_page(
     cursor = payload.get("next_cursor")
     sessions = [_plain(row) for row in payload["sessions"] if isinstance(row, dict)]
     return sessions, cursor if isinstance(cursor, str) and cursor else None
+
+
+def _withheld(row: dict[str, Any], repeats_secret: Callable[[str], bool]) -> dict[str, Any]:
+    """A listed session with each value that repeats the token (or a secret of the url) withheld:
+    a server lists what anyone recorded, and what is printed holds no secret."""
+    return {k: _WITHHELD if isinstance(v, str) and repeats_secret(v) else v for k, v in row.items()}
 
 
 def _plain(row: dict[Any, Any]) -> dict[str, Any]:

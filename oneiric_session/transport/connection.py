@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -93,6 +94,7 @@ class Connection:
         # Tokens sent on this connection: scrubbed from every server-supplied text we repeat
         # (a server may echo one on stderr). Memory only.
         self._tokens: set[str] = set()
+        self._destination_secrets: tuple[str, ...] | None = None  # (`repeats_secret`, once)
 
     @property
     def alive(self) -> bool:
@@ -250,7 +252,12 @@ class Connection:
         session id) is stored and shown, as the event it answers is. A value that is no secret
         under a secret's name (GIT_AUTHOR_NAME=oneiric, REQUIRE_AUTH=1) is a word of many a session
         id, and the component name an event gives is in the id the real server makes of it."""
-        values = [*self._tokens, *self.destination.secrets().values(), *_basic_credentials(self.destination)]
+        if len(text) < WORD_ONLY_BELOW:
+            return False
+        if self._destination_secrets is None:  # (the destination's are the same for every call)
+            destination = self.destination
+            self._destination_secrets = (*destination.secrets().values(), *_basic_credentials(destination))
+        values = [*self._tokens, *self._destination_secrets]
         held = [value for value in values if len(value) >= WORD_ONLY_BELOW and _holds(text, value)]
         if not held:
             return False
@@ -319,6 +326,11 @@ def _holds(text: str, value: str) -> bool:
     id loses the event."""
     if not text:
         return False
-    if any(form in text for form in secret_forms([value]) if len(form) >= WORD_ONLY_BELOW):
+    if any(form in text for form in _long_forms(value)):
         return True
     return holds_piece(text, [value], size=_ID_PIECE_CHARS, least=_ID_PIECE_CHARS)
+
+
+@functools.lru_cache(maxsize=64)  # (the same few secrets, answer after answer)
+def _long_forms(value: str) -> tuple[str, ...]:
+    return tuple(form for form in secret_forms([value]) if len(form) >= WORD_ONLY_BELOW)

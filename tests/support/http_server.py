@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import socket
 import sqlite3
 import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,3 +82,28 @@ class HttpServer:
             for column in ("environment", "start_metadata", "end_metadata"):
                 row[column] = json.loads(row[column]) if row[column] else None
         return rows
+
+
+@contextlib.contextmanager
+def listing_server(root: Path, **env: str) -> Iterator[str]:
+    """tests/support/listing_server.py over Streamable HTTP; its URL once it accepts connections."""
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("listing_server.py")), f"127.0.0.1:{port}"],
+        env={**os.environ, **isolated_env(root), **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def accepting() -> bool:
+        assert server.poll() is None, "the listing server exited"
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+        return False
+
+    try:
+        wait_until(accepting, what="the listing server")
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        server.terminate()
+        server.wait(WAIT_SECONDS)

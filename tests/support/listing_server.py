@@ -3,6 +3,7 @@
 LISTING_MODE:
   repeat_cursor  every page is full and names the same next cursor: a listing that never ends
   odd_row        one page of one session, its fields overridden by the JSON in LISTING_ROW
+  echo_token     one page of one session whose id and host repeat the token the call sent
 """
 
 from __future__ import annotations
@@ -52,6 +53,9 @@ def main(bind: str) -> None:
                 "status": "ok",
                 "error": None,
             }
+        elif mode == "echo_token":
+            row = {**ROW, "session_id": str(token), "hostname": f"host-of-{token}"}
+            payload = {"sessions": [row], "next_cursor": None, "status": "ok", "error": None}
         else:
             row = {**ROW, **json.loads(os.environ.get("LISTING_ROW", "{}"))}
             payload = {"sessions": [row], "next_cursor": None, "status": "ok", "error": None}
