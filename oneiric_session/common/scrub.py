@@ -39,10 +39,10 @@ _PLAIN_RUN = re.compile(r"[A-Za-z0-9._~-]{8,}")
 # the messages of a server (its component's name, a package's), and they would all be withheld.
 _PIECE_CHARS = 12
 # What a logged traceback shows at most: Python's own limits for exception groups (nested, and
-# side by side), and the errors one was raised from or while handling.
+# side by side), and of a chain of errors raised from or while handling others, its ends.
 _GROUP_DEPTH = 10
 _GROUP_WIDTH = 15
-_CHAIN_LENGTH = 32
+_CHAIN_ENDS = 16  # the first errors of a chain, and its last
 
 
 def secret_forms(values: Iterable[str]) -> set[str]:
@@ -148,10 +148,11 @@ def _plain_forms(values: Iterable[str]) -> frozenset[str]:
 
 @functools.lru_cache(maxsize=64)  # (the same destination's secrets, text after text)
 def _pieces(forms: frozenset[str], size: int, least: int) -> tuple[frozenset[str], tuple[str, ...]]:
-    """Each `size` characters in a row of the runs of `forms` that long, and the shorter runs of
-    `least` or more characters whole."""
+    """Each `size` characters in a row of `forms` as they are (a text showing a secret cut short
+    as given: a password with a symbol every few characters has no long plain run) and of their
+    plain runs that long; and the shorter plain runs of `least` or more characters, whole."""
     runs = [run for form in forms for run in _PLAIN_RUN.findall(form) if len(run) >= least]
-    windows = {run[at : at + size] for run in runs for at in range(len(run) - size + 1)}
+    windows = {run[at : at + size] for run in (*runs, *forms) for at in range(len(run) - size + 1)}
     return frozenset(windows), tuple(sorted({run for run in runs if len(run) < size}))
 
 
@@ -219,10 +220,15 @@ def redacted_traceback(exc: BaseException, message: Callable[[BaseException], st
     def chained(top: BaseException, depth: int) -> str:
         chain: list[BaseException] = []
         current: BaseException | None = top
-        while current is not None and id(current) not in seen and len(chain) < _CHAIN_LENGTH:
+        while current is not None and id(current) not in seen:
             seen.add(id(current))
             chain.append(current)
             current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
-        return "\n\nwhich led to\n\n".join(one(each, depth) for each in reversed(chain))
+        chain.reverse()  # the first error first: where it began
+        parts = [one(each, depth) for each in chain[:_CHAIN_ENDS]]
+        if len(chain) > 2 * _CHAIN_ENDS:
+            parts.append(f"({len(chain) - 2 * _CHAIN_ENDS} more, not shown)")
+        parts += [one(each, depth) for each in chain[max(_CHAIN_ENDS, len(chain) - _CHAIN_ENDS) :]]
+        return "\n\nwhich led to\n\n".join(parts)
 
     return chained(exc, 0)

@@ -235,15 +235,17 @@ class Connection:
         """Server-supplied text made safe to repeat: one line, capped, with no token sent on this
         connection and no secret of its destination (a server.env value a stdio server may print
         as it fails, the url's password): the text goes into logs, the spool and `status`.
-        Only its start is looked at (what is shown of it is shorter): a server's text may be
-        megabytes long, and looking for each piece of a secret in all of it would stall the agent."""
-        text = text[:_SCRUBBED_CHARS]
+        Each secret is cut out of all of it first (cutting a long token brings later text into
+        what is shown); then only its start is looked at for a piece of one (what is shown of it
+        is shorter still): a server's text may be megabytes long, and looking for each piece of a
+        secret in all of it would stall the agent."""
         found = [
             *secret_spans(text, secret_forms(self._tokens), "[token]"),
             *secret_spans(text, _secret_forms(self.destination), "[secret]"),
         ]
         if found:
             text = cut_spans(text, found)
+        text = text[:_SCRUBBED_CHARS]
         return server_text(withheld(text, [*self._tokens, *self.destination.secrets().values()]))
 
     def repeats_secret(self, text: str, *, besides: Mapping[str, Any] | None = None) -> bool:
