@@ -198,7 +198,7 @@ async def _remote_pages(url: str, query: Query) -> Result:
                 arguments["token"] = token
             answer = await connection.call("list_sessions", arguments, token=token)
             sessions, cursor = _read_page(answer, token, connection.scrub)
-            sessions = [_withheld(row, connection.repeats_secret) for row in sessions]
+            sessions = [_withheld(row, connection.shows_secret) for row in sessions]
             if not sessions:
                 cursor = None  # an empty page ends the listing, whatever cursor came with it
             elif cursor is not None and cursor in cursors:
@@ -247,10 +247,18 @@ def _read_page(
     return sessions, cursor if isinstance(cursor, str) and cursor else None
 
 
-def _withheld(row: dict[str, Any], repeats_secret: Callable[[str], bool]) -> dict[str, Any]:
-    """A listed session with each value that repeats the token (or a secret of the url) withheld:
-    a server lists what anyone recorded, and what is printed holds no secret."""
-    return {k: _WITHHELD if isinstance(v, str) and repeats_secret(v) else v for k, v in row.items()}
+def _withheld(row: dict[str, Any], shows_secret: Callable[[str], bool]) -> dict[str, Any]:
+    """A listed session with each name and value that repeats the token (or a secret of the url)
+    withheld, a number as its digits too: a server lists what anyone recorded, and what is
+    printed (`--json` prints every name) holds no secret."""
+    kept: dict[str, Any] = {}
+    for number, (name, value) in enumerate(row.items(), 1):
+        if shows_secret(name):
+            name = f"[withheld name {number}: it repeats a secret]"
+        if value is not None and shows_secret(str(value)):
+            value = _WITHHELD
+        kept[name] = value
+    return kept
 
 
 def _plain(row: dict[Any, Any]) -> dict[str, Any]:

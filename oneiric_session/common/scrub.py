@@ -38,6 +38,10 @@ _PLAIN_RUN = re.compile(r"[A-Za-z0-9._~-]{8,}")
 # secret (GIT_AUTHOR_NAME=mahavishnu-admin, a keyring's module path) shares shorter words with
 # the messages of a server (its component's name, a package's), and they would all be withheld.
 _PIECE_CHARS = 12
+# A value with one of these is a path, a url or a phrase, not a password (`_pieces`).
+_NOT_A_PASSWORD = re.compile(r"[\s/\\]")
+# How much of a secret its pieces are taken of (a megabyte one would take seconds and 200 MB).
+_PIECE_SOURCE_CHARS = 16384
 # What a logged traceback shows at most: Python's own limits for exception groups (nested, and
 # side by side), and of a chain of errors raised from or while handling others, its ends.
 _GROUP_DEPTH = 10
@@ -148,11 +152,17 @@ def _plain_forms(values: Iterable[str]) -> frozenset[str]:
 
 @functools.lru_cache(maxsize=64)  # (the same destination's secrets, text after text)
 def _pieces(forms: frozenset[str], size: int, least: int) -> tuple[frozenset[str], tuple[str, ...]]:
-    """Each `size` characters in a row of `forms` as they are (a text showing a secret cut short
-    as given: a password with a symbol every few characters has no long plain run) and of their
-    plain runs that long; and the shorter plain runs of `least` or more characters, whole."""
-    runs = [run for form in forms for run in _PLAIN_RUN.findall(form) if len(run) >= least]
-    windows = {run[at : at + size] for run in (*runs, *forms) for at in range(len(run) - size + 1)}
+    """Each `size` characters in a row of the plain runs of `forms` that long, and of each form as
+    it is where it reads as a password (a password with a symbol every few characters has no long
+    plain run); and the shorter plain runs of `least` or more characters, whole. A form with a
+    space, a slash or a backslash is a path, a url or a phrase kept under a secret's name: its
+    pieces are its words, not '/run/secrets', 'https://auth' or 'openid profile', which many a
+    message holds. Pieces are taken of a form's first _PIECE_SOURCE_CHARS characters."""
+    runs = [
+        run for form in forms for run in _PLAIN_RUN.findall(form[:_PIECE_SOURCE_CHARS]) if len(run) >= least
+    ]
+    passwords = [form[:_PIECE_SOURCE_CHARS] for form in forms if not _NOT_A_PASSWORD.search(form)]
+    windows = {run[at : at + size] for run in (*runs, *passwords) for at in range(len(run) - size + 1)}
     return frozenset(windows), tuple(sorted({run for run in runs if len(run) < size}))
 
 

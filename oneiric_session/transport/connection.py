@@ -254,17 +254,31 @@ class Connection:
         session id) is stored and shown, as the event it answers is. A value that is no secret
         under a secret's name (GIT_AUTHOR_NAME=oneiric, REQUIRE_AUTH=1) is a word of many a session
         id, and the component name an event gives is in the id the real server makes of it."""
-        if len(text) < WORD_ONLY_BELOW:
-            return False
-        if self._destination_secrets is None:  # (the destination's are the same for every call)
-            destination = self.destination
-            self._destination_secrets = (*destination.secrets().values(), *_basic_credentials(destination))
-        values = [*self._tokens, *self._destination_secrets]
-        held = [value for value in values if len(value) >= WORD_ONLY_BELOW and _holds(text, value)]
+        held = [value for value in self._long_secrets() if _holds(text, value)]
         if not held:
             return False
         sent = json.dumps(dict(besides or {}), ensure_ascii=False, default=str)
         return any(not _holds(sent, value) for value in held)
+
+    def shows_secret(self, text: str) -> bool:
+        """Whether `text`, printed whole, would show a token sent on this connection or a secret
+        of its destination (of WORD_ONLY_BELOW characters or more), by the rules of `scrub`: in one
+        of its forms, or a piece of it (`scrub.withheld`)."""
+        values = self._long_secrets()
+        if not values:
+            return False
+        return (
+            any(form in text for value in values for form in _long_forms(value))
+            or withheld(text, values) != text
+        )
+
+    def _long_secrets(self) -> list[str]:
+        if self._destination_secrets is None:  # (the destination's are the same for every call)
+            destination = self.destination
+            self._destination_secrets = (*destination.secrets().values(), *_basic_credentials(destination))
+        return [
+            value for value in (*self._tokens, *self._destination_secrets) if len(value) >= WORD_ONLY_BELOW
+        ]
 
     def _map(self, exc: BaseException, doing: str) -> DeliveryError:
         """Translate a foreign error into the project's tree (never with the token in the message)."""
