@@ -38,8 +38,12 @@ _PLAIN_RUN = re.compile(r"[A-Za-z0-9._~-]{8,}")
 # secret (GIT_AUTHOR_NAME=mahavishnu-admin, a keyring's module path) shares shorter words with
 # the messages of a server (its component's name, a package's), and they would all be withheld.
 _PIECE_CHARS = 12
-# A value with one of these is a path, a url or a phrase, not a password (`_pieces`).
-_NOT_A_PASSWORD = re.compile(r"[\s/\\]")
+# A piece of a secret counts where it reads as a password's: a digit and a letter, or a symbol
+# that words, paths and urls do not have. Not words: a secret-named value that is no secret (a
+# path, `/run/secrets/session-buddy-secret`; a name, `oneiric-session-bot`; a url, an OAuth
+# scope list) shares them with many a message and session id ('session-budd', '/home/alice/',
+# 'https://auth', 'openid profile'). A passphrase of lowercase words shown cut short is the price.
+_RANDOM_LOOKING = re.compile(r"(?=.*[0-9])(?=.*[A-Za-z])|[^A-Za-z0-9\-._~/: ]")
 # How much of a secret its pieces are taken of (a megabyte one would take seconds and 200 MB).
 _PIECE_SOURCE_CHARS = 16384
 # What a logged traceback shows at most: Python's own limits for exception groups (nested, and
@@ -107,10 +111,11 @@ def cut_spans(text: str, spans: list[tuple[int, int, str]]) -> str:
 def withheld(text: str, values: Iterable[str]) -> str:
     """`text`, or WITHHELD when one of `values` is still in it in a form `secret_forms` does not
     list: a run of 8 or more of its characters that no quoting, escaping or encoding changes (its
-    letters, digits and `._~-`) stands in the text, or _PIECE_CHARS of a longer run in a row (the
-    text cut it short, or in the middle), or it shows once the text's backslash escapes are undone
-    (JSON's or Python's, a string quoted in a string quoted again). Called after the forms found
-    were cut, so what is left of a secret is what no form foresaw."""
+    letters, digits and `._~-`) stands in the text, or _PIECE_CHARS of its characters in a row
+    that read as a password's (the text cut it short, or in the middle), or it shows once the
+    text's backslash escapes are undone (JSON's or Python's, a string quoted in a string quoted
+    again). Called after the forms found were cut, so what is left of a secret is what no form
+    foresaw."""
     found = _plain_forms(values)
     if _holds_piece(text, found, _PIECE_CHARS, 8):
         return WITHHELD
@@ -129,15 +134,16 @@ def withheld(text: str, values: Iterable[str]) -> str:
 
 def holds_piece(text: str, values: Iterable[str], *, size: int = _PIECE_CHARS, least: int = 8) -> bool:
     """Whether a piece of one of `values` stands in `text`: a run of `least` or more of its plain
-    characters (`_PLAIN_RUN`), whole if shorter than `size`, else any `size` of them in a row."""
+    characters (`_PLAIN_RUN`) whole, or `size` of its characters in a row that read as a
+    password's (`_pieces`)."""
     return _holds_piece(text, _plain_forms(values), size, least)
 
 
 def _holds_piece(text: str, forms: frozenset[str], size: int, least: int) -> bool:
     # Each `size` characters of the text looked up once (not each piece searched for in all of
     # it: a token alone has hundreds of pieces).
-    windows, shorter = _pieces(forms, size, least)
-    if any(run in text for run in shorter):
+    windows, runs = _pieces(forms, size, least)
+    if any(run in text for run in runs):
         return True
     return bool(windows) and any(text[at : at + size] in windows for at in range(len(text) - size + 1))
 
@@ -152,18 +158,16 @@ def _plain_forms(values: Iterable[str]) -> frozenset[str]:
 
 @functools.lru_cache(maxsize=64)  # (the same destination's secrets, text after text)
 def _pieces(forms: frozenset[str], size: int, least: int) -> tuple[frozenset[str], tuple[str, ...]]:
-    """Each `size` characters in a row of the plain runs of `forms` that long, and of each form as
-    it is where it reads as a password (a password with a symbol every few characters has no long
-    plain run); and the shorter plain runs of `least` or more characters, whole. A form with a
-    space, a slash or a backslash is a path, a url or a phrase kept under a secret's name: its
-    pieces are its words, not '/run/secrets', 'https://auth' or 'openid profile', which many a
-    message holds. Pieces are taken of a form's first _PIECE_SOURCE_CHARS characters."""
-    runs = [
-        run for form in forms for run in _PLAIN_RUN.findall(form[:_PIECE_SOURCE_CHARS]) if len(run) >= least
-    ]
-    passwords = [form[:_PIECE_SOURCE_CHARS] for form in forms if not _NOT_A_PASSWORD.search(form)]
-    windows = {run[at : at + size] for run in (*runs, *passwords) for at in range(len(run) - size + 1)}
-    return frozenset(windows), tuple(sorted({run for run in runs if len(run) < size}))
+    """Each `size` characters in a row of `forms` as they are and of their plain runs, where they
+    read as a password's (`_RANDOM_LOOKING`); and their plain runs of `least` or more characters,
+    whole. Pieces are taken of a form's first _PIECE_SOURCE_CHARS characters."""
+    heads = [form[:_PIECE_SOURCE_CHARS] for form in forms]
+    runs = [run for head in heads for run in _PLAIN_RUN.findall(head) if len(run) >= least]
+    windows = {run[at : at + size] for run in (*runs, *heads) for at in range(len(run) - size + 1)}
+    return (
+        frozenset(window for window in windows if _RANDOM_LOOKING.search(window)),
+        tuple(sorted(set(runs))),
+    )
 
 
 def _unescape(match: re.Match[str]) -> str:
