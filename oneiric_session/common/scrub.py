@@ -38,12 +38,11 @@ _PLAIN_RUN = re.compile(r"[A-Za-z0-9._~-]{8,}")
 # secret (GIT_AUTHOR_NAME=mahavishnu-admin, a keyring's module path) shares shorter words with
 # the messages of a server (its component's name, a package's), and they would all be withheld.
 _PIECE_CHARS = 12
-# A piece of a secret counts where it reads as a password's: a digit and a letter, or a symbol
-# that words, paths and urls do not have. Not words: a secret-named value that is no secret (a
-# path, `/run/secrets/session-buddy-secret`; a name, `oneiric-session-bot`; a url, an OAuth
-# scope list) shares them with many a message and session id ('session-budd', '/home/alice/',
-# 'https://auth', 'openid profile'). A passphrase of lowercase words shown cut short is the price.
+# A piece of a path, a url or a phrase counts where it reads as a password's: a digit and a
+# letter, or a symbol that words, paths and urls do not have (`_pieces`).
 _RANDOM_LOOKING = re.compile(r"(?=.*[0-9])(?=.*[A-Za-z])|[^A-Za-z0-9\-._~/: ]")
+# A value that is a path (absolute, home-relative or a Windows drive's) or a url.
+_PATH_OR_URL = re.compile(r"^(?:[/~]|[A-Za-z]:[\\/])|://")
 # How much of a secret its pieces are taken of (a megabyte one would take seconds and 200 MB).
 _PIECE_SOURCE_CHARS = 16384
 # What a logged traceback shows at most: Python's own limits for exception groups (nested, and
@@ -158,16 +157,36 @@ def _plain_forms(values: Iterable[str]) -> frozenset[str]:
 
 @functools.lru_cache(maxsize=64)  # (the same destination's secrets, text after text)
 def _pieces(forms: frozenset[str], size: int, least: int) -> tuple[frozenset[str], tuple[str, ...]]:
-    """Each `size` characters in a row of `forms` as they are and of their plain runs, where they
-    read as a password's (`_RANDOM_LOOKING`); and their plain runs of `least` or more characters,
-    whole. Pieces are taken of a form's first _PIECE_SOURCE_CHARS characters."""
-    heads = [form[:_PIECE_SOURCE_CHARS] for form in forms]
-    runs = [run for head in heads for run in _PLAIN_RUN.findall(head) if len(run) >= least]
-    windows = {run[at : at + size] for run in (*runs, *heads) for at in range(len(run) - size + 1)}
-    return (
-        frozenset(window for window in windows if _RANDOM_LOOKING.search(window)),
-        tuple(sorted(set(runs))),
-    )
+    """The pieces of `forms` a text may show (of each form's first _PIECE_SOURCE_CHARS characters):
+    `size` characters in a row, and plain runs of `least` or more characters whole.
+
+    - A password, a token, a name (no space; not a path or a url): every `size` characters in a
+      row of it as it is, percent-encoded (a url or a DSN built of it) and of its plain runs.
+    - A phrase (a space): the same where they read as a password's (`_RANDOM_LOOKING`): not
+      'openid profile' of an OAuth scope list (nor a passphrase of lowercase words, the price).
+    - A path or a url: only what reads as a password's, of its plain runs: its directories and
+      hosts are many a message's ('/run/user/1000', 'session-buddy', 'https://auth')."""
+    from urllib.parse import quote, quote_plus  # (never on a shell's path)
+
+    windows: set[str] = set()
+    whole: set[str] = set()
+    for form in forms:
+        head = form[:_PIECE_SOURCE_CHARS]
+        runs = {run for run in _PLAIN_RUN.findall(head) if len(run) >= least}
+        if _PATH_OR_URL.search(head):
+            runs = {run for run in runs if _RANDOM_LOOKING.search(run)}
+            sources, any_piece = runs, False
+        elif any(char.isspace() for char in head):
+            sources, any_piece = {head, *runs}, False
+        else:
+            sources, any_piece = {head, quote(head, safe=""), quote_plus(head), *runs}, True
+        whole |= runs
+        for source in sources:
+            for at in range(len(source) - size + 1):
+                piece = source[at : at + size]
+                if any_piece or _RANDOM_LOOKING.search(piece):
+                    windows.add(piece)
+    return frozenset(windows), tuple(sorted(whole))
 
 
 def _unescape(match: re.Match[str]) -> str:

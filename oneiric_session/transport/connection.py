@@ -12,7 +12,6 @@ import asyncio
 import base64
 import contextlib
 import functools
-import json
 import logging
 import os
 import shutil
@@ -249,16 +248,17 @@ class Connection:
         return server_text(withheld(text, [*self._tokens, *self.destination.secrets().values()]))
 
     def repeats_secret(self, text: str, *, besides: Mapping[str, Any] | None = None) -> bool:
-        """Whether `text` holds a token sent on this connection or a secret of its destination (of
-        WORD_ONLY_BELOW characters or more) that the event `besides` does not: an answer kept (a
-        session id) is stored and shown, as the event it answers is. A value that is no secret
-        under a secret's name (GIT_AUTHOR_NAME=oneiric, REQUIRE_AUTH=1) is a word of many a session
-        id, and the component name an event gives is in the id the real server makes of it."""
-        held = [value for value in self._long_secrets() if _holds(text, value)]
-        if not held:
+        """Whether `text` (an answer kept: a session id, stored and shown) holds a token sent on
+        this connection or a secret of its destination (of WORD_ONLY_BELOW characters or more)
+        beyond what the event `besides` holds (it is stored and shown too): the event's strings
+        are taken out of `text` first. A value that is no secret under a secret's name
+        (GIT_AUTHOR_NAME=mahavishnu-admin, a secret file named after the project) shares the
+        component name, which the real server makes the id of, with the date after it."""
+        values = self._long_secrets()
+        if not values:
             return False
-        sent = json.dumps(dict(besides or {}), ensure_ascii=False, default=str)
-        return any(not _holds(sent, value) for value in held)
+        rest = _without_strings_of(text, besides or {})
+        return any(_holds(rest, value) for value in values)
 
     def shows_secret(self, text: str) -> bool:
         """Whether `text`, printed whole, would show a token sent on this connection or a secret
@@ -336,15 +336,29 @@ def _basic_credentials(destination: Destination) -> list[str]:
 
 def _holds(text: str, value: str) -> bool:
     """Whether `value` stands in `text`: whole, in a form a server may give it
-    (`scrub.secret_forms`), or _ID_PIECE_CHARS of it in a row (a server cut it short, or in the
-    middle). Not a shorter piece, as `scrub.withheld` withholds a message for: a secret-named
-    path's word (.../oneiric-session/token) is in many a legitimate session id, and refusing an
-    id loses the event."""
-    if not text:
-        return False
+    (`scrub.secret_forms`), or a piece of it of _ID_PIECE_CHARS (`scrub.holds_piece`: not a
+    shorter one, as `scrub.withheld` withholds a message for: refusing an id loses the event)."""
     if any(form in text for form in _long_forms(value)):
         return True
     return holds_piece(text, [value], size=_ID_PIECE_CHARS, least=_ID_PIECE_CHARS)
+
+
+def _without_strings_of(text: str, event: Mapping[str, Any]) -> str:
+    """`text` with each string of `event` (4 characters or more, nested ones too) replaced by a
+    NUL, which no piece of a secret holds."""
+    found: list[str] = []
+    pending: list[Any] = [event]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, Mapping):
+            pending.extend(item.values())
+        elif isinstance(item, list | tuple):
+            pending.extend(item)
+        elif isinstance(item, str) and len(item) >= 4:
+            found.append(item)
+    for string in sorted(found, key=len, reverse=True):
+        text = text.replace(string, "\x00")
+    return text
 
 
 @functools.lru_cache(maxsize=64)  # (the same few secrets, answer after answer)
