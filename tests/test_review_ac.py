@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from tests.support.faults import ID_FROM_DB_PASSWORD as _ID_ANSWER
 from tests.support.faults import start_refused_by
 
 WITHHELD_MESSAGE = "[text withheld: it repeats a secret]"
@@ -82,14 +83,6 @@ def test_scrub_withholds_a_password_with_a_slash_shown_cut() -> None:
     assert password[:24] in shown  # (pydantic cut it in the middle)
     said = _connection((("DB_PASSWORD", password),)).scrub(shown)
     assert not _shown_pieces(password, said), said
-
-
-_ID_ANSWER = """
-async def answer(tool, payload):
-    s = os.environ['DB_PASSWORD']
-    said = {{"status": "tracked", "session_id": {session_id}}}
-    return fs.tool_result(json.dumps(said), structured=said)
-"""
 
 
 def test_a_session_id_holding_most_of_a_password_with_a_slash_is_not_kept(tmp_path: Path) -> None:

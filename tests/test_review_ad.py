@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.support.faults import ID_FROM_DB_PASSWORD as _ID_ANSWER
 from tests.support.faults import start_refused_by
 
 WITHHELD_MESSAGE = "[text withheld: it repeats a secret]"
@@ -111,14 +112,6 @@ def test_scrub_withholds_a_keychain_password_cut_short() -> None:
     said = f"authentication failed for password '{APPLE_PASSWORD[:16]}...' (truncated)"
     result = _connection((("DB_PASSWORD", APPLE_PASSWORD),)).scrub(said)
     assert not _shown_pieces(APPLE_PASSWORD, result, 12), result
-
-
-_ID_ANSWER = """
-async def answer(tool, payload):
-    s = os.environ['DB_PASSWORD']
-    said = {{"status": "tracked", "session_id": {session_id}}}
-    return fs.tool_result(json.dumps(said), structured=said)
-"""
 
 
 def test_a_session_id_holding_16_characters_of_a_keychain_password_is_not_kept(tmp_path: Path) -> None:

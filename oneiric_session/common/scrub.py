@@ -5,6 +5,7 @@ list`; never on a shell's path, so a shell does not load it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from collections.abc import Callable, Iterable
@@ -38,11 +39,12 @@ _PLAIN_RUN = re.compile(r"[A-Za-z0-9._~-]{8,}")
 # secret (GIT_AUTHOR_NAME=mahavishnu-admin, a keyring's module path) shares shorter words with
 # the messages of a server (its component's name, a package's), and they would all be withheld.
 _PIECE_CHARS = 12
-# A piece of a path, a url or a phrase counts where it reads as a password's: a digit and a
-# letter, or a symbol that words, paths and urls do not have (`_pieces`).
-_RANDOM_LOOKING = re.compile(r"(?=.*[0-9])(?=.*[A-Za-z])|[^A-Za-z0-9\-._~/: ]")
-# A value that is a path (absolute, home-relative or a Windows drive's) or a url.
-_PATH_OR_URL = re.compile(r"^(?:[/~]|[A-Za-z]:[\\/])|://")
+# What reads as a password's (`_reads_as_password`): a symbol words, paths and urls do not have.
+_SYMBOL = re.compile(r"[^A-Za-z0-9\-._~/: ]")
+_DIGIT = re.compile(r"[0-9]")
+_LETTER = re.compile(r"[A-Za-z]")
+# A value that is a path (absolute, home-relative or a Windows drive's, of path characters only).
+_PATH = re.compile(r"(?:[/~]|[A-Za-z]:[\\/])[A-Za-z0-9._~/\\:@+= -]*")
 # How much of a secret its pieces are taken of (a megabyte one would take seconds and 200 MB).
 _PIECE_SOURCE_CHARS = 16384
 # What a logged traceback shows at most: Python's own limits for exception groups (nested, and
@@ -160,33 +162,48 @@ def _pieces(forms: frozenset[str], size: int, least: int) -> tuple[frozenset[str
     """The pieces of `forms` a text may show (of each form's first _PIECE_SOURCE_CHARS characters):
     `size` characters in a row, and plain runs of `least` or more characters whole.
 
-    - A password, a token, a name (no space; not a path or a url): every `size` characters in a
-      row of it as it is, percent-encoded (a url or a DSN built of it) and of its plain runs.
-    - A phrase (a space): the same where they read as a password's (`_RANDOM_LOOKING`): not
-      'openid profile' of an OAuth scope list (nor a passphrase of lowercase words, the price).
-    - A path or a url: only what reads as a password's, of its plain runs: its directories and
-      hosts are many a message's ('/run/user/1000', 'session-buddy', 'https://auth')."""
-    from urllib.parse import quote, quote_plus  # (never on a shell's path)
+    - A password or a token (it reads as one: a digit and a letter, or a symbol; no space; not a
+      path): every `size` characters in a row of it as it is, percent-encoded (a url or a DSN
+      built of it) and of its plain runs.
+    - A url: the same of its password; of the rest, as of a path.
+    - A name (no digit or no letter, no symbol, no space), a phrase (a space) or a path: only the
+      `size` characters in a row that read as a password's: not 'oneiric-sess' of a bot's name,
+      'openid profile' of an OAuth scope list (nor a passphrase of words, the price),
+      '/run/user/1000' or 'session-buddy' of a path, which many a message holds."""
+    from urllib.parse import quote, quote_plus, urlsplit  # (never on a shell's path)
 
     windows: set[str] = set()
     whole: set[str] = set()
     for form in forms:
         head = form[:_PIECE_SOURCE_CHARS]
+        passwords: list[str] = []
+        if "://" in head:
+            with contextlib.suppress(ValueError):
+                passwords += [urlsplit(head).password or ""]
+        elif not _PATH.fullmatch(head) and not any(char.isspace() for char in head):
+            passwords += [head] if _reads_as_password(head) else []
+        for password in filter(None, passwords):
+            whole |= {run for run in _PLAIN_RUN.findall(password) if len(run) >= least}
+            for source in {password, quote(password, safe=""), quote_plus(password)}:
+                windows |= {source[at : at + size] for at in range(len(source) - size + 1)}
         runs = {run for run in _PLAIN_RUN.findall(head) if len(run) >= least}
-        if _PATH_OR_URL.search(head):
-            runs = {run for run in runs if _RANDOM_LOOKING.search(run)}
-            sources, any_piece = runs, False
-        elif any(char.isspace() for char in head):
-            sources, any_piece = {head, *runs}, False
-        else:
-            sources, any_piece = {head, quote(head, safe=""), quote_plus(head), *runs}, True
+        located = bool(_PATH.fullmatch(head)) or "://" in head
+        if located:  # (a path's directories, a url's hosts: many a message's, '/run/user/1000')
+            runs = {run for run in runs if _reads_as_password(run)}
         whole |= runs
-        for source in sources:
-            for at in range(len(source) - size + 1):
-                piece = source[at : at + size]
-                if any_piece or _RANDOM_LOOKING.search(piece):
-                    windows.add(piece)
+        for source in runs if located else {head, *runs}:
+            windows |= {
+                piece
+                for piece in (source[at : at + size] for at in range(len(source) - size + 1))
+                if _reads_as_password(piece)
+            }
     return frozenset(windows), tuple(sorted(whole))
+
+
+def _reads_as_password(text: str) -> bool:
+    """A digit and a letter, or a symbol words, paths and urls do not have (linear: no regex
+    lookahead over a long run)."""
+    return bool(_SYMBOL.search(text)) or bool(_DIGIT.search(text) and _LETTER.search(text))
 
 
 def _unescape(match: re.Match[str]) -> str:

@@ -14,6 +14,7 @@ import contextlib
 import functools
 import logging
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from typing import Any
@@ -24,6 +25,7 @@ from pydantic import ValidationError
 
 from oneiric_session import __version__
 from oneiric_session import mcp_compat as mcp
+from oneiric_session.common.safetext import sanitize_text
 from oneiric_session.common.scrub import (
     WORD_ONLY_BELOW,
     cut_spans,
@@ -65,7 +67,7 @@ _CLOSE_SECONDS = 10.0
 _SESSION_LOST_MESSAGES = frozenset({"session terminated", "session not found"})
 # How much of a server's text `scrub` looks at (it shows at most a few hundred characters of it).
 _SCRUBBED_CHARS = 2048
-# A piece of a secret this long in a session id is the secret's (`_holds`).
+# A piece of a secret this long in a session id is the secret's (`repeats_secret`).
 _ID_PIECE_CHARS = 16
 # What one answer from a server may hold, on either transport (a stdio answer is one line).
 MAX_ANSWER_BYTES = MAX_LINE_BYTES
@@ -237,7 +239,9 @@ class Connection:
         Each secret is cut out of all of it first (cutting a long token brings later text into
         what is shown); then only its start is looked at for a piece of one (what is shown of it
         is shorter still): a server's text may be megabytes long, and looking for each piece of a
-        secret in all of it would stall the agent."""
+        secret in all of it would stall the agent. Its escapes and controls go first: a secret a
+        colour code or a NUL splits would be whole again once they are taken out for showing."""
+        text = sanitize_text(text, len(text))
         found = [
             *secret_spans(text, secret_forms(self._tokens), "[token]"),
             *secret_spans(text, _secret_forms(self.destination), "[secret]"),
@@ -250,26 +254,17 @@ class Connection:
     def repeats_secret(self, text: str, *, besides: Mapping[str, Any] | None = None) -> bool:
         """Whether `text` (an answer kept: a session id, stored and shown) holds a token sent on
         this connection or a secret of its destination (of WORD_ONLY_BELOW characters or more)
-        beyond what the event `besides` holds (it is stored and shown too): the event's strings
-        are taken out of `text` first. A value that is no secret under a secret's name
-        (GIT_AUTHOR_NAME=mahavishnu-admin, a secret file named after the project) shares the
-        component name, which the real server makes the id of, with the date after it."""
-        values = self._long_secrets()
-        if not values:
-            return False
-        rest = _without_strings_of(text, besides or {})
-        return any(_holds(rest, value) for value in values)
+        beyond what the event `besides` holds (it is stored and shown too): `_id_repeats`."""
+        return _id_repeats(self._long_secrets(), sanitize_text(text, len(text)), besides or {})
 
     def shows_secret(self, text: str) -> bool:
         """Whether `text`, printed whole, would show a token sent on this connection or a secret
         of its destination (of WORD_ONLY_BELOW characters or more), by the rules of `scrub`: in one
         of its forms, or a piece of it (`scrub.withheld`)."""
         values = self._long_secrets()
-        if not values:
-            return False
-        return (
-            any(form in text for value in values for form in _long_forms(value))
-            or withheld(text, values) != text
+        text = sanitize_text(text, len(text))  # (as it will be shown)
+        return any(form in text for value in values for form in _long_forms(value)) or (
+            bool(values) and withheld(text, values) != text
         )
 
     def _long_secrets(self) -> list[str]:
@@ -334,31 +329,56 @@ def _basic_credentials(destination: Destination) -> list[str]:
     return [base64.b64encode(f"{user}:{password}".encode()).decode("ascii")]
 
 
-def _holds(text: str, value: str) -> bool:
-    """Whether `value` stands in `text`: whole, in a form a server may give it
-    (`scrub.secret_forms`), or a piece of it of _ID_PIECE_CHARS (`scrub.holds_piece`: not a
-    shorter one, as `scrub.withheld` withholds a message for: refusing an id loses the event)."""
-    if any(form in text for form in _long_forms(value)):
-        return True
-    return holds_piece(text, [value], size=_ID_PIECE_CHARS, least=_ID_PIECE_CHARS)
+def _id_repeats(values: list[str], session_id: str, event: Mapping[str, Any]) -> bool:
+    """An id of the real server's shape, `<component>-<YYYYmmdd>-<HHMMSS>[-N]` of the event's
+    component, holds nothing else. Of another id: one of `values` found whole counts unless the
+    event holds it whole too; a piece (`_ID_PIECE_CHARS`) counts once the event's strings are
+    taken out of the id. (A value that is no secret under a secret's name, a secret file named
+    after the project, `.../oneiric-session-2026`, shares the component and the date.)"""
+    if not values or _server_made(session_id, event):
+        return False
+    strings = _strings_of(event)
+    sent = "\x00".join(strings)
+    rest = session_id
+    for string in sorted((s for s in strings if len(s) >= 4), key=len, reverse=True):
+        rest = rest.replace(string, "\x00")  # (a NUL: no piece of a secret holds one)
+    for value in values:
+        forms = _long_forms(value)
+        if any(form in session_id for form in forms) and not any(form in sent for form in forms):
+            return True
+        if holds_piece(rest, [value], size=_ID_PIECE_CHARS, least=_ID_PIECE_CHARS):
+            return True
+    return False
 
 
-def _without_strings_of(text: str, event: Mapping[str, Any]) -> str:
-    """`text` with each string of `event` (4 characters or more, nested ones too) replaced by a
-    NUL, which no piece of a secret holds."""
+def _server_made(session_id: str, event: Mapping[str, Any]) -> bool:
+    """Whether `session_id` is of the real server's shape for `event`: its component, the date
+    and time, and a number where that second had a session already."""
+    component = event.get("component_name")
+    return (
+        isinstance(component, str)
+        and bool(component)
+        and bool(re.fullmatch(re.escape(component) + r"-[0-9]{8}-[0-9]{6}(?:-[0-9]+)?", session_id))
+    )
+
+
+def _strings_of(event: Mapping[str, Any]) -> list[str]:
+    """Every string of `event`, nested ones too (a cycle is walked once)."""
     found: list[str] = []
     pending: list[Any] = [event]
+    seen: set[int] = set()
     while pending:
         item = pending.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
         if isinstance(item, Mapping):
             pending.extend(item.values())
         elif isinstance(item, list | tuple):
             pending.extend(item)
-        elif isinstance(item, str) and len(item) >= 4:
+        elif isinstance(item, str):
             found.append(item)
-    for string in sorted(found, key=len, reverse=True):
-        text = text.replace(string, "\x00")
-    return text
+    return found
 
 
 @functools.lru_cache(maxsize=64)  # (the same few secrets, answer after answer)

@@ -108,6 +108,16 @@ sys.exit(fs.main(sys.argv[1:]))
 """
 
 
+# An answer for `start_refused_by`: "tracked", the session id the `{session_id}` expression
+# makes (`s`: the server's DB_PASSWORD).
+ID_FROM_DB_PASSWORD = """
+async def answer(tool, payload):
+    s = os.environ['DB_PASSWORD']
+    said = {{"status": "tracked", "session_id": {session_id}}}
+    return fs.tool_result(json.dumps(said), structured=said)
+"""
+
+
 def start_refused_by(
     tmp_path: Path, answer: str, env: dict[str, str], *, component_name: str = "c"
 ) -> BaseException | None:
