@@ -241,7 +241,9 @@ class DestinationWorker:
                 self._dead(row, str(exc))
             else:
                 if not isinstance(exc, DeliveryError):  # a bug below us must not stop delivery
-                    _log_unexpected(exc, row)
+                    logger.error(
+                        "unexpected error delivering %s %s:\n%s", row.kind, row.handle, bug_report(exc)
+                    )
                 # One dropped connection fails the whole window at once: one failure towards the
                 # back-off, not one a row (`FailureRun`).
                 self._failed(row, exc, mark)
@@ -317,10 +319,6 @@ class DestinationWorker:
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.aclose()
-
-
-def _log_unexpected(exc: Exception, row: SpooledEvent) -> None:
-    logger.error("unexpected error delivering %s %s:\n%s", row.kind, row.handle, bug_report(exc))
 
 
 def bug_report(exc: BaseException) -> str:

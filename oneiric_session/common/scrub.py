@@ -176,18 +176,18 @@ def _pieces(forms: frozenset[str], size: int, least: int) -> tuple[frozenset[str
     whole: set[str] = set()
     for form in forms:
         head = form[:_PIECE_SOURCE_CHARS]
-        passwords: list[str] = []
+        located = "://" in head or bool(_PATH.fullmatch(head))
+        password: str | None = None
         if "://" in head:
             with contextlib.suppress(ValueError):
-                passwords += [urlsplit(head).password or ""]
-        elif not _PATH.fullmatch(head) and not any(char.isspace() for char in head):
-            passwords += [head] if _reads_as_password(head) else []
-        for password in filter(None, passwords):
+                password = urlsplit(head).password
+        elif not located and not any(char.isspace() for char in head) and _reads_as_password(head):
+            password = head
+        if password:
             whole |= {run for run in _PLAIN_RUN.findall(password) if len(run) >= least}
             for source in {password, quote(password, safe=""), quote_plus(password)}:
                 windows |= {source[at : at + size] for at in range(len(source) - size + 1)}
         runs = {run for run in _PLAIN_RUN.findall(head) if len(run) >= least}
-        located = bool(_PATH.fullmatch(head)) or "://" in head
         if located:  # (a path's directories, a url's hosts: many a message's, '/run/user/1000')
             runs = {run for run in runs if _reads_as_password(run)}
         whole |= runs
