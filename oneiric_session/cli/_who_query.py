@@ -236,7 +236,7 @@ def _read_page(
     if payload is None:
         try:
             payload = json.loads(texts)
-        except ValueError:
+        except (ValueError, RecursionError):  # (a text of thousands of `[`)
             payload = None
     if not isinstance(payload, dict) or not isinstance(payload.get("sessions"), list):
         raise RemoteError(f"unexpected answer to list_sessions: {clean(texts)[:200]}")

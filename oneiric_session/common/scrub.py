@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 __all__ = [
+    "as_shown",
     "cut_spans",
     "holds_piece",
     "redacted_traceback",
@@ -24,8 +25,14 @@ __all__ = [
 # A secret shorter than this is cut out only where it stands as a word of its own: "1" under
 # REQUIRE_AUTH, cut out of "8181", would mangle a message and show itself by where it was cut.
 WORD_ONLY_BELOW = 6
-# What httpx leaves as it is in a url's query as it sends it (it percent-encodes the rest).
+# What httpx leaves as it is in a url's query as it sends it (it percent-encodes the rest), and
+# what JavaScript's encodeURIComponent does (a Node server's DSN): each encoder's own form.
 _SENT_AS_IS = "!$&'()*+,;=:@/?~"
+_URI_COMPONENT = "!'()*"
+# Characters a terminal or a log viewer shows as nothing (format characters `sanitize_text` keeps:
+# a joiner is part of an emoji): a secret they split reads whole, so they are taken out first.
+_INVISIBLE = re.compile("[\u00ad\u180e\u200b-\u200d\u2060-\u2064\ufeff]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # What stands for a text that still holds a secret in a form no list of forms foresees.
 WITHHELD = "[text withheld: it repeats a secret]"
 # A backslash escape of JSON or Python: \uXXXX (any case), \xXX, or one character (\", \\, \/, ...).
@@ -43,8 +50,9 @@ _PIECE_CHARS = 12
 _SYMBOL = re.compile(r"[^A-Za-z0-9\-._~/: ]")
 _DIGIT = re.compile(r"[0-9]")
 _LETTER = re.compile(r"[A-Za-z]")
-# A value that is a path (absolute, home-relative or a Windows drive's, of path characters only).
-_PATH = re.compile(r"(?:[/~]|[A-Za-z]:[\\/])[A-Za-z0-9._~/\\:@+= -]*")
+# A value that is a path (absolute, home-relative or a Windows drive's, of path characters only:
+# letters of any script, a user's home may be /home/josé; not `+` nor `=`, a base64 key's).
+_PATH = re.compile(r"(?:[/~]|[A-Za-z]:[\\/])[\w.~/\\:@ -]*")
 # How much of a secret its pieces are taken of (a megabyte one would take seconds and 200 MB).
 _PIECE_SOURCE_CHARS = 16384
 # What a logged traceback shows at most: Python's own limits for exception groups (nested, and
@@ -54,22 +62,36 @@ _GROUP_WIDTH = 15
 _CHAIN_ENDS = 16  # the first errors of a chain, and its last
 
 
+def as_shown(text: str) -> str:
+    """`text` as a terminal shows it, for looking for secrets in it: one line, escapes and
+    controls taken out (`sanitize_text`), and the characters shown as nothing (`_INVISIBLE`)."""
+    from oneiric_session.common.safetext import sanitize_text
+
+    return _INVISIBLE.sub("", sanitize_text(text, len(text)))
+
+
 def secret_forms(values: Iterable[str]) -> set[str]:
     """Each of `values` in every form a url may carry it and a server repeat it: as written,
-    percent-decoded (`%2B` is `+`), percent-encoded as httpx sends it (non-ASCII) and as a form
-    encodes it (`urlencode`: `+`, `/`, `=` too); and each of
-    those as a JSON string or a Python repr holds it (an answer quoted whole escapes `"`, `\\` and
-    non-ASCII letters)."""
+    percent-decoded (`%2B` is `+`), percent-encoded as httpx sends it (non-ASCII), as a form
+    encodes it (`urlencode`: `+`, `/`, `=` too) and as JavaScript does (`encodeURIComponent`); and
+    each of those as a JSON string or a Python repr holds it (an answer quoted whole escapes `"`,
+    `\\` and non-ASCII letters). A value that is not UTF-8 (an environment's byte, a surrogate
+    here) is also taken as a text shows it, the byte replaced."""
     import json  # (never on a shell's path)
-    from urllib.parse import quote, quote_plus, unquote, unquote_plus
+    from urllib.parse import quote_plus, unquote, unquote_plus
 
     forms: set[str] = set()
-    for value in values:
-        if value:
-            plain = unquote(value)
-            forms.update(
-                (value, plain, unquote_plus(value), quote(plain, safe=_SENT_AS_IS), quote_plus(plain))
+    for value in _readable(values):
+        plain = unquote(value)
+        forms.update(
+            (
+                value,
+                plain,
+                unquote_plus(value),
+                *(_encoded(plain, safe) for safe in (_SENT_AS_IS, _URI_COMPONENT)),
+                quote_plus(_utf8(plain)),
             )
+        )
     for form in list(forms):
         forms.update((json.dumps(form)[1:-1], json.dumps(form, ensure_ascii=False)[1:-1], repr(form)[1:-1]))
     return forms
@@ -109,6 +131,26 @@ def cut_spans(text: str, spans: list[tuple[int, int, str]]) -> str:
     return "".join([*pieces, text[done:]])
 
 
+def _readable(values: Iterable[str]) -> list[str]:
+    """The values given (none empty), and each one that is not UTF-8 as a text shows it."""
+    found = [value for value in values if value]
+    return found + [_SURROGATE.sub("\ufffd", value) for value in found if _SURROGATE.search(value)]
+
+
+def _utf8(text: str) -> bytes:
+    """`text` as bytes, a byte an environment gave that is not UTF-8 as that byte (never raises)."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
+
+
+def _encoded(text: str, safe: str) -> str:
+    from urllib.parse import quote  # (never on a shell's path)
+
+    return quote(_utf8(text), safe=safe)
+
+
 def withheld(text: str, values: Iterable[str]) -> str:
     """`text`, or WITHHELD when one of `values` is still in it in a form `secret_forms` does not
     list: a run of 8 or more of its characters that no quoting, escaping or encoding changes (its
@@ -128,7 +170,7 @@ def withheld(text: str, values: Iterable[str]) -> str:
         if undone == plain:
             break
         plain = undone
-        if any(form in plain for form in found):
+        if any(form in plain for form in found) or _holds_piece(plain, found, _PIECE_CHARS, 8):
             return WITHHELD
     return text
 
@@ -153,7 +195,7 @@ def _plain_forms(values: Iterable[str]) -> frozenset[str]:
     """Each value as given and percent-decoded, but a short one (WORD_ONLY_BELOW)."""
     from urllib.parse import unquote  # (never on a shell's path)
 
-    forms = {form for value in values if value for form in (value, unquote(value))}
+    forms = {form for value in _readable(values) for form in (value, unquote(value))}
     return frozenset(form for form in forms if len(form) >= WORD_ONLY_BELOW)
 
 
@@ -165,27 +207,30 @@ def _pieces(forms: frozenset[str], size: int, least: int) -> tuple[frozenset[str
     - A password or a token (it reads as one: a digit and a letter, or a symbol; no space; not a
       path): every `size` characters in a row of it as it is, percent-encoded (a url or a DSN
       built of it) and of its plain runs.
-    - A url: the same of its password; of the rest, as of a path.
+    - A url: the same of its password (as written and percent-decoded); of the rest, as of a path.
     - A name (no digit or no letter, no symbol, no space), a phrase (a space) or a path: only the
       `size` characters in a row that read as a password's: not 'oneiric-sess' of a bot's name,
       'openid profile' of an OAuth scope list (nor a passphrase of words, the price),
       '/run/user/1000' or 'session-buddy' of a path, which many a message holds."""
-    from urllib.parse import quote, quote_plus, urlsplit  # (never on a shell's path)
+    from urllib.parse import quote_plus, unquote, urlsplit  # (never on a shell's path)
 
     windows: set[str] = set()
     whole: set[str] = set()
     for form in forms:
         head = form[:_PIECE_SOURCE_CHARS]
         located = "://" in head or bool(_PATH.fullmatch(head))
-        password: str | None = None
+        passwords: set[str] = set()
         if "://" in head:
             with contextlib.suppress(ValueError):
                 password = urlsplit(head).password
+                passwords = {password, unquote(password)} if password else set()
         elif not located and not any(char.isspace() for char in head) and _reads_as_password(head):
-            password = head
-        if password:
+            passwords = {head}
+        for password in passwords:
             whole |= {run for run in _PLAIN_RUN.findall(password) if len(run) >= least}
-            for source in {password, quote(password, safe=""), quote_plus(password)}:
+            sources = {password, quote_plus(_utf8(password))}
+            sources |= {_encoded(password, safe) for safe in ("", _URI_COMPONENT)}
+            for source in sources:
                 windows |= {source[at : at + size] for at in range(len(source) - size + 1)}
         runs = {run for run in _PLAIN_RUN.findall(head) if len(run) >= least}
         if located:  # (a path's directories, a url's hosts: many a message's, '/run/user/1000')

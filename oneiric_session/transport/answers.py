@@ -83,7 +83,7 @@ def _payload(answer: ToolAnswer) -> dict[str, Any] | str | None:
         return None
     try:
         decoded = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # (a text of thousands of `[`)
         return text
     return decoded if isinstance(decoded, dict) else text
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import datetime
 import functools
 import logging
 import os
@@ -25,9 +26,9 @@ from pydantic import ValidationError
 
 from oneiric_session import __version__
 from oneiric_session import mcp_compat as mcp
-from oneiric_session.common.safetext import sanitize_text
 from oneiric_session.common.scrub import (
     WORD_ONLY_BELOW,
+    as_shown,
     cut_spans,
     holds_piece,
     redacted_traceback,
@@ -95,7 +96,7 @@ class Connection:
         # Tokens sent on this connection: scrubbed from every server-supplied text we repeat
         # (a server may echo one on stderr). Memory only.
         self._tokens: set[str] = set()
-        self._destination_secrets: tuple[str, ...] | None = None  # (`repeats_secret`, once)
+        self._destination_secrets: tuple[str, ...] | None = None  # (`_secrets`, once)
 
     @property
     def alive(self) -> bool:
@@ -240,40 +241,48 @@ class Connection:
         what is shown); then only its start is looked at for a piece of one (what is shown of it
         is shorter still): a server's text may be megabytes long, and looking for each piece of a
         secret in all of it would stall the agent. Its escapes and controls go first: a secret a
-        colour code or a NUL splits would be whole again once they are taken out for showing."""
-        text = sanitize_text(text, len(text))
+        colour code, a NUL or a zero-width space splits would be whole again once they are taken
+        out for showing (`as_shown`)."""
+        text = as_shown(text)
+        secrets = self._secrets()
         found = [
             *secret_spans(text, secret_forms(self._tokens), "[token]"),
-            *secret_spans(text, _secret_forms(self.destination), "[secret]"),
+            *secret_spans(text, secret_forms(secrets), "[secret]"),
         ]
         if found:
             text = cut_spans(text, found)
         text = text[:_SCRUBBED_CHARS]
-        return server_text(withheld(text, [*self._tokens, *self.destination.secrets().values()]))
+        return server_text(withheld(text, [*self._tokens, *secrets]))
 
     def repeats_secret(self, text: str, *, besides: Mapping[str, Any] | None = None) -> bool:
         """Whether `text` (an answer kept: a session id, stored and shown) holds a token sent on
         this connection or a secret of its destination (of WORD_ONLY_BELOW characters or more)
         beyond what the event `besides` holds (it is stored and shown too): `_id_repeats`."""
-        return _id_repeats(self._long_secrets(), sanitize_text(text, len(text)), besides or {})
+        return _id_repeats(self._long_secrets(), as_shown(text), besides or {})
 
     def shows_secret(self, text: str) -> bool:
         """Whether `text`, printed whole, would show a token sent on this connection or a secret
         of its destination (of WORD_ONLY_BELOW characters or more), by the rules of `scrub`: in one
         of its forms, or a piece of it (`scrub.withheld`)."""
         values = self._long_secrets()
-        text = sanitize_text(text, len(text))  # (as it will be shown)
+        text = as_shown(text)
         return any(form in text for value in values for form in _long_forms(value)) or (
             bool(values) and withheld(text, values) != text
         )
 
     def _long_secrets(self) -> list[str]:
+        return [value for value in (*self._tokens, *self._secrets()) if len(value) >= WORD_ONLY_BELOW]
+
+    def _secrets(self) -> tuple[str, ...]:
+        """The destination's secrets: its secret values (`Destination.secrets`), the password of
+        each one that is a url (`AUTH_DB_URL`: a server may print the password alone), and the
+        url's credentials as httpx sends them (`Authorization: Basic base64(user:password)`)."""
         if self._destination_secrets is None:  # (the destination's are the same for every call)
-            destination = self.destination
-            self._destination_secrets = (*destination.secrets().values(), *_basic_credentials(destination))
-        return [
-            value for value in (*self._tokens, *self._destination_secrets) if len(value) >= WORD_ONLY_BELOW
-        ]
+            values = tuple(self.destination.secrets().values())
+            passwords = (url_credentials(value) for value in values if "://" in value)
+            found = (*values, *(credentials[1] for credentials in passwords if credentials))
+            self._destination_secrets = (*found, *_basic_credentials(self.destination))
+        return self._destination_secrets
 
     def _map(self, exc: BaseException, doing: str) -> DeliveryError:
         """Translate a foreign error into the project's tree (never with the token in the message)."""
@@ -315,18 +324,12 @@ class Connection:
         return ServerUnavailableError(f"{doing}: unexpected {type(exc).__name__}{self._tail()}")
 
 
-def _secret_forms(destination: Destination) -> set[str]:
-    """Each secret of `destination` as a server may repeat it (`scrub.secret_forms`), and the
-    url's credentials as httpx sends them (`Authorization: Basic base64(user:password)`)."""
-    return secret_forms(destination.secrets().values()) | set(_basic_credentials(destination))
-
-
 def _basic_credentials(destination: Destination) -> list[str]:
     credentials = url_credentials(destination.url or "")
     if credentials is None:
         return []
     user, password = (unquote(part) for part in credentials)
-    return [base64.b64encode(f"{user}:{password}".encode()).decode("ascii")]
+    return [base64.b64encode(f"{user}:{password}".encode("utf-8", "replace")).decode("ascii")]
 
 
 def _id_repeats(values: list[str], session_id: str, event: Mapping[str, Any]) -> bool:
@@ -355,11 +358,18 @@ def _server_made(session_id: str, event: Mapping[str, Any]) -> bool:
     """Whether `session_id` is of the real server's shape for `event`: its component, the date
     and time, and a number where that second had a session already."""
     component = event.get("component_name")
-    return (
-        isinstance(component, str)
-        and bool(component)
-        and bool(re.fullmatch(re.escape(component) + r"-[0-9]{8}-[0-9]{6}(?:-[0-9]+)?", session_id))
-    )
+    if not isinstance(component, str) or not component:
+        return False
+    # The number: 5 digits at most (no secret of WORD_ONLY_BELOW digits fits); the date and time:
+    # ones a clock shows (not 84736251-000000, a secret's digits).
+    found = re.fullmatch(re.escape(component) + r"-([0-9]{8}-[0-9]{6})(?:-[0-9]{1,5})?", session_id)
+    if found is None:
+        return False
+    try:
+        datetime.datetime.strptime(found.group(1), "%Y%m%d-%H%M%S")
+    except ValueError:
+        return False
+    return True
 
 
 def _strings_of(event: Mapping[str, Any]) -> list[str]:
