@@ -175,7 +175,7 @@ def delivery_status(
     from oneiric_session.errors import OneiricSessionError
     from oneiric_session.spool.intake import Intake
     from oneiric_session.spool.opening import disk_bytes
-    from oneiric_session.spool.outbox_reader import read_outbox
+    from oneiric_session.spool.outbox_reader import open_sessions, read_outbox
 
     try:
         present = database_present(path, "spool")
@@ -187,7 +187,7 @@ def delivery_status(
         if waiting:
             oldest = max(0.0, time.time() - min(r.created_at for r in waiting))
             report.update(depth=len(waiting), oldest_event_age_seconds=round(oldest, 1))
-            report["open_sessions"] = sum(1 for r in waiting if r.kind == "start")
+            report["open_sessions"] = open_sessions((), waiting)
         return report
     spool = Intake(path, read_only=True)  # status never creates, converts or moves a file
     try:
@@ -221,7 +221,8 @@ def delivery_status(
     if stats.moved_aside:
         report["moved_aside"] = stats.moved_aside
     if rejoined:
-        with contextlib.suppress(ValueError, TypeError, KeyError):
+        # (a value no agent wrote: not JSON, no such keys, a time no clock shows)
+        with contextlib.suppress(ValueError, TypeError, KeyError, OverflowError, OSError):
             notice = json.loads(rejoined)
             when = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(float(notice["at"])))
             report["spool_rejoined"] = f"{when}: {notice['message']}"

@@ -23,7 +23,7 @@ from oneiric_session.agent.credentials import Credentials
 from oneiric_session.agent.resilience import FailureRun, RetryPolicy, Stopped
 from oneiric_session.agent.status import DestinationStatus
 from oneiric_session.errors import AuthenticationError, DeliveryError, SpoolError, TransientDeliveryError
-from oneiric_session.spool import DEAD_AUTH, DEAD_REJECTED, Spool, SpooledEvent
+from oneiric_session.spool import DAMAGED, DEAD_AUTH, DEAD_DAMAGED, DEAD_REJECTED, Spool, SpooledEvent
 from oneiric_session.tracking.destination import Destination
 from oneiric_session.tracking.url_rules import secret_named
 
@@ -156,6 +156,9 @@ class DestinationWorker:
     def _prepare(self, row: SpooledEvent) -> DestinationWorker | None:
         if row.destination is None:
             self._dead(row, f"destination {self.key} is unknown to the spool")
+            return None
+        if row.damaged:
+            self._dead(row, DAMAGED, DEAD_DAMAGED)
             return None
         try:
             self._connect(row.destination)

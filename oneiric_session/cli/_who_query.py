@@ -131,7 +131,7 @@ def _local(args: argparse.Namespace, query: Query) -> Result:
         return Result([], False)
     where = SessionFilter(query.open_only, query.component, query.user, query.host, query.since, query.until)
     try:
-        store = SessionStore(db_path)
+        store = SessionStore.existing(db_path)
     except sqlite3.Error as exc:
         raise ConfigError(f"cannot read the session database {db_path}: {exc}") from exc
 
@@ -286,7 +286,7 @@ def fill_idle_seconds(args: argparse.Namespace, sessions: list[dict[str, Any]], 
         path = load_config(args.settings).spool_path()
         if not os.path.exists(path):
             return
-        with Spool(path) as spool:
+        with Spool(path, read_only=True) as spool:  # (never moved aside nor made anew here)
             seen: dict[tuple[object, object], float] = {
                 (s.server_session_id, s.pid): s.last_seen_alive
                 for s in spool.open_sessions()

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     sessions: list[dict[str, Any]] = []
     if database_present(db_path, "session database"):  # listing must not create a database
         try:
-            store = SessionStore(db_path)
+            store = SessionStore.existing(db_path)
             try:
                 sessions = store.list_sessions()
             finally:

@@ -300,7 +300,7 @@ def _replay_report(
         print(json.dumps(report, indent=2))
     else:
         print(
-            f"delivered {delivered} event(s) to {target}; "
+            f"delivered {delivered} event(s) to {terminal_safe(target)}; "
             f"{remaining} still waiting; {dead} new dead letter(s)"
         )
         if refused is not None:

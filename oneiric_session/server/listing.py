@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -149,6 +151,15 @@ def page_query(where: SessionFilter, cursor: str | None, size: int) -> tuple[str
     return sql + _ORDER + " LIMIT ?", [*params, size + 1]
 
 
+def listed(row: sqlite3.Row, names: Iterable[str]) -> dict[str, Any]:
+    """A session row as it is listed: a number that is not finite (a database written by hand or
+    by another program) as None, which JSON has (`Infinity` is no JSON)."""
+    return {
+        name: None if isinstance(value, float) and not math.isfinite(value) else value
+        for name, value in ((name, row[name]) for name in names)
+    }
+
+
 def select_page(
     db: sqlite3.Connection, where: SessionFilter, *, limit: int | None = None, cursor: str | None = None
 ) -> Page:
@@ -160,7 +171,7 @@ def select_page(
     sessions: list[dict[str, Any]] = []
     budget = MAX_PAGE_JSON_BYTES
     for row in rows:
-        session = {name: row[name] for name in LISTED_FIELDS}
+        session = listed(row, LISTED_FIELDS)
         budget -= len(json.dumps(session))  # ASCII escapes: at least its UTF-8 size
         if sessions and budget < 0:  # the rest on the next page (one session always fits)
             more = True

@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar
 
 from oneiric_session.common.privacy import open_private, private_dir
 from oneiric_session.common.sqlite_files import directory_lock, is_wal_file
-from oneiric_session.server.listing import INDEXES, Page, SessionFilter, select_page
+from oneiric_session.server.listing import INDEXES, Page, SessionFilter, listed, select_page
 
 # Long enough to sit out another server process's write burst, short enough that a wedged
 # database turns into a `status: "error"` answer before the client's own call timeout (30 s).
@@ -137,6 +137,19 @@ class SessionStore:
         self._lock = threading.Lock()
         self._last_suffix: dict[str, int] = {}  # base session id -> the suffix last found free
         self._connect()
+
+    @classmethod
+    def existing(cls, path: Path) -> SessionStore:
+        """The store at `path`, a session database already (what the listing commands open): another
+        program's database is refused (sqlite3.DatabaseError) and left as it is, not given our tables."""
+        reader = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            found = reader.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sessions'")
+            if found.fetchone() is None:
+                raise sqlite3.DatabaseError("it is not a session database (it has no sessions table)")
+        finally:
+            reader.close()
+        return cls(path)
 
     def _connect(self) -> None:
         if is_wal_file(self.path):
@@ -298,7 +311,7 @@ class SessionStore:
             rows = self._db.execute(
                 f"SELECT {', '.join(LISTED_COLUMNS)} FROM sessions ORDER BY rowid"
             ).fetchall()
-        return [dict(row) for row in rows]
+        return [listed(row, LISTED_COLUMNS) for row in rows]
 
     def list_page(self, where: SessionFilter, *, limit: int | None = None, cursor: str | None = None) -> Page:
         """One page of sessions, newest start first (see `server.listing`); raises BadQuery on bad input."""

@@ -52,7 +52,9 @@ if TYPE_CHECKING:
     )
     from oneiric_session.spool.full import Spool
     from oneiric_session.spool.records import (
+        DAMAGED,
         DEAD_AUTH,
+        DEAD_DAMAGED,
         DEAD_REJECTED,
         DEAD_START_REFUSED,
         DROP_MAX_AGE,
@@ -69,7 +71,9 @@ if TYPE_CHECKING:
 _RECORDS = "oneiric_session.spool.records"
 _CONNECTION = "oneiric_session.spool.connection"
 _EXPORTS = {
+    "DAMAGED": _RECORDS,
     "DEAD_AUTH": _RECORDS,
+    "DEAD_DAMAGED": _RECORDS,
     "DEAD_REJECTED": _RECORDS,
     "DEAD_START_REFUSED": _RECORDS,
     "DEFAULT_BUSY_TIMEOUT_SECONDS": _CONNECTION,
@@ -89,7 +93,9 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "DAMAGED",
     "DEAD_AUTH",
+    "DEAD_DAMAGED",
     "DEAD_REJECTED",
     "DEAD_START_REFUSED",
     "DEFAULT_BUSY_TIMEOUT_SECONDS",

@@ -28,6 +28,7 @@ import sqlite3
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from oneiric_session.common.safetext import terminal_safe
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool.meta import MetaTable
 from oneiric_session.spool.outbox import StartAppender, encode, outbox_dir, outbox_problem, sync_directory
@@ -38,7 +39,7 @@ from oneiric_session.spool.outbox_reader import (
     OutboxRecord,
     Unfinished,
     load_record,
-    outbox_waiting,
+    open_sessions,
     read_outbox,
     record_names,
     remove_if_abandoned,
@@ -107,15 +108,15 @@ class Intake(MetaTable, StartAppender):
             return 0
         present = set(names)
         known = self._taken_names()
-        waiting: set[str] = set()  # not readable at this look, maybe at the next
+        waiting: set[str] = set()  # not taken at this look: unfinished, unreadable or refused
         records = [
             record
             for record in (self._read_record(directory, name, waiting) for name in names if name not in known)
             if record is not None
         ]
-        # An end waits while its start could not be read at this look (being written, or an error
-        # that may pass): taken alone, it would find no session and be lost. For a while only: a
-        # start that never reads (one left where it is) keeps its end from nobody.
+        # An end waits while its start could not be taken at this look (being written, an error
+        # that may pass, or left where it is until someone sees to it): taken alone, it would find
+        # no session and be lost. For a while only: a start that never reads keeps its end from nobody.
         held = {name.removesuffix(".start") for name in waiting if name.endswith(".start")}
         now = self._clock()
         records = [
@@ -177,7 +178,7 @@ class Intake(MetaTable, StartAppender):
         """`_take` in its own savepoint: a record the database refuses is left out (and said once)."""
         conn.execute("SAVEPOINT record")
         try:
-            _take(conn, record, sending)
+            _take(conn, record, sending, self._clock())
         except sqlite3.Error as exc:
             # The spool's own trouble: recovery; or SQLite ended the whole transaction itself (a
             # full disk): no savepoint is left to roll back to, and no record here is at fault.
@@ -226,8 +227,9 @@ class Intake(MetaTable, StartAppender):
         )
 
     def stats(self) -> SpoolStats:
-        """The spool's totals; the records still in the outbox count as waiting."""
-        waiting = outbox_waiting(self.path, self._taken_names())
+        """The spool's totals; the records still in the outbox that read count as waiting (one
+        that never reads is never delivered: `unread_records` says so)."""
+        waiting = self.outbox_records()
 
         with self.reading() as conn:
             now = self._clock()
@@ -235,8 +237,9 @@ class Intake(MetaTable, StartAppender):
                 f"SELECT COUNT(*), MIN(created_at) FROM events WHERE state = '{STATE_PENDING}'"
             ).fetchone()
             dead = conn.execute(f"SELECT COUNT(*) FROM events WHERE state = '{STATE_DEAD}'").fetchone()[0]
-            rows, size = conn.execute("SELECT rows, bytes FROM totals WHERE id = 1").fetchone()
-            opened = conn.execute("SELECT COUNT(*) FROM sessions WHERE end_spooled = 0").fetchone()[0]
+            # (no totals row: a spool edited by hand; the agent's next write makes it again)
+            rows, size = conn.execute("SELECT rows, bytes FROM totals WHERE id = 1").fetchone() or (0, 0)
+            opened = conn.execute("SELECT handle FROM sessions WHERE end_spooled = 0").fetchall()
             counted = dict(conn.execute("SELECT reason, count FROM drops ORDER BY reason").fetchall())
             drops = {k: v for k, v in counted.items() if not k.startswith(SESSION_DROPS_PREFIX)}
             whole = {
@@ -245,7 +248,7 @@ class Intake(MetaTable, StartAppender):
                 if k.startswith(SESSION_DROPS_PREFIX)
             }
             aside = conn.execute("SELECT value FROM meta WHERE key = 'moved_aside'").fetchone()
-            times = [t for t in (oldest, *waiting.values()) if t is not None]
+            times = [t for t in (oldest, *(r.created_at for r in waiting)) if t is not None]
             oldest = min(times) if times else None
             return SpoolStats(
                 depth=depth + len(waiting),
@@ -253,9 +256,9 @@ class Intake(MetaTable, StartAppender):
                 dead=dead,
                 rows=rows,
                 bytes=size,
-                open_sessions=opened + sum(1 for name in waiting if name.endswith(".start")),
+                open_sessions=open_sessions((row[0] for row in opened), waiting),
                 drops=drops,
-                moved_aside=None if aside is None else aside[0],
+                moved_aside=None if aside is None else _text(aside[0]),
                 dropped_sessions=whole,
                 outbox=len(waiting),
             )
@@ -275,7 +278,8 @@ class Intake(MetaTable, StartAppender):
         except Unfinished as unfinished:
             if unfinished.args[0] >= STALE_UNFINISHED_SECONDS and remove_if_abandoned(path):
                 logger.warning(
-                    "outbox record %s was never finished (its shell died writing it): deleted", path
+                    "outbox record %s was never finished (its shell died writing it): deleted",
+                    terminal_safe(path),
                 )
             else:
                 waiting.add(name)
@@ -284,7 +288,8 @@ class Intake(MetaTable, StartAppender):
             waiting.add(name)
             self._report(name, exc.strerror or str(exc))
             return None
-        except ValueError as exc:  # not a record of ours: for good
+        except ValueError as exc:  # not a record of ours: left where it is
+            waiting.add(name)
             self._report(name, str(exc))
             return None
 
@@ -292,11 +297,18 @@ class Intake(MetaTable, StartAppender):
         where = os.path.join(outbox_dir(self.path), name)
         if where not in _reported:
             _reported.add(where)
-            logger.warning("outbox record %s left where it is: %s", where, problem)
+            # (a name may hold a byte that is no UTF-8: no log file could take it)
+            said = terminal_safe(where), terminal_safe(problem)
+            logger.warning("outbox record %s left where it is: %s", *said)
 
 
 # Records already named in the log as unreadable (once each per process).
 _reported: set[str] = set()
+
+
+def _text(value: object) -> str:
+    """A value the meta table holds, as text (a blob or a number put there by hand too)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 def _names(directory: str) -> list[str] | None:
@@ -307,9 +319,11 @@ def _names(directory: str) -> list[str] | None:
         raise SpoolError(f"outbox {directory} cannot be read: {exc.strerror or exc}") from exc
 
 
-def _take(conn: sqlite3.Connection, record: OutboxRecord, sending: Collection[str]) -> None:
-    """Append one record as its shell would have, with its caps (sparing what the agent is `sending`)."""
-    now = record.created_at
+def _take(conn: sqlite3.Connection, record: OutboxRecord, sending: Collection[str], clock: float) -> None:
+    """Append one record as its shell would have, with its caps (sparing what the agent is `sending`),
+    as of when it was written, or as of `clock` (now) if it is dated later: a record dated ahead
+    would age out what waits."""
+    now = min(record.created_at, clock)
     if record.destination is not None and record.kind == "start":
         insert_start(
             conn, record.handle, record.event_id, record.destination, record.payload, record.shell, now

@@ -6,13 +6,12 @@ than a record can be, of this format, and its name and content agree; a file wit
 newline is one still being written (`Unfinished`). Standard library only.
 """
 
-import contextlib
 import functools
 import json
 import os
 import stat
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import Any, NamedTuple
 
 from oneiric_session.common.paths import nothing_there
@@ -27,7 +26,7 @@ __all__ = [
     "OutboxRecord",
     "Unfinished",
     "load_record",
-    "outbox_waiting",
+    "open_sessions",
     "read_outbox",
     "record_names",
     "remove_if_abandoned",
@@ -130,17 +129,12 @@ def unread_records(spool_path: str | os.PathLike[str]) -> str | None:
     )
 
 
-def outbox_waiting(spool_path: str | os.PathLike[str], taken: Collection[str]) -> dict[str, float]:
-    """The records waiting in the outbox, not read: name -> when it was written (its mtime)."""
-    directory = outbox_dir(spool_path)
-    if outbox_unreadable(directory) is not None:  # (said by `status`, `spool list` and replay)
-        return {}
-    waiting = {}
-    for name in record_names(directory) or ():
-        if name not in taken:
-            with contextlib.suppress(OSError):
-                waiting[name] = os.lstat(os.path.join(directory, name)).st_mtime
-    return waiting
+def open_sessions(spooled: Iterable[str], records: Iterable[OutboxRecord]) -> int:
+    """How many sessions are started and not ended: those the spool holds open (`spooled`, their
+    handles) and those whose start waits in the outbox (`records`), less those whose end waits there."""
+    waiting = list(records)
+    ended = {r.handle for r in waiting if r.kind == "end"}
+    return len(({*spooled} | {r.handle for r in waiting if r.kind == "start"}) - ended)
 
 
 def record_names(directory: str) -> list[str] | None:
@@ -193,8 +187,12 @@ def _parse(name: str, data: bytes) -> OutboxRecord:
     if destination is not None and not isinstance(destination, str):
         raise ValueError("its destination is not a destination")
     payload = record.get("payload")
-    if not isinstance(payload, str) or not isinstance(json.loads(payload), dict):
+    if not isinstance(payload, str) or not isinstance(event := json.loads(payload), dict):
         raise ValueError("its event is not an event")
+    try:  # (a lone surrogate, `\\ud800`, or a name of a byte that is no UTF-8: SQLite takes neither)
+        json.dumps([name, record, event], ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("it holds text that is not UTF-8") from None
     shell = record.get("shell") or {}
     if not isinstance(shell, dict) or not all(_shell_field(k, shell.get(k)) for k in _SHELL_FIELDS):
         raise ValueError("its shell's identity is not one")
@@ -202,6 +200,8 @@ def _parse(name: str, data: bytes) -> OutboxRecord:
     if not (_figure(created_at) and isinstance(caps, list) and len(caps) == 3 and all(map(_figure, caps))):
         raise ValueError("its time or its caps are not figures")
     max_rows, max_bytes, max_age = caps
+    if max_rows < LEAST_CAPS[0] or max_bytes < LEAST_CAPS[1] or max_age <= LEAST_CAPS[2]:
+        raise ValueError("its caps are below what the settings allow")
     return OutboxRecord(
         name=name,
         kind=kind,
@@ -213,6 +213,12 @@ def _parse(name: str, data: bytes) -> OutboxRecord:
         caps=(int(max_rows), int(max_bytes), float(max_age)),
         shell={k: shell.get(k) for k in _SHELL_FIELDS},
     )
+
+
+# The least caps a shell's settings allow (`spool.max_rows` >= 1, `spool.max_bytes` >= 65536,
+# `spool.max_age_days` > 0; config/models.SpoolSettings): a record below them is no shell's, and
+# taken in it would drop every other shell's waiting sessions.
+LEAST_CAPS = (1, 65536, 0.0)
 
 
 def _figure(value: object) -> bool:

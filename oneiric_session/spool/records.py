@@ -12,7 +12,9 @@ from typing import Any, Final, Literal, NamedTuple
 from oneiric_session.tracking.destination import Destination
 
 __all__ = [
+    "DAMAGED",
     "DEAD_AUTH",
+    "DEAD_DAMAGED",
     "DEAD_REJECTED",
     "DEAD_START_REFUSED",
     "DELETE_ROW",
@@ -42,8 +44,12 @@ STATE_DEAD: Final = "dead"
 
 # Dead-letter categories (requeue_dead selects by category).
 DEAD_REJECTED = "rejected"
+DEAD_DAMAGED = "damaged"
 DEAD_AUTH = "auth"
 DEAD_START_REFUSED = "start refused"
+
+# The last error of a row whose event cannot be read, and its reason as a dead letter.
+DAMAGED = "its event cannot be read: the spool file was damaged where it is stored"
 
 # Drop reasons.
 DROP_MAX_ROWS = "max_rows"
@@ -82,6 +88,11 @@ class SpooledEvent(NamedTuple):
     dead_category: str | None
     dead_reason: str | None
     server_session_id: str | None
+
+    @property
+    def damaged(self) -> bool:
+        """Whether its event could not be read from the spool (`event_from_row`): never sent."""
+        return not self.payload
 
     def arguments(self) -> dict[str, Any]:
         """The tool arguments to send (without token): an end carries the server's session id."""
@@ -127,8 +138,16 @@ def clip(text: str) -> str:
 
 def event_from_row(r: tuple[Any, ...], destination: Destination | None) -> SpooledEvent:
     """A row of EVENT_COLUMNS as a SpooledEvent: the columns in its fields' order, with the
-    destination after the key and the payload parsed."""
-    return SpooledEvent._make((*r[:5], destination, json.loads(r[5]), *r[6:]))
+    destination after the key and the payload parsed. A payload that does not parse (the spool
+    file damaged on disk: SQLite keeps no checksum of a value) reads as `{}`, with DAMAGED as
+    its last error: `damaged`, shown as such, and made a dead letter by the agent."""
+    try:
+        payload = json.loads(r[5])
+    except (ValueError, TypeError, RecursionError):
+        payload = None
+    if isinstance(payload, dict) and payload:
+        return SpooledEvent._make((*r[:5], destination, payload, *r[6:]))
+    return SpooledEvent._make((*r[:5], destination, {}, r[6], DAMAGED, *r[8:]))
 
 
 def save_destination(conn: sqlite3.Connection, destination: Destination) -> None:
