@@ -111,7 +111,7 @@ def read_destinations(spool_path: str | os.PathLike[str]) -> dict[str, Destinati
         if ownership_problem(path, os.fstat(fd)) is not None:
             return {}
         value = json.loads(os.read(fd, _MAX_STATUS_BYTES))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # (a damaged file, or thousands of `[`)
         return {}
     finally:
         os.close(fd)

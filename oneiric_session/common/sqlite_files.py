@@ -7,19 +7,28 @@ a WAL database yet is opened under `directory_lock`, and one process makes it on
 wait; a file whose header says WAL already (`is_wal_database`) is opened without the lock. The
 same lock serializes replacing a database's files (a damaged spool moved aside, a spool joined
 again after its WAL files were deleted). Used by the spool (spool/connection.py, spool/opening.py,
-spool/recovery.py, spool/rejoin.py) and the bundled server's store (server/store.py).
+spool/recovery.py, spool/rejoin.py) and the bundled server's store (server/store.py), which
+lists with `read_only_connection` a database this user may only read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["SQLITE_MAGIC", "database_present", "directory_lock", "is_wal_database", "is_wal_file"]
+__all__ = [
+    "SQLITE_MAGIC",
+    "database_present",
+    "directory_lock",
+    "is_wal_database",
+    "is_wal_file",
+    "read_only_connection",
+]
 
 # The first 16 bytes of every SQLite database file.
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -95,3 +104,25 @@ def directory_lock(path: str | os.PathLike[str]) -> Iterator[None]:
 
 
 _held = threading.local()
+
+
+def read_only_connection(path: Path) -> sqlite3.Connection:
+    """A connection that never writes to the database at `path`: read-only, or, where even that
+    needs a write (a WAL database whose shared-memory file cannot be made in a read-only
+    directory), reading it as immutable (nothing else may write it meanwhile: a backup, a mount)."""
+    uri = path.resolve().as_uri()
+    try:
+        return _reader(f"{uri}?mode=ro")
+    except sqlite3.OperationalError:
+        return _reader(f"{uri}?mode=ro&immutable=1")
+
+
+def _reader(uri: str) -> sqlite3.Connection:
+    db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+    try:
+        db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except BaseException:
+        db.close()
+        raise
+    db.row_factory = sqlite3.Row
+    return db

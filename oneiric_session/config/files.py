@@ -66,6 +66,8 @@ def read_file(path: Path) -> dict[str, Any]:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path} line {exc.lineno}: invalid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise ConfigError(f"{path}: invalid JSON: nested too deeply") from None
     elif path.suffix == ".toml":
         import tomllib
 

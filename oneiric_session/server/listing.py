@@ -110,7 +110,7 @@ def decode_cursor(cursor: str) -> tuple[float, int]:
         if isinstance(epoch, bool) or not isinstance(epoch, int | float) or type(rowid) is not int:
             raise ValueError
         return float(epoch), rowid
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError) as exc:
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError, RecursionError) as exc:
         raise BadQuery("cursor: not a cursor this server handed out") from exc
 
 

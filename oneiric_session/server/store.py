@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from oneiric_session.common.privacy import open_private, private_dir
-from oneiric_session.common.sqlite_files import directory_lock, is_wal_file
+from oneiric_session.common.sqlite_files import directory_lock, is_wal_file, read_only_connection
 from oneiric_session.server.listing import INDEXES, Page, SessionFilter, listed, select_page
 
 # Long enough to sit out another server process's write burst, short enough that a wedged
@@ -129,27 +129,39 @@ def _make_private(path: Path) -> None:
 class SessionStore:
     """Sessions recorded by the bundled server; every method is one short transaction."""
 
-    def __init__(self, path: Path) -> None:
-        _make_private(path)
+    def __init__(self, path: Path, *, reading: sqlite3.Connection | None = None) -> None:
+        """`reading`: a read-only connection to `path` to list with (`existing`), the file left as it is."""
         self.path = path
         # The MCP server runs tools on worker threads; one connection behind a lock is plenty
         # (SQLite serializes writers anyway) and keeps a single WAL reader/writer per process.
         self._lock = threading.Lock()
         self._last_suffix: dict[str, int] = {}  # base session id -> the suffix last found free
+        if reading is not None:
+            self._db, self._identity = reading, _identity(path)
+            return
+        _make_private(path)
         self._connect()
 
     @classmethod
     def existing(cls, path: Path) -> SessionStore:
-        """The store at `path`, a session database already (what the listing commands open): another
-        program's database is refused (sqlite3.DatabaseError) and left as it is, not given our tables."""
-        reader = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        """The store at `path` for the listing commands: another program's database (tables, none
+        of them `sessions`) is refused (sqlite3.DatabaseError) and left as it is, not given our
+        tables. One this user may only read (a backup, a read-only mount) is opened read-only."""
+        reader = read_only_connection(path)
         try:
-            found = reader.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sessions'")
-            if found.fetchone() is None:
+            # (none at all: a database the server is making, its schema not yet where we read)
+            tables = {row[0] for row in reader.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if tables and "sessions" not in tables:
                 raise sqlite3.DatabaseError("it is not a session database (it has no sessions table)")
-        finally:
+        except BaseException:
             reader.close()
-        return cls(path)
+            raise
+        try:
+            store = cls(path)
+        except sqlite3.OperationalError:  # (it cannot be written here: read as it is)
+            return cls(path, reading=reader)
+        reader.close()
+        return store
 
     def _connect(self) -> None:
         if is_wal_file(self.path):

@@ -19,6 +19,7 @@ from pathlib import Path
 from oneiric_session.common.sqlite_files import SQLITE_MAGIC, directory_lock, is_wal_database
 from oneiric_session.errors import SpoolError
 from oneiric_session.spool.descriptors import adopt, hold, read_header, release
+from oneiric_session.spool.records import Undecodable
 from oneiric_session.spool.recovery import FileId, file_key
 from oneiric_session.spool.schema import SCHEMA_VERSION, TABLES, NeedsFreshSpool, check_schema
 
@@ -82,14 +83,26 @@ def _check_header(header: bytes) -> None:
 
 def connect(path: Path, busy_timeout_seconds: float) -> sqlite3.Connection:
     """A connection in autocommit mode (the spool runs its own transactions), usable by any thread,
-    to the file at `path`, which it never creates (`create_file` does, private, under the lock)."""
-    return sqlite3.connect(
+    to the file at `path`, which it never creates (`create_file` does, private, under the lock).
+    A stored text that is no UTF-8 (a byte damaged on disk: SQLite keeps no checksum of a value)
+    reads as `Undecodable`, that byte replaced, not as an error that fails every read of its row:
+    a row whose payload reads so is damaged (`records.event_from_row`)."""
+    conn = sqlite3.connect(
         f"{path.absolute().as_uri()}?mode=rw",
         uri=True,
         timeout=busy_timeout_seconds,
         isolation_level=None,
         check_same_thread=False,
     )
+    conn.text_factory = _text
+    return conn
+
+
+def _text(stored: bytes) -> str:
+    try:
+        return stored.decode("utf-8")
+    except UnicodeDecodeError:
+        return Undecodable(stored.decode("utf-8", "replace"))
 
 
 def prepare_writable(

@@ -29,6 +29,7 @@ __all__ = [
     "OpenSession",
     "SpoolStats",
     "SpooledEvent",
+    "Undecodable",
     "bury",
     "clip",
     "event_from_row",
@@ -136,13 +137,19 @@ def clip(text: str) -> str:
     return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"
 
 
+class Undecodable(str):
+    """A text the spool stored that is no UTF-8 (damaged on disk), as read: its bytes replaced."""
+
+    __slots__ = ()
+
+
 def event_from_row(r: tuple[Any, ...], destination: Destination | None) -> SpooledEvent:
     """A row of EVENT_COLUMNS as a SpooledEvent: the columns in its fields' order, with the
     destination after the key and the payload parsed. A payload that does not parse (the spool
     file damaged on disk: SQLite keeps no checksum of a value) reads as `{}`, with DAMAGED as
     its last error: `damaged`, shown as such, and made a dead letter by the agent."""
     try:
-        payload = json.loads(r[5])
+        payload = None if isinstance(r[5], Undecodable) else json.loads(r[5])
     except (ValueError, TypeError, RecursionError):
         payload = None
     if isinstance(payload, dict) and payload:
