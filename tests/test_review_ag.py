@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -281,21 +282,27 @@ def test_status_and_list_of_a_spool_with_odd_values_say_so_without_a_traceback(
     assert "Traceback" not in result.stderr, result.stderr.strip().splitlines()[-1]
 
 
-def test_a_record_dated_in_the_future_does_not_age_out_what_waits(scene: Scene) -> None:
-    """Taking a record in applies the caps with `now` = the record's own created_at. A record
-    dated a year ahead (a malformed one, or written while the clock was stepped forward, before
-    NTP corrected it) made the intake drop, as `max_age`, a session ended seconds ago and still
-    waiting for its server: a valid session lost to one odd record."""
+def _ended_session_then_a_start_rewritten(scene: Scene, handle: str, **change: Any) -> None:
+    """A session ended and waiting in the spool (local-a), then the start of `handle` in the outbox
+    with each field named in `change` rewritten by its function."""
     _start(scene, "local-a")
     _end(scene, "local-a")
     with Spool(scene.spool_path) as spool:
         assert spool.take_in() == 2
         spool.release_taken()
-    _start(scene, "local-future")
-    path = Path(outbox_dir(scene.spool_path), "local-future.start")
+    _start(scene, handle)
+    path = Path(outbox_dir(scene.spool_path), f"{handle}.start")
     record = json.loads(path.read_text())
-    record["created_at"] += 365 * 86400
+    record.update({name: rewrite(record[name]) for name, rewrite in change.items()})
     path.write_text(json.dumps(record) + "\n")
+
+
+def test_a_record_dated_in_the_future_does_not_age_out_what_waits(scene: Scene) -> None:
+    """Taking a record in applies the caps with `now` = the record's own created_at. A record
+    dated a year ahead (a malformed one, or written while the clock was stepped forward, before
+    NTP corrected it) made the intake drop, as `max_age`, a session ended seconds ago and still
+    waiting for its server: a valid session lost to one odd record."""
+    _ended_session_then_a_start_rewritten(scene, "local-future", created_at=lambda at: at + 365 * 86400)
     with Spool(scene.spool_path) as spool:
         spool.take_in()
         kept = sorted((e.handle, e.kind) for e in spool.list_pending())
@@ -350,16 +357,7 @@ def test_a_record_with_caps_no_setting_allows_does_not_empty_the_spool(scene: Sc
     """The reader accepts any caps that are figures (`_figure`: 0 included) and the intake applies
     them: a record claiming max_rows 0, max_bytes 0, max_age 0 (the settings allow at least 1,
     65536 and more than 0) drops every session waiting in the spool, other shells' included."""
-    _start(scene, "local-a")
-    _end(scene, "local-a")
-    with Spool(scene.spool_path) as spool:
-        assert spool.take_in() == 2
-        spool.release_taken()
-    _start(scene, "local-zero")
-    path = Path(outbox_dir(scene.spool_path), "local-zero.start")
-    record = json.loads(path.read_text())
-    record["caps"] = [0, 0, 0]
-    path.write_text(json.dumps(record) + "\n")
+    _ended_session_then_a_start_rewritten(scene, "local-zero", caps=lambda _: [0, 0, 0])
     with Spool(scene.spool_path) as spool:
         spool.take_in()
         kept = sorted(e.handle for e in spool.list_pending() if e.row_id)
