@@ -339,7 +339,7 @@ def test_status_does_not_hang_on_a_fifo_where_the_lock_file_goes(scene: Scene) -
         assert status.returncode == 0
         assert json.loads(out)["delivery"]["depth"] == 1
     finally:
-        lock.unlink()  # (the fixture's own agent_holds_lock would block on it too)
+        lock.unlink()  # (no lock file of any kind left for the fixture's teardown)
 
 
 def test_spool_replay_prints_the_destination_terminal_safe(scene: Scene) -> None:

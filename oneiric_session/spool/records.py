@@ -154,7 +154,7 @@ def event_from_row(r: tuple[Any, ...], destination: Destination | None) -> Spool
         payload = None
     if isinstance(payload, dict) and payload:
         return SpooledEvent._make((*r[:5], destination, payload, *r[6:]))
-    return SpooledEvent._make((*r[:5], destination, {}, r[6], DAMAGED, *r[8:]))
+    return SpooledEvent._make((*r[:5], destination, {}, *r[6:]))._replace(last_error=DAMAGED)
 
 
 def save_destination(conn: sqlite3.Connection, destination: Destination) -> None:
