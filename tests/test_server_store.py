@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,6 +100,45 @@ def test_wal_mode_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
         db.execute("PRAGMA user_version=99")
     with pytest.raises(sqlite3.DatabaseError, match="newer oneiric-session"):
         SessionStore(path)
+
+
+_LOCK_PROBE = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+try:
+    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)  # the WAL index's dead-man switch byte
+except OSError:
+    print("held")
+else:
+    print("free")
+"""
+
+
+def _shared_memory_lock(path: Path) -> str:
+    """Whether another process holds its lock on the WAL index of the database at `path`, as seen
+    by a process opening it (SQLite's unix VFS: a byte it may lock exclusively means nobody else
+    has the index mapped, and it truncates and rebuilds it)."""
+    probe = subprocess.run(
+        [sys.executable, "-c", _LOCK_PROBE, f"{path}-shm"], capture_output=True, text=True, check=True
+    )
+    return probe.stdout.strip()
+
+
+def test_a_listing_keeps_its_lock_on_the_write_ahead_index_it_maps(tmp_path: Path) -> None:
+    """`SessionStore.existing` (`sessions`, `who`, `last`) opened the store while its read-only
+    check was open; the store's opening opens and closes the database's files, and closing any
+    descriptor of a file drops every POSIX lock the process holds on it. A server opening the
+    database then found the index unlocked, truncated it, and the listing died of SIGBUS (CI)."""
+    path = tmp_path / "s.sqlite3"
+    writer = SessionStore(path)
+    writer.record_start(new_session("a"))
+    writer.close()
+    store = SessionStore.existing(path)
+    try:
+        assert [row["component_name"] for row in store.list_sessions()] == ["shell"]
+        assert _shared_memory_lock(path) == "held"
+    finally:
+        store.close()
 
 
 def test_separate_connections_writing_at_once_never_share_an_id(tmp_path: Path) -> None:

@@ -151,17 +151,17 @@ class SessionStore:
         try:
             # (none at all: a database the server is making, its schema not yet where we read)
             tables = {row[0] for row in reader.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if tables and "sessions" not in tables:
-                raise sqlite3.DatabaseError("it is not a session database (it has no sessions table)")
-        except BaseException:
+        finally:
+            # Closed before the store opens the files: closing any descriptor of a file drops every
+            # POSIX lock this process holds on it, so the reader would lose its lock on the shared
+            # memory it maps, and a server opening the database then truncates that (SIGBUS here).
             reader.close()
-            raise
+        if tables and "sessions" not in tables:
+            raise sqlite3.DatabaseError("it is not a session database (it has no sessions table)")
         try:
-            store = cls(path)
+            return cls(path)
         except sqlite3.OperationalError:  # (it cannot be written here: read as it is)
-            return cls(path, reading=reader)
-        reader.close()
-        return store
+            return cls(path, reading=read_only_connection(path))
 
     def _connect(self) -> None:
         if is_wal_file(self.path):
@@ -175,6 +175,13 @@ class SessionStore:
         self._db = sqlite3.connect(
             path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
         )
+        try:
+            self._prepare(path)
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _prepare(self, path: Path) -> None:
         self._identity = _identity(path)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")

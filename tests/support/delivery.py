@@ -192,7 +192,7 @@ class Scene:
 
     def sessions(self) -> list[dict[str, Any]]:
         result = self.run("sessions", "--json", "--db", str(self.db))
-        assert result.returncode == 0, result.stderr
+        assert result.returncode == 0, f"exit {result.returncode}: {result.stderr}{result.stdout}"
         return json.loads(result.stdout)
 
     def spool(self) -> Spool:
