@@ -4,7 +4,8 @@ SQLite waits (busy_timeout) for the locks of reads and writes, but not for the o
 file's journal mode: two processes opening a brand-new file at once, each switching it to WAL,
 see one of them fail at once ("database is locked", even "disk I/O error"). So a file that is not
 a WAL database yet is opened under `directory_lock`, and one process makes it one while the others
-wait; a file whose header says WAL already (`is_wal_database`) is opened without the lock. The
+wait; a file in WAL mode already (its header: `is_wal_database`; the server's store asks SQLite,
+`PRAGMA journal_mode`, and opens no descriptor of its own on the file) is opened without it. The
 same lock serializes replacing a database's files (a damaged spool moved aside, a spool joined
 again after its WAL files were deleted). Used by the spool (spool/connection.py, spool/opening.py,
 spool/recovery.py, spool/rejoin.py) and the bundled server's store (server/store.py), which
@@ -26,7 +27,6 @@ __all__ = [
     "database_present",
     "directory_lock",
     "is_wal_database",
-    "is_wal_file",
     "read_only_connection",
 ]
 
@@ -60,15 +60,6 @@ def is_wal_database(header: bytes) -> bool:
     """Whether `header` (a file's first bytes) starts an SQLite database in WAL mode: its format
     versions (bytes 18 and 19) are 2, written to the file itself when it was switched."""
     return header.startswith(SQLITE_MAGIC) and header[18:20] == b"\x02\x02"
-
-
-def is_wal_file(path: str | os.PathLike[str]) -> bool:
-    """`is_wal_database` of the file at `path`; False when it cannot be read (or is not there)."""
-    try:
-        with open(path, "rb") as file:
-            return is_wal_database(file.read(20))
-    except OSError:
-        return False
 
 
 @contextlib.contextmanager

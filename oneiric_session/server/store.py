@@ -9,7 +9,6 @@ import functools
 import json
 import logging
 import math
-import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -18,8 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from oneiric_session.common.privacy import open_private, private_dir
-from oneiric_session.common.sqlite_files import directory_lock, is_wal_file, read_only_connection
+from oneiric_session.common.sqlite_files import directory_lock, read_only_connection
+from oneiric_session.server.database_file import file_identity, make_private
 from oneiric_session.server.listing import INDEXES, Page, SessionFilter, listed, select_page
 
 # Long enough to sit out another server process's write burst, short enough that a wedged
@@ -111,21 +110,6 @@ def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
-def _make_private(path: Path) -> None:
-    """Sessions are private (user names, homes, hosts, cwds): the directory 0700 when we create it,
-    the database 0600 whatever the umask (SQLite gives its WAL and SHM the database's mode)."""
-    real = os.path.realpath(path)
-    private_dir(os.path.dirname(real))
-    for name in (real, f"{real}-wal", f"{real}-shm"):
-        flags = os.O_RDWR | (os.O_CREAT if name == real else 0)
-        try:
-            os.close(open_private(name, flags))
-        except FileNotFoundError:
-            continue
-        except OSError:
-            continue  # not ours, or not a file: SQLite says what it can and cannot do with it
-
-
 class SessionStore:
     """Sessions recorded by the bundled server; every method is one short transaction."""
 
@@ -137,9 +121,9 @@ class SessionStore:
         self._lock = threading.Lock()
         self._last_suffix: dict[str, int] = {}  # base session id -> the suffix last found free
         if reading is not None:
-            self._db, self._identity = reading, _identity(path)
+            self._db, self._identity = reading, file_identity(path)
             return
-        _make_private(path)
+        make_private(path)
         self._connect()
 
     @classmethod
@@ -152,10 +136,7 @@ class SessionStore:
             # (none at all: a database the server is making, its schema not yet where we read)
             tables = {row[0] for row in reader.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         finally:
-            # Closed before the store opens the files: closing any descriptor of a file drops every
-            # POSIX lock this process holds on it, so the reader would lose its lock on the shared
-            # memory it maps, and a server opening the database then truncates that (SIGBUS here).
-            reader.close()
+            reader.close()  # a check only: the store opens its own
         if tables and "sessions" not in tables:
             raise sqlite3.DatabaseError("it is not a session database (it has no sessions table)")
         try:
@@ -164,40 +145,39 @@ class SessionStore:
             return cls(path, reading=read_only_connection(path))
 
     def _connect(self) -> None:
-        if is_wal_file(self.path):
-            self._open()
-            return
-        with directory_lock(self.path):  # a new file: made a WAL database by one process at a time
-            self._open()
-
-    def _open(self) -> None:
+        """Open the database at `path`: made a WAL database if it is new, its schema made or migrated."""
         path = self.path
-        self._db = sqlite3.connect(
+        db = sqlite3.connect(
             path, timeout=BUSY_TIMEOUT_SECONDS, isolation_level=None, check_same_thread=False
         )
         try:
-            self._prepare(path)
+            identity = file_identity(path)
+            db.row_factory = sqlite3.Row
+            # SQLite says whether it is in WAL mode yet: no descriptor of ours is opened on the file.
+            if db.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                self._prepare(db)
+            else:
+                with directory_lock(path):  # a new file: made a WAL database by one process at a time
+                    self._prepare(db)
         except BaseException:
-            self._db.close()
+            db.close()
             raise
+        self._db, self._identity = db, identity
 
-    def _prepare(self, path: Path) -> None:
-        self._identity = _identity(path)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
+    def _prepare(self, db: sqlite3.Connection) -> None:
+        db.execute("PRAGMA journal_mode=WAL")
         # FULL: an acknowledged start or end must survive a power loss; the agent deletes its
         # spooled copy as soon as we answer.
-        self._db.execute("PRAGMA synchronous=FULL")
-        with self._transaction():
-            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        db.execute("PRAGMA synchronous=FULL")
+        with _Transaction(db, self._lock):
+            version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(
-                    f"{path} was written by a newer oneiric-session (schema {version} > {SCHEMA_VERSION})"
-                )
+                newer = f"schema {version} > {SCHEMA_VERSION}"
+                raise sqlite3.DatabaseError(f"{self.path} was written by a newer oneiric-session ({newer})")
             for statement in filter(str.strip, _SCHEMA.split(";")):
-                self._db.execute(statement)
-            _migrate(self._db)
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                db.execute(statement)
+            _migrate(db)
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db, self._lock)
@@ -208,15 +188,15 @@ class SessionStore:
         SQLite keeps writing into a deleted file's inode, so every session acknowledged after an
         `rm` would be lost; a write goes to the file at `path`, or fails (and the client keeps it).
         """
-        current = _identity(self.path)
+        current = file_identity(self.path)
         if current is not None and current == self._identity:
             return
         with self._lock:
-            if _identity(self.path) == self._identity is not None:
+            if file_identity(self.path) == self._identity is not None:
                 return
             logger.warning("session database %s was deleted or replaced; opening it again", self.path)
             self._db.close()
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private(self.path)  # the new file 0600 too
         self._connect()
 
     def record_start(self, session: NewSession, *, now: datetime | None = None) -> str:
@@ -349,15 +329,6 @@ class SessionStore:
             self._db.close()
         finally:
             self._lock.release()
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    """(device, inode) of the file at `path`, None when there is none."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
 
 
 def _migrate(db: sqlite3.Connection) -> None:

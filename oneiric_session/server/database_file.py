@@ -1,0 +1,48 @@
+"""The session database's file by path: made private, and told apart from one put in its place.
+
+Never through a descriptor of a file that is there: closing any descriptor of a file drops every
+POSIX lock the process holds on it, SQLite's own ("How To Corrupt An SQLite Database File", 2.2).
+A store's connection (or any other of the process) would lose its lock on the database and on the
+WAL index it maps; a process opening the database next would take itself for its only user,
+truncate that index under us (SIGBUS) or checkpoint and delete the WAL a store still writes to.
+
+Standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from pathlib import Path
+
+from oneiric_session.common.privacy import private_dir
+
+__all__ = ["file_identity", "make_private"]
+
+
+def make_private(path: Path) -> None:
+    """Sessions are private (user names, homes, hosts, cwds): the directory 0700 when we create it,
+    the database 0600 whatever the umask (SQLite gives its WAL and SHM the database's mode). A
+    descriptor is opened only to create the file, which no connection can have open yet."""
+    real = os.path.realpath(path)
+    private_dir(os.path.dirname(real))
+    # (One there already, or not ours to make: SQLite says what it can and cannot do with it.)
+    with contextlib.suppress(OSError):
+        os.close(os.open(real, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    for name in (real, f"{real}-wal", f"{real}-shm"):
+        try:
+            st = os.lstat(name)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077:
+                os.chmod(name, 0o600)  # made under a lax umask, or left so by an older version
+        except OSError:
+            continue  # not there, or not ours
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at `path`, None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
