@@ -33,8 +33,11 @@ def make_private(path: Path) -> None:
     for name in (real, f"{real}-wal", f"{real}-shm"):
         try:
             st = os.lstat(name)
-            if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077:
-                os.chmod(name, 0o600)  # made under a lax umask, or left so by an older version
+            # A file its owner may write, made under a lax umask or left so by an older version; one
+            # made read-only (a backup kept) is left as it is, and SQLite reads it as it is.
+            lax, writable = st.st_mode & 0o077, st.st_mode & stat.S_IWUSR
+            if stat.S_ISREG(st.st_mode) and st.st_uid == os.getuid() and lax and writable:
+                os.chmod(name, 0o600)
         except OSError:
             continue  # not there, or not ours
 
