@@ -77,17 +77,12 @@ store.close()
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap, 6d00448 too: a store reopening a deleted database beside another process's "
-    "old -wal/-shm (the spool's rejoin, spool/rejoin.py, has no counterpart in the server's store)",
-)
 def test_a_server_reopening_a_deleted_database_writes_while_another_server_is_idle(tmp_path: Path) -> None:
     """`_same_file` after an `rm` of the database while a second server process is idle on the old
-    inode (its connection holds the old -wal and -shm, still there by name): the reopened store's
-    `_connect` makes the new empty file a WAL database beside those files, and `BEGIN IMMEDIATE`
-    fails "disk I/O error" on every write (each one retried, each failing) for as long as the
-    other process stays idle: no session start or end is recorded meanwhile."""
+    inode (its connection holds the old -wal and -shm, still there by name): the reopened store
+    made the new empty file a WAL database beside those files, and `BEGIN IMMEDIATE` failed "disk
+    I/O error" on every write for as long as the other process stayed idle. Now the leftovers of
+    a database that is gone are removed before the new file is made (`drop_leftovers`)."""
     from tests.test_server_store import new_session
 
     path = tmp_path / "s.sqlite3"
@@ -116,3 +111,22 @@ def test_a_server_reopening_a_deleted_database_writes_while_another_server_is_id
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_server_whose_database_alone_was_deleted_records_in_the_new_one(tmp_path: Path) -> None:
+    """`rm sessions.sqlite3` alone (the -wal and -shm left) under one running server: what it
+    records after is in the new database as other processes see it, nothing of the deleted one."""
+    from tests.test_server_store import new_session
+
+    path = tmp_path / "s.sqlite3"
+    store = SessionStore(path)
+    try:
+        store.record_start(new_session("before"))
+        os.remove(path)
+        store.record_start(new_session("after"))
+    finally:
+        store.close()
+    with sqlite3.connect(path) as other:
+        events = [row[0] for row in other.execute("SELECT event_id FROM sessions")]
+    other.close()
+    assert events == ["after"]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from oneiric_session.common.privacy import private_dir
 
-__all__ = ["file_identity", "make_private"]
+__all__ = ["drop_leftovers", "file_identity", "make_private"]
 
 
 def make_private(path: Path) -> None:
@@ -49,3 +49,16 @@ def file_identity(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def drop_leftovers(path: Path) -> None:
+    """The database at `path` is gone: remove the -wal and -shm it left by name, which beside a new
+    file would fail every write ("disk I/O error"). A process still using the deleted file keeps
+    its own open, and SQLite's close of a moved database neither checkpoints nor deletes. Called
+    under `directory_lock`, so no other process is making the new file meanwhile."""
+    real = os.path.realpath(path)
+    if os.path.lexists(real):
+        return
+    for name in (f"{real}-wal", f"{real}-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name)
