@@ -1,4 +1,5 @@
-"""The session database's file by path: made private, and told apart from one put in its place.
+"""The session database's file by path: made private, told apart from one put in its place, and
+the files a deleted one left removed.
 
 Never through a descriptor of a file that is there: closing any descriptor of a file drops every
 POSIX lock the process holds on it, SQLite's own ("How To Corrupt An SQLite Database File", 2.2).
