@@ -77,12 +77,16 @@ store.close()
 """
 
 
-def test_a_server_reopening_a_deleted_database_writes_while_another_server_is_idle(tmp_path: Path) -> None:
-    """`_same_file` after an `rm` of the database while a second server process is idle on the old
-    inode (its connection holds the old -wal and -shm, still there by name): the reopened store
-    made the new empty file a WAL database beside those files, and `BEGIN IMMEDIATE` failed "disk
-    I/O error" on every write for as long as the other process stayed idle. Now the leftovers of
-    a database that is gone are removed before the new file is made (`drop_leftovers`)."""
+@pytest.mark.parametrize("writer", ["reopening", "starting"])
+def test_a_server_writes_after_its_database_was_deleted_while_another_server_is_idle(
+    tmp_path: Path, writer: str
+) -> None:
+    """An `rm` of the database while a second server process is idle on the old inode (its
+    connection holds the old -wal and -shm, still there by name). The server that wrote next,
+    reopening (`_same_file`) or starting after the `rm`, made the new empty file a WAL database
+    beside those files, and `BEGIN IMMEDIATE` failed "disk I/O error" on every write for as long as
+    the other process stayed idle. Now a missing database is made only after the files a deleted
+    one left are removed (`make_private`)."""
     from tests.test_server_store import new_session
 
     path = tmp_path / "s.sqlite3"
@@ -99,6 +103,9 @@ def test_a_server_reopening_a_deleted_database_writes_while_another_server_is_id
         store.record_start(new_session("before"))
         assert other.stdout.readline().startswith("shell-")
         os.remove(path)
+        if writer == "starting":
+            store.close()
+            store = SessionStore(path)
         errors = []
         for attempt in range(3):
             try:

@@ -18,8 +18,9 @@ import stat
 from pathlib import Path
 
 from oneiric_session.common.privacy import private_dir
+from oneiric_session.common.sqlite_files import directory_lock
 
-__all__ = ["drop_leftovers", "file_identity", "make_private"]
+__all__ = ["file_identity", "make_private"]
 
 
 def make_private(path: Path) -> None:
@@ -28,9 +29,9 @@ def make_private(path: Path) -> None:
     descriptor is opened only to create the file, which no connection can have open yet."""
     real = os.path.realpath(path)
     private_dir(os.path.dirname(real))
-    # (One there already, or not ours to make: SQLite says what it can and cannot do with it.)
-    with contextlib.suppress(OSError):
-        os.close(os.open(real, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+    if not os.path.lexists(real):
+        with directory_lock(real):  # no other process makes it, or its WAL files, meanwhile
+            _make_new(real)
     for name in (real, f"{real}-wal", f"{real}-shm"):
         try:
             st = os.lstat(name)
@@ -52,14 +53,16 @@ def file_identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def drop_leftovers(path: Path) -> None:
-    """The database at `path` is gone: remove the -wal and -shm it left by name, which beside a new
-    file would fail every write ("disk I/O error"). A process still using the deleted file keeps
-    its own open, and SQLite's close of a moved database neither checkpoints nor deletes. Called
-    under `directory_lock`, so no other process is making the new file meanwhile."""
-    real = os.path.realpath(path)
+def _make_new(real: str) -> None:
+    """The database file at `real`, made 0600 if it is not there, after removing the -wal and -shm
+    a deleted one left by name: beside a new file they would fail every write ("disk I/O error").
+    A process still using the deleted file keeps its own open, and SQLite's close of a moved
+    database neither checkpoints nor deletes."""
     if os.path.lexists(real):
         return
     for name in (f"{real}-wal", f"{real}-shm"):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(name)
+    # (Not ours to make: SQLite says what it can and cannot do with it.)
+    with contextlib.suppress(OSError):
+        os.close(os.open(real, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))

@@ -17,9 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from oneiric_session.common.privacy import private_dir
 from oneiric_session.common.sqlite_files import directory_lock, read_only_connection
-from oneiric_session.server.database_file import drop_leftovers, file_identity, make_private
+from oneiric_session.server.database_file import file_identity, make_private
 from oneiric_session.server.listing import INDEXES, Page, SessionFilter, listed, select_page
 
 # Long enough to sit out another server process's write burst, short enough that a wedged
@@ -197,11 +196,8 @@ class SessionStore:
                 return
             logger.warning("session database %s was deleted or replaced; opening it again", self.path)
             self._db.close()
-        private_dir(self.path.resolve().parent)
-        with directory_lock(self.path):  # one process at a time makes the new file
-            drop_leftovers(self.path)
-            make_private(self.path)  # the new file 0600 too
-            self._connect()
+        make_private(self.path)  # a new file 0600 too, beside none of the files the old one left
+        self._connect()
 
     def record_start(self, session: NewSession, *, now: datetime | None = None) -> str:
         """Record a start and return its session id; a start already seen returns the id it got then."""
