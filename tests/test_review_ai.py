@@ -21,43 +21,8 @@ import sys
 from pathlib import Path
 
 from oneiric_session.server.store import SessionStore
+from tests.support.sqlite_locks import index_lock, shared_lock
 from tests.test_server_store import new_session
-
-_PROBE = """
-import fcntl, os, sys
-fd = os.open(sys.argv[1], os.O_RDWR)
-try:
-    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, int(sys.argv[3]), int(sys.argv[2]))
-except OSError:
-    print("held")
-else:
-    print("free")
-"""
-
-# SQLite's unix VFS: the WAL index's dead-man switch byte in the -shm, and the database file's
-# SHARED range (PENDING_BYTE + 2, 510 bytes), read-locked by every connection in WAL mode.
-_DMS_BYTE = 128
-_SHARED_FIRST = 0x40000000 + 2
-_SHARED_SIZE = 510
-
-
-def _lock(path: Path | str, offset: int, length: int) -> str:
-    probe = subprocess.run(
-        [sys.executable, "-c", _PROBE, str(path), str(offset), str(length)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return probe.stdout.strip()
-
-
-def _index_lock(path: Path) -> str:
-    return _lock(f"{path}-shm", _DMS_BYTE, 1)
-
-
-def _shared_lock(path: Path) -> str:
-    return _lock(path, _SHARED_FIRST, _SHARED_SIZE)
-
 
 _COUNT = """
 import sqlite3, sys
@@ -82,16 +47,16 @@ def test_a_second_store_in_the_process_leaves_the_first_its_lock_on_the_wal_inde
     second = None
     try:
         first.record_start(new_session("a"))
-        assert _index_lock(path) == "held"  # (the first store alone holds it)
+        assert index_lock(path) == "held"  # (the first store alone holds it)
         second = SessionStore(path)
-        assert _index_lock(path) == "held"
+        assert index_lock(path) == "held"
     finally:
         if second is not None:
             second.close()
         first.close()
 
 
-def test_a_listing_in_a_serving_process_leaves_the_server_its_shared_lock(tmp_path: Path) -> None:
+def test_a_listing_in_a_serving_process_leaves_the_server_itsshared_lock(tmp_path: Path) -> None:
     """`SessionStore.existing` (what `sessions`/`who`/`last` call) in a process that serves the same
     database (`create_server` is public): `_make_private` and `is_wal_file` close the database's
     descriptors and drop the serving store's SHARED lock on the database file."""
@@ -100,10 +65,10 @@ def test_a_listing_in_a_serving_process_leaves_the_server_its_shared_lock(tmp_pa
     listing = None
     try:
         serving.record_start(new_session("a"))
-        assert _shared_lock(path) == "held"
+        assert shared_lock(path) == "held"
         listing = SessionStore.existing(path)
         listing.list_sessions()
-        assert _shared_lock(path) == "held"
+        assert shared_lock(path) == "held"
     finally:
         if listing is not None:
             listing.close()
@@ -131,7 +96,7 @@ def test_a_session_acknowledged_after_a_second_store_opened_reaches_other_proces
         first.close()
 
 
-def test_reopening_a_replaced_database_leaves_another_store_its_shared_lock(tmp_path: Path) -> None:
+def test_reopening_a_replaced_database_leaves_another_store_itsshared_lock(tmp_path: Path) -> None:
     """store.py `_same_file` -> `_connect` -> sqlite_files.is_wal_file: opens and closes the new
     database file, which another store of the process has reopened already."""
     path = tmp_path / "s.sqlite3"
@@ -141,9 +106,9 @@ def test_reopening_a_replaced_database_leaves_another_store_its_shared_lock(tmp_
         for name in ("s.sqlite3", "s.sqlite3-wal", "s.sqlite3-shm"):  # `rm sessions.sqlite3*`
             (tmp_path / name).unlink()
         first.record_start(new_session("b"))  # reopens: the new database, held by `first`
-        assert _shared_lock(path) == "held"
+        assert shared_lock(path) == "held"
         second.record_start(new_session("c"))  # reopens too: is_wal_file opens and closes it
-        assert _shared_lock(path) == "held"
+        assert shared_lock(path) == "held"
     finally:
         second.close()
         first.close()

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,7 @@ from oneiric_session.server.models import MAX_TIMESTAMP_CHARS
 from oneiric_session.server.store import NewSession, SessionEnding, SessionStore
 from oneiric_session.tracking.limits import MAX_NAME_CHARS
 from tests.support.server_process import end_event, start_event, structured_answer
+from tests.support.sqlite_locks import index_lock
 from tests.support.together import failures_together
 
 
@@ -102,28 +101,6 @@ def test_wal_mode_and_a_newer_schema_is_refused(tmp_path: Path) -> None:
         SessionStore(path)
 
 
-_LOCK_PROBE = """
-import fcntl, os, sys
-fd = os.open(sys.argv[1], os.O_RDWR)
-try:
-    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, 128)  # the WAL index's dead-man switch byte
-except OSError:
-    print("held")
-else:
-    print("free")
-"""
-
-
-def _shared_memory_lock(path: Path) -> str:
-    """Whether another process holds its lock on the WAL index of the database at `path`, as seen
-    by a process opening it (SQLite's unix VFS: a byte it may lock exclusively means nobody else
-    has the index mapped, and it truncates and rebuilds it)."""
-    probe = subprocess.run(
-        [sys.executable, "-c", _LOCK_PROBE, f"{path}-shm"], capture_output=True, text=True, check=True
-    )
-    return probe.stdout.strip()
-
-
 def test_a_listing_keeps_its_lock_on_the_write_ahead_index_it_maps(tmp_path: Path) -> None:
     """`SessionStore.existing` (`sessions`, `who`, `last`) opened the store while its read-only
     check was open; the store's opening opens and closes the database's files, and closing any
@@ -136,7 +113,7 @@ def test_a_listing_keeps_its_lock_on_the_write_ahead_index_it_maps(tmp_path: Pat
     store = SessionStore.existing(path)
     try:
         assert [row["component_name"] for row in store.list_sessions()] == ["shell"]
-        assert _shared_memory_lock(path) == "held"
+        assert index_lock(path) == "held"
     finally:
         store.close()
 
